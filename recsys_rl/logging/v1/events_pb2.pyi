@@ -1,0 +1,115 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from recsys_rl.ranking.v1 import ranking_service_pb2 as _ranking_service_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class LogRecord(_message.Message):
+    __slots__ = ("decision", "outcome")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    decision: DecisionEvent
+    outcome: OutcomeEvent
+    def __init__(self, decision: _Optional[_Union[DecisionEvent, _Mapping]] = ..., outcome: _Optional[_Union[OutcomeEvent, _Mapping]] = ...) -> None: ...
+
+class ExplorationParams(_message.Message):
+    __slots__ = ("algorithm", "epsilon", "temperature", "gamma", "cap", "server_seed", "draw_key")
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_FIELD_NUMBER: _ClassVar[int]
+    CAP_FIELD_NUMBER: _ClassVar[int]
+    SERVER_SEED_FIELD_NUMBER: _ClassVar[int]
+    DRAW_KEY_FIELD_NUMBER: _ClassVar[int]
+    algorithm: str
+    epsilon: float
+    temperature: float
+    gamma: float
+    cap: float
+    server_seed: int
+    draw_key: int
+    def __init__(self, algorithm: _Optional[str] = ..., epsilon: _Optional[float] = ..., temperature: _Optional[float] = ..., gamma: _Optional[float] = ..., cap: _Optional[float] = ..., server_seed: _Optional[int] = ..., draw_key: _Optional[int] = ...) -> None: ...
+
+class LoggedSlot(_message.Message):
+    __slots__ = ("item_id", "position", "propensity", "score", "explored", "candidate_index", "exploration_mass", "draw")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    EXPLORED_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    EXPLORATION_MASS_FIELD_NUMBER: _ClassVar[int]
+    DRAW_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    position: int
+    propensity: float
+    score: float
+    explored: bool
+    candidate_index: int
+    exploration_mass: float
+    draw: float
+    def __init__(self, item_id: _Optional[str] = ..., position: _Optional[int] = ..., propensity: _Optional[float] = ..., score: _Optional[float] = ..., explored: _Optional[bool] = ..., candidate_index: _Optional[int] = ..., exploration_mass: _Optional[float] = ..., draw: _Optional[float] = ...) -> None: ...
+
+class DecisionEvent(_message.Message):
+    __slots__ = ("event_id", "request_id", "surface", "user_id", "served_at", "context", "candidates", "slate_size", "slate", "slate_propensity", "policy_version", "serving_mode", "exploration", "fallback_reason", "shield_rules_fired", "attribution_window_seconds", "latency_micros")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVED_AT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    SLATE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SLATE_FIELD_NUMBER: _ClassVar[int]
+    SLATE_PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVING_MODE_FIELD_NUMBER: _ClassVar[int]
+    EXPLORATION_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    SHIELD_RULES_FIRED_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTION_WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MICROS_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    request_id: str
+    surface: str
+    user_id: str
+    served_at: _timestamp_pb2.Timestamp
+    context: _ranking_service_pb2.Features
+    candidates: _containers.RepeatedCompositeFieldContainer[_ranking_service_pb2.Candidate]
+    slate_size: int
+    slate: _containers.RepeatedCompositeFieldContainer[LoggedSlot]
+    slate_propensity: float
+    policy_version: str
+    serving_mode: _ranking_service_pb2.ServingMode
+    exploration: ExplorationParams
+    fallback_reason: str
+    shield_rules_fired: _containers.RepeatedScalarFieldContainer[str]
+    attribution_window_seconds: float
+    latency_micros: int
+    def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., surface: _Optional[str] = ..., user_id: _Optional[str] = ..., served_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[_Union[_ranking_service_pb2.Features, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[_ranking_service_pb2.Candidate, _Mapping]]] = ..., slate_size: _Optional[int] = ..., slate: _Optional[_Iterable[_Union[LoggedSlot, _Mapping]]] = ..., slate_propensity: _Optional[float] = ..., policy_version: _Optional[str] = ..., serving_mode: _Optional[_Union[_ranking_service_pb2.ServingMode, str]] = ..., exploration: _Optional[_Union[ExplorationParams, _Mapping]] = ..., fallback_reason: _Optional[str] = ..., shield_rules_fired: _Optional[_Iterable[str]] = ..., attribution_window_seconds: _Optional[float] = ..., latency_micros: _Optional[int] = ...) -> None: ...
+
+class OutcomeEvent(_message.Message):
+    __slots__ = ("event_id", "item_id", "outcome", "value", "occurred_at", "received_at", "surface", "attributed")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTED_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    item_id: str
+    outcome: str
+    value: float
+    occurred_at: _timestamp_pb2.Timestamp
+    received_at: _timestamp_pb2.Timestamp
+    surface: str
+    attributed: bool
+    def __init__(self, event_id: _Optional[str] = ..., item_id: _Optional[str] = ..., outcome: _Optional[str] = ..., value: _Optional[float] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., surface: _Optional[str] = ..., attributed: _Optional[bool] = ...) -> None: ...
