@@ -1,0 +1,165 @@
+"""Service and per-surface configuration (TOML), with the embedded default surface.
+
+Example::
+
+    [surfaces.home_feed]
+    exploration_cap = 0.1          # largest non-greedy probability mass at any slot
+    decision_budget_ms = 25        # past this the baseline serves
+
+    [surfaces.home_feed.exploration]
+    algorithm = "softmax"          # epsilon_greedy | softmax | squarecb
+    temperature = 0.05
+
+    [surfaces.home_feed.reward]
+    weights = { click = 1.0, purchase = 5.0 }
+    attribution_window_seconds = 30
+
+    [surfaces.home_feed.model]
+    publish_every = 2000           # learned decisions between published model versions
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from logging_schema.rewards import RewardDefinition
+
+DEFAULT_SURFACE = "default"
+DEFAULT_EXPLORATION_CAP = 0.1
+ALGORITHMS = ("epsilon_greedy", "softmax", "squarecb")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ExplorationConfig:
+    """How the explorer spreads probability before the cap bounds it.
+
+    epsilon_greedy: epsilon uniform mass; softmax: exp(score / temperature);
+    squarecb: p(a) = 1 / (n + gamma · (best − score(a))) for non-greedy a (Foster & Rakhlin 2020).
+    """
+
+    algorithm: str = "epsilon_greedy"
+    epsilon: float = 0.1
+    temperature: float = 0.1
+    gamma: float = 50.0
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"exploration.algorithm: {self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        if not (0.0 <= self.epsilon <= 1.0):
+            raise ConfigError(f"exploration.epsilon: must be in [0, 1], got {self.epsilon}")
+        if not (self.temperature > 0 and math.isfinite(self.temperature)):
+            raise ConfigError(f"exploration.temperature: must be positive, got {self.temperature}")
+        if not (self.gamma > 0 and math.isfinite(self.gamma)):
+            raise ConfigError(f"exploration.gamma: must be positive, got {self.gamma}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The VW bandit's options and how often the online learner publishes a version."""
+
+    vw_args: str = "--cb_adf -q CI -q CF -q CG -q TI -q TF -q CE --power_t 0.25 -l 0.1 --cb_type ips -b 20"
+    publish_every: int = 1000
+    learn: bool = True
+    # Weight λ of the slate-RL long-term value in the blended score (0 = bandit only).
+    long_term_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.publish_every <= 0:
+            raise ConfigError(f"model.publish_every: must be positive, got {self.publish_every}")
+        if not math.isfinite(self.long_term_weight) or self.long_term_weight < 0:
+            raise ConfigError(f"model.long_term_weight: must be >= 0, got {self.long_term_weight}")
+
+
+@dataclass(frozen=True)
+class SurfaceConfig:
+    name: str = DEFAULT_SURFACE
+    exploration_cap: float = DEFAULT_EXPLORATION_CAP
+    exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
+    reward: RewardDefinition = field(default_factory=RewardDefinition)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    decision_budget_ms: float = 25.0
+    max_candidates: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.exploration_cap <= 1.0):
+            raise ConfigError(f"surfaces.{self.name}.exploration_cap: must be in [0, 1], got {self.exploration_cap}")
+        if not self.decision_budget_ms > 0:
+            raise ConfigError(f"surfaces.{self.name}.decision_budget_ms: must be positive")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    surfaces: dict[str, SurfaceConfig]
+    seed: int = 0
+
+    def surface(self, name: str) -> SurfaceConfig | None:
+        return self.surfaces.get(name)
+
+    def with_cap(self, cap: float) -> ServiceConfig:
+        """Every surface at exploration cap ``cap`` (the --exploration-cap flag)."""
+        return replace(self, surfaces={n: replace(s, exploration_cap=cap) for n, s in self.surfaces.items()})
+
+
+def default_config(*, exploration_cap: float = DEFAULT_EXPLORATION_CAP, seed: int = 0) -> ServiceConfig:
+    """The embedded default: one surface ``default``, epsilon-greedy under cap 0.1, reward = click."""
+    return ServiceConfig(surfaces={DEFAULT_SURFACE: SurfaceConfig(exploration_cap=exploration_cap)}, seed=seed)
+
+
+def _section(table: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = table.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}.{key}: must be a table")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str, **extra: Any) -> Any:
+    known = set(cls.__dataclass_fields__)
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{where}.{key}: unknown key")
+    try:
+        return cls(**values, **extra)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def parse_config(data: dict[str, Any], *, seed: int = 0) -> ServiceConfig:
+    surfaces_table = _section(data, "surfaces", "config")
+    if not surfaces_table:
+        raise ConfigError("config.surfaces: at least one surface is required")
+    surfaces: dict[str, SurfaceConfig] = {}
+    for name, table in surfaces_table.items():
+        where = f"surfaces.{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: must be a table")
+        nested = {k: table[k] for k in ("exploration", "reward", "model") if k in table}
+        flat = {k: v for k, v in table.items() if k not in nested}
+        exploration = _build(ExplorationConfig, _section(table, "exploration", where), f"{where}.exploration")
+        reward = _build(RewardDefinition, _section(table, "reward", where), f"{where}.reward")
+        model = _build(ModelConfig, _section(table, "model", where), f"{where}.model")
+        if "name" in flat:
+            raise ConfigError(f"{where}.name: the surface name is the table key")
+        surfaces[name] = _build(
+            SurfaceConfig, flat, where, name=name, exploration=exploration, reward=reward, model=model
+        )
+    return ServiceConfig(surfaces=surfaces, seed=seed)
+
+
+def load_config(path: str | Path, *, seed: int = 0) -> ServiceConfig:
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from exc
+    return parse_config(data, seed=seed)
