@@ -1,0 +1,120 @@
+"""Reading decision/outcome logs back: records in write order, with damage skipped and counted.
+
+Segments are read in write order (see ``segments.list_segments``). What happens on damage:
+
+* a torn tail (a segment that ends inside a record or inside its header, e.g. after a crash) is skipped
+  and counted in ``torn_tail_records``; reading goes on with the next segment. Not an error.
+* a record whose CRC32 does not match is skipped and counted in ``corrupt_records``; because its length
+  field cannot be trusted, the rest of that segment is abandoned (counted in ``skipped_bytes``) and
+  reading resynchronises at the start of the next segment.
+* a record whose checksum matches but which does not parse as a ``LogRecord``, or parses with no event
+  set, is counted in ``corrupt_records`` and skipped; the framing is intact, so reading continues with the
+  next record of the same segment.
+* a ``events-*.seg`` file with a bad magic or an unknown format version raises SegmentFormatError naming
+  the file: that is a misplaced file, not crash damage, and silently skipping it could hide lost data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf.message import DecodeError
+
+from logging_schema.segments import SegmentFormatError, SegmentScan, list_segments, scan_segment
+from recsys_rl.logging.v1.events_pb2 import DecisionEvent, LogRecord, OutcomeEvent
+
+__all__ = [
+    "LogReadResult",
+    "ReadStats",
+    "SegmentFormatError",
+    "iter_record_batches",
+    "iter_records",
+    "read_log",
+]
+
+
+@dataclass
+class ReadStats:
+    """Counts of what reading a log found.
+
+    ``records`` counts records returned; ``bytes`` counts bytes of segment files read; ``skipped_bytes``
+    counts bytes abandoned after a checksum mismatch (up to the end of that segment).
+    """
+
+    segments: int = 0
+    records: int = 0
+    torn_tail_records: int = 0
+    corrupt_records: int = 0
+    bytes: int = 0
+    skipped_bytes: int = 0
+
+    def add_scan(self, scan: SegmentScan) -> None:
+        self.segments += 1
+        self.bytes += scan.bytes
+        self.torn_tail_records += scan.torn_tail_records
+        self.corrupt_records += scan.corrupt_records
+        self.skipped_bytes += scan.skipped_bytes
+
+
+@dataclass
+class LogReadResult:
+    decisions: list[DecisionEvent] = field(default_factory=list)
+    outcomes: list[OutcomeEvent] = field(default_factory=list)
+    stats: ReadStats = field(default_factory=ReadStats)
+
+
+def _log_paths(log_dir: Path) -> list[Path]:
+    """A log directory's segments in order, or the one segment file ``log_dir`` names."""
+    log_dir = Path(log_dir)
+    if log_dir.is_file():
+        return [log_dir]
+    return list_segments(log_dir)
+
+
+def iter_record_batches(log_dir: Path, *, stats: ReadStats | None = None) -> Iterator[list[LogRecord]]:
+    """Yield the records of ``log_dir`` one segment at a time (one list per segment).
+
+    Lets a consumer turn a segment's messages into columns and drop them before the next segment is
+    parsed, so a large log is never held as protobufs all at once. ``stats`` is updated as it goes.
+    """
+    stats = stats if stats is not None else ReadStats()
+    for path in _log_paths(log_dir):
+        scan = SegmentScan(path=path)
+        batch: list[LogRecord] = []
+        for payload in scan_segment(path, scan):
+            try:
+                record = LogRecord.FromString(payload)
+            except DecodeError:
+                stats.corrupt_records += 1
+                continue
+            if record.WhichOneof("event") is None:
+                stats.corrupt_records += 1
+                continue
+            batch.append(record)
+        stats.add_scan(scan)
+        stats.records += len(batch)
+        if batch:
+            yield batch
+
+
+def iter_records(log_dir: Path, *, stats: ReadStats | None = None) -> Iterator[LogRecord]:
+    """Every intact record of the log at ``log_dir`` (a directory, or one segment file), in write order.
+
+    Pass a ``ReadStats`` to get the counts (torn tails, corrupt records, ...) once iteration is done.
+    Raises FileNotFoundError when ``log_dir`` does not exist and SegmentFormatError for a foreign file.
+    """
+    for batch in iter_record_batches(log_dir, stats=stats):
+        yield from batch
+
+
+def read_log(log_dir: Path) -> LogReadResult:
+    """All decisions and outcomes of a log, split by kind, with the read statistics."""
+    result = LogReadResult()
+    for record in iter_records(log_dir, stats=result.stats):
+        if record.WhichOneof("event") == "decision":
+            result.decisions.append(record.decision)
+        else:
+            result.outcomes.append(record.outcome)
+    return result
