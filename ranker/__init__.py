@@ -1,0 +1,1 @@
+"""The gRPC layer: servicers, validation → status codes, health, reflection, process model."""

@@ -1,0 +1,49 @@
+"""Maps domain exceptions to gRPC status codes, so no foreseeable failure surfaces as UNKNOWN."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from logging_schema.writer import LogWriterClosed
+from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded, PreconditionFailed
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (PreconditionFailed, grpc.StatusCode.FAILED_PRECONDITION),
+    (NotReady, grpc.StatusCode.UNAVAILABLE),
+    (LogWriterClosed, grpc.StatusCode.UNAVAILABLE),
+)
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    for kind, code in STATUS_OF:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def map_errors(handler: Handler) -> Handler:
+    """Decorates a servicer method: domain exceptions abort the RPC with their status code and message."""
+
+    @functools.wraps(handler)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return handler(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - every exception becomes a status; INTERNAL is logged
+            code = status_for(exc)
+            if code is grpc.StatusCode.INTERNAL:
+                log.exception("unexpected error in %s", handler.__name__)
+            context.abort(code, str(exc))
+
+    return wrapper  # type: ignore[return-value]

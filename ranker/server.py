@@ -1,0 +1,105 @@
+"""Process model: one gRPC server per process, health and reflection, graceful shutdown.
+
+Vowpal Wabbit holds the GIL and a Workspace is not thread-safe, so parallelism across cores comes from
+processes (planned: one server per core on the same port with SO_REUSEPORT, forked before any gRPC object
+exists, each with its own log directory), not from threads. Inside a process a small thread pool overlaps network I/O with decisions.
+
+Shutdown (SIGTERM/SIGINT): health goes NOT_SERVING so balancers drain us, the server stops accepting RPCs and
+lets in-flight ones finish (grace period), then learners publish and the log writer drains and fsyncs.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ranker.servicer import RankingServicer
+from recsys_rl.config import ServiceConfig
+from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
+from recsys_rl.service import DecisionService
+
+log = logging.getLogger(__name__)
+
+RANKING_SERVICE = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
+
+
+class RankingServer:
+    """A started gRPC server around a DecisionService. ``port`` is the bound port (never 0 once started)."""
+
+    def __init__(
+        self,
+        service: DecisionService,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_workers: int = 8,
+        max_concurrent_rpcs: int = 512,
+        reuse_port: bool = False,
+    ) -> None:
+        self.service = service
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+            # Past this many RPCs in flight gRPC answers RESOURCE_EXHAUSTED instead of queueing without bound.
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
+            options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
+        )
+        pb_grpc.add_RankingServiceServicer_to_server(RankingServicer(service), self._server)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (RANKING_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {host}:{port}")
+        self.address = f"{host}:{self.port}"
+        self._stopped = threading.Event()
+
+    def start(self) -> RankingServer:
+        self._server.start()
+        # Policies are loaded by DecisionService's constructor: from here on we can serve.
+        for name in ("", RANKING_SERVICE):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return self
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Drains and stops; idempotent. Every acknowledged decision is in the log when this returns."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        for name in ("", RANKING_SERVICE):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self._server.stop(grace_s).wait()
+        self.service.close()
+
+    def wait(self) -> None:
+        self._server.wait_for_termination()
+
+
+def serve_forever(config: ServiceConfig, data_dir: Path, *, host: str, port: int, port_file: Path | None = None,
+                  reuse_port: bool = False) -> int:
+    """Runs until SIGTERM/SIGINT, then shuts down gracefully. Returns the exit code."""
+    service = DecisionService(config, data_dir)
+    server = RankingServer(service, host=host, port=port, reuse_port=reuse_port).start()
+    if port_file is not None:
+        tmp = port_file.with_suffix(".tmp")
+        tmp.write_text(str(server.port))
+        tmp.replace(port_file)
+    log.info("serving %s on %s (data dir %s)", ", ".join(config.surfaces), server.address, data_dir)
+    # One machine-readable line on stdout, so supervisors and tests learn the bound port without polling.
+    print(f"serving on {server.address}", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("shutting down: draining in-flight calls and flushing logs")
+    server.stop()
+    return 0

@@ -1,0 +1,127 @@
+"""The ``recsys-rl`` command line. Exit codes: 0 success, 2 bad usage or input (one line on stderr), 1 otherwise.
+
+Subcommands import their heavy modules lazily so ``recsys-rl --help`` stays fast. ``serve`` is the one place
+the core reaches the gRPC layer (``ranker``), by module name at call time, so the core itself stays usable
+without gRPC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class UsageError(Exception):
+    """Bad usage or bad input: exit 2 with one line on stderr."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _cap(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return value
+
+
+def _load_config(args: argparse.Namespace):  # noqa: ANN202 - ServiceConfig, imported lazily
+    from recsys_rl.config import ConfigError, default_config, load_config
+
+    try:
+        config = load_config(args.config, seed=args.seed) if args.config else default_config(seed=args.seed)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    return config.with_cap(args.exploration_cap) if args.exploration_cap is not None else config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    server = importlib.import_module("ranker.server")
+    return server.serve_forever(
+        config, Path(args.data_dir), host=args.host, port=args.port,
+        port_file=Path(args.port_file) if args.port_file else None,
+    )
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from recsys_rl.demo import DemoArgs, run_demo
+
+    return run_demo(DemoArgs(requests=args.requests, seed=args.seed, data_dir=args.data_dir,
+                             exploration_cap=args.exploration_cap))
+
+
+def _logs_export(args: argparse.Namespace) -> int:
+    from logging_schema.tables import export_parquet
+    from recsys_rl.config import default_config
+
+    config = _load_config(args) if args.config else default_config()
+    logs = Path(args.data_dir) / "logs"
+    if not logs.is_dir():
+        raise UsageError(f"--data-dir: no logs under {logs}")
+    rewards = {name: surface.reward for name, surface in config.surfaces.items()}
+    stats = export_parquet(Path(args.data_dir), Path(args.out), rewards)
+    print(stats)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="recsys-rl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = sub.add_parser("serve", help="run the gRPC ranking server")
+    serve.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--data-dir", required=True, help="logs and models go here")
+    serve.add_argument("--config", help="TOML surface configuration (default: the embedded default surface)")
+    serve.add_argument("--exploration-cap", type=_cap, help="override every surface's exploration cap")
+    serve.add_argument("--seed", type=int, default=0, help="server seed of the random draws")
+    serve.add_argument("--port-file", help="write the bound port here once serving")
+    serve.set_defaults(run=_serve)
+
+    demo = sub.add_parser("demo", help="simulated host traffic through the real server, learning, report")
+    demo.add_argument("--requests", type=int, default=20_000)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--data-dir", help="default: a new temporary directory")
+    demo.add_argument("--exploration-cap", type=_cap, default=0.1)
+    demo.set_defaults(run=_demo)
+
+    logs = sub.add_parser("logs", help="decision and outcome logs")
+    logs_sub = logs.add_subparsers(dest="logs_command", required=True, parser_class=_Parser)
+    export = logs_sub.add_parser("export", help="decisions joined with outcomes, one row per slate position")
+    export.add_argument("--data-dir", required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--config", help="TOML with the surfaces' reward definitions (default: embedded)")
+    export.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    export.add_argument("--exploration-cap", type=_cap, default=None, help=argparse.SUPPRESS)
+    export.set_defaults(run=_logs_export)
+
+    for module in ("evaluators.cli",):
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.run(args))
+    except UsageError as exc:
+        print(str(exc).splitlines()[0], file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
