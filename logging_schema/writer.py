@@ -53,6 +53,10 @@ LOCK_FILE = ".writer.lock"
 # Hand bytes to the kernel in chunks of about this size, so a large batch does not build one huge buffer
 # and the ``written`` counter moves while a burst is drained.
 _WRITE_CHUNK_BYTES = 1 << 20
+# The writer thread's only data-path system calls, named here so tests can inject a full disk or a stalled
+# device without touching os for everything else in the process.
+_write = os.write
+_fsync = os.fsync
 
 
 class LogWriterError(RuntimeError):
@@ -292,7 +296,7 @@ class LogWriter:
         assert self._fd is not None
         view = memoryview(buffer)
         while view:
-            view = view[os.write(self._fd, view) :]
+            view = view[_write(self._fd, view) :]
         self._segment_bytes += len(buffer)
         with self._lock:
             self._written += records
@@ -308,7 +312,7 @@ class LogWriter:
 
     def _sync(self) -> None:
         if self._fd is not None:
-            os.fsync(self._fd)
+            _fsync(self._fd)
         self._last_fsync = time.monotonic()
         with self._lock:
             # Earlier segments were fsynced when they were closed, so every written record is durable now.
@@ -321,7 +325,7 @@ class LogWriter:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
         self._sequence += 1
         header = file_header()
-        os.write(self._fd, header)
+        _write(self._fd, header)
         # Make the new directory entry durable, or a machine crash could lose the whole file.
         dir_fd = os.open(self.log_dir, os.O_RDONLY)
         try:
@@ -340,7 +344,7 @@ class LogWriter:
         fd, self._fd = self._fd, None
         try:
             if sync:
-                os.fsync(fd)
+                _fsync(fd)
                 self._last_fsync = time.monotonic()
                 with self._lock:
                     self._synced = self._written
