@@ -156,3 +156,22 @@ def test_bad_arguments(tmp_path: Path) -> None:
         load_obd(OBD, "egreedy")  # type: ignore[arg-type]
     with pytest.raises(FileNotFoundError, match="bts/all/all.csv"):
         load_obd(tmp_path, "bts")
+
+
+def test_documented_run_end_to_end(tmp_path: Path) -> None:
+    """Smoke test of scripts/obd_run.py on a small Monte Carlo budget (the real entry point)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("obd_run", Path(__file__).resolve().parents[2] / "scripts" / "obd_run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "run.png"
+    results = module.main(module.Args(data_dir=OBD, out=out, n_sim=2_000, seed=1))
+    assert out.stat().st_size > 10_000
+    frequencies = {e.label: e for e in results["bts-log frequencies"]}
+    # Deterministic target (no simulation): IPS = mean over the random log of π̂(a, k) / (1/80) · click.
+    assert frequencies["ips"].value == pytest.approx(0.005035, abs=1e-6)
+    for estimates in results.values():
+        for e in estimates:
+            assert e.low < 0.0042 < e.high  # every interval covers BTS's on-policy click rate
