@@ -1,0 +1,28 @@
+"""Counterfactual (off-policy) evaluation on bandit-feedback tables.
+
+Kept light on purpose: importing ``evaluators`` loads polars, numpy and scipy but never lightgbm or
+matplotlib (those load with ``evaluators.reward_model`` and the HTML report).
+"""
+
+from evaluators.estimators import (
+    DM,
+    DR,
+    DROS,
+    IPS,
+    SNDR,
+    SNIPS,
+    ClippedIPS,
+    Estimator,
+    Statistics,
+    SwitchDR,
+    parse_estimators,
+)
+from evaluators.evaluate import estimate
+from evaluators.slate import CascadeDR, IndependentIPS, PseudoInverse, RIPS, StandardIPS
+from evaluators.table import TableError, validate_table
+
+__all__ = [
+    "DM", "DR", "DROS", "IPS", "SNDR", "SNIPS", "CascadeDR", "ClippedIPS", "Estimator", "IndependentIPS",
+    "PseudoInverse", "RIPS", "StandardIPS", "Statistics", "SwitchDR", "TableError", "estimate",
+    "parse_estimators", "validate_table",
+]

@@ -1,0 +1,119 @@
+"""``estimate``: many estimators, their intervals and diagnostics on one feedback table, in one pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from evaluators.diagnostics import diagnose
+from evaluators.estimators import Estimator, FeedbackData, Statistics, parse_estimators
+from evaluators.intervals import (
+    CI_METHODS,
+    BootstrapSums,
+    Interval,
+    Moments,
+    bernstein_interval,
+    bootstrap_interval,
+    normal_interval,
+    poisson_bootstrap,
+)
+from evaluators.table import load_table, validate_table
+
+RESULT_SCHEMA: dict[str, pl.DataType] = {
+    "estimator": pl.String(), "value": pl.Float64(), "ci_low": pl.Float64(), "ci_high": pl.Float64(),
+    "ci_method": pl.String(), "ci_note": pl.String(), "n": pl.Int64(), "ess": pl.Float64(),
+    "max_weight": pl.Float64(), "max_weight_share": pl.Float64(), "clipped_share": pl.Float64(),
+    "support_violations": pl.Int64(),
+}
+
+
+def event_units(df: pl.DataFrame, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Sum the per-row columns within each event (in order of first appearance): the i.i.d. units.
+
+    The estimates are unchanged (they are ratios of sums), but the positions of one slate, which share
+    a context and a draw, stop counting as independent observations.
+    """
+    ids = df.get_column("event_id")
+    if ids.n_unique() == ids.len():
+        return columns
+    names = list(columns)
+    frame = pl.DataFrame({"__event_id": ids, **{f"c{i}": columns[k] for i, k in enumerate(names)}})
+    summed = frame.group_by("__event_id", maintain_order=True).agg(pl.exclude("__event_id").sum())
+    return {k: summed.get_column(f"c{i}").to_numpy() for i, k in enumerate(names)}
+
+
+def _check_options(ci: str | None, alpha: float, n_bootstrap: int) -> None:
+    if ci is not None and ci not in CI_METHODS:
+        raise ValueError(f"parameter 'ci' must be one of {', '.join(CI_METHODS)}, got '{ci}'")
+    if not 0 < alpha < 1:
+        raise ValueError(f"parameter 'alpha' must be in (0, 1), got {alpha}")
+    if n_bootstrap < 1:
+        raise ValueError(f"parameter 'n_bootstrap' must be >= 1, got {n_bootstrap}")
+
+
+def estimate(
+    table: pl.DataFrame | str | Path,
+    estimators: str | Sequence[str | Estimator],
+    *,
+    ci: str | None = None,
+    alpha: float = 0.05,
+    seed: int = 0,
+    n_bootstrap: int = 1000,
+    allow_support_violations: bool = False,
+    workers: int = 2,
+) -> pl.DataFrame:
+    """Estimate the target policy's value with each estimator; one result row per estimator.
+
+    ``table`` is a feedback table (DataFrame or parquet/csv path, see ``feedback-table.md``);
+    ``estimators`` a spec string (``"ips,snips,clipped_ips(max_weight=10)"``) or a list of names and
+    :class:`Estimator` objects; ``ci`` one of ``normal``, ``bootstrap``, ``bernstein`` or None (no interval);
+    intervals have level 1 − ``alpha``. Raises ``TableError`` (a ValueError naming the column) for a bad
+    table and ValueError naming the estimator or parameter for a bad spec or option.
+    """
+    _check_options(ci, alpha, n_bootstrap)
+    parsed = parse_estimators(estimators)
+    df = load_table(table)
+    need = {col for est in parsed for col in (*est.needs, est.logging_column)}
+    validate_table(df, need=need, allow_support_violations=allow_support_violations)
+    data = FeedbackData(df)
+    stats: list[Statistics] = [est.statistics(data) for est in parsed]
+    intervals = _intervals(df, stats, ci=ci, alpha=alpha, seed=seed, n_bootstrap=n_bootstrap, workers=workers)
+
+    rows = []
+    for est, stat, interval in zip(parsed, stats, intervals):
+        rows.append({
+            "estimator": est.label,
+            "value": float(stat.value()),
+            "ci_low": interval.low if interval else None,
+            "ci_high": interval.high if interval else None,
+            "ci_method": interval.method if interval else None,
+            "ci_note": interval.note if interval else None,
+            **diagnose(est, data).as_dict(),
+        })
+    return pl.DataFrame(rows, schema=RESULT_SCHEMA)
+
+
+def _intervals(
+    df: pl.DataFrame, stats: list[Statistics], *, ci: str | None, alpha: float, seed: int, n_bootstrap: int,
+    workers: int,
+) -> list[Interval | None]:
+    if ci is None:
+        return [None] * len(stats)
+    columns: dict[str, np.ndarray] = {}
+    for stat in stats:
+        columns.update({k: v for k, v in stat.columns.items() if k not in columns})
+    units = event_units(df, columns)
+    n_units = len(next(iter(units.values())))
+    if ci == "bootstrap":
+        sums: BootstrapSums = poisson_bootstrap(units, n_resamples=n_bootstrap, seed=seed, workers=workers)
+        out = [bootstrap_interval(stat.parts, sums, alpha) for stat in stats]
+    else:
+        interval_of = normal_interval if ci == "normal" else bernstein_interval
+        out = []
+        for stat in stats:
+            moments = Moments.from_columns({k: units[k] for k in stat.columns})
+            out.append(interval_of(stat.parts, moments, alpha))
+    return [Interval(i.low, i.high, i.method, f"{i.note}; {n_units} events") for i in out]

@@ -1,0 +1,135 @@
+"""The bandit-feedback table (see ``shared/design/feedback-table.md``) and its validation.
+
+One row per logged (decision, position). Estimators only read this table, so every check on its
+contents lives here and runs as a single polars ``select`` (one parallel pass over the columns).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "event_id", "position", "action", "reward", "pscore", "target_pscore",
+)
+MODEL_COLUMNS: tuple[str, ...] = ("q_hat", "q_hat_target")
+SLATE_COLUMNS: tuple[str, ...] = (
+    "slate_pscore", "slate_target_pscore",
+    "cascade_pscore", "cascade_target_pscore",
+    "marginal_pscore", "marginal_target_pscore",
+)
+
+# (logging propensity, target propensity) pairs: the logging one must be in (0, 1] except on
+# support-violation rows, the target one in [0, 1].
+PROPENSITY_PAIRS: dict[str, str] = {
+    "pscore": "target_pscore",
+    "slate_pscore": "slate_target_pscore",
+    "cascade_pscore": "cascade_target_pscore",
+    "marginal_pscore": "marginal_target_pscore",
+}
+_TARGET_COLUMNS = frozenset(PROPENSITY_PAIRS.values())
+_FLOAT_COLUMNS = frozenset(("reward", *MODEL_COLUMNS, *SLATE_COLUMNS, "pscore", "target_pscore"))
+
+
+class TableError(ValueError):
+    """The feedback table cannot be used as given. ``column`` names the offending column (or ``None``)."""
+
+    def __init__(self, column: str | None, reason: str) -> None:
+        super().__init__(f"column '{column}': {reason}" if column else reason)
+        self.column = column
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class TableCheck:
+    """What validation found: row count and support violations per logging-propensity column."""
+
+    n_rows: int
+    support_violations: dict[str, int]
+
+
+def load_table(source: pl.DataFrame | str | Path) -> pl.DataFrame:
+    """Return ``source`` as a DataFrame, reading parquet (or ``.csv``) files from disk."""
+    if isinstance(source, pl.DataFrame):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise TableError(None, f"table file not found: {path}")
+    try:
+        if path.suffix.lower() == ".csv":
+            return pl.read_csv(path)
+        return pl.read_parquet(path)
+    except Exception as exc:  # polars raises several exception types for unreadable files
+        raise TableError(None, f"cannot read table {path}: {exc}") from exc
+
+
+def _support_violation(logging_col: str) -> pl.Expr:
+    """Rows the target policy can reach but the logging policy (as logged) could not."""
+    p = pl.col(logging_col)
+    return (pl.col(PROPENSITY_PAIRS[logging_col]) > 0) & (p.is_null() | (p == 0))
+
+
+def validate_table(
+    df: pl.DataFrame, *, need: set[str], allow_support_violations: bool
+) -> TableCheck:
+    """Check the columns in ``REQUIRED_COLUMNS | need``; raise :class:`TableError` naming the first bad one.
+
+    Checks: presence; numeric dtype for reward / propensity / model columns; no null or NaN (a null or zero
+    logging propensity is allowed only on support-violation rows and only when
+    ``allow_support_violations``); logging propensities in (0, 1]; target propensities in [0, 1].
+    """
+    wanted = set(need) | {PROPENSITY_PAIRS[p] for p in need if p in PROPENSITY_PAIRS}
+    columns = [*REQUIRED_COLUMNS, *sorted(wanted - set(REQUIRED_COLUMNS))]
+    for name in columns:
+        if name not in df.columns:
+            raise TableError(name, "missing column")
+    if df.height == 0:
+        raise TableError(None, "the feedback table has no rows")
+    for name in columns:
+        dtype = df.schema[name]
+        if name in _FLOAT_COLUMNS and not (dtype.is_numeric() or dtype == pl.Null):
+            raise TableError(name, f"must be numeric, got {dtype}")
+        if name == "position" and not dtype.is_integer():
+            raise TableError(name, f"must be an integer, got {dtype}")
+
+    pairs = [p for p in PROPENSITY_PAIRS if p in columns]
+    exprs: list[pl.Expr] = []
+    for name in columns:
+        col = pl.col(name)
+        bad = col.is_null()
+        if name in _FLOAT_COLUMNS:
+            bad = bad | col.cast(pl.Float64).is_nan()
+        if name in PROPENSITY_PAIRS:
+            bad = bad & ~_support_violation(name)
+        exprs.append(bad.sum().alias(f"missing:{name}"))
+    for p in pairs:
+        col = pl.col(p).cast(pl.Float64)
+        exprs.append(((col <= 0) & ~_support_violation(p)).sum().alias(f"nonpositive:{p}"))
+        exprs.append((col > 1).sum().alias(f"above_one:{p}"))
+        exprs.append(_support_violation(p).sum().alias(f"violations:{p}"))
+        t = pl.col(PROPENSITY_PAIRS[p]).cast(pl.Float64)
+        exprs.append(((t < 0) | (t > 1)).sum().alias(f"outside:{PROPENSITY_PAIRS[p]}"))
+    counts = df.select(exprs).row(0, named=True)
+
+    for name in columns:
+        if counts[f"missing:{name}"]:
+            raise TableError(name, f"{counts[f'missing:{name}']} null or NaN value(s)")
+    violations: dict[str, int] = {}
+    for p in pairs:
+        if counts[f"nonpositive:{p}"]:
+            raise TableError(p, f"{counts[f'nonpositive:{p}']} value(s) <= 0 (propensities must be in (0, 1])")
+        if counts[f"above_one:{p}"]:
+            raise TableError(p, f"{counts[f'above_one:{p}']} value(s) > 1 (propensities must be in (0, 1])")
+        target = PROPENSITY_PAIRS[p]
+        if counts[f"outside:{target}"]:
+            raise TableError(target, f"{counts[f'outside:{target}']} value(s) outside [0, 1]")
+        violations[p] = int(counts[f"violations:{p}"])
+        if violations[p] and not allow_support_violations:
+            raise TableError(
+                p,
+                f"{violations[p]} support violation(s): rows with {target} > 0 but {p} 0 or missing "
+                "(pass allow_support_violations to estimate on the rest)",
+            )
+    return TableCheck(n_rows=df.height, support_violations=violations)
