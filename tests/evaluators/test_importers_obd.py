@@ -161,11 +161,16 @@ def test_bad_arguments(tmp_path: Path) -> None:
 def test_documented_run_end_to_end(tmp_path: Path) -> None:
     """Smoke test of scripts/obd_run.py on a small Monte Carlo budget (the real entry point)."""
     import importlib.util
+    import sys
 
     spec = importlib.util.spec_from_file_location("obd_run", Path(__file__).resolve().parents[2] / "scripts" / "obd_run.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules["obd_run"] = module  # dataclasses look their module up while the file executes
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules["obd_run"]
     out = tmp_path / "run.png"
     results = module.main(module.Args(data_dir=OBD, out=out, n_sim=2_000, seed=1))
     assert out.stat().st_size > 10_000
