@@ -1,0 +1,149 @@
+"""The Vowpal Wabbit contextual bandit (``--cb_adf``) that scores candidates and learns from logs.
+
+VW only scores: it predicts a cost per action; exploration is ours (recsys_rl.exploration), so the
+options must not include an explore reduction. Scoring runs on pre-parsed per-item examples from an
+:class:`~recsys_rl.features.ItemExampleCache` plus a freshly parsed shared (context) example.
+
+Verified (tests/recsys_rl/test_bandit.py): reusing a parsed item example across many predictions with
+a new shared example each time gives bit-identical scores to parsing the whole multi-line text, also
+while the model learns; memory stays flat. Examples are built with ``pyvw.Example(workspace, line)``,
+whose Python object owns and frees the native example: examples from ``Workspace.parse`` come from the
+workspace's pool and leak (about 30 kB each) unless ``finish_example`` returns them, which cannot be
+done for a cached item. Learning uses fresh examples (a label cannot be cleared from an example).
+
+Not thread-safe: a VW workspace is not, and neither is the cache. The caller serialises every call
+(SurfacePolicy holds a lock around all use).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+from vowpalwabbit import pyvw
+
+from recsys_rl.features import ItemExampleCache, context_line
+from recsys_rl.logging.v1 import events_pb2
+from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+
+_EXPLORE_OPTIONS = ("--cb_explore_adf", "--epsilon", "--squarecb", "--softmax", "--bag", "--cover", "--first")
+
+
+class VWBandit:
+    """score(request) = −(VW predicted cost) per candidate; learn(event, rewards) = one IPS update per slot."""
+
+    def __init__(self, vw_args: str, *, model: bytes | None = None, cache_items: int = 100_000) -> None:
+        tokens = vw_args.split()
+        if "--cb_adf" not in tokens:
+            raise ValueError(f"vw_args: must include --cb_adf, got {vw_args!r}")
+        explore = [t for t in tokens if t in _EXPLORE_OPTIONS]
+        if explore:
+            raise ValueError(f"vw_args: exploration is done by the explorer, not VW; remove {' '.join(explore)}")
+        if any(t in ("-i", "--initial_regressor", "-d", "--data") for t in tokens):
+            raise ValueError("vw_args: pass the model as bytes, not -i/-d")
+        self.vw_args = vw_args
+        self._workspace = self._load(vw_args, model)
+        workspace = self._workspace
+        self.cache: ItemExampleCache[pyvw.Example] = ItemExampleCache(
+            cache_items, prepare=lambda line: pyvw.Example(workspace, line)
+        )
+        self.updates = 0
+
+    @staticmethod
+    def _load(vw_args: str, model: bytes | None) -> pyvw.Workspace:
+        if model is None:
+            return pyvw.Workspace(f"{vw_args} --quiet")
+        with tempfile.TemporaryDirectory(prefix="recsys_rl_vw_") as tmp:
+            path = os.path.join(tmp, "model.vw")
+            with open(path, "wb") as f:
+                f.write(model)
+            return pyvw.Workspace(f"{vw_args} --quiet -i {path}")
+
+    # --- scoring ---------------------------------------------------------------------------------
+
+    def score(self, request: pb.RankRequest) -> np.ndarray:
+        """Scores (higher = better, = −predicted cost), shape (len(request.candidates),), float64.
+
+        Raises InvalidInput (from features) for a bad context or candidate, naming the field.
+        """
+        shared_line = context_line(request.context)
+        entries = self.cache.items(request.candidates)
+        if not entries:
+            return np.empty(0)
+        workspace = self._workspace
+        examples: list[pyvw.Example] = [pyvw.Example(workspace, shared_line)]
+        seen: set[int] = set()
+        for entry in entries:
+            example = entry.example
+            # A candidate repeated in one request maps to one cached object; VW merges the shared
+            # features into each action example in place, so the same object twice would be corrupted.
+            if id(example) in seen:
+                example = pyvw.Example(workspace, entry.line)
+            seen.add(id(example))
+            examples.append(example)
+        costs = workspace.predict(examples)
+        return -np.asarray(costs, dtype=np.float64)
+
+    # --- learning --------------------------------------------------------------------------------
+
+    def learn(self, event: events_pb2.DecisionEvent, slot_rewards: Sequence[float]) -> int:
+        """One cb_adf update per served slot; returns the number of updates.
+
+        Slot k's action set is the candidates not placed in slots < k; the label sits on the served
+        item with cost = −reward and probability = the logged propensity, so VW's IPS/DR reduction
+        corrects for how the slot was drawn (not a regression on served items only).
+        """
+        if len(slot_rewards) != len(event.slate):
+            raise ValueError(f"slot_rewards: expected {len(event.slate)} values (one per slot), got {len(slot_rewards)}")
+        n = len(event.candidates)
+        if n == 0 or not event.slate:
+            return 0
+        workspace = self._workspace
+        lines = self.cache.lines(event.candidates)
+        shared = pyvw.Example(workspace, context_line(event.context))
+        examples = [pyvw.Example(workspace, line) for line in lines]
+        remaining = list(range(n))
+        for k, (slot, reward) in enumerate(zip(event.slate, slot_rewards, strict=True)):
+            index = slot.candidate_index
+            if index not in remaining:
+                raise ValueError(f"slate[{k}].candidate_index: {index} is out of range or repeated")
+            if event.candidates[index].item_id != slot.item_id:
+                raise ValueError(f"slate[{k}].item_id: {slot.item_id!r} is not candidates[{index}].item_id")
+            if not 0.0 < slot.propensity <= 1.0:
+                raise ValueError(f"slate[{k}].propensity: must be in (0, 1], got {slot.propensity}")
+            if not np.isfinite(reward):
+                raise ValueError(f"slot_rewards[{k}]: must be finite, got {reward}")
+            examples[index].set_label_string(f"0:{-float(reward)!r}:{float(slot.propensity)!r}")
+            workspace.learn([shared] + [examples[j] for j in remaining])
+            remaining.remove(index)
+        self.updates += len(event.slate)
+        return len(event.slate)
+
+    # --- persistence -----------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        """The VW model file (VW saves to paths only, so this goes through a temporary file)."""
+        with tempfile.TemporaryDirectory(prefix="recsys_rl_vw_") as tmp:
+            path = os.path.join(tmp, "model.vw")
+            self._workspace.save(path)
+            with open(path, "rb") as f:
+                return f.read()
+
+    @classmethod
+    def from_bytes(cls, vw_args: str, model: bytes, *, cache_items: int = 100_000) -> VWBandit:
+        return cls(vw_args, model=model, cache_items=cache_items)
+
+    def compare(self, other: VWBandit) -> str:
+        """"" when both have the same options and model bytes; otherwise what differs."""
+        if self.vw_args != other.vw_args:
+            return f"vw_args differ: {self.vw_args!r} != {other.vw_args!r}"
+        mine, theirs = self.to_bytes(), other.to_bytes()
+        if mine == theirs:
+            return ""
+        if len(mine) != len(theirs):
+            return f"model sizes differ: {len(mine)} != {len(theirs)} bytes"
+        first = next(i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b)
+        diff = sum(a != b for a, b in zip(mine, theirs))
+        return f"models differ in {diff} of {len(mine)} bytes (first at offset {first})"

@@ -1,0 +1,199 @@
+"""VW text-format examples (for ``--cb_adf``) from the protobuf ``Features`` of a request.
+
+Layout, one shared line for the context and one line per candidate::
+
+    shared |C <numeric name>:<value> <categorical name>=<value> ... |T <tag> ...
+    |I id=<item_id> |F <numeric name>:<value> <categorical name>=<value> ... |G <tag> ... |E e0:<v0> e1:<v1> ...
+
+``C`` context features, ``T`` context tags, ``I`` the item id (the candidate's id is itself a
+feature), ``F`` item numeric/categorical, ``G`` item tags, ``E`` item embedding. Names and values are
+percent-escaped (:func:`escape`) so no space, ``:``, ``|`` or ``=`` inside a token can change the
+parse, and two different feature sets never produce the same line.
+
+Reading protobuf maps costs about 6 µs per candidate, more than VW's prediction on pre-parsed
+examples, so :class:`ItemExampleCache` keeps each item's validated line (and optionally a pre-parsed
+VW example) keyed by the candidate's serialized bytes: a hit reads no map field and parses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from recsys_rl.errors import InvalidInput
+from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+
+CONTEXT_NS, CONTEXT_TAGS_NS = "C", "T"
+ITEM_ID_NS, ITEM_FEATURES_NS, ITEM_TAGS_NS, EMBEDDING_NS = "I", "F", "G", "E"
+
+# Largest finite float32: VW stores feature values as float32, so a finite double above this would
+# become inf inside VW and poison the weights.
+_FLOAT32_MAX = 3.4028234663852886e38
+
+_ESCAPES = str.maketrans(
+    {"%": "%25", " ": "%20", "\t": "%09", "\n": "%0A", "\r": "%0D", "\v": "%0B", "\f": "%0C",
+     ":": "%3A", "|": "%7C", "=": "%3D"}
+)  # fmt: skip
+
+
+def escape(token: str) -> str:
+    """Percent-escape the characters that are syntax in VW text (and ``%`` itself, so it is injective)."""
+    return token.translate(_ESCAPES)
+
+
+def _quote(name: str) -> str:
+    return json.dumps(name, ensure_ascii=False)
+
+
+def _check_value(value: float, field: str) -> None:
+    if not math.isfinite(value):
+        raise InvalidInput(field, f"must be finite, got {value}")
+    if abs(value) > _FLOAT32_MAX:
+        raise InvalidInput(field, f"must be within float32 range (|x| <= 3.4e38), got {value}")
+
+
+def _features_tokens(features: pb.Features, field: str) -> tuple[list[str], list[str]]:
+    """(numeric + categorical tokens, tag tokens) of one Features message, validated."""
+    tokens: list[str] = []
+    for name, value in features.numeric.items():
+        if not name:
+            raise InvalidInput(f"{field}.numeric", "feature names must not be empty")
+        _check_value(value, f"{field}.numeric[{_quote(name)}]")
+        tokens.append(f"{escape(name)}:{value!r}")
+    for name, value in features.categorical.items():
+        if not name:
+            raise InvalidInput(f"{field}.categorical", "feature names must not be empty")
+        tokens.append(f"{escape(name)}={escape(value)}")
+    tags = [escape(tag) for tag in features.tags if tag]
+    return tokens, tags
+
+
+def context_line(context: pb.Features, field: str = "context") -> str:
+    """The shared line. It always carries ``|C`` because a bare ``shared`` line is not read as shared."""
+    tokens, tags = _features_tokens(context, field)
+    line = "shared |" + CONTEXT_NS
+    if tokens:
+        line += " " + " ".join(tokens)
+    if tags:
+        line += f" |{CONTEXT_TAGS_NS} " + " ".join(tags)
+    return line
+
+
+def item_line(candidate: pb.Candidate, field: str) -> str:
+    """One candidate's action line; ``field`` is its path in the request, e.g. ``candidates[3]``."""
+    if not candidate.item_id:
+        raise InvalidInput(f"{field}.item_id", "must not be empty")
+    tokens, tags = _features_tokens(candidate.features, f"{field}.features")
+    parts = [f"|{ITEM_ID_NS} id={escape(candidate.item_id)}"]
+    if tokens:
+        parts.append(f"|{ITEM_FEATURES_NS} " + " ".join(tokens))
+    if tags:
+        parts.append(f"|{ITEM_TAGS_NS} " + " ".join(tags))
+    if candidate.embedding:
+        embedding = []
+        for i, value in enumerate(candidate.embedding):
+            if not math.isfinite(value):
+                raise InvalidInput(f"{field}.embedding[{i}]", f"must be finite, got {value}")
+            # 9 significant digits round-trip a float32 exactly.
+            embedding.append(f"e{i}:{value:.9g}")
+        parts.append(f"|{EMBEDDING_NS} " + " ".join(embedding))
+    return " ".join(parts)
+
+
+_BASELINE_SUFFIX = struct.Struct("<d").pack
+_BASELINE_TAG = b"!"  # field 4 (baseline_score), wire type 1 (fixed64)
+
+
+def item_key(candidate: pb.Candidate) -> bytes:
+    """Cache key: the candidate's deterministic serialization without its baseline_score.
+
+    baseline_score changes per request and does not enter the example, so it must not split the
+    cache. Serialization writes known fields in field-number order, so a non-zero baseline (field 4,
+    the last field) is the trailing 9 bytes ``0x21`` + little-endian double; we strip them only when
+    they are exactly that record. Every remaining byte (item_id, features, embedding, and any unknown
+    fields) stays in the key, so equal keys mean equal example content. Measured at about 1 µs, it is
+    cheaper than keying on (item_id, features bytes, embedding bytes) (about 2-3 µs).
+    """
+    raw = candidate.SerializeToString(deterministic=True)
+    baseline = candidate.baseline_score
+    if baseline != 0.0 and raw[-9:] == _BASELINE_TAG + _BASELINE_SUFFIX(baseline):
+        return raw[:-9]
+    return raw
+
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class ItemExample(Generic[T]):
+    """A cached, validated candidate: its VW line and, if a ``prepare`` hook is set, a parsed example."""
+
+    item_id: str
+    line: str
+    example: T | None
+
+
+class ItemExampleCache(Generic[T]):
+    """Bounded LRU of per-item examples keyed by :func:`item_key`.
+
+    ``prepare(line)`` builds the pre-parsed example stored next to the line (the VW bandit passes a
+    function that parses into its own workspace: parsed examples are tied to one workspace). Not
+    thread-safe: the owner serialises access (the bandit does, under the policy's lock).
+    """
+
+    def __init__(self, max_items: int = 100_000, *, prepare: Callable[[str], T] | None = None) -> None:
+        if max_items <= 0:
+            raise ValueError(f"max_items: must be positive, got {max_items}")
+        self.max_items = max_items
+        self._prepare = prepare
+        self._entries: OrderedDict[bytes, ItemExample[T]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, candidate: pb.Candidate, index: int, *, field: str = "candidates") -> ItemExample[T]:
+        """The entry for ``candidate`` (at ``index`` in the request, for error messages)."""
+        key = item_key(candidate)
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry
+        self.misses += 1
+        line = item_line(candidate, f"{field}[{index}]")
+        entry = ItemExample(candidate.item_id, line, self._prepare(line) if self._prepare else None)
+        self._entries[key] = entry
+        if len(self._entries) > self.max_items:
+            self._entries.popitem(last=False)
+            self.evictions += 1
+        return entry
+
+    def items(self, candidates: Sequence[pb.Candidate], *, field: str = "candidates") -> list[ItemExample[T]]:
+        """Entries for every candidate, in order; raises InvalidInput naming the first bad field."""
+        get = self.get
+        return [get(candidate, i, field=field) for i, candidate in enumerate(candidates)]
+
+    def lines(self, candidates: Sequence[pb.Candidate], *, field: str = "candidates") -> list[str]:
+        """Validated lines for every candidate: cached ones reused, others built but not inserted.
+
+        For learning, where a parsed example is not wanted (learning needs fresh, labelled examples).
+        """
+        out: list[str] = []
+        for i, candidate in enumerate(candidates):
+            entry = self._entries.get(item_key(candidate))
+            out.append(entry.line if entry is not None else item_line(candidate, f"{field}[{i}]"))
+        return out
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def stats(self) -> dict[str, Any]:
+        return {"size": len(self._entries), "hits": self.hits, "misses": self.misses, "evictions": self.evictions}
