@@ -118,7 +118,8 @@ def library_estimates(table: pl.DataFrame, alpha: float) -> list[Estimate] | Non
               "using the local helper")
         return None
     return [
-        Estimate(row["estimator"], row["value"], row["ci_low"], row["ci_high"], "evaluators.estimate, normal")
+        Estimate(row["estimator"], row["value"], row["ci_low"], row["ci_high"],
+                 f"evaluators.estimate, {row.get('ci_method') or 'normal'}")
         for row in result.iter_rows(named=True)
     ]
 
