@@ -170,3 +170,14 @@ def test_bad_arguments(data: Path, tmp_path: Path) -> None:
         load_dsjson(tmp_path / "missing.json")
     empty = _write(tmp_path, [""])
     assert load_dsjson(empty).columns[:6] == FEEDBACK_COLUMNS and load_dsjson(empty).height == 0
+
+
+@pytest.mark.parametrize("name", ["dsjson_cb.json", "decisionservice.json", "ccb_data.json"])
+def test_tables_pass_the_evaluators_validation(data: Path, name: str) -> None:
+    from evaluators import estimate, validate_table
+
+    table = load_dsjson(data / name)
+    check = validate_table(table, need=set(), allow_support_violations=False)
+    assert check.n_rows == table.height
+    result = estimate(table, estimators=["ips"], ci=None)
+    assert result["value"][0] == pytest.approx(table["reward"].mean(), abs=1e-12)

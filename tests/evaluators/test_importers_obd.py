@@ -180,3 +180,30 @@ def test_documented_run_end_to_end(tmp_path: Path) -> None:
     for estimates in results.values():
         for e in estimates:
             assert e.low < 0.0042 < e.high  # every interval covers BTS's on-policy click rate
+
+
+def test_local_fallback_agrees_with_evaluators_estimate(random_log: ObdLog, bts_log: ObdLog) -> None:
+    """The script's fallback helper and the library give the same normal-interval estimates."""
+    import importlib.util
+    import sys
+
+    from evaluators import estimate, validate_table
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "obd_run.py"
+    spec = importlib.util.spec_from_file_location("obd_run_fallback", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["obd_run_fallback"] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules["obd_run_fallback"]
+    table = obd_feedback_table(
+        random_log, empirical_action_dist(bts_log), reward_model=module.position_ctr_model(random_log)
+    )
+    validate_table(table, need={"q_hat", "q_hat_target"}, allow_support_violations=False)
+    library = estimate(table, estimators=["ips", "snips", "dr"], ci="normal", alpha=0.05)
+    for local, row in zip(module.local_estimates(table, 0.05), library.iter_rows(named=True)):
+        assert local.label == row["estimator"]
+        assert local.value == pytest.approx(row["value"], rel=1e-9)
+        assert (local.low, local.high) == pytest.approx((row["ci_low"], row["ci_high"]), rel=1e-3)
