@@ -1,0 +1,108 @@
+"""``recsys-rl evaluate``: off-policy estimates of a feedback table from the command line.
+
+``recsys_rl/cli.py`` wires it with ``add_evaluate_parser(subparsers)`` and dispatches to
+``run_evaluate(args)``. Exit codes: 0 success; 2 bad usage or bad input, with ONE line on stderr naming
+the column, estimator or option; 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import numpy as np
+import polars as pl
+
+from evaluators.intervals import CI_METHODS
+from evaluators.report import FORMATS, render
+from evaluators.table import load_table
+
+PROG = "recsys-rl evaluate"
+
+
+def _one_line_error(message: str) -> NoReturn:
+    """argparse's default prints the usage too; the contract is one line naming the problem."""
+    sys.stderr.write(f"{PROG}: error: {' '.join(message.split())}\n")
+    raise SystemExit(2)
+
+
+def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    """Add the ``evaluate`` sub-command to ``subparsers`` and return its parser."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="off-policy estimates from a bandit-feedback table",
+        description="Estimate a target policy's value from a bandit-feedback table (parquet or csv).",
+    )
+    parser.add_argument("table", metavar="TABLE", help="feedback table (parquet, or .csv)")
+    parser.add_argument("--estimators", required=True,
+                        help="comma-separated, e.g. 'ips,snips,dr,clipped_ips(max_weight=10),dr_os(lambda=10)'")
+    parser.add_argument("--ci", default=None, help=f"interval method: {', '.join(CI_METHODS)} (default: none)")
+    parser.add_argument("--alpha", default="0.05", help="1 - confidence level (default 0.05)")
+    parser.add_argument("--n-bootstrap", default="1000", help="Poisson-bootstrap resamples (default 1000)")
+    parser.add_argument("--seed", default="0", help="bootstrap seed (default 0)")
+    parser.add_argument("--format", default="table", help=f"output: {', '.join(FORMATS)} (default table)")
+    parser.add_argument("--out", default=None, help="write the output to this file instead of stdout")
+    parser.add_argument("--allow-support-violations", action="store_true",
+                        help="estimate on rows the logging policy could reach; violating rows get weight 0")
+    parser.error = _one_line_error  # type: ignore[method-assign]
+    parser.set_defaults(handler=run_evaluate)
+    return parser
+
+
+def _number(name: str, raw: str, kind: type[int] | type[float]) -> int | float:
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ValueError(f"option '--{name}' must be {'an integer' if kind is int else 'a number'}, got '{raw}'") from None
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run the evaluation described by ``args``; returns the process exit code."""
+    from evaluators.evaluate import estimate  # imported here so `recsys-rl --help` stays fast
+
+    try:
+        if args.format not in FORMATS:
+            raise ValueError(f"option '--format' must be one of {', '.join(FORMATS)}, got '{args.format}'")
+        if args.ci is not None and args.ci not in CI_METHODS:
+            raise ValueError(f"option '--ci' must be one of {', '.join(CI_METHODS)}, got '{args.ci}'")
+        alpha = _number("alpha", args.alpha, float)
+        n_bootstrap = int(_number("n-bootstrap", args.n_bootstrap, int))
+        seed = int(_number("seed", args.seed, int))
+        table = load_table(args.table)
+        result = estimate(table, args.estimators, ci=args.ci, alpha=alpha, seed=seed, n_bootstrap=n_bootstrap,
+                          allow_support_violations=args.allow_support_violations)
+        weights = None
+        if args.format == "html":
+            p = table.get_column("pscore").cast(pl.Float64).to_numpy()
+            t = table.get_column("target_pscore").cast(pl.Float64).to_numpy()
+            weights = np.divide(t, p, out=np.zeros(p.size), where=p > 0)
+        text = render(result, args.format, weights=weights)
+    except ValueError as exc:  # TableError is a ValueError: bad input, exit 2 with one line
+        sys.stderr.write(f"{PROG}: error: {' '.join(str(exc).split())}\n")
+        return 2
+    except Exception as exc:  # anything unforeseen: still one line, but exit 1
+        sys.stderr.write(f"{PROG}: internal error: {type(exc).__name__}: {' '.join(str(exc).split())}\n")
+        return 1
+    if args.out:
+        try:
+            Path(args.out).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            sys.stderr.write(f"{PROG}: error: cannot write --out {args.out}: {exc.strerror}\n")
+            return 2
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (``python -m evaluators.cli evaluate TABLE ...``) until the lead wires recsys-rl."""
+    parser = argparse.ArgumentParser(prog="recsys-rl")
+    add_evaluate_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.handler(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
