@@ -40,7 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
+from google.protobuf.message import Message
 
+from logging_schema._views import TableRecord
 from logging_schema.reader import ReadStats, iter_record_batches
 from logging_schema.rewards import RewardDefinition
 from recsys_rl.logging.v1.events_pb2 import DecisionEvent, OutcomeEvent
@@ -86,7 +88,8 @@ class _DecisionColumns:
         self.slot_owner: list[int] = []
         self.count = 0
 
-    def add(self, event: DecisionEvent) -> None:
+    def add(self, event: DecisionEvent | Message) -> None:
+        # ``event`` is a DecisionEvent or its table view (same field names, see ``_views``).
         d = self.decision
         d["event_id"].append(event.event_id)
         d["request_id"].append(event.request_id)
@@ -127,7 +130,7 @@ class _OutcomeColumns:
         self.columns = {name: [] for name in OUTCOME_SCHEMA}
         self.count = 0
 
-    def add(self, event: OutcomeEvent) -> None:
+    def add(self, event: OutcomeEvent | Message) -> None:
         c = self.columns
         received = _micros(event.received_at) if event.HasField("received_at") else None
         c["event_id"].append(event.event_id)
@@ -172,13 +175,14 @@ def read_tables(log_dir: Path) -> LogTables:
 
     Each segment's protobufs are turned into column lists and dropped before the next segment is parsed,
     and the lists become a DataFrame chunk every ~100k decisions, so a large log is never held as
-    protobufs and Python lists all at once.
+    protobufs and Python lists all at once. Records are parsed through a wire-compatible view that leaves
+    the candidates' features unparsed (``_views``): about 5x cheaper for 100-candidate decisions.
     """
     stats = ReadStats()
     decision_chunks: list[pl.DataFrame] = []
     outcome_chunks: list[pl.DataFrame] = []
     decisions, outcomes = _DecisionColumns(), _OutcomeColumns()
-    for batch in iter_record_batches(log_dir, stats=stats):
+    for batch in iter_record_batches(log_dir, stats=stats, record_type=TableRecord):
         for record in batch:
             if record.WhichOneof("event") == "decision":
                 decisions.add(record.decision)
