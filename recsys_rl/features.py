@@ -17,6 +17,7 @@ VW example) keyed by the candidate's serialized bytes: a hit reads no map field 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -46,30 +47,47 @@ def escape(token: str) -> str:
     return token.translate(_ESCAPES)
 
 
+# Feature names and categorical values repeat across items and requests; memoising the escape is
+# cheaper than translating each time.
+_escape = functools.lru_cache(maxsize=1 << 16)(escape)
+
+
+@functools.lru_cache(maxsize=256)
+def _embedding_template(n: int) -> str:
+    # One %-format for the whole vector is about 4x cheaper than formatting each value separately;
+    # 9 significant digits round-trip a float32 exactly.
+    return f"|{EMBEDDING_NS} " + " ".join(f"e{i}:%.9g" for i in range(n))
+
+
 def _quote(name: str) -> str:
     return json.dumps(name, ensure_ascii=False)
 
 
-def _check_value(value: float, field: str) -> None:
+def _bad_value(value: float) -> str | None:
+    """Why ``value`` cannot be a feature value, or None. Called only after a cheap range check fails."""
     if not math.isfinite(value):
-        raise InvalidInput(field, f"must be finite, got {value}")
-    if abs(value) > _FLOAT32_MAX:
-        raise InvalidInput(field, f"must be within float32 range (|x| <= 3.4e38), got {value}")
+        return f"must be finite, got {value}"
+    return f"must be within float32 range (|x| <= 3.4e38), got {value}"
 
 
 def _features_tokens(features: pb.Features, field: str) -> tuple[list[str], list[str]]:
-    """(numeric + categorical tokens, tag tokens) of one Features message, validated."""
+    """(numeric + categorical tokens, tag tokens) of one Features message, validated.
+
+    Field paths are only formatted on error: building them eagerly tripled the cost of a cache miss.
+    """
     tokens: list[str] = []
     for name, value in features.numeric.items():
+        # One chained comparison rejects NaN (all comparisons false), ±inf and float32 overflow.
+        if not (-_FLOAT32_MAX <= value <= _FLOAT32_MAX):
+            raise InvalidInput(f"{field}.numeric[{_quote(name)}]", _bad_value(value) or "")
         if not name:
             raise InvalidInput(f"{field}.numeric", "feature names must not be empty")
-        _check_value(value, f"{field}.numeric[{_quote(name)}]")
-        tokens.append(f"{escape(name)}:{value!r}")
+        tokens.append(f"{_escape(name)}:{value!r}")
     for name, value in features.categorical.items():
         if not name:
             raise InvalidInput(f"{field}.categorical", "feature names must not be empty")
-        tokens.append(f"{escape(name)}={escape(value)}")
-    tags = [escape(tag) for tag in features.tags if tag]
+        tokens.append(f"{_escape(name)}={_escape(value)}")
+    tags = [_escape(tag) for tag in features.tags if tag]
     return tokens, tags
 
 
@@ -95,13 +113,11 @@ def item_line(candidate: pb.Candidate, field: str) -> str:
     if tags:
         parts.append(f"|{ITEM_TAGS_NS} " + " ".join(tags))
     if candidate.embedding:
-        embedding = []
-        for i, value in enumerate(candidate.embedding):
-            if not math.isfinite(value):
-                raise InvalidInput(f"{field}.embedding[{i}]", f"must be finite, got {value}")
-            # 9 significant digits round-trip a float32 exactly.
-            embedding.append(f"e{i}:{value:.9g}")
-        parts.append(f"|{EMBEDDING_NS} " + " ".join(embedding))
+        values = tuple(candidate.embedding)
+        if not all(map(math.isfinite, values)):
+            i = next(i for i, v in enumerate(values) if not math.isfinite(v))
+            raise InvalidInput(f"{field}.embedding[{i}]", f"must be finite, got {values[i]}")
+        parts.append(_embedding_template(len(values)) % values)
     return " ".join(parts)
 
 
