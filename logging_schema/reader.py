@@ -29,7 +29,6 @@ __all__ = [
     "LogReadResult",
     "ReadStats",
     "SegmentFormatError",
-    "iter_record_batches",
     "iter_records",
     "read_log",
 ]
@@ -73,43 +72,33 @@ def _log_paths(log_dir: Path) -> list[Path]:
     return list_segments(log_dir)
 
 
-def iter_record_batches(
+def iter_records(
     log_dir: Path, *, stats: ReadStats | None = None, record_type: type[Message] = LogRecord
-) -> Iterator[list[LogRecord]]:
-    """Yield the records of ``log_dir`` one segment at a time (one list per segment).
+) -> Iterator[LogRecord]:
+    """Every intact record of the log at ``log_dir`` (a directory, or one segment file), in write order.
 
-    Lets a consumer turn a segment's messages into columns and drop them before the next segment is
-    parsed, so a large log is never held as protobufs all at once. ``stats`` is updated as it goes.
-    ``record_type`` may be a wire-compatible view of LogRecord (see ``tables``) that parses less.
+    Streams: one segment's bytes and one parsed record are held at a time, so a consumer that turns
+    records into columns as they come never holds a large log as protobufs. Pass a ``ReadStats`` to get
+    the counts (torn tails, corrupt records, ...); a segment's counts are added once it has been read.
+    ``record_type`` may be a wire-compatible view of LogRecord that parses less (``tables`` uses one).
+    Raises FileNotFoundError when ``log_dir`` does not exist and SegmentFormatError for a foreign file.
     """
     stats = stats if stats is not None else ReadStats()
+    parse = record_type.FromString
     for path in _log_paths(log_dir):
         scan = SegmentScan(path=path)
-        batch: list[Message] = []
         for payload in scan_segment(path, scan):
             try:
-                record = record_type.FromString(payload)
+                record = parse(payload)
             except DecodeError:
                 stats.corrupt_records += 1
                 continue
             if record.WhichOneof("event") is None:
                 stats.corrupt_records += 1
                 continue
-            batch.append(record)
+            stats.records += 1
+            yield record
         stats.add_scan(scan)
-        stats.records += len(batch)
-        if batch:
-            yield batch
-
-
-def iter_records(log_dir: Path, *, stats: ReadStats | None = None) -> Iterator[LogRecord]:
-    """Every intact record of the log at ``log_dir`` (a directory, or one segment file), in write order.
-
-    Pass a ``ReadStats`` to get the counts (torn tails, corrupt records, ...) once iteration is done.
-    Raises FileNotFoundError when ``log_dir`` does not exist and SegmentFormatError for a foreign file.
-    """
-    for batch in iter_record_batches(log_dir, stats=stats):
-        yield from batch
 
 
 def read_log(log_dir: Path) -> LogReadResult:

@@ -43,7 +43,7 @@ import polars as pl
 from google.protobuf.message import Message
 
 from logging_schema._views import TableRecord
-from logging_schema.reader import ReadStats, iter_record_batches
+from logging_schema.reader import ReadStats, iter_records
 from logging_schema.rewards import RewardDefinition
 from recsys_rl.logging.v1.events_pb2 import DecisionEvent, OutcomeEvent
 from recsys_rl.ranking.v1.ranking_service_pb2 import ServingMode
@@ -171,30 +171,28 @@ class LogTables:
 
 
 def read_tables(log_dir: Path) -> LogTables:
-    """Decisions and outcomes tables of the log at ``log_dir``, built segment by segment.
+    """Decisions and outcomes tables of the log at ``log_dir`` (a directory or one segment file).
 
-    Each segment's protobufs are turned into column lists and dropped before the next segment is parsed,
-    and the lists become a DataFrame chunk every ~100k decisions, so a large log is never held as
-    protobufs and Python lists all at once. Records are parsed through a wire-compatible view that leaves
+    Records are streamed: each is turned into column values and dropped before the next is parsed, and
+    the column lists become a DataFrame chunk every ~100k decisions, so a large log is never held as
+    protobufs, nor all as Python lists. Records are parsed through a wire-compatible view that leaves
     the candidates' features unparsed (``_views``): about 5x cheaper for 100-candidate decisions.
     """
     stats = ReadStats()
     decision_chunks: list[pl.DataFrame] = []
     outcome_chunks: list[pl.DataFrame] = []
     decisions, outcomes = _DecisionColumns(), _OutcomeColumns()
-    for batch in iter_record_batches(log_dir, stats=stats, record_type=TableRecord):
-        for record in batch:
-            if record.WhichOneof("event") == "decision":
-                decisions.add(record.decision)
-            else:
-                outcomes.add(record.outcome)
-        del batch
-        if decisions.count >= _CHUNK_DECISIONS:
-            decision_chunks.append(decisions.to_frame())
-            decisions = _DecisionColumns()
-        if outcomes.count >= _CHUNK_DECISIONS:
-            outcome_chunks.append(outcomes.to_frame())
-            outcomes = _OutcomeColumns()
+    for record in iter_records(log_dir, stats=stats, record_type=TableRecord):
+        if record.WhichOneof("event") == "decision":
+            decisions.add(record.decision)
+            if decisions.count >= _CHUNK_DECISIONS:
+                decision_chunks.append(decisions.to_frame())
+                decisions = _DecisionColumns()
+        else:
+            outcomes.add(record.outcome)
+            if outcomes.count >= _CHUNK_DECISIONS:
+                outcome_chunks.append(outcomes.to_frame())
+                outcomes = _OutcomeColumns()
     decision_chunks.append(decisions.to_frame())
     outcome_chunks.append(outcomes.to_frame())
     return LogTables(pl.concat(decision_chunks, rechunk=True), pl.concat(outcome_chunks, rechunk=True), stats)
