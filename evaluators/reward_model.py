@@ -128,6 +128,9 @@ def fit_reward_model(
             raise ValueError(f"missing column '{name}'")
     if not features:
         raise ValueError("parameter 'features' is empty")
+    for name in features:
+        if name not in rows.columns:
+            raise ValueError(f"missing feature column '{name}'")
     reward = rows.get_column(reward_column).cast(pl.Float64).to_numpy()
     if not np.isfinite(reward).all():
         raise ValueError(f"column '{reward_column}' has null or non-finite values")
