@@ -246,7 +246,7 @@ def join_rewards(
 
     ``rewards`` maps surface -> definition, or is one definition for every surface; a surface of
     ``decisions_df`` without a definition is an error. Row order of ``decisions_df`` is kept. Pass a
-    ``JoinStats`` to get the counts of orphan, unknown and out-of-window outcomes (also logged).
+    ``JoinStats`` to get the counts of orphan, unknown and out-of-window outcomes (also logged at INFO).
     """
     _require(decisions_df, ("event_id", "item_id", "surface", "served_at"), "decisions_df")
     _require(outcomes_df, ("event_id", "item_id", "outcome", "value", "occurred_at"), "outcomes_df")
@@ -315,7 +315,8 @@ def join_rewards(
     result.counted_outcomes = counts["counted"]
     result.slate_outcomes = counts["slate"]
     if result.unknown_outcomes or result.orphan_outcomes:
-        log.warning(
+        # info, not warning: a library call prints nothing by default; callers read ``stats``.
+        log.info(
             "join_rewards: ignored %d outcomes with names unknown to their surface's reward definition "
             "and %d outcomes of unknown decisions",
             result.unknown_outcomes,
