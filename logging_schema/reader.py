@@ -29,6 +29,7 @@ __all__ = [
     "LogReadResult",
     "ReadStats",
     "SegmentFormatError",
+    "iter_record_batches",
     "iter_records",
     "read_log",
 ]
@@ -72,6 +73,24 @@ def _log_paths(log_dir: Path) -> list[Path]:
     return list_segments(log_dir)
 
 
+def _iter_segment(path: Path, stats: ReadStats, record_type: type[Message]) -> Iterator[Message]:
+    """The records of one segment; its counts are added to ``stats`` once it has been read."""
+    scan = SegmentScan(path=path)
+    parse = record_type.FromString
+    for payload in scan_segment(path, scan):
+        try:
+            record = parse(payload)
+        except DecodeError:
+            stats.corrupt_records += 1
+            continue
+        if record.WhichOneof("event") is None:
+            stats.corrupt_records += 1
+            continue
+        stats.records += 1
+        yield record
+    stats.add_scan(scan)
+
+
 def iter_records(
     log_dir: Path, *, stats: ReadStats | None = None, record_type: type[Message] = LogRecord
 ) -> Iterator[LogRecord]:
@@ -84,21 +103,19 @@ def iter_records(
     Raises FileNotFoundError when ``log_dir`` does not exist and SegmentFormatError for a foreign file.
     """
     stats = stats if stats is not None else ReadStats()
-    parse = record_type.FromString
     for path in _log_paths(log_dir):
-        scan = SegmentScan(path=path)
-        for payload in scan_segment(path, scan):
-            try:
-                record = parse(payload)
-            except DecodeError:
-                stats.corrupt_records += 1
-                continue
-            if record.WhichOneof("event") is None:
-                stats.corrupt_records += 1
-                continue
-            stats.records += 1
-            yield record
-        stats.add_scan(scan)
+        yield from _iter_segment(path, stats, record_type)
+
+
+def iter_record_batches(
+    log_dir: Path, *, stats: ReadStats | None = None, record_type: type[Message] = LogRecord
+) -> Iterator[list[LogRecord]]:
+    """Like ``iter_records``, one list per segment (segments without intact records yield nothing)."""
+    stats = stats if stats is not None else ReadStats()
+    for path in _log_paths(log_dir):
+        batch = list(_iter_segment(path, stats, record_type))
+        if batch:
+            yield batch
 
 
 def read_log(log_dir: Path) -> LogReadResult:

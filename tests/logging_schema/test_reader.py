@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from logging_schema.reader import ReadStats, iter_records, read_log
+from logging_schema.reader import ReadStats, iter_record_batches, iter_records, read_log
 from logging_schema.segments import (
     FRAME_HEADER_BYTES,
     HEADER_BYTES,
@@ -186,3 +186,15 @@ def test_single_segment_path_and_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="log_dir"):
         list(iter_records(tmp_path / "missing"))
     assert HEADER_BYTES == len(file_header())
+
+
+def test_record_batches_are_one_list_per_segment(tmp_path: Path) -> None:
+    records = _records(40)
+    _write_segment(tmp_path / segment_name(0), records[:25])
+    _write_segment(tmp_path / segment_name(1), [])
+    ends = _write_segment(tmp_path / segment_name(2), records[25:])
+    (tmp_path / segment_name(2)).write_bytes((tmp_path / segment_name(2)).read_bytes()[: ends[-1] - 1])
+    stats = ReadStats()
+    batches = list(iter_record_batches(tmp_path, stats=stats))
+    assert batches == [records[:25], records[25:-1]]
+    assert (stats.segments, stats.records, stats.torn_tail_records) == (3, 39, 1)
