@@ -29,7 +29,7 @@ probability increases in Σ_j exp(v_j) d^j, which that arrangement maximises).
 Sessions. A session starts with a time budget B ~ ``session_budget_s`` · LogNormal(0, 0.2). A page view
 without a click costs ``browse_cost_s``. A click on i yields dwell D = L_i (m + (1 − m) q_i) · LogNormal(0, 0.2)
 with m = ``min_watch_fraction`` and costs ``click_cost_s`` + D (1 − ``budget_refill`` · q_i): good content
-replenishes, clickbait drains. The clicked topic's interest drifts towards ``interest_cap``. The session ends
+replenishes, clickbait drains. The clicked topic's interest drifts up towards ``interest_cap``. The session ends
 when B ≤ 0 or after ``max_steps_per_session`` page views.
 
 Returns. A session's quality is (Σ q of clicked items + ``no_click_quality``) / (clicks + 1); a user's
@@ -111,6 +111,11 @@ class DayReport:
     returned: dict[str, bool]  # for every user with a session yesterday: did they visit today
 
 
+def slot_click_weights(utility: np.ndarray, position_decay: float) -> np.ndarray:
+    """Position-discounted attractiveness exp(v_k) d^k of a slate's items, (..., slate length)."""
+    return np.exp(utility) * position_decay ** np.arange(utility.shape[-1])
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
@@ -134,7 +139,6 @@ class World:
         self._topics = topic_names(config.n_topics)
         self._hist_keys = tuple(f"hist_{t}" for t in self._topics)
         self._segment_names = tuple(f"seg{s}" for s in range(config.n_segments))
-        self._log_decay = math.log(config.position_decay)
         self._exp_no_click = math.exp(config.no_click_utility)
 
         n_users, n_topics = config.n_users, config.n_topics
@@ -223,8 +227,7 @@ class World:
         positions = self._slate_positions(page_view, slate_item_ids)
         del self._pending[u]
         cfg = self.config
-        weights = np.exp(page_view.truth.utility[positions] + self._log_decay * np.arange(len(positions)))
-        cumulative = np.cumsum(weights)
+        cumulative = np.cumsum(slot_click_weights(page_view.truth.utility[positions], cfg.position_decay))
         draw = float(self._rng.random()) * (self._exp_no_click + float(cumulative[-1]))
         clicked_position: int | None = None
         dwell = 0.0
@@ -237,7 +240,8 @@ class World:
             dwell = float(self.catalog.length_s[item]) * watch * math.exp(0.2 * float(self._rng.standard_normal()))
             self._budget[u] -= cfg.click_cost_s + dwell * (1.0 - cfg.budget_refill * quality)
             topic = self.catalog.topic[item]
-            self.interest[u, topic] += cfg.interest_drift * (cfg.interest_cap - self.interest[u, topic])
+            # Upwards only: an interest already above the cap (noise at day 0) stays where it is.
+            self.interest[u, topic] += cfg.interest_drift * max(cfg.interest_cap - self.interest[u, topic], 0.0)
             self._hist[u] *= cfg.history_decay
             self._hist[u, topic] += 1.0
             self._clicks[u] += 1
@@ -311,7 +315,7 @@ class World:
     def slate_click_prob(self, page_view: PageView, slate_item_ids: list[str] | tuple[str, ...]) -> float:
         """Exact probability that the served slate (ordered) gets a click."""
         positions = self._slate_positions(page_view, slate_item_ids)
-        total = float(np.exp(page_view.truth.utility[positions] + self._log_decay * np.arange(len(positions))).sum())
+        total = float(slot_click_weights(page_view.truth.utility[positions], self.config.position_decay).sum())
         return total / (self._exp_no_click + total)
 
     def oracle_slate(self, page_view: PageView, slate_size: int | None = None) -> list[str]:
@@ -334,7 +338,7 @@ class World:
         k = self._slate_size(page_view, slate_size)
         n = len(page_view.candidates)
         picks = np.argsort(self._eval_rng.random((n_samples, n)), axis=1)[:, :k]
-        totals = (np.exp(page_view.truth.utility[picks]) * np.exp(self._log_decay * np.arange(k))).sum(axis=1)
+        totals = slot_click_weights(page_view.truth.utility[picks], self.config.position_decay).sum(axis=1)
         return float((totals / (self._exp_no_click + totals)).mean())
 
     def item_quality(self, item_ids: list[str] | tuple[str, ...]) -> np.ndarray:
