@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--exploration-cap", type=_cap, default=None, help=argparse.SUPPRESS)
     export.set_defaults(run=_logs_export)
 
-    for module in ("evaluators.cli",):
-        importlib.import_module(module).register(sub)
+    from evaluators.cli import add_evaluate_parser, run_evaluate
+
+    add_evaluate_parser(sub).set_defaults(run=run_evaluate)
     return parser
 
 
@@ -121,6 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except (OSError, ValueError) as exc:
+        # Bad paths and bad values that got past argparse: still one line, naming what was wrong.
+        print(f"recsys-rl: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -208,6 +208,27 @@ class ItemExampleCache(Generic[T]):
             out.append(entry.line if entry is not None else item_line(candidate, f"{field}[{i}]"))
         return out
 
+    def snapshot(self, limit: int) -> list[tuple[bytes, str, str]]:
+        """Up to ``limit`` (key, item_id, line) entries, most recently used first: what a new cache should hold."""
+        out: list[tuple[bytes, str, str]] = []
+        for key, entry in reversed(self._entries.items()):
+            if len(out) >= limit:
+                break
+            out.append((key, entry.item_id, entry.line))
+        return out
+
+    def warm(self, entries: Sequence[tuple[bytes, str, str]]) -> None:
+        """Fills the cache from another cache's snapshot (validated lines), keeping its recency order.
+
+        A new model version gets a new workspace and so a cold cache; warming it off the request path keeps
+        the first requests after a hot swap from paying the parse cost of every item.
+        """
+        for key, item_id, line in reversed(entries[: self.max_items]):
+            if key not in self._entries:
+                self._entries[key] = ItemExample(item_id, line, self._prepare(line) if self._prepare else None)
+        while len(self._entries) > self.max_items:
+            self._entries.popitem(last=False)
+
     def clear(self) -> None:
         self._entries.clear()
 

@@ -111,6 +111,11 @@ class SurfacePolicy:
             self._bandit = bandit
             self._policy_version = policy_version
 
+    def hot_items(self, limit: int = 10_000) -> list[tuple[bytes, str, str]]:
+        """The serving cache's most recently used items, to warm a replacement model before ``swap_model``."""
+        with self._lock:
+            return self._bandit.cache.snapshot(limit)
+
     def set_cap(self, cap: float) -> None:
         """The cap in force from the next rank on (lowering is always allowed; the gate is the caller's)."""
         if not (0.0 <= cap <= 1.0):

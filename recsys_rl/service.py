@@ -91,7 +91,7 @@ class DecisionService:
         budget = entry.config.decision_budget_ms / 1000.0
         if budget_s is not None:
             budget = min(budget, budget_s)
-        decision = entry.policy.rank(request, budget_s=budget)
+        decision = entry.policy.rank(request, budget_s=budget, started_at=started_ns / 1e9)
         event_id = uuid.uuid4().hex
         event = decision_to_event(
             request,
@@ -148,6 +148,7 @@ class DecisionService:
         """Hot-swaps the serving model; a checkpoint that fails to load raises and the old one keeps serving."""
         entry = self._entry(surface)
         bandit = VWBandit(entry.config.model.vw_args, model=checkpoint.model)
+        bandit.cache.warm(entry.policy.hot_items())  # parse off the request path, then swap
         entry.policy.swap_model(bandit, checkpoint.version)
 
     def set_cap(self, surface: str, cap: float) -> None:

@@ -14,6 +14,7 @@ import pytest
 from scipy import stats
 
 from logging_schema.reader import read_log
+from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.config import ExplorationConfig, ModelConfig, ServiceConfig, SurfaceConfig
 from tests.helpers import make_request
 
@@ -31,7 +32,10 @@ EXPLORERS = {
 @pytest.mark.parametrize("name", list(EXPLORERS))
 def test_logged_propensities_match_empirical_frequencies(start_server, name: str) -> None:
     exploration, cap = EXPLORERS[name]
-    surface = SurfaceConfig(exploration_cap=cap, exploration=exploration, model=ModelConfig(learn=False))
+    # A generous decision budget: this test is about the learned policy's draws, and a loaded CI machine must not
+    # turn a slow request into a (correctly logged, but here unwanted) baseline fallback.
+    surface = SurfaceConfig(exploration_cap=cap, exploration=exploration, model=ModelConfig(learn=False),
+                            decision_budget_ms=60_000)
     running = start_server(ServiceConfig(surfaces={"default": surface}, seed=11))
     inverse = np.zeros((N_REQUESTS, SLATE))
     top_counts: Counter[str] = Counter()
@@ -39,6 +43,7 @@ def test_logged_propensities_match_empirical_frequencies(start_server, name: str
     for i in range(N_REQUESTS):
         response = running.stub.Rank(make_request(N_CANDIDATES, SLATE, request_id=f"req-{i}"), timeout=10)
         inverse[i] = [1.0 / item.propensity for item in response.slate]
+        assert response.serving_mode == pb.SERVING_MODE_LEARNED
         top = response.slate[0]
         top_counts[top.item_id] += 1
         # Identical requests: an item's logged top-slot propensity must not depend on the draw.
