@@ -45,7 +45,10 @@ def weight_summary(weights: np.ndarray) -> tuple[float, float, float]:
 
 def diagnose(estimator: Estimator, data: FeedbackData) -> Diagnostics:
     """Diagnostics of the weights ``estimator`` applies on ``data``."""
-    ess, largest, share = weight_summary(estimator.diagnostic_weights(data))
+    weights = estimator.diagnostic_weights(data)
+    # Estimators sharing a weight vector (ips, snips, dr, ...) share one summary pass.
+    summary = data.cached(f"summary:{id(weights)}", lambda: np.array(weight_summary(weights)))
+    ess, largest, share = (float(v) for v in summary)
     return Diagnostics(
         n=data.n,
         ess=ess,

@@ -91,9 +91,12 @@ class FeedbackData:
         return self.cached(f"w:{logging_column}", make)
 
     def support_violations(self, logging_column: str = "pscore") -> int:
-        p = self.column(logging_column)
-        t = self.column(PROPENSITY_PAIRS[logging_column])
-        return int(np.count_nonzero((t > 0) & ~(p > 0)))
+        def make() -> np.ndarray:
+            p = self.column(logging_column)
+            t = self.column(PROPENSITY_PAIRS[logging_column])
+            return np.array([np.count_nonzero((t > 0) & ~(p > 0))])
+
+        return int(self.cached(f"violations:{logging_column}", make)[0])
 
     def first_in_event(self) -> np.ndarray:
         """1.0 on the first row of each event: its sum is the number of slates."""

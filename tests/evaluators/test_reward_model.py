@@ -27,7 +27,7 @@ def _synthetic(n: int, seed: int) -> tuple[pl.DataFrame, np.ndarray]:
 
 def test_learns_better_than_the_mean() -> None:
     rows, p = _synthetic(6000, 0)
-    model = fit_reward_model(rows, ["x", "device", "item"], k=3, seed=1)
+    model = fit_reward_model(rows, ["x", "device", "item"], k=3, seed=1, params={"num_threads": 1})
     q = model.q_hat["q_hat"].to_numpy()
     mse_model = np.mean((q - p) ** 2)
     mse_mean = np.mean((rows["reward"].mean() - p) ** 2)
@@ -63,10 +63,10 @@ def test_cross_fitting_cannot_memorise_events() -> None:
         "event_id": idx.astype(str), "position": np.tile(np.arange(per_event), events), "action": 0,
         "event_feature": idx.astype(float), "reward": noise[idx],
     })
-    model = fit_reward_model(rows, ["event_feature"], k=5, seed=0, num_boost_round=100)
+    model = fit_reward_model(rows, ["event_feature"], k=5, seed=0, num_boost_round=100, params={"num_threads": 1})
     oof_corr = np.corrcoef(model.q_hat["q_hat"].to_numpy(), noise[idx])[0, 1]
     x = rows.select("event_feature").to_numpy()
-    in_sample = lgb.train({**DEFAULT_PARAMS, "objective": "regression", "seed": 0},
+    in_sample = lgb.train({**DEFAULT_PARAMS, "objective": "regression", "seed": 0, "num_threads": 1},
                           lgb.Dataset(x, label=noise[idx]), num_boost_round=100).predict(x)
     assert np.corrcoef(in_sample, noise[idx])[0, 1] > 0.8       # memorisation is possible in-sample
     assert abs(oof_corr) < 0.3, oof_corr                         # but not across folds
