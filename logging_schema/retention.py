@@ -6,8 +6,9 @@ Everything is reconstructed from the logged events (``DecisionEvent`` / ``Outcom
 **Sessions.** A user's decisions are ordered by ``served_at`` (ties by ``event_id``). Decision t starts a new
 session when it is the user's first, when the gap to the user's previous decision exceeds
 ``session_gap_seconds`` (the inactivity fallback), or when the previous decision carries a ``session_end``
-outcome (any value, any item). ``session_id`` is ``"<user_id>#<k>"`` with k the 0-based session number of the
-user; ``step`` is the 0-based index of the decision inside its session.
+outcome (any value, any item) - or a ``return_visit`` outcome when ``return_visit_on="last_decision"`` (below).
+``session_id`` is ``"<user_id>#<k>"`` with k the 0-based session number of the user; ``step`` is the 0-based
+index of the decision inside its session.
 
 **Immediate reward.** r_t = Σ weights[o.outcome] · o.value over all outcomes o logged for decision t, item-level
 or whole-slate (e.g. ``click`` weight 1, ``dwell_seconds`` weight 0.01 per second). No attribution window is
@@ -20,11 +21,15 @@ applied here: dwell and session outcomes legitimately arrive after the bandit's 
 of s (decision at step t of a T-step session receives γ^(T-1-t) · R_s in its Monte-Carlo return; the column
 ``return_credit`` shows exactly that share). R_s is:
 
-* explicit: the sum of the values of ``return_visit`` outcomes credited to s. A ``return_visit`` outcome with
-  ``occurred_at = τ`` on a decision of user u is credited to u's latest session whose *last decision was served
-  strictly before τ*. This is right whether the host reports it on the first decision of the new visit (that
-  session's decisions are served at ≥ τ) or on the last decision of the previous session (stamped with the time
-  of the return). A return_visit with no earlier session of the user is counted in ``uncredited_returns``.
+* explicit: the sum of the values of the ``return_visit`` outcomes credited to s (value 1 = came back, 0 = did
+  not; a 0 is an explicit "no" and blocks the implicit rule). Which session an outcome credits depends on the
+  host's convention, ``return_visit_on``:
+  - ``"last_decision"`` (default; what ``recsys_rl.sim.host`` does): the outcome is reported on the last
+    decision of the session it is about, once the next day shows whether the user came back. That decision
+    ends its session and the credit goes to that session.
+  - ``"next_visit"``: the outcome is reported on a decision of the new visit, at ``occurred_at = τ``; it is
+    credited to the user's latest session whose *last decision was served strictly before τ*. One with no
+    earlier session of the user is counted in ``uncredited_returns``.
 * implicit (``implicit_returns=True``, used only for sessions without an explicit credit): R_s = 1 when the
   user's next session starts within ``return_horizon_seconds`` of s's last decision, else 0. The user's latest
   session never gets implicit credit (we cannot know yet; it is flagged ``censored``).
@@ -67,6 +72,7 @@ class RetentionConfig:
     return_visit_weight: float = 1.0  # reward per unit of return-visit credit, added at the session's last step
     implicit_returns: bool = True  # credit a next session within the horizon when no return_visit was logged
     return_horizon_seconds: float = 3 * 86_400.0  # how soon the next session must start to count as a return
+    return_visit_on: str = "last_decision"  # host convention for return_visit outcomes: or "next_visit"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.gamma) and 0.0 <= self.gamma <= 1.0):
@@ -82,6 +88,8 @@ class RetentionConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name}: must be a positive number of seconds, got {value}")
+        if self.return_visit_on not in ("last_decision", "next_visit"):
+            raise ValueError(f"return_visit_on: must be 'last_decision' or 'next_visit', got {self.return_visit_on!r}")
         if not math.isfinite(self.return_visit_weight):
             raise ValueError(f"return_visit_weight: must be finite, got {self.return_visit_weight}")
 
@@ -150,6 +158,8 @@ def retention_table(
     known = outcomes.join(decisions.select("event_id", "user_id"), on="event_id", how="inner")
     stats.orphan_outcomes += outcomes.height - known.height
 
+    last_decision_mode = config.return_visit_on == "last_decision"
+    session_markers = [SESSION_END, RETURN_VISIT] if last_decision_mode else [SESSION_END]
     weights = pl.DataFrame({"outcome": list(config.weights), "weight": list(config.weights.values())},
                            schema={"outcome": pl.String, "weight": pl.Float64})  # fmt: skip
     per_decision = (
@@ -157,7 +167,7 @@ def retention_table(
         .group_by("event_id")
         .agg(
             immediate_reward=(pl.col("weight").fill_null(0.0) * pl.col("value")).sum(),
-            ends_session=(pl.col("outcome") == SESSION_END).any(),
+            ends_session=(pl.col("outcome").is_in(session_markers)).any(),
         )
     )
     table = decisions.join(per_decision, on="event_id", how="left").with_columns(
@@ -188,13 +198,16 @@ def retention_table(
         .sort("user_id", "session_index")
         .with_columns(next_start_us=pl.col("start_us").shift(-1).over("user_id"))
     )
-    returns = known.filter(pl.col("outcome") == RETURN_VISIT).sort("occurred_at_us")
-    # Latest session of the same user whose last decision was served strictly before the return time.
-    credited = returns.join_asof(
-        sessions.sort("end_us").with_columns(pl.col("end_us").alias("end_key")),
-        left_on="occurred_at_us", right_on="end_key", by="user_id", strategy="backward", allow_exact_matches=False,
-        check_sortedness=False,  # both sides are sorted globally on the key, hence within each user
-    )
+    returns = known.filter(pl.col("outcome") == RETURN_VISIT)
+    if last_decision_mode:  # credited to the session of the decision it was reported on (which it ends)
+        credited = returns.join(table.select("event_id", "session_index"), on="event_id", how="left")
+    else:  # latest session of the same user whose last decision was served strictly before the return time
+        credited = returns.sort("occurred_at_us").join_asof(
+            sessions.sort("end_us").with_columns(pl.col("end_us").alias("end_key")),
+            left_on="occurred_at_us", right_on="end_key", by="user_id", strategy="backward",
+            allow_exact_matches=False,
+            check_sortedness=False,  # both sides are sorted globally on the key, hence within each user
+        )  # fmt: skip
     explicit = (
         credited.filter(pl.col("session_index").is_not_null())
         .group_by("user_id", "session_index")
