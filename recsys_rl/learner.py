@@ -1,185 +1,213 @@
-"""The online learner: joins outcomes to decisions inside their attribution window, learns off the request path.
+"""Outcome attribution on the serving side, and the online learner that reads the log and publishes models.
 
-Each served decision is tracked until its attribution window closes (``served_at + window``). Outcomes that
-arrive in time add ``weight · value`` to the reward of the slate position of their item. When the window closes
-the decision is learned with its logged propensities (an IPS cb label per served slot, see ``VWBandit.learn``)
-and, every ``publish_every`` decisions, the learner's model is published to the registry as a new version and
-handed to the serving policy. Outcomes for whole slates (empty ``item_id``) are logged but do not enter the
-bandit's per-item reward: they belong to the slate-level (retention) model.
+Serving process: ``OutcomeTracker`` remembers each decision's slate and attribution window, so ReportOutcome can
+say NOT_FOUND, reject an item that was not served, and tell whether the outcome counts (inside the window).
 
-Decisions still open at shutdown are not learned (their outcomes may still come); they are in the log, which
-offline training reads.
+Learner (its own process, ``run_learner``; a thread in tests): ``OnlineLearner`` follows the log the server writes
+(``logging_schema.tail``), adds each attributed outcome's ``weight · value`` to the reward of its item's slot, and
+once a decision's window has closed (plus a grace period for outcomes still in the writer's queue) learns it with
+its logged propensities: one IPS cb label per served slot (``VWBandit.learn``). Every ``publish_every`` decisions
+it publishes a version to the registry; serving processes pick it up (``ModelWatcher``) and hot-swap.
+Whole-slate outcomes (empty ``item_id``) are logged but not in the bandit's per-item reward: they belong to the
+slate-level (retention) model. Learning off the serving process keeps VW's GIL-holding updates off Rank's path.
+
+Restart: the learner starts at the end of the existing log; decisions whose windows were still open at shutdown
+are not learned online (their outcomes may come later); offline training reads them from the log.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
 
 from logging_schema.rewards import RewardDefinition, UnknownOutcomeError
-from recsys_rl.bandit import VWBandit
-from recsys_rl.config import SurfaceConfig
+from logging_schema.tail import LogTailer
+from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.registry import Checkpoint, ModelRegistry
 
-# How many closed decisions we remember, so a late outcome is told "not attributed" instead of NOT_FOUND.
+log = logging.getLogger(__name__)
+
+# How many closed decisions the tracker remembers, so a late outcome is "not attributed" rather than NOT_FOUND.
 _CLOSED_MEMORY = 500_000
+# Outcomes accepted just before a window closes may reach the log a little later (the writer's queue).
+_GRACE_S = 1.0
+
+
+def _seconds(ts: object) -> float:
+    return ts.seconds + ts.nanos * 1e-9  # type: ignore[attr-defined]
+
+
+def outcome_weight(reward: RewardDefinition, outcome: str, value: float) -> float:
+    """Validates an outcome against a reward definition; returns its weight. Errors name the field."""
+    if not math.isfinite(value):
+        raise InvalidInput("value", f"must be finite, got {value}")
+    try:
+        return reward.weight(outcome)
+    except UnknownOutcomeError as exc:
+        raise InvalidInput("outcome", str(exc).split(": ", 1)[1]) from None
+
+
+@dataclass
+class _Tracked:
+    served_at_s: float
+    deadline_s: float
+    position_of: dict[str, int]
+
+
+class OutcomeTracker:
+    """Decisions of one surface whose outcomes may still arrive. Thread-safe (called from gRPC threads)."""
+
+    def __init__(self, surface: SurfaceConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.surface = surface
+        self.reward = surface.reward
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._open: dict[str, _Tracked] = {}
+        self._order: deque[tuple[float, str]] = deque()  # one window per surface: deadlines arrive in order
+        self._closed: OrderedDict[str, None] = OrderedDict()
+        self.attributed = 0
+        self.late = 0
+
+    def track(self, event: events_pb2.DecisionEvent) -> None:
+        served_at_s = _seconds(event.served_at)
+        tracked = _Tracked(served_at_s, served_at_s + self.reward.attribution_window_seconds,
+                           {slot.item_id: slot.position for slot in event.slate})
+        with self._lock:
+            self._open[event.event_id] = tracked
+            self._order.append((tracked.deadline_s, event.event_id))
+            self._expire(self._clock())
+
+    def _expire(self, now_s: float) -> None:
+        while self._order and self._order[0][0] < now_s:
+            _, event_id = self._order.popleft()
+            if self._open.pop(event_id, None) is not None:
+                self._closed[event_id] = None
+        while len(self._closed) > _CLOSED_MEMORY:
+            self._closed.popitem(last=False)
+
+    def knows(self, event_id: str) -> bool:
+        with self._lock:
+            return event_id in self._open or event_id in self._closed
+
+    def attribute(self, event_id: str, item_id: str, outcome: str, value: float, occurred_at_s: float) -> bool:
+        """True when the outcome counts toward its decision (served item or whole slate, inside the window)."""
+        outcome_weight(self.reward, outcome, value)
+        with self._lock:
+            tracked = self._open.get(event_id)
+            if tracked is None:
+                if event_id in self._closed:
+                    self.late += 1
+                    return False
+                raise NotFound(f"event_id: no decision {event_id!r} on surface {self.surface.name!r}")
+            if item_id and item_id not in tracked.position_of:
+                raise InvalidInput("item_id", f"{item_id!r} was not in the slate of event {event_id}")
+            if not self.reward.in_window(tracked.served_at_s, occurred_at_s):
+                self.late += 1
+                return False
+            self.attributed += 1
+            return True
 
 
 @dataclass
 class _Pending:
     event: events_pb2.DecisionEvent
-    served_at_s: float
-    deadline_s: float
     rewards: list[float]
-    position_of: dict[str, int] = field(default_factory=dict)
+    position_of: dict[str, int]
 
 
 @dataclass
 class LearnerStats:
-    tracked: int = 0
+    decisions_seen: int = 0
     learned_decisions: int = 0
     updates: int = 0
-    attributed_outcomes: int = 0
-    late_outcomes: int = 0
+    outcomes_used: int = 0
     published: int = 0
     learn_errors: int = 0
 
 
 class OnlineLearner:
-    """Tracks one surface's decisions, attributes outcomes, learns and publishes versions.
+    """Learns one surface from its log records. Single-threaded: ``consume`` then ``step``, in a loop."""
 
-    ``track`` and ``attribute`` are called from gRPC threads; ``step`` (the learning) runs on the learner's own
-    thread once ``start`` is called, or directly from tests.
-    """
-
-    def __init__(
-        self,
-        surface: SurfaceConfig,
-        bandit: VWBandit,
-        registry: ModelRegistry,
-        *,
-        parent_version: str,
-        on_publish: Callable[[Checkpoint], None],
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, surface: SurfaceConfig, bandit: object, registry: ModelRegistry, *, parent_version: str,
+                 on_publish: Callable[[Checkpoint], None] = lambda _: None) -> None:
         self.surface = surface
-        self.reward: RewardDefinition = surface.reward
-        self._bandit = bandit
+        self._bandit = bandit  # a VWBandit (typed loosely so this module imports without VW)
         self._registry = registry
         self._parent = parent_version
         self._on_publish = on_publish
-        self._clock = clock
-        self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
-        self._order: deque[tuple[float, str]] = deque()  # windows are equal per surface: deadlines arrive in order
-        self._closed: OrderedDict[str, None] = OrderedDict()
+        self._order: deque[tuple[float, str]] = deque()
         self._since_publish = 0
         self._data_range: dict[str, float | int] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.stats = LearnerStats()
 
-    # --- called from request threads -------------------------------------------------------------------
-    def track(self, event: events_pb2.DecisionEvent) -> None:
-        served_at_s = event.served_at.seconds + event.served_at.nanos * 1e-9
-        pending = _Pending(
-            event=event,
-            served_at_s=served_at_s,
-            deadline_s=served_at_s + self.reward.attribution_window_seconds,
-            rewards=[0.0] * len(event.slate),
-            position_of={slot.item_id: slot.position for slot in event.slate},
-        )
-        with self._lock:
-            self._pending[event.event_id] = pending
-            self._order.append((pending.deadline_s, event.event_id))
-            self.stats.tracked += 1
+    def consume(self, record: events_pb2.LogRecord) -> None:
+        kind = record.WhichOneof("event")
+        if kind == "decision":
+            event = record.decision
+            due = _seconds(event.served_at) + self.surface.reward.attribution_window_seconds + _GRACE_S
+            position_of = {slot.item_id: slot.position for slot in event.slate}
+            self._pending[event.event_id] = _Pending(event, [0.0] * len(event.slate), position_of)
+            self._order.append((due, event.event_id))
+            self.stats.decisions_seen += 1
+        elif kind == "outcome":
+            outcome = record.outcome
+            pending = self._pending.get(outcome.event_id)
+            if pending is None or not outcome.attributed or not outcome.item_id:
+                return
+            position = pending.position_of.get(outcome.item_id)
+            weight = self.surface.reward.weights.get(outcome.outcome)
+            if position is None or weight is None:
+                return
+            pending.rewards[position] += weight * outcome.value
+            self.stats.outcomes_used += 1
 
-    def knows(self, event_id: str) -> bool:
-        with self._lock:
-            return event_id in self._pending or event_id in self._closed
-
-    def check_outcome(self, item_id: str, outcome: str, value: float) -> float:
-        """Validates an outcome against the reward definition; returns its weight."""
-        if not math.isfinite(value):
-            raise InvalidInput("value", f"must be finite, got {value}")
-        try:
-            return self.reward.weight(outcome)
-        except UnknownOutcomeError as exc:
-            raise InvalidInput("outcome", str(exc).split(": ", 1)[1]) from None
-
-    def attribute(self, event_id: str, item_id: str, outcome: str, value: float, occurred_at_s: float) -> bool:
-        """Adds an outcome to its decision's reward. True when it counts (inside the window, decision open)."""
-        weight = self.check_outcome(item_id, outcome, value)
-        with self._lock:
-            pending = self._pending.get(event_id)
-            if pending is None:
-                if event_id in self._closed:
-                    self.stats.late_outcomes += 1
-                    return False
-                raise NotFound(f"event_id: no decision {event_id!r} on surface {self.surface.name!r}")
-            if item_id and item_id not in pending.position_of:
-                raise InvalidInput("item_id", f"{item_id!r} was not in the slate of event {event_id}")
-            if not self.reward.in_window(pending.served_at_s, occurred_at_s):
-                self.stats.late_outcomes += 1
-                return False
-            if item_id:
-                pending.rewards[pending.position_of[item_id]] += weight * value
-            self.stats.attributed_outcomes += 1
-            return True
-
-    # --- the learning side ------------------------------------------------------------------------------
-    def _close_due(self, now_s: float) -> list[_Pending]:
-        due: list[_Pending] = []
-        with self._lock:
-            while self._order and self._order[0][0] < now_s:
-                _, event_id = self._order.popleft()
-                pending = self._pending.pop(event_id, None)
-                if pending is not None:
-                    due.append(pending)
-                    self._closed[event_id] = None
-            while len(self._closed) > _CLOSED_MEMORY:
-                self._closed.popitem(last=False)
-        return due
-
-    def step(self, now_s: float | None = None) -> int:
-        """Learns every decision whose window has closed by ``now_s``; publishes when due. Returns decisions learned."""
-        due = self._close_due(self._clock() if now_s is None else now_s)
-        if not self.surface.model.learn:
-            return 0
-        for pending in due:
+    def step(self, now_s: float) -> int:
+        """Learns every decision whose window (plus grace) closed before ``now_s``; publishes when due."""
+        learned = 0
+        while self._order and self._order[0][0] < now_s:
+            _, event_id = self._order.popleft()
+            pending = self._pending.pop(event_id, None)
+            if pending is None or not self.surface.model.learn:
+                continue
             try:
-                self.stats.updates += self._bandit.learn(pending.event, pending.rewards)
-            except Exception:  # noqa: BLE001 - one bad record must not stop learning; it is counted
+                self.stats.updates += self._bandit.learn(pending.event, pending.rewards)  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001 - one bad record must not stop learning; it is counted and logged
+                log.exception("could not learn decision %s", event_id)
                 self.stats.learn_errors += 1
                 continue
+            learned += 1
             self.stats.learned_decisions += 1
             self._since_publish += 1
-            first = self._data_range.get("first_served_at", pending.served_at_s)
+            served = _seconds(pending.event.served_at)
             self._data_range = {
-                "first_served_at": min(first, pending.served_at_s),
-                "last_served_at": pending.served_at_s,
+                "first_served_at": min(self._data_range.get("first_served_at", served), served),
+                "last_served_at": served,
                 "decisions": int(self._data_range.get("decisions", 0)) + 1,
             }
             if self._since_publish >= self.surface.model.publish_every:
                 self.publish()
-        return len(due)
+        return learned
 
     def publish(self) -> Checkpoint | None:
-        """Publishes the learner's model as a new version (if it learned anything since the last one)."""
+        """Publishes the model as a new version if it learned anything since the last one."""
         if self._since_publish == 0:
             return None
         checkpoint = self._registry.publish(
             self.surface.name,
-            self._bandit.to_bytes(),
+            self._bandit.to_bytes(),  # type: ignore[attr-defined]
             parent=self._parent,
             data_range=dict(self._data_range),
-            parameters={"vw_args": self.surface.model.vw_args, "updates": self.stats.updates},
+            parameters={"vw_args": self.surface.model.vw_args, "updates": self.stats.updates,
+                        "exploration": self.surface.exploration.algorithm},
         )
         self._parent = checkpoint.version
         self._since_publish = 0
@@ -187,18 +215,84 @@ class OnlineLearner:
         self._on_publish(checkpoint)
         return checkpoint
 
-    def start(self, interval_s: float = 0.05) -> None:
-        def loop() -> None:
-            while not self._stop.wait(interval_s):
-                self.step()
 
-        self._thread = threading.Thread(target=loop, name=f"learner-{self.surface.name}", daemon=True)
+def build_learners(config: ServiceConfig, registry: ModelRegistry) -> dict[str, OnlineLearner]:
+    """One learner per learning surface, starting from the surface's latest published version."""
+    from recsys_rl.bandit import VWBandit
+
+    learners: dict[str, OnlineLearner] = {}
+    for name, surface in config.surfaces.items():
+        checkpoint = registry.latest(name)
+        if checkpoint is None or not surface.model.learn:
+            continue
+        bandit = VWBandit(surface.model.vw_args, model=checkpoint.model)
+        learners[name] = OnlineLearner(surface, bandit, registry, parent_version=checkpoint.version)
+    return learners
+
+
+def learn_from_log(learners: dict[str, OnlineLearner], records: Iterable[events_pb2.LogRecord], now_s: float) -> int:
+    for record in records:
+        kind = record.WhichOneof("event")
+        surface = record.decision.surface if kind == "decision" else record.outcome.surface
+        learner = learners.get(surface)
+        if learner is not None:
+            learner.consume(record)
+    return sum(learner.step(now_s) for learner in learners.values())
+
+
+def run_learner(config: ServiceConfig, data_dir: Path, stop: threading.Event | object, *,
+                interval_s: float = 0.1, from_end: bool = True) -> None:
+    """The learner loop (target of the learner process or thread). ``stop`` is a threading/multiprocessing Event.
+
+    On stop it reads what the server flushed, learns what is due and publishes the rest, then returns.
+    """
+    registry = ModelRegistry(Path(data_dir) / "models")
+    learners = build_learners(config, registry)
+    tailer = LogTailer(Path(data_dir) / "logs", from_end=from_end)
+    while not stop.wait(interval_s):  # type: ignore[attr-defined]
+        learn_from_log(learners, tailer.poll(), time.time())
+    learn_from_log(learners, tailer.poll(max_records=10**9), time.time())
+    for learner in learners.values():
+        learner.publish()
+
+
+def learner_process_main(config: ServiceConfig, data_dir: Path, stop: object, parent_pid: int) -> None:
+    """Entry point of the learner process: the server coordinates shutdown, so signals are its business."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    class _StopOrOrphaned:
+        def wait(self, timeout: float) -> bool:
+            # A learner whose server died without stopping it must not linger.
+            return stop.wait(timeout) or os.getppid() != parent_pid  # type: ignore[attr-defined]
+
+    run_learner(config, data_dir, _StopOrOrphaned())
+
+
+class ModelWatcher:
+    """Serving side: polls the registry and hot-swaps a surface's model when a newer version is published."""
+
+    def __init__(self, refresh: Callable[[], None], *, interval_s: float = 0.25) -> None:
+        self._refresh = refresh
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="model-watcher", daemon=True)
+
+    def start(self) -> ModelWatcher:
         self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self._refresh()
+            except Exception:  # noqa: BLE001 - a bad checkpoint is refused; the old model keeps serving
+                log.exception("model refresh failed; the current version keeps serving")
 
     def stop(self) -> None:
-        """Stops the thread, learns what is due and publishes what was learned since the last version."""
         self._stop.set()
-        if self._thread is not None:
+        if self._thread.is_alive():
             self._thread.join()
-        self.step()
-        self.publish()

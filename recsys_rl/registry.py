@@ -92,11 +92,16 @@ class ModelRegistry:
         os.replace(latest_tmp, self._surface_dir(surface) / "LATEST")
         return Checkpoint(surface, version, model, manifest)
 
-    def latest(self, surface: str) -> Checkpoint | None:
-        pointer = self._surface_dir(surface) / "LATEST"
-        if not pointer.is_file():
+    def latest_version(self, surface: str) -> str | None:
+        """The newest version's name (a cheap read of the LATEST pointer), or None."""
+        try:
+            return (self._surface_dir(surface) / "LATEST").read_text().strip() or None
+        except FileNotFoundError:
             return None
-        return self.load(surface, pointer.read_text().strip())
+
+    def latest(self, surface: str) -> Checkpoint | None:
+        version = self.latest_version(surface)
+        return None if version is None else self.load(surface, version)
 
     def load(self, surface: str, version: str) -> Checkpoint:
         """Loads and verifies a checkpoint; a missing or corrupt one raises NotFound / ValueError."""

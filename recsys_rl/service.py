@@ -7,46 +7,72 @@ the log writer's queue, track it for outcome attribution, and only then return (
 
 from __future__ import annotations
 
+import logging
 import math
+import multiprocessing
+import os
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from logging_schema.writer import LogQueueFull, LogWriter
 from recsys_rl.bandit import VWBandit
 from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
-from recsys_rl.learner import OnlineLearner
+from recsys_rl.learner import ModelWatcher, OutcomeTracker, learner_process_main, run_learner
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.policy import Decision, SurfacePolicy, decision_to_event
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.registry import Checkpoint, ModelRegistry
 
 
+log = logging.getLogger(__name__)
+
+LearnerMode = Literal["process", "thread", "off"]
+
+
 @dataclass
 class _Surface:
     config: SurfaceConfig
     policy: SurfacePolicy
-    learner: OnlineLearner
+    tracker: OutcomeTracker
 
 
 class DecisionService:
     """Owns everything a running server decides with. Thread-safe: Rank/ReportOutcome run on a thread pool."""
 
-    def __init__(self, config: ServiceConfig, data_dir: Path, *, start_learners: bool = True) -> None:
+    def __init__(self, config: ServiceConfig, data_dir: Path, *, learner: LearnerMode = "process",
+                 watch_models: bool = True) -> None:
+        """``learner``: "process" (production: learning never holds this process's GIL), "thread" (tests),
+        "off". ``watch_models``: poll the registry and hot-swap newly published versions."""
         self.config = config
         self.data_dir = Path(data_dir)
         self.registry = ModelRegistry(self.data_dir / "models")
-        self.writer = LogWriter(self.data_dir / "logs")
         self._surfaces: dict[str, _Surface] = {}
         self._closed = threading.Event()
         for name, surface in config.surfaces.items():
             self._surfaces[name] = self._load_surface(surface)
-        if start_learners:
-            for entry in self._surfaces.values():
-                entry.learner.start()
+        self.writer = LogWriter(self.data_dir / "logs")
+        self._learner_stop: object | None = None
+        self._learner: multiprocessing.process.BaseProcess | threading.Thread | None = None
+        if learner == "process":
+            context = multiprocessing.get_context("spawn")
+            self._learner_stop = context.Event()
+            self._learner = context.Process(
+                target=learner_process_main, args=(config, self.data_dir, self._learner_stop, os.getpid()),
+                name="recsys-rl-learner", daemon=True,
+            )
+        elif learner == "thread":
+            self._learner_stop = threading.Event()
+            self._learner = threading.Thread(
+                target=run_learner, args=(config, self.data_dir, self._learner_stop), name="learner", daemon=True
+            )
+        if self._learner is not None:
+            self._learner.start()
+        self._watcher = ModelWatcher(self.refresh_models).start() if watch_models else None
 
     def _load_surface(self, surface: SurfaceConfig) -> _Surface:
         checkpoint = self.registry.latest(surface.name)
@@ -59,14 +85,17 @@ class DecisionService:
             )
         serving = VWBandit(surface.model.vw_args, model=checkpoint.model)
         policy = SurfacePolicy(surface, serving, checkpoint.version, server_seed=self.config.seed)
-        learner = OnlineLearner(
-            surface,
-            VWBandit(surface.model.vw_args, model=checkpoint.model),
-            self.registry,
-            parent_version=checkpoint.version,
-            on_publish=lambda cp, name=surface.name: self.load_version(name, cp),
-        )
-        return _Surface(surface, policy, learner)
+        return _Surface(surface, policy, OutcomeTracker(surface))
+
+    def refresh_models(self) -> list[str]:
+        """Loads every surface's newest published version if it is not the one serving; returns the swaps."""
+        swapped = []
+        for name, entry in self._surfaces.items():
+            pointer = self.registry.latest_version(name)
+            if pointer is not None and pointer != entry.policy.policy_version:
+                self.load_version(name, self.registry.load(name, pointer))
+                swapped.append(f"{name}={pointer}")
+        return swapped
 
     @property
     def surfaces(self) -> dict[str, SurfaceConfig]:
@@ -105,7 +134,7 @@ class DecisionService:
             self.writer.submit(events_pb2.LogRecord(decision=event))
         except LogQueueFull as exc:
             raise Overloaded(f"decision log queue is full: {exc}") from exc
-        entry.learner.track(event)
+        entry.tracker.track(event)
         return decision, event_id
 
     def report_outcome(self, request: pb.ReportOutcomeRequest) -> bool:
@@ -122,10 +151,10 @@ class DecisionService:
             if request.HasField("occurred_at")
             else received_ns * 1e-9
         )
-        entry = next((e for e in self._surfaces.values() if e.learner.knows(request.event_id)), None)
+        entry = next((e for e in self._surfaces.values() if e.tracker.knows(request.event_id)), None)
         if entry is None:
             raise NotFound(f"event_id: no decision {request.event_id!r} is known to this server")
-        attributed = entry.learner.attribute(
+        attributed = entry.tracker.attribute(
             request.event_id, request.item_id, request.outcome, request.value, occurred_s
         )
         outcome = events_pb2.OutcomeEvent(
@@ -154,14 +183,20 @@ class DecisionService:
     def set_cap(self, surface: str, cap: float) -> None:
         self._entry(surface).policy.set_cap(cap)
 
-    def learner(self, surface: str) -> OnlineLearner:
-        return self._entry(surface).learner
+    def tracker(self, surface: str) -> OutcomeTracker:
+        return self._entry(surface).tracker
 
     def close(self) -> None:
-        """Stops learners (publishing what they learned), then drains and fsyncs the log. Idempotent."""
+        """Drains and fsyncs the log, then lets the learner learn what is due and publish. Idempotent."""
         if self._closed.is_set():
             return
         self._closed.set()
-        for entry in self._surfaces.values():
-            entry.learner.stop()
         self.writer.close()
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._learner is not None:
+            self._learner_stop.set()  # type: ignore[union-attr]
+            self._learner.join(timeout=60)
+            if self._learner.is_alive() and isinstance(self._learner, multiprocessing.process.BaseProcess):
+                log.error("learner did not stop within 60 s; terminating it")
+                self._learner.terminate()

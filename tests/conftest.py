@@ -42,9 +42,9 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     started: list[RunningServer] = []
 
     def start(config: ServiceConfig | None = None, *, data_dir: Path | None = None,
-              start_learners: bool = True) -> RunningServer:
+              learner: str = "thread") -> RunningServer:
         directory = data_dir or tmp_path / f"data{len(started)}"
-        service = DecisionService(config or default_config(), directory, start_learners=start_learners)
+        service = DecisionService(config or default_config(), directory, learner=learner)
         server = RankingServer(service, host="127.0.0.1", port=0).start()
         assert server.port != 0
         channel = grpc.insecure_channel(server.address)
