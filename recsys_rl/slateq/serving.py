@@ -1,0 +1,269 @@
+"""Serving the SlateQ long-term value: ``values(request)`` → Q(s, i) per candidate, in numpy, plus hot reload.
+
+``SlateQValue`` implements ``recsys_rl.policy.LongTermValue``. The forward pass runs in numpy on weights
+exported from the checkpoint (torch's per-call overhead is tens of µs per op, more than these matrices cost):
+
+    s      = relu(W_sp [h_user ; x_context] + b_sp)                     one small mat-vec per request
+    Q(s,i) = w_out · relu(W_s s + b + P_i) + c,   P_i = W_e e_i          P_i cached per item
+
+so a request costs: featurise the context, look up (or compute once) P_i per candidate, one [n, hidden]
+add/relu/dot. The item cache is keyed like the featurizer's, by (item_id, serialized features, embedding).
+
+User state. The network's state comes from the request's context features plus the last K items the user
+clicked *that this server saw*: the service calls ``observe(user_id, clicked_candidates)`` when a click is
+reported, and the GRU state h_user is recomputed then (K GRU steps, off the Rank path). Histories live in a
+bounded LRU (``max_users``) in process memory: a restarted replica, or another replica, starts the user from
+an empty history - the same left-zero-padded input the model saw in training for users without clicks.
+
+Hot reload. ``ReloadableSlateQ.load(version)`` builds and checks a new ``SlateQValue`` completely (load,
+checksum via the registry, a test forward pass with finite output) before swapping one attribute; requests in
+flight finish on the object they started with. A checkpoint that fails any step raises ``SlateQLoadError``
+and the old model keeps serving. User histories carry over when the feature spec is unchanged.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+from recsys_rl.registry import Checkpoint, ModelRegistry
+from recsys_rl.slateq import SURFACE
+from recsys_rl.slateq.model import Featurizer, FeatureSpec, SlateQNet
+
+__all__ = ["ReloadableSlateQ", "SlateQLoadError", "SlateQValue", "UserHistory"]
+
+
+class SlateQLoadError(ValueError):
+    """A SlateQ checkpoint could not be loaded or failed its checks; the message says which and why."""
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+class UserHistory:
+    """Last ``k`` clicked items per user as raw (item vector, id bucket), in a bounded LRU of users."""
+
+    def __init__(self, spec: FeatureSpec, k: int, *, max_users: int = 100_000) -> None:
+        self.spec, self.k, self.max_users = spec, k, max_users
+        self._users: OrderedDict[str, tuple[int, deque[tuple[np.ndarray, int]]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, user_id: str, items: Sequence[tuple[np.ndarray, int]]) -> tuple[int, tuple[tuple[np.ndarray, int], ...]]:
+        with self._lock:
+            version, rows = self._users.pop(user_id, (0, deque(maxlen=self.k)))
+            rows.extend(items)
+            self._users[user_id] = (version + 1, rows)
+            if len(self._users) > self.max_users:
+                self._users.popitem(last=False)
+            return version + 1, tuple(rows)
+
+    def get(self, user_id: str) -> tuple[int, tuple[tuple[np.ndarray, int], ...]]:
+        with self._lock:
+            entry = self._users.get(user_id)
+            if entry is None:
+                return 0, ()
+            self._users.move_to_end(user_id)
+            return entry[0], tuple(entry[1])
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+
+class SlateQValue:
+    """Per-candidate long-term values Q(s, i) from a SlateQ network (``LongTermValue``)."""
+
+    def __init__(self, net: SlateQNet, *, version: str = "", history: UserHistory | None = None,
+                 max_users: int = 100_000, item_cache: int = 100_000) -> None:
+        self.version = version
+        self.spec = net.feature_spec
+        self.k = net.net_spec.history
+        self.featurizer = Featurizer(self.spec, cache_size=item_cache)
+        if history is None or history.spec != self.spec or history.k != self.k:
+            history = UserHistory(self.spec, self.k, max_users=max_users)
+        self.history = history
+        w = {name: t.detach().cpu().numpy().astype(np.float64) for name, t in net.state_dict().items()}
+        self._id_table = w.get("id_embedding.weight")
+        self._tower = (w["item_tower.0.weight"].T, w["item_tower.0.bias"], w["item_tower.2.weight"].T, w["item_tower.2.bias"])
+        self._gru = (w["gru.weight_ih_l0"].T, w["gru.bias_ih_l0"], w["gru.weight_hh_l0"].T, w["gru.bias_hh_l0"])
+        self._state = (w["state_proj.weight"].T, w["state_proj.bias"])
+        self._value_s = (w["value.state_proj.weight"].T, w["value.state_proj.bias"])
+        self._value_e = w["value.item_proj.weight"].T
+        self._value_out = (w["value.out.weight"][0], float(w["value.out.bias"][0]))
+        self._items: OrderedDict[tuple[str, bytes, tuple[float, ...]], np.ndarray] = OrderedDict()
+        self._item_cache = item_cache
+        self._hidden: OrderedDict[str, tuple[int, np.ndarray]] = OrderedDict()
+        self._max_users = max_users
+        self._lock = threading.Lock()
+        self._empty_hidden = self._gru_hidden(())
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, *, history: UserHistory | None = None) -> SlateQValue:
+        """Builds from a registry checkpoint; raises SlateQLoadError naming the version and the reason."""
+        from recsys_rl.slateq.train import deserialize  # torch-heavy; imported when a model is loaded
+
+        try:
+            value = cls(deserialize(checkpoint.model), version=checkpoint.version, history=history)
+            _self_check(value)
+        except (ValueError, KeyError, FloatingPointError) as exc:
+            raise SlateQLoadError(f"slateq model {checkpoint.version!r} refused: {exc}") from exc
+        return value
+
+    # ---------------------------------------------------------------------------------------- forward
+    def _embed(self, x: np.ndarray, buckets: np.ndarray) -> np.ndarray:
+        """Item tower e [n, item_embed] for raw vectors x [n, item_dim]."""
+        if self._id_table is not None:
+            x = np.concatenate([x, self._id_table[buckets]], axis=1)
+        w1, b1, w2, b2 = self._tower
+        return np.maximum(x @ w1 + b1, 0.0) @ w2 + b2
+
+    def _gru_hidden(self, rows: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
+        """GRU over the history left-padded with zero inputs to K (as in training); torch's gate order r, z, n."""
+        w_ih, b_ih, w_hh, b_hh = self._gru
+        inputs = np.zeros((self.k, w_ih.shape[0]))
+        if rows:
+            rows = rows[-self.k :]
+            x = np.stack([r[0] for r in rows]).astype(np.float64)
+            inputs[self.k - len(rows) :] = self._embed(x, np.array([r[1] for r in rows], np.int64))
+        gates_x = inputs @ w_ih + b_ih
+        h = np.zeros(w_hh.shape[0])
+        size = h.shape[0]
+        for t in range(self.k):
+            gx, gh = gates_x[t], h @ w_hh + b_hh
+            r = _sigmoid(gx[:size] + gh[:size])
+            z = _sigmoid(gx[size : 2 * size] + gh[size : 2 * size])
+            n = np.tanh(gx[2 * size :] + r * gh[2 * size :])
+            h = (1.0 - z) * n + z * h
+        return h
+
+    def _item_projections(self, candidates: Sequence[pb.Candidate]) -> np.ndarray:
+        """P_i = W_e e_i [n, hidden], cached per item; misses go through the tower as one batch."""
+        out: list[np.ndarray | None] = []
+        misses: list[int] = []
+        keys = []
+        spec_emb = self.spec.embedding_dim
+        with self._lock:
+            for j, c in enumerate(candidates):
+                key = (c.item_id, c.features.SerializeToString(), tuple(c.embedding[:spec_emb]) if spec_emb else ())
+                hit = self._items.get(key)
+                if hit is None:
+                    misses.append(j)
+                else:
+                    self._items.move_to_end(key)
+                out.append(hit)
+                keys.append(key)
+        if misses:
+            rows = [self.featurizer.candidate_uncached(candidates[j]) for j in misses]
+            x = np.stack([r[0] for r in rows]).astype(np.float64)
+            projected = self._embed(x, np.array([r[1] for r in rows], np.int64)) @ self._value_e
+            with self._lock:
+                for j, p in zip(misses, projected, strict=True):
+                    out[j] = p
+                    self._items[keys[j]] = p
+                while len(self._items) > self._item_cache:
+                    self._items.popitem(last=False)
+        return np.stack(out)  # type: ignore[arg-type]
+
+    def _user_hidden(self, user_id: str) -> np.ndarray:
+        version, rows = self.history.get(user_id)
+        if version == 0:
+            return self._empty_hidden
+        with self._lock:
+            cached = self._hidden.get(user_id)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        h = self._gru_hidden(rows)  # history changed under another model version, or evicted: recompute once
+        self._remember(user_id, version, h)
+        return h
+
+    def _remember(self, user_id: str, version: int, h: np.ndarray) -> None:
+        with self._lock:
+            self._hidden[user_id] = (version, h)
+            self._hidden.move_to_end(user_id)
+            if len(self._hidden) > self._max_users:
+                self._hidden.popitem(last=False)
+
+    def state(self, request: pb.RankRequest) -> np.ndarray:
+        """The user state s for this request."""
+        context = self.featurizer.features(request.context).astype(np.float64)
+        w, b = self._state
+        return np.maximum(np.concatenate([self._user_hidden(request.user_id), context]) @ w + b, 0.0)
+
+    def values(self, request: pb.RankRequest) -> np.ndarray:
+        """Q(s, i) for each candidate of ``request``, in candidate order, float64 [n]."""
+        if not request.candidates:
+            return np.zeros(0)
+        s = self.state(request)
+        w_s, b_s = self._value_s
+        w_out, c_out = self._value_out
+        hidden = np.maximum(self._item_projections(request.candidates) + (s @ w_s + b_s), 0.0)
+        return hidden @ w_out + c_out
+
+    def observe(self, user_id: str, clicked: Sequence[pb.Candidate]) -> None:
+        """Records clicked items of ``user_id`` (in click order) and refreshes the user's GRU state."""
+        if not clicked:
+            return
+        version, rows = self.history.add(user_id, [self.featurizer.candidate(c) for c in clicked])
+        self._remember(user_id, version, self._gru_hidden(rows))
+
+
+def _self_check(value: SlateQValue) -> None:
+    probe = pb.RankRequest(user_id="__probe__")
+    probe.context.numeric["probe"] = 1.0
+    candidate = probe.candidates.add(item_id="__probe__")
+    candidate.features.categorical["probe"] = "1"
+    out = value.values(probe)
+    if out.shape != (1,) or not np.all(np.isfinite(out)):
+        raise ValueError(f"test forward pass gave {out!r}, expected one finite value")
+
+
+class ReloadableSlateQ:
+    """A ``LongTermValue`` whose model is swapped by version from the registry without dropping requests."""
+
+    def __init__(self, models_dir: Path, *, surface: str = SURFACE) -> None:
+        self.registry = ModelRegistry(Path(models_dir))
+        self.surface = surface
+        self._current: SlateQValue | None = None
+        self._swap_lock = threading.Lock()
+
+    @property
+    def current(self) -> SlateQValue | None:
+        return self._current
+
+    @property
+    def version(self) -> str | None:
+        return self._current.version if self._current else None
+
+    def load(self, version: str | None = None) -> str:
+        """Loads ``version`` (default: the latest) and swaps it in; returns the version now serving.
+
+        Raises SlateQLoadError (the previous model, if any, keeps serving) when the version is missing,
+        fails its checksum, or does not load/run.
+        """
+        with self._swap_lock:
+            try:
+                checkpoint = self.registry.latest(self.surface) if version is None else self.registry.load(self.surface, version)
+            except (LookupError, ValueError, OSError) as exc:
+                raise SlateQLoadError(f"slateq model {version or 'latest'!r} refused: {exc}") from exc
+            if checkpoint is None:
+                raise SlateQLoadError(f"slateq: no published model under {self.registry.models_dir / self.surface}")
+            old = self._current
+            new = SlateQValue.from_checkpoint(checkpoint, history=old.history if old else None)
+            self._current = new  # one attribute store: requests see the old or the new model, never a mix
+            return new.version
+
+    def values(self, request: pb.RankRequest) -> np.ndarray:
+        current = self._current
+        if current is None:
+            return np.zeros(len(request.candidates))  # no model yet: no long-term term (NoLongTermValue)
+        return current.values(request)
+
+    def observe(self, user_id: str, clicked: Sequence[pb.Candidate]) -> None:
+        current = self._current
+        if current is not None:
+            current.observe(user_id, clicked)
