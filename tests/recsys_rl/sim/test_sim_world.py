@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,3 +246,12 @@ def test_satisfaction_drives_returns() -> None:
     assert high.return_probability().mean() - low.return_probability().mean() > 0.5
     # The next day's visits follow it (today's unserved sessions close with the no-click quality first).
     assert len(high.next_day().visitors) > 1.5 * len(low.next_day().visitors)
+
+
+def test_world_is_pure_numpy() -> None:
+    code = ("import sys, recsys_rl.sim, recsys_rl.sim.policies, recsys_rl.sim.rollout; "
+            "print('\\n'.join(sorted(sys.modules)))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                cwd=Path(__file__).resolve().parents[3]).stdout.split())
+    assert "numpy" in loaded
+    assert not {m.split(".")[0] for m in loaded} & {"grpc", "torch", "vowpalwabbit", "polars", "google"}
