@@ -76,13 +76,12 @@ class OutcomeTracker:
         self.attributed = 0
         self.late = 0
 
-    def track(self, event: events_pb2.DecisionEvent) -> None:
-        served_at_s = _seconds(event.served_at)
+    def track(self, event_id: str, served_at_s: float, slate_item_ids: list[str]) -> None:
         tracked = _Tracked(served_at_s, served_at_s + self.reward.attribution_window_seconds,
-                           {slot.item_id: slot.position for slot in event.slate})
+                           {item_id: position for position, item_id in enumerate(slate_item_ids)})
         with self._lock:
-            self._open[event.event_id] = tracked
-            self._order.append((tracked.deadline_s, event.event_id))
+            self._open[event_id] = tracked
+            self._order.append((tracked.deadline_s, event_id))
             self._expire(self._clock())
 
     def _expire(self, now_s: float) -> None:

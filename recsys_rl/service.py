@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from logging_schema.writer import LogQueueFull, LogWriter
+from logging_schema.writer import DeferredRecord, LogQueueFull, LogWriter
 from recsys_rl.bandit import VWBandit
 from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
@@ -122,19 +122,22 @@ class DecisionService:
             budget = min(budget, budget_s)
         decision = entry.policy.rank(request, budget_s=budget, started_at=started_ns / 1e9)
         event_id = uuid.uuid4().hex
-        event = decision_to_event(
-            request,
-            decision,
-            event_id=event_id,
-            served_at_ns=time.time_ns(),
-            window_s=entry.config.reward.attribution_window_seconds,
-            latency_us=(time.perf_counter_ns() - started_ns) // 1000,
-        )
+        served_at_ns = time.time_ns()
+        window_s = entry.config.reward.attribution_window_seconds
+        latency_us = (time.perf_counter_ns() - started_ns) // 1000
+
+        def build() -> events_pb2.LogRecord:
+            return events_pb2.LogRecord(decision=decision_to_event(
+                request, decision, event_id=event_id, served_at_ns=served_at_ns, window_s=window_s,
+                latency_us=latency_us,
+            ))
+
         try:
-            self.writer.submit(events_pb2.LogRecord(decision=event))
+            # The event is built on the writer's thread; from here on it is in the queue (invariant 3).
+            self.writer.submit(DeferredRecord(build))
         except LogQueueFull as exc:
             raise Overloaded(f"decision log queue is full: {exc}") from exc
-        entry.tracker.track(event)
+        entry.tracker.track(event_id, served_at_ns * 1e-9, [slot.item_id for slot in decision.slots])
         return decision, event_id
 
     def report_outcome(self, request: pb.ReportOutcomeRequest) -> bool:
