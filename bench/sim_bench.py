@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(f"--{name}", type=int, default=default)
     args = Args(**vars(parser.parse_args(argv)))
 
-    print("| shape | random policy (decisions/s) | oracle policy (decisions/s) | oracle+random probes (µs) | RankRequest (µs) |")
+    print("| shape | random policy (decisions/s) | oracle policy (decisions/s) "
+          "| oracle+random probes (µs) | RankRequest (µs) |")
     print("|---|---|---|---|---|")
     for label, config in SHAPES.items():
         random_rate = decisions_per_second(config, args.seed, args.decisions, uniform_random_policy)

@@ -75,9 +75,11 @@ class SimConfig:
         if self.embedding_dim < 0:
             raise InvalidInput("SimConfig.embedding_dim", f"must be >= 0, got {self.embedding_dim}")
         if self.n_candidates > self.n_items:
-            raise InvalidInput("SimConfig.n_candidates", f"must be <= n_items ({self.n_items}), got {self.n_candidates}")
+            raise InvalidInput("SimConfig.n_candidates",
+                               f"must be <= n_items ({self.n_items}), got {self.n_candidates}")
         if self.slate_size > self.n_candidates:
-            raise InvalidInput("SimConfig.slate_size", f"must be <= n_candidates ({self.n_candidates}), got {self.slate_size}")
+            raise InvalidInput("SimConfig.slate_size",
+                               f"must be <= n_candidates ({self.n_candidates}), got {self.slate_size}")
         if self.segment_liked_topics > self.n_topics:
             raise InvalidInput("SimConfig.segment_liked_topics", f"must be <= n_topics ({self.n_topics})")
         unit_interval = ("clickbait_share", "primary_device_prob", "history_decay", "min_watch_fraction",

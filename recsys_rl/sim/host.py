@@ -4,9 +4,14 @@ For each page view: ``Rank`` → the served slate goes to ``world.respond`` → 
 ``ReportOutcome(event_id, item_id, "click", 1.0)`` (optionally its dwell too). With
 ``report_return_visit`` the last decision of every session gets a whole-slate (``item_id=""``) outcome
 ``return_visit`` with value 1 or 0 once the next day shows whether the user came back; sessions still
-running when the run stops get none. For each request the record keeps the served slate's exact click
-probability and what the myopic oracle's and a uniform-random slate's would have been on the same page
-view, so learned-vs-random-vs-oracle curves need no extra traffic.
+running when the run stops get none. With ``report_session_end`` that decision also gets a whole-slate
+``session_end`` outcome (value 1) as soon as the session ends: simulated days pass in milliseconds of wall
+time, so log readers cannot find session boundaries from time gaps. The surface's reward definition must
+accept every outcome name the host reports (the server rejects unknown names).
+
+For each request the record keeps the served slate's exact click probability and what the myopic oracle's
+and a uniform-random slate's would have been on the same page view, so learned-vs-random-vs-oracle curves
+need no extra traffic.
 
 World calls are serialised under one lock (the world is not thread-safe); only the RPCs overlap when
 ``concurrency`` > 1. A run is reproducible (given a deterministic server) only with ``concurrency=1``:
@@ -159,7 +164,8 @@ class HostStats:
 
     def format_windows(self, size: int) -> str:
         """A plain-text table of ``windows(size)``: learned (realised and expected) vs random vs oracle."""
-        lines = [f"{'requests':>15}  {'clicks':>6}  {'served':>6}  {'random':>6}  {'oracle':>6}  {'explored':>8}  {'ms':>5}"]
+        header = ("requests", "clicks", "served", "random", "oracle", "explored", "ms")
+        lines = ["{:>15}  {:>6}  {:>6}  {:>6}  {:>6}  {:>8}  {:>5}".format(*header)]
         for w in self.windows(size):
             lines.append(f"{w.start:>7}-{w.end:<7}  {w.click_rate:6.3f}  {w.expected_click_rate:6.3f}  "
                          f"{w.random_click_rate:6.3f}  {w.oracle_click_rate:6.3f}  {w.explored_share:8.2f}  "
@@ -180,6 +186,8 @@ def run_host(
     dwell_outcome_name: str = "dwell_seconds",
     report_return_visit: bool = False,
     return_outcome_name: str = "return_visit",
+    report_session_end: bool = False,
+    session_end_outcome_name: str = "session_end",
     request_id_prefix: str = "sim",
     timeout_s: float = 10.0,
 ) -> HostStats:
@@ -215,12 +223,14 @@ def run_host(
             with lock:
                 served_prob = world.slate_click_prob(page_view, served)
                 response = world.respond(page_view, served)
-                if response.session_ended:
+                if response.session_ended and report_return_visit:
                     last_event_of_session[page_view.user_id] = ranked.event_id
             if response.clicked_item_id is not None:
                 report(ranked.event_id, response.clicked_item_id, outcome_name, 1.0)
                 if report_dwell:
                     report(ranked.event_id, response.clicked_item_id, dwell_outcome_name, response.dwell_seconds)
+            if response.session_ended and report_session_end:
+                report(ranked.event_id, "", session_end_outcome_name, 1.0)
         except Exception as exc:
             exc.add_note(f"while serving request {request.request_id} (user {page_view.user_id})")
             raise

@@ -354,7 +354,8 @@ class World:
 
     def _slate_positions(self, page_view: PageView, slate_item_ids: list[str] | tuple[str, ...]) -> np.ndarray:
         if not 1 <= len(slate_item_ids) <= page_view.slate_size:
-            raise InvalidInput("slate_item_ids", f"must hold 1 to {page_view.slate_size} items, got {len(slate_item_ids)}")
+            raise InvalidInput("slate_item_ids",
+                               f"must hold 1 to {page_view.slate_size} items, got {len(slate_item_ids)}")
         index = {c.item_id: j for j, c in enumerate(page_view.candidates)}
         positions = []
         for k, item_id in enumerate(slate_item_ids):

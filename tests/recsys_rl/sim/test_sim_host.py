@@ -58,19 +58,23 @@ def test_run_host_plays_the_world_through_the_server(start_server) -> None:
 
 
 def test_run_host_concurrent_with_dwell_and_return_visits(start_server) -> None:
-    reward = RewardDefinition(weights={"click": 1.0, "dwell_seconds": 0.001, "return_visit": 1.0},
+    reward = RewardDefinition(weights={"click": 1.0, "dwell_seconds": 0.001, "return_visit": 1.0, "session_end": 0.0},
                               attribution_window_seconds=3600.0)
     server = start_server(ServiceConfig(surfaces={"feed": SurfaceConfig(name="feed", reward=reward)}))
     # 20 users: days end quickly, so return visits get reported within a few hundred requests.
     world = World(SimConfig(n_users=20), seed=2)
     stats = run_host(server.stub, world, n_requests=400, surface="feed", concurrency=4,
-                     report_dwell=True, report_return_visit=True)
+                     report_dwell=True, report_return_visit=True, report_session_end=True)
     assert [r.request_index for r in stats.records] == list(range(400))
     assert world.pending == 0
     clicks = sum(r.clicked for r in stats.records)
     assert stats.outcomes_reported["click"] == stats.outcomes_reported["dwell_seconds"] == clicks > 0
     assert stats.days_started >= 1
-    assert stats.outcomes_reported["return_visit"] > 0
+    assert stats.outcomes_reported["session_end"] == sum(r.session_ended for r in stats.records)
+    # Every session that ended before the last day started got its return verdict.
+    last_day = stats.records[-1].day
+    finished_before_last_day = sum(r.session_ended and r.day < last_day for r in stats.records)
+    assert stats.outcomes_reported["return_visit"] == finished_before_last_day > 0
     assert not stats.outcomes_unattributed
 
 

@@ -198,8 +198,9 @@ def test_best_item_depends_on_the_context() -> None:
         cand = page_view.truth.candidate_index
         free_slate = [page_view.candidate_ids[j] for j in np.argsort(-context_free[cand])[:5]]
         ctx = page_view.context.categorical
+        prototype = population.segment_prototype[segment_index[ctx["segment"]]]
         observable = (world._static[TIMES_OF_DAY.index(ctx["time_of_day"]), DEVICES.index(ctx["device"]), cand]
-                      + cfg.interest_weight * population.segment_prototype[segment_index[ctx["segment"]]][catalog.topic[cand]])
+                      + cfg.interest_weight * prototype[catalog.topic[cand]])
         observable_slate = [page_view.candidate_ids[j] for j in np.argsort(-observable)[:5]]
         differs += free_slate[0] != oracle_slate[0]
         rates["oracle"] += oracle_p / len(rows)
