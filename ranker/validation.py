@@ -24,9 +24,12 @@ def validate_rank_request(request: pb.RankRequest, *, max_candidates: int = MAX_
         raise InvalidInput("slate_size", f"must be positive, got {request.slate_size}")
     if request.slate_size > n:
         raise InvalidInput("slate_size", f"{request.slate_size} is larger than the {n} candidates")
+    item_ids = [candidate.item_id for candidate in request.candidates]
+    unique = set(item_ids)
+    if len(unique) == n and "" not in unique:
+        return  # the common case, in one pass over the ids; the slow path below finds the offending index
     seen: set[str] = set()
-    for index, candidate in enumerate(request.candidates):
-        item_id = candidate.item_id
+    for index, item_id in enumerate(item_ids):
         if not item_id:
             raise InvalidInput(f"candidates[{index}].item_id", "must not be empty")
         if item_id in seen:

@@ -126,7 +126,7 @@ _BASELINE_TAG = b"!"  # field 4 (baseline_score), wire type 1 (fixed64)
 
 
 def item_key(candidate: pb.Candidate) -> bytes:
-    """Cache key: the candidate's deterministic serialization without its baseline_score.
+    """Cache key: the candidate's serialization without its baseline_score.
 
     baseline_score changes per request and does not enter the example, so it must not split the
     cache. Serialization writes known fields in field-number order, so a non-zero baseline (field 4,
@@ -135,7 +135,9 @@ def item_key(candidate: pb.Candidate) -> bytes:
     fields) stays in the key, so equal keys mean equal example content. Measured at about 1 µs, it is
     cheaper than keying on (item_id, features bytes, embedding bytes) (about 2-3 µs).
     """
-    raw = candidate.SerializeToString(deterministic=True)
+    # Not deterministic=True (20 µs more per 100 candidates): equal bytes still mean equal content; a host that
+    # orders map entries differently only costs a second cache entry, never a wrong example.
+    raw = candidate.SerializeToString()
     baseline = candidate.baseline_score
     if baseline != 0.0 and raw[-9:] == _BASELINE_TAG + _BASELINE_SUFFIX(baseline):
         return raw[:-9]
