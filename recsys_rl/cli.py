@@ -15,6 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from recsys_rl.errors import InvalidInput
+
 
 class UsageError(Exception):
     """Bad usage or bad input: exit 2 with one line on stderr."""
@@ -75,7 +77,12 @@ def _logs_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Subcommands whose parsers import nothing heavy; the others (evaluate: scipy, train: torch) are registered
+# only when asked for or for --help, so `recsys-rl serve` starts without paying for them.
+_LIGHT_COMMANDS = ("serve", "demo", "logs")
+
+
+def build_parser(*, full: bool = True) -> argparse.ArgumentParser:
     parser = _Parser(prog="recsys-rl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -106,18 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--exploration-cap", type=_cap, default=None, help=argparse.SUPPRESS)
     export.set_defaults(run=_logs_export)
 
-    from evaluators.cli import add_evaluate_parser, run_evaluate
+    if full:
+        from evaluators.cli import add_evaluate_parser, run_evaluate
 
-    add_evaluate_parser(sub).set_defaults(run=run_evaluate)
+        add_evaluate_parser(sub).set_defaults(run=run_evaluate)
+        importlib.import_module("recsys_rl.slateq.cli").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        args = build_parser().parse_args(argv)
+        argv = list(sys.argv[1:] if argv is None else argv)
+        light = bool(argv) and argv[0] in _LIGHT_COMMANDS
+        args = build_parser(full=not light).parse_args(argv)
         return int(args.run(args))
-    except UsageError as exc:
+    except (UsageError, InvalidInput) as exc:
         print(str(exc).splitlines()[0], file=sys.stderr)
         return 2
     except KeyboardInterrupt:

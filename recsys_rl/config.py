@@ -127,10 +127,14 @@ def _build(cls: type, values: dict[str, Any], where: str, **extra: Any) -> Any:
             raise ConfigError(f"{where}.{key}: unknown key")
     try:
         return cls(**values, **extra)
-    except ConfigError:
-        raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
+        # Sections name their keys relative to themselves ("exploration.algorithm: ..."): give the full path.
+        message, section = str(exc), where.rsplit(".", 1)[-1]
+        if message.startswith(f"{section}."):
+            raise ConfigError(where + message[len(section):]) from exc
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{where}: {message}") from exc
 
 
 def parse_config(data: dict[str, Any], *, seed: int = 0) -> ServiceConfig:

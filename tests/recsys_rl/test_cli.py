@@ -1,0 +1,55 @@
+"""The command line as users run it: the real entry point in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def recsys_rl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "recsys_rl.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize(("args", "names"), [
+    (["serve", "--data-dir", "x", "--exploration-cap", "1.5"], "--exploration-cap"),
+    (["serve"], "--data-dir"),
+    (["frobnicate"], "frobnicate"),
+    (["serve", "--data-dir", "x", "--config", "/nonexistent.toml"], "--config"),
+    (["logs", "export", "--data-dir", "/nonexistent", "--out", "x.parquet"], "--data-dir"),
+])
+def test_bad_usage_exits_2_with_one_line(args: list[str], names: str) -> None:
+    result = recsys_rl(*args)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert names in result.stderr
+
+
+def test_bad_config_value_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[surfaces.home.exploration]\nalgorithm = "thompson"\n')
+    result = recsys_rl("serve", "--data-dir", str(tmp_path), "--config", str(config))
+    assert result.returncode == 2
+    assert "surfaces.home.exploration.algorithm" in result.stderr
+
+
+def test_demo_then_export(tmp_path: Path) -> None:
+    """The demo's real entry point on a tiny budget, then `logs export` of what it logged."""
+    demo = recsys_rl("demo", "--requests", "300", "--data-dir", str(tmp_path))
+    assert demo.returncode == 0, demo.stderr
+    assert "decisions logged       300" in demo.stdout
+    assert (tmp_path / "click_rate.png").stat().st_size > 0
+    out = tmp_path / "decisions.parquet"
+    export = recsys_rl("logs", "export", "--data-dir", str(tmp_path), "--out", str(out))
+    assert export.returncode == 0, export.stderr
+    table = pl.read_parquet(out)
+    assert table.height == 300 * 5  # one row per slate position (simulator slate size 5)
+    assert table["event_id"].n_unique() == 300
+    assert table["propensity"].is_between(0.0, 1.0, closed="right").all()
+    assert {"reward", "clicked"} <= set(table.columns)
