@@ -60,6 +60,7 @@ class _Tracked:
     served_at_s: float
     deadline_s: float
     position_of: dict[str, int]
+    request: object | None  # the RankRequest, kept only when a long-term model observes clicks
 
 
 class OutcomeTracker:
@@ -76,9 +77,10 @@ class OutcomeTracker:
         self.attributed = 0
         self.late = 0
 
-    def track(self, event_id: str, served_at_s: float, slate_item_ids: list[str]) -> None:
+    def track(self, event_id: str, served_at_s: float, slate_item_ids: list[str], *,
+              request: object | None = None) -> None:
         tracked = _Tracked(served_at_s, served_at_s + self.reward.attribution_window_seconds,
-                           {item_id: position for position, item_id in enumerate(slate_item_ids)})
+                           {item_id: position for position, item_id in enumerate(slate_item_ids)}, request)
         with self._lock:
             self._open[event_id] = tracked
             self._order.append((tracked.deadline_s, event_id))
@@ -91,6 +93,12 @@ class OutcomeTracker:
                 self._closed[event_id] = None
         while len(self._closed) > _CLOSED_MEMORY:
             self._closed.popitem(last=False)
+
+    def request_of(self, event_id: str) -> object | None:
+        """The tracked RankRequest of an open decision (None when not kept or already closed)."""
+        with self._lock:
+            tracked = self._open.get(event_id)
+            return tracked.request if tracked is not None else None
 
     def knows(self, event_id: str) -> bool:
         with self._lock:

@@ -24,7 +24,7 @@ from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
 from recsys_rl.learner import ModelWatcher, OutcomeTracker, learner_process_main, run_learner
 from recsys_rl.logging.v1 import events_pb2
-from recsys_rl.policy import Decision, SurfacePolicy, decision_to_event
+from recsys_rl.policy import Decision, LongTermValue, NoLongTermValue, SurfacePolicy, decision_to_event
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.registry import Checkpoint, ModelRegistry
 
@@ -53,6 +53,8 @@ class DecisionService:
         self.registry = ModelRegistry(self.data_dir / "models")
         self._surfaces: dict[str, _Surface] = {}
         self._closed = threading.Event()
+        self._long_term = self._load_long_term(config)
+        self._refused_long_term: set[str] = set()
         for name, surface in config.surfaces.items():
             self._surfaces[name] = self._load_surface(surface)
         self.writer = LogWriter(self.data_dir / "logs")
@@ -74,6 +76,25 @@ class DecisionService:
             self._learner.start()
         self._watcher = ModelWatcher(self.refresh_models).start() if watch_models else None
 
+    def _load_long_term(self, config: ServiceConfig) -> LongTermValue | None:
+        """The slate-RL model, for surfaces that blend it in (λ > 0); None when no surface does."""
+        if not any(surface.model.long_term_weight > 0 for surface in config.surfaces.values()):
+            return None
+        from recsys_rl.slateq.serving import ReloadableSlateQ, SlateQLoadError  # torch only when used
+
+        long_term = ReloadableSlateQ(self.data_dir / "models")
+        try:
+            long_term.load()
+        except SlateQLoadError as exc:
+            log.warning("%s; long-term values are 0 until a slate-RL model is published", exc)
+        return long_term
+
+    def load_long_term(self, version: str | None = None) -> str:
+        """Hot-loads a slate-RL version (default: latest). A refused checkpoint leaves the old one serving."""
+        if self._long_term is None:
+            raise InvalidInput("surface", "no configured surface blends a long-term value (model.long_term_weight)")
+        return self._long_term.load(version)  # type: ignore[attr-defined]
+
     def _load_surface(self, surface: SurfaceConfig) -> _Surface:
         checkpoint = self.registry.latest(surface.name)
         if checkpoint is None:
@@ -84,7 +105,9 @@ class DecisionService:
                 parameters={"vw_args": surface.model.vw_args, "updates": 0},
             )
         serving = VWBandit(surface.model.vw_args, model=checkpoint.model)
-        policy = SurfacePolicy(surface, serving, checkpoint.version, server_seed=self.config.seed)
+        long_term = self._long_term if surface.model.long_term_weight > 0 and self._long_term else NoLongTermValue()
+        policy = SurfacePolicy(surface, serving, checkpoint.version, server_seed=self.config.seed,
+                               long_term=long_term)
         return _Surface(surface, policy, OutcomeTracker(surface))
 
     def refresh_models(self) -> list[str]:
@@ -95,6 +118,15 @@ class DecisionService:
             if pointer is not None and pointer != entry.policy.policy_version:
                 self.load_version(name, self.registry.load(name, pointer))
                 swapped.append(f"{name}={pointer}")
+        if self._long_term is not None:
+            pointer = self.registry.latest_version("slateq")
+            if pointer and pointer != self._long_term.version and pointer not in self._refused_long_term:
+                try:
+                    self._long_term.load(pointer)
+                    swapped.append(f"slateq={pointer}")
+                except ValueError as exc:  # SlateQLoadError: refused, the old version keeps serving
+                    self._refused_long_term.add(pointer)
+                    log.error("%s", exc)
         return swapped
 
     @property
@@ -137,7 +169,8 @@ class DecisionService:
             self.writer.submit(DeferredRecord(build))
         except LogQueueFull as exc:
             raise Overloaded(f"decision log queue is full: {exc}") from exc
-        entry.tracker.track(event_id, served_at_ns * 1e-9, [slot.item_id for slot in decision.slots])
+        entry.tracker.track(event_id, served_at_ns * 1e-9, [slot.item_id for slot in decision.slots],
+                            request=request if self._long_term is not None else None)
         return decision, event_id
 
     def report_outcome(self, request: pb.ReportOutcomeRequest) -> bool:
@@ -160,6 +193,11 @@ class DecisionService:
         attributed = entry.tracker.attribute(
             request.event_id, request.item_id, request.outcome, request.value, occurred_s
         )
+        if attributed and request.item_id and self._long_term is not None and request.value > 0:
+            served = entry.tracker.request_of(request.event_id)
+            if served is not None:  # the slate-RL user state follows what the user engaged with
+                clicked = [c for c in served.candidates if c.item_id == request.item_id]  # type: ignore[attr-defined]
+                self._long_term.observe(served.user_id, clicked)  # type: ignore[attr-defined]
         outcome = events_pb2.OutcomeEvent(
             event_id=request.event_id,
             item_id=request.item_id,
