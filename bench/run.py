@@ -1,0 +1,75 @@
+"""``make bench``: runs every benchmark in its own process and writes docs/benchmarks.md.
+
+Each benchmark prints a markdown section with its in-run baseline (these machines are noisy: ratios measured in one
+run, medians). Progress goes to stderr; ``--only NAME`` runs a subset (and still rewrites only those sections).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "docs" / "benchmarks.md"
+
+# (name, module, title) in the order they appear in the document.
+BENCHES: list[tuple[str, str, str]] = [
+    ("rank", "bench.rank_bench", "Rank latency vs grpc.health Check (issue 2)"),
+    ("long_term", "bench.long_term_bench", "Slate-RL inference inside Rank (issue 4)"),
+    ("logging", "bench.logging_bench", "Decision log writer and reader"),
+    ("sim", "bench.sim_bench", "Simulator speed without the server"),
+    ("replay", "bench.replay_bench", "Replay vs serving the same decisions (issue 3)"),
+    ("evaluators", "bench.evaluators_bench", "Estimators on a 10M-row table (issue 3)"),
+]
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal"))
+    return (f"{os.cpu_count()} cores ({cpu}), {mem_kb / 2**20:.0f} GiB, {platform.platform()}, "
+            f"Python {platform.python_version()}; load average at start {os.getloadavg()[0]:.2f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=[name for name, _, _ in BENCHES])
+    args = parser.parse_args()
+    selected = [b for b in BENCHES if not args.only or b[0] in args.only]
+    sections: list[str] = []
+    for i, (name, module, title) in enumerate(selected, 1):
+        if not (REPO / (module.replace(".", "/") + ".py")).is_file():
+            print(f"[{i}/{len(selected)}] {name}: {module} not present, skipped", file=sys.stderr)
+            continue
+        print(f"[{i}/{len(selected)}] {name}: running {module} ...", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", module], cwd=REPO, capture_output=True, text=True)
+        elapsed = time.perf_counter() - started
+        if result.returncode != 0:
+            print(result.stderr, file=sys.stderr)
+            body = f"**failed** (exit {result.returncode}); see stderr of `python -m {module}`."
+        else:
+            body = result.stdout.strip()
+        sections.append(f"## {title}\n\nCommand: `.venv/bin/python -m {module}` (part of `make bench`; "
+                        f"took {elapsed:.0f} s)\n\n{body}\n")
+        print(f"[{i}/{len(selected)}] {name}: done in {elapsed:.0f} s", file=sys.stderr, flush=True)
+    header = (f"# Benchmarks\n\nWritten by `make bench` (`python -m bench.run`) on "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\nMachine: {machine()}.\n\n"
+              "Every figure is compared with a baseline measured in the same run (noisy shared machines: "
+              "ratios and medians, not absolute times across runs).\n")
+    OUT.parent.mkdir(exist_ok=True)
+    if args.only and OUT.is_file():
+        print("note: --only rewrites the whole file with the selected sections only", file=sys.stderr)
+    OUT.write_text(header + "\n" + "\n".join(sections))
+    print(f"wrote {OUT}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
