@@ -1,0 +1,71 @@
+"""Surface configuration: the embedded default, TOML parsing, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recsys_rl.config import ConfigError, default_config, load_config, parse_config
+
+
+def test_embedded_default_surface_matches_the_contract() -> None:
+    surface = default_config().surfaces["default"]
+    assert surface.exploration_cap == 0.1
+    assert surface.reward.weights == {"click": 1.0}
+    assert surface.reward.attribution_window_seconds == 5.0
+    assert default_config().with_cap(0.0).surfaces["default"].exploration_cap == 0.0
+
+
+def test_toml_surfaces(tmp_path: Path) -> None:
+    path = tmp_path / "surfaces.toml"
+    path.write_text("""
+[surfaces.home_feed]
+exploration_cap = 0.2
+decision_budget_ms = 40
+[surfaces.home_feed.exploration]
+algorithm = "softmax"
+temperature = 0.05
+[surfaces.home_feed.reward]
+weights = { click = 1.0, purchase = 5.0 }
+attribution_window_seconds = 30
+[surfaces.home_feed.model]
+publish_every = 500
+long_term_weight = 0.5
+[surfaces.search]
+""")
+    config = load_config(path, seed=9)
+    home = config.surfaces["home_feed"]
+    assert (home.exploration_cap, home.decision_budget_ms, config.seed) == (0.2, 40, 9)
+    assert home.exploration.algorithm == "softmax" and home.exploration.temperature == 0.05
+    assert home.reward.weight("purchase") == 5.0 and home.reward.attribution_window_seconds == 30
+    assert home.model.publish_every == 500 and home.model.long_term_weight == 0.5
+    assert config.surfaces["search"].exploration_cap == 0.1
+
+
+@pytest.mark.parametrize(("data", "key"), [
+    ({}, "config.surfaces"),
+    ({"surfaces": {"a": {"exploration_cap": 1.5}}}, "surfaces.a.exploration_cap"),
+    ({"surfaces": {"a": {"exploration": {"algorithm": "ucb"}}}}, "surfaces.a.exploration.algorithm"),
+    ({"surfaces": {"a": {"exploration": {"epsilon": -0.1}}}}, "surfaces.a.exploration.epsilon"),
+    ({"surfaces": {"a": {"reward": {"weights": {}}}}}, "surfaces.a.reward.weights"),
+    ({"surfaces": {"a": {"reward": {"attribution_window_seconds": 0}}}}, "surfaces.a.reward.attribution_window"),
+    ({"surfaces": {"a": {"model": {"publish_every": 0}}}}, "surfaces.a.model.publish_every"),
+    ({"surfaces": {"a": {"colour": "red"}}}, "surfaces.a.colour"),
+    ({"surfaces": {"a": {"exploration": {"tau": 1}}}}, "surfaces.a.exploration.tau"),
+    ({"surfaces": {"a": {"name": "b"}}}, "surfaces.a.name"),
+    ({"surfaces": {"a": 3}}, "surfaces.a"),
+])
+def test_bad_config_names_the_key(data: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    assert str(err.value).startswith(key), str(err.value)
+
+
+def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="^--config: cannot read"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[surfaces\n")
+    with pytest.raises(ConfigError, match="^--config: .* is not valid TOML"):
+        load_config(bad)
