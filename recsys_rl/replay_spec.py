@@ -1,0 +1,250 @@
+"""Target policies for counterfactual replay: ``--policy SPEC`` parsed and resolved against a data dir.
+
+Grammar::
+
+    SPEC     = BASE ("@" KEY "=" VALUE)*
+    BASE     = "current" | "baseline" | "uniform" | <version, e.g. v000012-abcdef12> | <path to a version dir>
+    KEY      = "cap" | "algorithm" | "epsilon" | "temperature" | "gamma"     (model policies only)
+
+Every target is a pair (scores, explorer) fed to :func:`recsys_rl.exploration.slate_propensities`, so target
+propensities come from the same code that draws served slates:
+
+* a model (``current`` = the surface's LATEST registry version): scores = VWBandit.score(request) (+ λ·long-term
+  value, as SurfacePolicy does), explorer = make_explorer(surface exploration with overrides, cap). A model that
+  raises or returns non-finite scores falls back to the baseline, as serving does.
+* ``baseline``: scores = baseline_score, explorer = Greedy: argmax with ties to the lowest index among the
+  remaining candidates, exactly the order SurfacePolicy._baseline serves (lexsort by −baseline, then index).
+  Target probability is 1 for the baseline's choice given the logged prefix, else 0.
+* ``uniform``: EpsilonGreedy(1) over the remaining candidates: 1/(n − k) at slot k.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from recsys_rl.config import ALGORITHMS, ConfigError, ExplorationConfig, SurfaceConfig
+from recsys_rl.errors import InvalidInput, NotFound
+from recsys_rl.exploration import EpsilonGreedy, Explorer, Greedy, make_explorer
+from recsys_rl.policy import LongTermValue, NoLongTermValue
+from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+
+PolicyKind = Literal["model", "baseline", "uniform"]
+_VERSION_RE = re.compile(r"^v\d{6}-[0-9a-f]{8}$")  # as recsys_rl.registry names versions
+_FLOAT_KEYS = ("cap", "epsilon", "temperature", "gamma")
+_KNOWN = "current, baseline, uniform, a model version (e.g. v000012-abcdef12) or a path to a version directory"
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """A parsed ``--policy`` value. ``version`` None with kind "model" means the surface's latest version."""
+
+    text: str
+    kind: PolicyKind
+    version: str | None = None
+    path: Path | None = None
+    cap: float | None = None
+    algorithm: str | None = None
+    epsilon: float | None = None
+    temperature: float | None = None
+    gamma: float | None = None
+
+    @property
+    def label(self) -> str:
+        return self.text
+
+
+def _error(part: str, reason: str) -> InvalidInput:
+    return InvalidInput(f"policy {part!r}", reason)
+
+
+def parse_policy_spec(spec: str) -> PolicySpec:
+    """Parse SPEC (module docstring). Raises InvalidInput naming the offending part of the spec.
+
+    Syntax only: whether a version exists is checked by :func:`resolve_policy`.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise InvalidInput("policy", "must not be empty")
+    base, *suffixes = spec.strip().split("@")
+    overrides: dict[str, float | str] = {}
+    for suffix in suffixes:
+        part = f"@{suffix}"
+        key, sep, value = suffix.partition("=")
+        if not sep or not key or not value:
+            raise _error(part, "expected @KEY=VALUE, e.g. @cap=0.2")
+        if key in overrides:
+            raise _error(part, f"{key} is given twice")
+        if key == "algorithm":
+            if value not in ALGORITHMS:
+                raise _error(part, f"algorithm must be one of {', '.join(ALGORITHMS)}, got {value!r}")
+            overrides[key] = value
+        elif key in _FLOAT_KEYS:
+            try:
+                number = float(value)
+            except ValueError:
+                raise _error(part, f"{key} must be a number, got {value!r}") from None
+            if not math.isfinite(number):
+                raise _error(part, f"{key} must be finite, got {value!r}")
+            if key in ("cap", "epsilon") and not 0.0 <= number <= 1.0:
+                raise _error(part, f"{key} must be in [0, 1], got {value}")
+            if key in ("temperature", "gamma") and number <= 0.0:
+                raise _error(part, f"{key} must be positive, got {value}")
+            overrides[key] = number
+        else:
+            raise _error(part, f"unknown option {key!r} (known: cap, algorithm, epsilon, temperature, gamma)")
+
+    if base in ("baseline", "uniform"):
+        if overrides:
+            raise _error(f"{base}@{suffixes[0]}", f"{base} is deterministic in its scores; exploration options "
+                                                  "apply only to model policies")
+        return PolicySpec(text=spec, kind=base)  # type: ignore[arg-type]
+    if base == "current":
+        return PolicySpec(text=spec, kind="model", **overrides)  # type: ignore[arg-type]
+    if _VERSION_RE.match(base):
+        return PolicySpec(text=spec, kind="model", version=base, **overrides)  # type: ignore[arg-type]
+    if "/" in base or base.startswith(".") or Path(base).is_dir():
+        return PolicySpec(text=spec, kind="model", path=Path(base), **overrides)  # type: ignore[arg-type]
+    raise _error(base, f"unknown policy (expected {_KNOWN})")
+
+
+# --- resolved targets ------------------------------------------------------------------------------
+
+
+class TargetPolicy:
+    """What replay asks of a target: per-candidate scores and the explorer that turns them into slots."""
+
+    name: str
+    policy_version: str
+
+    def scores(self, request: pb.RankRequest, baseline: np.ndarray) -> tuple[np.ndarray, Explorer, bool]:
+        """(scores, explorer, fell_back): fell_back is True when the baseline stood in for a failing model."""
+        raise NotImplementedError
+
+
+class BaselineTarget(TargetPolicy):
+    name = "baseline"
+    policy_version = "baseline"
+    _greedy = Greedy()
+
+    def scores(self, request: pb.RankRequest, baseline: np.ndarray) -> tuple[np.ndarray, Explorer, bool]:
+        return baseline, self._greedy, False
+
+
+class UniformTarget(TargetPolicy):
+    name = "uniform"
+    policy_version = "uniform"
+    _uniform = EpsilonGreedy(1.0)  # p = 1/n' exactly over the n' remaining candidates
+
+    def scores(self, request: pb.RankRequest, baseline: np.ndarray) -> tuple[np.ndarray, Explorer, bool]:
+        return baseline, self._uniform, False
+
+
+class ModelTarget(TargetPolicy):
+    """A VW checkpoint scored exactly as SurfacePolicy.rank scores it (bandit ⊕ λ·long-term value)."""
+
+    def __init__(self, name: str, policy_version: str, bandit: object, explorer: Explorer, *,
+                 long_term_weight: float = 0.0, long_term: LongTermValue = NoLongTermValue()) -> None:
+        self.name = name
+        self.policy_version = policy_version
+        self.bandit = bandit  # recsys_rl.bandit.VWBandit; typed loosely so this module does not import VW
+        self.explorer = explorer
+        self.long_term_weight = long_term_weight
+        self.long_term = long_term
+        self._fallback = Greedy()
+
+    def scores(self, request: pb.RankRequest, baseline: np.ndarray) -> tuple[np.ndarray, Explorer, bool]:
+        try:
+            scores = self.bandit.score(request)  # type: ignore[attr-defined]
+            if self.long_term_weight != 0.0:
+                scores = scores + self.long_term_weight * np.asarray(self.long_term.values(request), dtype=np.float64)
+        except InvalidInput:
+            raise
+        except Exception:  # noqa: BLE001 - serving falls back to the baseline on any model failure; so do we
+            return baseline, self._fallback, True
+        if scores.shape != baseline.shape or not np.isfinite(scores).all():
+            return baseline, self._fallback, True
+        return scores, self.explorer, False
+
+
+def _exploration(spec: PolicySpec, surface: SurfaceConfig) -> tuple[ExplorationConfig, float]:
+    changes = {k: getattr(spec, k) for k in ("algorithm", "epsilon", "temperature", "gamma") if getattr(spec, k) is not None}
+    try:
+        exploration = replace(surface.exploration, **changes)
+    except ConfigError as exc:
+        raise _error(spec.text, str(exc)) from exc
+    cap = surface.exploration_cap if spec.cap is None else spec.cap
+    return exploration, cap
+
+
+def _load_version_dir(path: Path) -> tuple[str, bytes]:
+    """(version, model bytes) of a registry version directory, checked against its manifest's sha256."""
+    manifest_path, model_path = path / "manifest.json", path / "model.bin"
+    if not manifest_path.is_file() or not model_path.is_file():
+        raise _error(str(path), "not a model version directory (expected manifest.json and model.bin)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise _error(str(path), f"unreadable manifest.json: {exc}") from exc
+    model = model_path.read_bytes()
+    if hashlib.sha256(model).hexdigest() != manifest.get("sha256"):
+        raise _error(str(path), "model.bin does not match the sha256 in manifest.json")
+    return str(manifest.get("version") or path.name), model
+
+
+def resolve_policy(spec: PolicySpec, data_dir: Path, surface: SurfaceConfig, *,
+                   long_term: LongTermValue = NoLongTermValue()) -> TargetPolicy:
+    """Load what ``spec`` names for ``surface``; unknown versions raise InvalidInput naming them.
+
+    Reads the registry but never writes to it (no directory is created, LATEST is not touched).
+    """
+    if spec.kind == "baseline":
+        return BaselineTarget()
+    if spec.kind == "uniform":
+        return UniformTarget()
+    exploration, cap = _exploration(spec, surface)
+    if spec.path is not None:
+        version, model = _load_version_dir(spec.path)
+    else:
+        version, model = _load_registry_version(spec, Path(data_dir), surface.name)
+    from recsys_rl.bandit import VWBandit  # heavy (VW): only for model targets
+
+    try:
+        bandit = VWBandit(surface.model.vw_args, model=model)
+    except Exception as exc:  # noqa: BLE001 - VW reports a bad model file with assorted exception types
+        raise _error(spec.text, f"model {version} does not load: {exc}") from exc
+    return ModelTarget(spec.text, version, bandit, make_explorer(exploration, cap),
+                       long_term_weight=surface.model.long_term_weight, long_term=long_term)
+
+
+def _load_registry_version(spec: PolicySpec, data_dir: Path, surface: str) -> tuple[str, bytes]:
+    models_dir = data_dir / "models"
+    if not models_dir.is_dir():  # ModelRegistry() would create it: replay must not write
+        raise _error(spec.text.split("@")[0], f"no model registry under {models_dir}")
+    from recsys_rl.registry import ModelRegistry
+
+    registry = ModelRegistry(models_dir)
+    version = spec.version or registry.latest_version(surface)
+    if version is None:
+        raise _error("current", f"surface {surface!r} has no published model under {models_dir}")
+    try:
+        checkpoint = registry.load(surface, version)
+    except NotFound:
+        known = registry.versions(surface)
+        hint = f"known: {', '.join(known[-5:])}" if known else "the surface has no versions"
+        raise _error(version, f"unknown version of surface {surface!r} ({hint})") from None
+    except ValueError as exc:  # checksum mismatch
+        raise _error(version, str(exc)) from exc
+    return checkpoint.version, checkpoint.model
+
+
+__all__ = [
+    "BaselineTarget", "ModelTarget", "PolicySpec", "TargetPolicy", "UniformTarget", "parse_policy_spec",
+    "resolve_policy",
+]
