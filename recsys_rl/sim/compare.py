@@ -1,0 +1,416 @@
+"""``recsys-rl sim compare``: policies played through the real server in the simulator, with 95% intervals.
+
+Reads top to bottom. For each seed s (world ``World(SimConfig(n_users=N), seed=s)``, server ``--seed s``):
+
+1. ``bandit``: a ``recsys-rl serve`` process whose surface has λ = 0 (VW alone, learning clicks online,
+   exploration cap 0.1) plays D simulated days. The host reports ``click``, ``dwell_seconds``,
+   ``session_end`` and ``return_visit`` (reward weight 0 for all but click: the bandit optimises clicks,
+   the others are only logged).
+2. ``slateq``: the slate-RL model is trained offline (``train_from_data_dir``) on the *logs* of step 1 -
+   last period's production logs, never the simulator's memory - and published into a fresh data dir. A new
+   server with λ > 0 (VW again learning from scratch, plus λ · Q(s, i)) replays the same world seed from
+   day 0: same users and catalog, fresh user state, different draws once the slates differ.
+3. ``random`` (a uniformly random slate) and ``oracle-myopic`` (top-k by the page view's true utility:
+   maximal immediate click probability, blind to quality) are client-side policies with no server: they
+   are yardsticks, and the oracle reads the simulator's hidden truth.
+
+Metrics per seed over the horizon: click rate = clicks / page views; session length = page views per
+session; return rate = share of sessions followed by a visit the next day; engagement per user = total dwell
+seconds per simulated user over the D days (dwell is what good content earns and what keeps users coming
+back, so it is the long-term objective). Intervals: Student t across seeds, mean ± t_{0.975, S−1} · sd / √S
+(each seed is a new world, so seeds are the i.i.d. units; users within a seed share one learned policy).
+
+The host loop is here rather than ``sim.host.run_host`` because the horizon is a number of days (run_host
+stops after a number of requests) and per-day engagement feeds the plot. It is single-threaded, so a run is
+reproducible given the server's seed (up to the learner's publishing times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from recsys_rl.errors import InvalidInput
+from recsys_rl.sim.config import SimConfig
+from recsys_rl.sim.host import to_rank_request
+from recsys_rl.sim.world import PageView, World
+
+POLICIES = ("random", "bandit", "slateq", "oracle-myopic")
+SERVED = ("bandit", "slateq")  # policies that run through a server
+METRICS = ("click_rate", "session_length", "return_rate", "engagement_per_user")
+SURFACE = "default"
+OUTCOMES = ("click", "dwell_seconds", "session_end", "return_visit")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class CompareArgs:
+    policies: tuple[str, ...] = POLICIES  # which policies to report (slateq always trains on a bandit run)
+    seeds: int = 5  # independent worlds (and server seeds) 0 .. seeds-1
+    users: int = 150  # simulated users per world
+    days: int = 8  # simulated days per policy and seed
+    long_term_weight: float = 0.5  # λ of the slateq server: score = VW click estimate + λ · Q(s, i)
+    train_steps: int = 400  # SlateQ gradient steps per seed
+    train_batch: int = 256  # SlateQ minibatch size
+    exploration_cap: float = 0.1  # both servers' exploration cap
+    vw_args: str | None = None  # both servers' VW options (default: ModelConfig's)
+    first_seed: int = 0  # seeds are first_seed .. first_seed + seeds - 1
+    data_dir: str | None = None  # keep servers' logs and models here (default: a temporary directory, removed)
+    plot: str | None = None  # write the engagement-per-day plot (PNG) here
+    progress: bool = True  # a progress bar on stderr
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.policies if p not in POLICIES]
+        if unknown or not self.policies:
+            raise InvalidInput("--policies", f"must be a non-empty subset of {','.join(POLICIES)}, got {unknown}")
+        for name in ("seeds", "users", "days", "train_steps", "train_batch"):
+            if getattr(self, name) < 1:
+                raise InvalidInput(f"--{name.replace('_', '-')}", f"must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.long_term_weight) and self.long_term_weight > 0):
+            raise InvalidInput("--long-term-weight", f"must be > 0, got {self.long_term_weight}")
+        if not 0.0 <= self.exploration_cap <= 1.0:
+            raise InvalidInput("--exploration-cap", f"must be in [0, 1], got {self.exploration_cap}")
+
+
+@dataclass
+class Run:
+    """One policy on one seed: totals over the horizon and dwell per day."""
+
+    policy: str
+    seed: int
+    n_users: int
+    decisions: int = 0
+    clicks: int = 0
+    sessions: int = 0
+    returned: int = 0
+    return_eligible: int = 0
+    dwell_by_day: list[float] = field(default_factory=list)
+    clicks_by_day: list[int] = field(default_factory=list)
+    decisions_by_day: list[int] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "click_rate": self.clicks / max(self.decisions, 1),
+            "session_length": self.decisions / max(self.sessions, 1),
+            "return_rate": self.returned / max(self.return_eligible, 1),
+            "engagement_per_user": sum(self.dwell_by_day) / self.n_users,
+        }
+
+
+# ------------------------------------------------------------------------------------------- the host
+class Slates:
+    """Where slates come from: ``slate(page_view)`` → (item ids, event id or ""); outcomes go to ``report``."""
+
+    def slate(self, page_view: PageView) -> tuple[list[str], str]:
+        raise NotImplementedError
+
+    def report(self, event_id: str, item_id: str, outcome: str, value: float) -> None:
+        """Client-side policies learn nothing: the default drops outcomes."""
+
+
+class ClientPolicy(Slates):
+    def __init__(self, choose: Callable[[PageView], list[str]]) -> None:
+        self.choose = choose
+
+    def slate(self, page_view: PageView) -> tuple[list[str], str]:
+        return self.choose(page_view), ""
+
+
+class ServerPolicy(Slates):
+    """Rank / ReportOutcome over gRPC, as a host backend would."""
+
+    def __init__(self, address: str, world: World, prefix: str) -> None:
+        import grpc
+
+        from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+        from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
+
+        self._pb, self._world, self._prefix = pb, world, prefix
+        self.channel = grpc.insecure_channel(address)
+        self._stub = pb_grpc.RankingServiceStub(self.channel)
+
+    def slate(self, page_view: PageView) -> tuple[list[str], str]:
+        request = to_rank_request(page_view, f"{self._prefix}-{page_view.request_index}", SURFACE,
+                                  catalog=self._world.catalog)
+        response = self._stub.Rank(request, timeout=30)
+        return [item.item_id for item in response.slate], response.event_id
+
+    def report(self, event_id: str, item_id: str, outcome: str, value: float) -> None:
+        self._stub.ReportOutcome(self._pb.ReportOutcomeRequest(event_id=event_id, item_id=item_id, outcome=outcome,
+                                                               value=value), timeout=30)
+
+
+def play(world: World, slates: Slates, run: Run, *, days: int, on_day: Callable[[], None] = lambda: None) -> Run:
+    """Serve every page view of ``days`` days; ends by starting day ``days`` so the last returns are known."""
+    last_event: dict[str, str] = {}  # user -> last decision of the session that just ended
+    for _ in range(days):
+        run.sessions += world.open_sessions
+        dwell, clicks_before, decisions_before = 0.0, run.clicks, run.decisions
+        while (page_view := world.next_page_view()) is not None:
+            served, event_id = slates.slate(page_view)
+            response = world.respond(page_view, served)
+            run.decisions += 1
+            if response.clicked_item_id is not None:
+                run.clicks += 1
+                dwell += response.dwell_seconds
+                slates.report(event_id, response.clicked_item_id, "click", 1.0)
+                slates.report(event_id, response.clicked_item_id, "dwell_seconds", response.dwell_seconds)
+            if response.session_ended:
+                slates.report(event_id, "", "session_end", 1.0)
+                last_event[page_view.user_id] = event_id
+        run.dwell_by_day.append(dwell)
+        run.clicks_by_day.append(run.clicks - clicks_before)
+        run.decisions_by_day.append(run.decisions - decisions_before)
+        day = world.next_day()
+        run.return_eligible += len(day.returned)
+        run.returned += sum(day.returned.values())
+        for user_id, came_back in day.returned.items():  # the sim host's "last_decision" convention
+            event_id = last_event.pop(user_id, None)
+            if event_id is not None:
+                slates.report(event_id, "", "return_visit", 1.0 if came_back else 0.0)
+        on_day()
+    return run
+
+
+# ----------------------------------------------------------------------------------------- the servers
+def server_config(path: Path, *, long_term_weight: float, cap: float, vw_args: str | None = None) -> Path:
+    """A one-surface TOML: reward = click only (the others are logged with weight 0), λ as given."""
+    weights = ", ".join(f"{name} = {1.0 if name == 'click' else 0.0}" for name in OUTCOMES)
+    model = f"long_term_weight = {long_term_weight}\n" + (f"vw_args = {json.dumps(vw_args)}\n" if vw_args else "")
+    path.write_text(
+        f"[surfaces.{SURFACE}]\nexploration_cap = {cap}\n\n"
+        f"[surfaces.{SURFACE}.reward]\nweights = {{ {weights} }}\nattribution_window_seconds = 5\n\n"
+        f"[surfaces.{SURFACE}.model]\n{model}"
+    )
+    return path
+
+
+@contextmanager
+def serving(data_dir: Path, config: Path, seed: int) -> Iterator[str]:
+    """A ``recsys-rl serve`` process on a free loopback port; SIGTERM (graceful: logs flushed) on exit."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "server.log", "w") as stderr:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "recsys_rl.cli", "serve", "--port", "0", "--data-dir", str(data_dir),
+             "--config", str(config), "--seed", str(seed)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True,
+        )
+    try:
+        line = server.stdout.readline() if server.stdout else ""
+        if not line.startswith("serving on "):
+            raise RuntimeError(f"the server did not start; see {data_dir / 'server.log'}")
+        yield line.split()[-1]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            code = server.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            raise
+        if code != 0:
+            raise RuntimeError(f"server exited with {code}; see {data_dir / 'server.log'}")
+
+
+def train_long_term(bandit_dir: Path, slateq_dir: Path, args: CompareArgs, seed: int) -> str:
+    """Trains SlateQ on the bandit run's logs and publishes it into ``slateq_dir``; returns the version."""
+    from recsys_rl.slateq import SURFACE as SLATEQ
+    from recsys_rl.slateq.train import TrainConfig, train_from_data_dir
+
+    config = TrainConfig(steps=args.train_steps, batch_size=args.train_batch, seed=seed)
+    _, checkpoint = train_from_data_dir(bandit_dir, config, progress=False)
+    assert checkpoint is not None
+    source = bandit_dir / "models" / SLATEQ
+    shutil.copytree(source, slateq_dir / "models" / SLATEQ)  # version dir + LATEST, as published
+    return checkpoint.version
+
+
+# ------------------------------------------------------------------------------------------- one seed
+def run_seed(seed: int, args: CompareArgs, work: Path, tick: Callable[[], None]) -> list[Run]:
+    sim = SimConfig(n_users=args.users)
+    runs: list[Run] = []
+
+    def fresh_run(policy: str) -> tuple[World, Run]:
+        return World(sim, seed=seed), Run(policy, seed, sim.n_users)
+
+    for policy, make in (("random", lambda w: w.random_slate), ("oracle-myopic", lambda w: w.oracle_slate)):
+        if policy in args.policies:
+            world, run = fresh_run(policy)
+            runs.append(play(world, ClientPolicy(make(world)), run, days=args.days, on_day=tick))
+    if "bandit" in args.policies or "slateq" in args.policies:
+        bandit_dir = work / f"seed{seed}" / "bandit"
+        config = server_config(work / f"seed{seed}-bandit.toml", long_term_weight=0.0, cap=args.exploration_cap,
+                               vw_args=args.vw_args)
+        with serving(bandit_dir, config, seed) as address:
+            world, run = fresh_run("bandit")
+            host = ServerPolicy(address, world, f"bandit-{seed}")
+            play(world, host, run, days=args.days, on_day=tick)
+            host.channel.close()
+        if "bandit" in args.policies:
+            runs.append(run)
+    if "slateq" in args.policies:
+        slateq_dir = work / f"seed{seed}" / "slateq"
+        train_long_term(bandit_dir, slateq_dir, args, seed)
+        config = server_config(work / f"seed{seed}-slateq.toml", long_term_weight=args.long_term_weight,
+                               cap=args.exploration_cap, vw_args=args.vw_args)
+        with serving(slateq_dir, config, seed) as address:
+            world, run = fresh_run("slateq")
+            host = ServerPolicy(address, world, f"slateq-{seed}")
+            runs.append(play(world, host, run, days=args.days, on_day=tick))
+            host.channel.close()
+    return runs
+
+
+# ------------------------------------------------------------------------------------------- summary
+def t_interval(values: list[float], alpha: float = 0.05) -> tuple[float, float, float]:
+    """(mean, low, high): mean ± t_{1−α/2, n−1} · sd / √n; NaN bounds for a single value."""
+    from scipy.stats import t
+
+    x = np.asarray(values, dtype=np.float64)
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, math.nan, math.nan
+    half = float(t.ppf(1 - alpha / 2, x.size - 1)) * float(x.std(ddof=1)) / math.sqrt(x.size)
+    return mean, mean - half, mean + half
+
+
+def summarise(runs: list[Run], policies: tuple[str, ...]) -> list[dict[str, float | str | int]]:
+    """One record per policy: each metric's mean over seeds and its 95% t-interval."""
+    records: list[dict[str, float | str | int]] = []
+    for policy in policies:
+        mine = [r.metrics() for r in runs if r.policy == policy]
+        record: dict[str, float | str | int] = {"policy": policy, "seeds": len(mine)}
+        for metric in METRICS:
+            mean, low, high = t_interval([m[metric] for m in mine])
+            record[metric], record[f"{metric}_ci_low"], record[f"{metric}_ci_high"] = mean, low, high
+        records.append(record)
+    return records
+
+
+def format_table(records: list[dict[str, float | str | int]]) -> str:
+    def cell(r: dict[str, float | str | int], metric: str, digits: int) -> str:
+        return f"{r[metric]:.{digits}f} [{r[metric + '_ci_low']:.{digits}f}, {r[metric + '_ci_high']:.{digits}f}]"
+
+    lines = ["| policy | click rate | session length | return rate | engagement per user (dwell s) |",
+             "|---|---|---|---|---|"]
+    for r in records:
+        lines.append(f"| {r['policy']} | {cell(r, 'click_rate', 3)} | {cell(r, 'session_length', 1)} | "
+                     f"{cell(r, 'return_rate', 3)} | {cell(r, 'engagement_per_user', 0)} |")
+    return "\n".join(lines)
+
+
+def plot_engagement(runs: list[Run], policies: tuple[str, ...], out: Path) -> None:
+    """Dwell per user per simulated day, mean over seeds with the 95% t-band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for policy in policies:
+        per_day = np.array([r.dwell_by_day for r in runs if r.policy == policy]) / runs[0].n_users
+        days = np.arange(1, per_day.shape[1] + 1)
+        bands = [t_interval(per_day[:, d].tolist()) for d in range(per_day.shape[1])]
+        ax.plot(days, [b[0] for b in bands], "o-", label=policy)
+        if per_day.shape[0] > 1:
+            ax.fill_between(days, [b[1] for b in bands], [b[2] for b in bands], alpha=0.2)
+    ax.set_xlabel("simulated day")
+    ax.set_ylabel("dwell seconds per user that day")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"engagement per simulated day ({per_day.shape[0]} seeds, 95% t-band)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def compare(args: CompareArgs) -> tuple[list[dict[str, float | str | int]], list[Run]]:
+    """Runs every policy on every seed; returns the summary records and the per-seed runs."""
+    from tqdm import tqdm
+
+    played = len(args.policies) + ("slateq" in args.policies and "bandit" not in args.policies)
+    keep = args.data_dir is not None
+    work = Path(args.data_dir) if keep else Path(tempfile.mkdtemp(prefix="recsys-rl-compare-"))
+    work.mkdir(parents=True, exist_ok=True)
+    runs: list[Run] = []
+    try:
+        with tqdm(total=args.seeds * played * args.days, unit="day", desc="sim compare", file=sys.stderr,
+                  disable=not args.progress) as bar:
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                runs.extend(run_seed(seed, args, work, lambda: bar.update(1)))
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+    if args.plot:
+        plot_engagement(runs, args.policies, Path(args.plot))
+    return summarise(runs, args.policies), runs
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Adds ``sim compare`` to the ``recsys-rl`` top-level subcommands."""
+    d = CompareArgs()
+    sim = subparsers.add_parser("sim", help="simulator experiments through the real server")
+    sim_sub = sim.add_subparsers(dest="sim_command", required=True)
+    parser = sim_sub.add_parser("compare", help="click rate, session length, return rate and engagement per policy")
+    parser.add_argument("--policies", default=",".join(d.policies), help=f"comma-separated subset of {POLICIES}")
+    parser.add_argument("--seeds", type=int, default=d.seeds, help="independent worlds; intervals are across them")
+    parser.add_argument("--users", type=int, default=d.users, help="simulated users per world")
+    parser.add_argument("--days", type=int, default=d.days, help="simulated days per policy")
+    parser.add_argument("--long-term-weight", type=float, default=d.long_term_weight, help="λ of the slateq server")
+    parser.add_argument("--train-steps", type=int, default=d.train_steps, help="SlateQ gradient steps per seed")
+    parser.add_argument("--exploration-cap", type=float, default=d.exploration_cap)
+    parser.add_argument("--vw-args", help="both servers' VW options (default: the surface default)")
+    parser.add_argument("--first-seed", type=int, default=d.first_seed)
+    parser.add_argument("--data-dir", help="keep the servers' logs and models here")
+    parser.add_argument("--plot", help="write a PNG of engagement per simulated day here")
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run_compare)
+
+
+def run_compare(ns: argparse.Namespace) -> int:
+    args = CompareArgs(
+        policies=tuple(p.strip() for p in ns.policies.split(",") if p.strip()), seeds=ns.seeds, users=ns.users,
+        days=ns.days, long_term_weight=ns.long_term_weight, train_steps=ns.train_steps,
+        exploration_cap=ns.exploration_cap, vw_args=ns.vw_args, first_seed=ns.first_seed, data_dir=ns.data_dir, plot=ns.plot,
+        progress=not ns.no_progress,
+    )  # fmt: skip
+    records, _ = compare(args)
+    if ns.format == "json":
+        print(json.dumps(records, indent=2))
+    else:
+        print(format_table(records))
+        print(f"\n95% t-intervals across {args.seeds} seeds; {args.users} users, {args.days} days; "
+              f"slateq λ = {args.long_term_weight}, {args.train_steps} training steps on the bandit run's logs.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="recsys-rl")
+    register(parser.add_subparsers(dest="command", required=True))
+    ns = parser.parse_args(argv)
+    try:
+        return ns.run(ns)
+    except InvalidInput as exc:
+        print(f"recsys-rl: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["CompareArgs", "Run", "compare", "format_table", "play", "register", "summarise", "t_interval"]
