@@ -1,0 +1,157 @@
+"""PolicyAdminService servicer: exploration caps behind the gate, with an audit trail.
+
+Thin on purpose: the rules live in the core — ``recsys_rl.gate`` (is this evidence enough to raise?) and
+``recsys_rl.caps`` (durable caps and audit log) — and this layer decodes, calls them in the right order and
+encodes. The order matters for the invariants:
+
+1. validate (INVALID_ARGUMENT naming the field; nothing is audited for a malformed request);
+2. under one lock: read the cap in force; a raise needs verified, passing evidence, else the refusal is
+   audited and the RPC fails with FAILED_PRECONDITION listing each failed check;
+3. append the audit entry and persist the cap (both fsynced), then put the cap in force: a change is never
+   in force without its audit line, and it applies from the next Rank on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+
+from ranker.errors import map_errors
+from recsys_rl.caps import AuditEntry, CapStore, apply_stored_caps
+from recsys_rl.errors import InvalidInput, PreconditionFailed
+from recsys_rl.gate import FAILED_CHECKS_METADATA, EvidenceRefused, GateConfig, GateVerifier, evidence_digest
+from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
+from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
+from recsys_rl.service import DecisionService
+
+ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["PolicyAdminService"].full_name
+MAX_ACTOR_CHARS = 200
+MAX_REASON_CHARS = 4000
+MAX_EVIDENCE_BYTES = 1 << 20
+
+_OUTCOMES = {"accepted": admin_pb.CAP_CHANGE_OUTCOME_ACCEPTED, "refused": admin_pb.CAP_CHANGE_OUTCOME_REFUSED}
+
+
+class Verifier(Protocol):
+    def verify(self, evidence: str, surface: str, cap: float) -> object: ...
+
+
+def cap_in_force(service: DecisionService, surface: str) -> float:
+    """The cap the next Rank on ``surface`` explores under (InvalidInput naming ``surface`` when unknown)."""
+    getter = getattr(service, "cap", None)
+    if callable(getter):  # DecisionService.cap(surface), once the service exposes it
+        return float(getter(surface))
+    return float(service._entry(surface).policy.cap)  # noqa: SLF001 - until DecisionService.cap exists
+
+
+def _change(entry: AuditEntry) -> admin_pb.CapChange:
+    change = admin_pb.CapChange(
+        sequence=entry.sequence, surface=entry.surface, actor=entry.actor, old_cap=entry.old_cap,
+        new_cap=entry.new_cap, reason=entry.reason, evidence_digest=entry.evidence_digest,
+        outcome=_OUTCOMES[entry.outcome], failed_checks=entry.failed_checks,
+    )
+    change.changed_at.FromNanoseconds(int(entry.time_unix * 1e9))
+    return change
+
+
+class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
+    def __init__(self, service: DecisionService, cap_store: CapStore, verifier: Verifier) -> None:
+        self.service = service
+        self.cap_store = cap_store
+        self.verifier = verifier
+        self._lock = threading.Lock()  # one cap decision at a time: old cap, verdict and write stay consistent
+
+    def _surface(self, surface: str) -> str:
+        if not surface:
+            raise InvalidInput("surface", "must not be empty")
+        if surface not in self.service.surfaces:
+            known = ", ".join(sorted(self.service.surfaces))
+            raise InvalidInput("surface", f"unknown surface {surface!r} (configured: {known})")
+        return surface
+
+    @map_errors
+    def GetSurface(  # noqa: N802
+        self, request: admin_pb.GetSurfaceRequest, context: grpc.ServicerContext
+    ) -> admin_pb.GetSurfaceResponse:
+        surface = self._surface(request.surface)
+        if request.history_limit < 0:
+            raise InvalidInput("history_limit", f"must be >= 0, got {request.history_limit}")
+        history = self.cap_store.history(surface, limit=request.history_limit)
+        return admin_pb.GetSurfaceResponse(
+            surface=surface, exploration_cap=cap_in_force(self.service, surface),
+            configured_cap=self.service.surfaces[surface].exploration_cap,
+            policy_version=self.service.policy_version(surface), history=[_change(e) for e in history],
+        )
+
+    @map_errors
+    def SetExplorationCap(  # noqa: N802
+        self, request: admin_pb.SetExplorationCapRequest, context: grpc.ServicerContext
+    ) -> admin_pb.SetExplorationCapResponse:
+        surface = self._surface(request.surface)
+        if not request.HasField("cap"):
+            raise InvalidInput("cap", "required (a number in [0, 1])")
+        cap = request.cap
+        if not (math.isfinite(cap) and 0.0 <= cap <= 1.0):
+            raise InvalidInput("cap", f"must be a number in [0, 1], got {cap}")
+        actor = request.actor.strip()
+        if not actor:
+            raise InvalidInput("actor", "must not be empty (who asks is recorded in the audit log)")
+        if len(actor) > MAX_ACTOR_CHARS:
+            raise InvalidInput("actor", f"longer than {MAX_ACTOR_CHARS} characters")
+        if len(request.reason) > MAX_REASON_CHARS:
+            raise InvalidInput("reason", f"longer than {MAX_REASON_CHARS} characters")
+        if len(request.evidence.encode()) > MAX_EVIDENCE_BYTES:
+            raise InvalidInput("evidence", f"larger than {MAX_EVIDENCE_BYTES} bytes (not a gate report)")
+        digest = evidence_digest(request.evidence) if request.evidence else ""
+
+        with self._lock:
+            old = cap_in_force(self.service, surface)
+            if cap > old:
+                try:
+                    self.verifier.verify(request.evidence, surface, cap)
+                except EvidenceRefused as refused:
+                    lines = [c.line() for c in refused.failed]
+                    self.cap_store.record(
+                        surface=surface, actor=actor, old_cap=old, new_cap=cap, reason=request.reason,
+                        evidence_digest=digest, outcome="refused", failed_checks=lines,
+                    )
+                    # Also machine-readable, so clients need not parse the status message.
+                    context.set_trailing_metadata(((FAILED_CHECKS_METADATA, json.dumps(lines).encode()),))
+                    raise PreconditionFailed(
+                        f"raising the exploration cap of surface {surface!r} from {old:g} to {cap:g} refused by the "
+                        f"gate: {refused}"
+                    ) from None
+            entry = self.cap_store.record(surface=surface, actor=actor, old_cap=old, new_cap=cap,
+                                          reason=request.reason, evidence_digest=digest, outcome="accepted")
+            self.service.set_cap(surface, cap)
+        return admin_pb.SetExplorationCapResponse(
+            exploration_cap=cap, old_cap=old, policy_version=self.service.policy_version(surface),
+            change=_change(entry),
+        )
+
+
+def add_admin_servicer(grpc_server: grpc.Server, service: DecisionService, data_dir: Path | str, *,
+                       gate_for: object = None, apply_caps: bool = True) -> PolicyAdminServicer:
+    """Registers PolicyAdminService on ``grpc_server`` (before it starts) and returns the servicer.
+
+    With ``apply_caps`` the caps recorded under ``D/admin`` are put in force first, so a restarted server
+    serves the caps it last accepted. ``gate_for(surface) -> GateConfig`` gives each surface's thresholds;
+    by default the surface config's ``gate`` section when it has one, else ``GateConfig()``. Add
+    ``ADMIN_SERVICE`` to reflection and health.
+    """
+    store = CapStore(data_dir)
+    if apply_caps:
+        apply_stored_caps(service, store)
+
+    def default_gate_for(surface: str) -> GateConfig:
+        return getattr(service.surfaces[surface], "gate", None) or GateConfig()
+
+    verifier = GateVerifier(data_dir, gate_for or default_gate_for)  # type: ignore[arg-type]
+    servicer = PolicyAdminServicer(service, store, verifier)
+    admin_grpc.add_PolicyAdminServiceServicer_to_server(servicer, grpc_server)
+    return servicer

@@ -1,0 +1,252 @@
+"""Durable exploration caps and their audit trail, under ``D/admin/``.
+
+* ``audit.jsonl`` — one JSON object per line, appended and fsynced for every cap change *and* every refused
+  raise: sequence, time, surface, actor, old cap, new (requested) cap, reason, evidence digest, outcome and
+  the failed checks of a refusal. It is the write-ahead log: an entry is durable before the change applies.
+* ``caps.json`` — the caps in force per surface plus the audit sequence they reflect, replaced atomically
+  (temporary file, fsync, rename, fsync of the directory) after each accepted change.
+
+On load the snapshot is rolled forward with any accepted audit entry newer than it, so a crash between the
+two writes loses nothing; a torn last audit line (crash mid-append) is skipped and counted. Writers in
+several processes on one data dir are serialised by ``flock`` on ``admin/.lock``; each process still holds
+its own view of the caps (see the known gap about per-core replicas in the report to the lead).
+
+``apply_stored_caps(service, store)`` is what a server calls at start: caps recorded here win over the
+configured ones, so an accepted change survives restarts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+log = logging.getLogger(__name__)
+
+ADMIN_DIR = "admin"
+CAPS_FILE = "caps.json"
+AUDIT_FILE = "audit.jsonl"
+_LOCK_FILE = ".lock"
+
+Outcome = Literal["accepted", "refused"]
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of ``audit.jsonl``. ``new_cap`` is the cap asked for; in force only when accepted."""
+
+    sequence: int
+    time_unix: float
+    surface: str
+    actor: str
+    old_cap: float
+    new_cap: float
+    reason: str
+    evidence_digest: str  # sha256 hex of the evidence as sent; "" when none was sent
+    outcome: Outcome
+    failed_checks: list[str] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> bool:
+        return self.outcome == "accepted"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> AuditEntry:
+        outcome = str(data["outcome"])
+        if outcome not in ("accepted", "refused"):
+            raise ValueError(f"outcome: unknown value {outcome!r}")
+        return cls(
+            sequence=int(data["sequence"]), time_unix=float(data["time_unix"]),  # type: ignore[arg-type]
+            surface=str(data["surface"]), actor=str(data["actor"]),
+            old_cap=float(data["old_cap"]), new_cap=float(data["new_cap"]),  # type: ignore[arg-type]
+            reason=str(data.get("reason", "")), evidence_digest=str(data.get("evidence_digest", "")),
+            outcome=outcome,  # type: ignore[arg-type]
+            failed_checks=[str(c) for c in data.get("failed_checks", [])],  # type: ignore[union-attr]
+        )
+
+
+class CapTarget(Protocol):
+    """What ``apply_stored_caps`` needs of a DecisionService."""
+
+    @property
+    def surfaces(self) -> Mapping[str, object]: ...
+
+    def set_cap(self, surface: str, cap: float) -> None: ...
+
+
+def check_cap(cap: float, field_name: str = "cap") -> float:
+    """``cap`` as a float in [0, 1]; ValueError naming ``field_name`` otherwise (NaN included)."""
+    value = float(cap)
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{field_name}: must be a number in [0, 1], got {cap!r}")
+    return value
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CapStore:
+    """Caps in force per surface and the audit log of ``data_dir``; thread- and process-safe appends."""
+
+    def __init__(self, data_dir: Path | str) -> None:
+        self.admin_dir = Path(data_dir) / ADMIN_DIR
+        self.admin_dir.mkdir(parents=True, exist_ok=True)
+        self.caps_path = self.admin_dir / CAPS_FILE
+        self.audit_path = self.admin_dir / AUDIT_FILE
+        self._lock = threading.Lock()
+        self.torn_audit_lines = 0
+        with self._locked():
+            self._caps, self._sequence = self._load()
+
+    # --- reading -------------------------------------------------------------------------------------------
+
+    def caps(self) -> dict[str, float]:
+        """Caps recorded by accepted changes, per surface (surfaces never changed are absent)."""
+        with self._lock:
+            return dict(self._caps)
+
+    def cap(self, surface: str) -> float | None:
+        with self._lock:
+            return self._caps.get(surface)
+
+    def history(self, surface: str | None = None, *, limit: int = 0) -> list[AuditEntry]:
+        """Audit entries (of ``surface``, or all), oldest first; ``limit`` > 0 keeps the most recent ones."""
+        entries = [e for e in self._read_audit() if surface is None or e.surface == surface]
+        return entries[-limit:] if limit > 0 else entries
+
+    # --- writing -------------------------------------------------------------------------------------------
+
+    def record(self, *, surface: str, actor: str, old_cap: float, new_cap: float, reason: str,
+               evidence_digest: str, outcome: Outcome, failed_checks: list[str] | None = None) -> AuditEntry:
+        """Append an audit entry (fsynced) and, when accepted, persist ``new_cap`` as the surface's cap.
+
+        Returns the entry once it is durable; the caller applies an accepted cap only after that, so no
+        change is ever in force without its audit line.
+        """
+        new_cap = check_cap(new_cap, "new_cap")
+        with self._locked():
+            # Another process may have appended since we loaded: continue its sequence, adopt its caps.
+            self._caps, self._sequence = self._load()
+            entry = AuditEntry(
+                sequence=self._sequence + 1, time_unix=time.time(), surface=surface, actor=actor,
+                old_cap=float(old_cap), new_cap=new_cap, reason=reason, evidence_digest=evidence_digest,
+                outcome=outcome, failed_checks=list(failed_checks or []),
+            )
+            self._append(entry)
+            self._sequence = entry.sequence
+            if entry.accepted:
+                self._caps[surface] = new_cap
+                self._write_snapshot()
+            return entry
+
+    # --- internals -----------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock:
+            fd = os.open(self.admin_dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # closing releases the flock
+
+    def _load(self) -> tuple[dict[str, float], int]:
+        caps: dict[str, float] = {}
+        snapshot_sequence = 0
+        if self.caps_path.exists():
+            try:
+                data = json.loads(self.caps_path.read_text())
+                caps = {str(k): check_cap(v, f"{CAPS_FILE}: caps.{k}") for k, v in data["caps"].items()}
+                snapshot_sequence = int(data["audit_sequence"])
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                # The snapshot is written atomically, so this is outside damage: rebuild from the audit log.
+                log.error("%s is unreadable (%s); rebuilding the caps from %s", self.caps_path, exc, AUDIT_FILE)
+                caps, snapshot_sequence = {}, 0
+        sequence = snapshot_sequence
+        for entry in self._read_audit():
+            sequence = max(sequence, entry.sequence)
+            if entry.accepted and entry.sequence > snapshot_sequence:
+                caps[entry.surface] = entry.new_cap  # roll forward: the audit line is the write-ahead record
+        return caps, sequence
+
+    def _read_audit(self) -> list[AuditEntry]:
+        try:
+            lines = self.audit_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        entries: list[AuditEntry] = []
+        torn = 0
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                entries.append(AuditEntry.from_dict(json.loads(line)))
+            except (ValueError, KeyError, TypeError) as exc:
+                torn += 1
+                log.warning("%s line %d skipped: %s", self.audit_path, number, exc)
+        self.torn_audit_lines = torn
+        return entries
+
+    def _append(self, entry: AuditEntry) -> None:
+        line = entry.to_json().encode() + b"\n"
+        fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            # A crash mid-append can leave a line without its newline: start ours on a fresh line.
+            if os.fstat(fd).st_size > 0:
+                with open(self.audit_path, "rb") as existing:
+                    existing.seek(-1, os.SEEK_END)
+                    if existing.read(1) != b"\n":
+                        line = b"\n" + line
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(self.admin_dir)
+
+    def _write_snapshot(self) -> None:
+        data = {"audit_sequence": self._sequence, "caps": dict(sorted(self._caps.items()))}
+        tmp = self.caps_path.with_name(f".{CAPS_FILE}.tmp-{os.getpid()}")
+        with open(tmp, "w") as out:
+            json.dump(data, out, indent=2, sort_keys=True)
+            out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.caps_path)
+        _fsync_dir(self.admin_dir)
+
+
+def apply_stored_caps(service: CapTarget, store: CapStore) -> dict[str, float]:
+    """Put the caps recorded in ``store`` in force on ``service`` (call once at start, before serving).
+
+    Returns the caps applied. Recorded caps of surfaces the configuration no longer has are kept on disk
+    and reported in the log, not applied.
+    """
+    applied: dict[str, float] = {}
+    for surface, cap in store.caps().items():
+        if surface not in service.surfaces:
+            log.warning("stored cap %.4g of surface %r ignored: the surface is not configured", cap, surface)
+            continue
+        service.set_cap(surface, cap)
+        applied[surface] = cap
+    if applied:
+        log.info("exploration caps from %s: %s", store.caps_path,
+                 ", ".join(f"{s}={c:g}" for s, c in sorted(applied.items())))
+    return applied
