@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import os
 
-# The bootstrap runs its own worker threads; OpenBLAS's threads on top of them (a (256 x 8192) @ (8192 x k)
-# product per call) oversubscribe a 2-core machine and made it ~5x slower in our runs.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
+# The bootstrap caps BLAS threads itself (threadpoolctl in evaluators/intervals.py), so no environment tweak here.
 import argparse  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
