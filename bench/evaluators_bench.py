@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import os
 
 # The bootstrap caps BLAS threads itself (threadpoolctl in evaluators/intervals.py), so no environment tweak here.
 import argparse  # noqa: E402

@@ -348,8 +348,8 @@ _SHAPES = [(SimConfig(n_candidates=6, slate_size=1), "ips"), (SimConfig(n_candid
 @pytest.mark.parametrize(("sim", "estimator"), _SHAPES[::2], ids=["ips_slate1", "standard_ips_slate2"])
 def test_ips_covers_the_served_target_value(trained_model: bytes, tmp_path: Path, sim: SimConfig,
                                             estimator: str) -> None:
-    """8 seeds × 1500 decisions. Nominal coverage 95%; we require ≥ 6 of 8 (P[≤ 5 of 8] ≈ 0.6% at 95%)."""
-    results = coverage(trained_model, tmp_path, seeds=range(8), n=1500, sim=sim, target=_TARGET,
+    """8 seeds × 1000 decisions. Nominal coverage 95%; we require ≥ 6 of 8 (P[≤ 5 of 8] ≈ 0.6% at 95%)."""
+    results = coverage(trained_model, tmp_path, seeds=range(8), n=1000, sim=sim, target=_TARGET,
                        target_config=surface_config(cap=0.5, epsilon=0.5), estimator=estimator)
     assert _covered(results) >= 6, results
     # Not vacuous: the intervals are narrow enough to be wrong (click rates here are ~0.1-0.3).
