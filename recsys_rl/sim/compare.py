@@ -60,7 +60,8 @@ class CompareArgs:
     policies: tuple[str, ...] = POLICIES  # which policies to report (slateq always trains on a bandit run)
     seeds: int = 5  # independent worlds (and server seeds) 0 .. seeds-1
     users: int = 150  # simulated users per world
-    days: int = 8  # simulated days per policy and seed
+    days: int = 8  # simulated days per policy and seed (the measured horizon)
+    warmup_days: int = 6  # days the λ = 0 bandit serves first; both served arms start from its model and logs
     long_term_weight: float = 0.5  # λ of the slateq server: score = VW click estimate + λ · Q(s, i)
     train_steps: int = 400  # SlateQ gradient steps per seed
     train_batch: int = 256  # SlateQ minibatch size
@@ -75,7 +76,7 @@ class CompareArgs:
         unknown = [p for p in self.policies if p not in POLICIES]
         if unknown or not self.policies:
             raise InvalidInput("--policies", f"must be a non-empty subset of {','.join(POLICIES)}, got {unknown}")
-        for name in ("seeds", "users", "days", "train_steps", "train_batch"):
+        for name in ("seeds", "users", "days", "warmup_days", "train_steps", "train_batch"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"--{name.replace('_', '-')}", f"must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.long_term_weight) and self.long_term_weight > 0):
@@ -223,16 +224,13 @@ def serving(data_dir: Path, config: Path, seed: int) -> Iterator[str]:
             raise RuntimeError(f"server exited with {code}; see {data_dir / 'server.log'}")
 
 
-def train_long_term(bandit_dir: Path, slateq_dir: Path, args: CompareArgs, seed: int) -> str:
-    """Trains SlateQ on the bandit run's logs and publishes it into ``slateq_dir``; returns the version."""
-    from recsys_rl.slateq import SURFACE as SLATEQ
+def train_long_term(data_dir: Path, args: CompareArgs, seed: int) -> str:
+    """Trains SlateQ on ``data_dir``'s logs and publishes it under ``data_dir/models``; returns the version."""
     from recsys_rl.slateq.train import TrainConfig, train_from_data_dir
 
     config = TrainConfig(steps=args.train_steps, batch_size=args.train_batch, seed=seed)
-    _, checkpoint = train_from_data_dir(bandit_dir, config, progress=False)
+    _, checkpoint = train_from_data_dir(data_dir, config, progress=False)
     assert checkpoint is not None
-    source = bandit_dir / "models" / SLATEQ
-    shutil.copytree(source, slateq_dir / "models" / SLATEQ)  # version dir + LATEST, as published
     return checkpoint.version
 
 
@@ -248,25 +246,30 @@ def run_seed(seed: int, args: CompareArgs, work: Path, tick: Callable[[], None])
         if policy in args.policies:
             world, run = fresh_run(policy)
             runs.append(play(world, ClientPolicy(make(world)), run, days=args.days, on_day=tick))
-    if "bandit" in args.policies or "slateq" in args.policies:
-        bandit_dir = work / f"seed{seed}" / "bandit"
-        config = server_config(work / f"seed{seed}-bandit.toml", long_term_weight=0.0, cap=args.exploration_cap,
-                               vw_args=args.vw_args)
-        with serving(bandit_dir, config, seed) as address:
-            world, run = fresh_run("bandit")
-            host = ServerPolicy(address, world, f"bandit-{seed}")
-            play(world, host, run, days=args.days, on_day=tick)
-            host.channel.close()
-        if "bandit" in args.policies:
-            runs.append(run)
-    if "slateq" in args.policies:
-        slateq_dir = work / f"seed{seed}" / "slateq"
-        train_long_term(bandit_dir, slateq_dir, args, seed)
-        config = server_config(work / f"seed{seed}-slateq.toml", long_term_weight=args.long_term_weight,
-                               cap=args.exploration_cap, vw_args=args.vw_args)
-        with serving(slateq_dir, config, seed) as address:
-            world, run = fresh_run("slateq")
-            host = ServerPolicy(address, world, f"slateq-{seed}")
+    served = [p for p in SERVED if p in args.policies]
+    if not served:
+        return runs
+    # Warm-up period: the production bandit (λ = 0) serves and logs; its VW model and logs are what both arms
+    # start from, so neither is measured while still learning from scratch.
+    warmup_dir = work / f"seed{seed}" / "warmup"
+    bandit_toml = server_config(work / f"seed{seed}-bandit.toml", long_term_weight=0.0, cap=args.exploration_cap,
+                                vw_args=args.vw_args)
+    with serving(warmup_dir, bandit_toml, seed) as address:
+        world, _ = fresh_run("warmup")
+        host = ServerPolicy(address, world, f"warmup-{seed}")
+        play(world, host, Run("warmup", seed, sim.n_users), days=args.warmup_days, on_day=tick)
+        host.channel.close()
+    if "slateq" in served:
+        train_long_term(warmup_dir, args, seed)  # from the warm-up logs only
+    for policy in served:
+        data_dir = work / f"seed{seed}" / policy
+        shutil.copytree(warmup_dir / "models", data_dir / "models")  # VW versions (+ slateq), not the logs
+        config = bandit_toml if policy == "bandit" else server_config(
+            work / f"seed{seed}-slateq.toml", long_term_weight=args.long_term_weight, cap=args.exploration_cap,
+            vw_args=args.vw_args)
+        with serving(data_dir, config, seed) as address:
+            world, run = fresh_run(policy)
+            host = ServerPolicy(address, world, f"{policy}-{seed}")
             runs.append(play(world, host, run, days=args.days, on_day=tick))
             host.channel.close()
     return runs
@@ -340,13 +343,13 @@ def compare(args: CompareArgs) -> tuple[list[dict[str, float | str | int]], list
     """Runs every policy on every seed; returns the summary records and the per-seed runs."""
     from tqdm import tqdm
 
-    played = len(args.policies) + ("slateq" in args.policies and "bandit" not in args.policies)
+    served = any(p in SERVED for p in args.policies)
     keep = args.data_dir is not None
     work = Path(args.data_dir) if keep else Path(tempfile.mkdtemp(prefix="recsys-rl-compare-"))
     work.mkdir(parents=True, exist_ok=True)
     runs: list[Run] = []
     try:
-        with tqdm(total=args.seeds * played * args.days, unit="day", desc="sim compare", file=sys.stderr,
+        with tqdm(total=args.seeds * (len(args.policies) * args.days + served * args.warmup_days), unit="day", desc="sim compare", file=sys.stderr,
                   disable=not args.progress) as bar:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 runs.extend(run_seed(seed, args, work, lambda: bar.update(1)))
@@ -369,6 +372,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", type=int, default=d.seeds, help="independent worlds; intervals are across them")
     parser.add_argument("--users", type=int, default=d.users, help="simulated users per world")
     parser.add_argument("--days", type=int, default=d.days, help="simulated days per policy")
+    parser.add_argument("--warmup-days", type=int, default=d.warmup_days,
+                        help="days the λ=0 bandit serves first (both served arms start from its model and logs)")
     parser.add_argument("--long-term-weight", type=float, default=d.long_term_weight, help="λ of the slateq server")
     parser.add_argument("--train-steps", type=int, default=d.train_steps, help="SlateQ gradient steps per seed")
     parser.add_argument("--exploration-cap", type=float, default=d.exploration_cap)
@@ -384,7 +389,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_compare(ns: argparse.Namespace) -> int:
     args = CompareArgs(
         policies=tuple(p.strip() for p in ns.policies.split(",") if p.strip()), seeds=ns.seeds, users=ns.users,
-        days=ns.days, long_term_weight=ns.long_term_weight, train_steps=ns.train_steps,
+        days=ns.days, warmup_days=ns.warmup_days, long_term_weight=ns.long_term_weight, train_steps=ns.train_steps,
         exploration_cap=ns.exploration_cap, vw_args=ns.vw_args, first_seed=ns.first_seed, data_dir=ns.data_dir, plot=ns.plot,
         progress=not ns.no_progress,
     )  # fmt: skip
