@@ -1,0 +1,101 @@
+"""CapStore: durable caps, the audit log as write-ahead record, torn lines, and caps applied at start."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from recsys_rl.caps import AUDIT_FILE, CAPS_FILE, CapStore, apply_stored_caps, check_cap
+from recsys_rl.config import default_config
+from recsys_rl.service import DecisionService
+
+
+def _record(store: CapStore, new_cap: float, *, outcome: str = "accepted", surface: str = "default",
+            old_cap: float = 0.1) -> None:
+    store.record(surface=surface, actor="alice", old_cap=old_cap, new_cap=new_cap, reason="why",
+                 evidence_digest="ab" * 32 if outcome == "refused" else "", outcome=outcome,  # type: ignore[arg-type]
+                 failed_checks=["ess: too small"] if outcome == "refused" else None)
+
+
+def test_accepted_caps_persist_and_refusals_are_audited(tmp_path: Path) -> None:
+    store = CapStore(tmp_path)
+    _record(store, 0.05)
+    _record(store, 0.3, outcome="refused", old_cap=0.05)
+    _record(store, 0.02, surface="other")
+    assert store.caps() == {"default": 0.05, "other": 0.02}
+
+    reopened = CapStore(tmp_path)  # a restart
+    assert reopened.caps() == {"default": 0.05, "other": 0.02}
+    history = reopened.history("default")
+    assert [(e.sequence, e.outcome, e.old_cap, e.new_cap) for e in history] == [
+        (1, "accepted", 0.1, 0.05), (2, "refused", 0.05, 0.3)]
+    assert history[1].failed_checks == ["ess: too small"] and history[1].evidence_digest == "ab" * 32
+    assert history[0].actor == "alice" and history[0].reason == "why" and history[0].time_unix > 0
+    assert [e.sequence for e in reopened.history()] == [1, 2, 3]
+    assert [e.sequence for e in reopened.history("default", limit=1)] == [2]
+    snapshot = json.loads((tmp_path / "admin" / CAPS_FILE).read_text())
+    assert snapshot == {"audit_sequence": 3, "caps": {"default": 0.05, "other": 0.02}}
+    _record(reopened, 0.01)
+    assert reopened.history()[-1].sequence == 4  # the sequence continues after a restart
+
+
+def test_audit_log_rolls_a_stale_snapshot_forward(tmp_path: Path) -> None:
+    store = CapStore(tmp_path)
+    _record(store, 0.05)
+    snapshot = (tmp_path / "admin" / CAPS_FILE).read_text()
+    _record(store, 0.01, old_cap=0.05)
+    # A crash after the audit append but before the snapshot rename: the old snapshot is on disk.
+    (tmp_path / "admin" / CAPS_FILE).write_text(snapshot)
+    assert CapStore(tmp_path).caps() == {"default": 0.01}
+    # An unreadable snapshot is rebuilt from the audit log alone.
+    (tmp_path / "admin" / CAPS_FILE).write_text("{not json")
+    assert CapStore(tmp_path).caps() == {"default": 0.01}
+
+
+def test_a_torn_audit_line_is_skipped_and_the_next_entry_starts_a_new_line(tmp_path: Path) -> None:
+    store = CapStore(tmp_path)
+    _record(store, 0.05)
+    audit = tmp_path / "admin" / AUDIT_FILE
+    with open(audit, "a") as handle:
+        handle.write('{"sequence": 2, "surf')  # a crash mid-append
+    reopened = CapStore(tmp_path)
+    assert reopened.caps() == {"default": 0.05}
+    assert reopened.torn_audit_lines == 1
+    _record(reopened, 0.04, old_cap=0.05)
+    again = CapStore(tmp_path)
+    assert again.caps() == {"default": 0.04}
+    assert [e.new_cap for e in again.history()] == [0.05, 0.04]
+    assert again.torn_audit_lines == 1
+
+
+def test_files_are_private(tmp_path: Path) -> None:
+    store = CapStore(tmp_path)
+    _record(store, 0.05)
+    assert (tmp_path / "admin" / AUDIT_FILE).stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.01, float("nan"), float("inf")])
+def test_bad_caps_are_refused_naming_the_field(bad: float, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="cap: must be a number in \\[0, 1\\]"):
+        check_cap(bad)
+    store = CapStore(tmp_path)
+    with pytest.raises(ValueError, match="new_cap"):
+        _record(store, bad)
+    assert store.history() == [] and store.caps() == {}
+
+
+def test_stored_caps_apply_over_configured_ones_at_start(tmp_path: Path) -> None:
+    store = CapStore(tmp_path)
+    _record(store, 0.03)
+    _record(store, 0.2, surface="gone")  # a surface the configuration no longer has
+    service = DecisionService(default_config(exploration_cap=0.1), tmp_path, learner="off", watch_models=False)
+    try:
+        from tests.helpers import make_request
+
+        assert apply_stored_caps(service, CapStore(tmp_path)) == {"default": 0.03}
+        decision, _ = service.rank(make_request())
+        assert decision.cap == pytest.approx(0.03)
+    finally:
+        service.close()
