@@ -38,7 +38,7 @@ _OUTCOMES = {"accepted": admin_pb.CAP_CHANGE_OUTCOME_ACCEPTED, "refused": admin_
 
 
 class Verifier(Protocol):
-    def verify(self, evidence: str, surface: str, cap: float) -> object: ...
+    def verify(self, evidence: str, surface: str, cap: float, *, current_cap: float | None = None) -> object: ...
 
 
 def cap_in_force(service: DecisionService, surface: str) -> float:
@@ -113,7 +113,7 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
             old = cap_in_force(self.service, surface)
             if cap > old:
                 try:
-                    self.verifier.verify(request.evidence, surface, cap)
+                    self.verifier.verify(request.evidence, surface, cap, current_cap=old)
                 except EvidenceRefused as refused:
                     lines = [c.line() for c in refused.failed]
                     self.cap_store.record(

@@ -372,12 +372,12 @@ class VerifiedEvidence:
 
 
 def verify_evidence(evidence: str, *, data_dir: Path | str, surface: str, cap: float, gate: GateConfig,
-                    now: float | None = None) -> VerifiedEvidence:
+                    current_cap: float | None = None, now: float | None = None) -> VerifiedEvidence:
     """Accept ``evidence`` for raising ``surface`` to ``cap`` or raise EvidenceRefused listing every failed check.
 
     Checks: ``evidence`` (a gate report at all), ``signature`` (HMAC under this deployment's key: refuses
     edited reports and reports from other deployments), ``surface``, ``cap`` (the report was made for exactly
-    this cap), ``recency`` (within ``gate.max_age_hours``), ``logs`` (its segments are this data dir's, with
+    this cap), ``current_cap`` (when given: the report compared against the cap in force now), ``recency`` (within ``gate.max_age_hours``), ``logs`` (its segments are this data dir's, with
     the same bytes), and the statistical checks re-evaluated under ``gate`` (:func:`evaluate_checks`).
     """
     digest = evidence_digest(evidence)
@@ -406,6 +406,11 @@ def verify_evidence(evidence: str, *, data_dir: Path | str, surface: str, cap: f
     report_cap = _number(report.get("cap"))
     if report_cap is None or not math.isclose(report_cap, cap, rel_tol=0, abs_tol=1e-12):
         failed.append(GateCheck("cap", False, f"the report is for cap {report.get('cap')}, not {cap:g}"))
+    if current_cap is not None:
+        baseline = _number(report.get("current_cap"))
+        if baseline is None or not math.isclose(baseline, current_cap, rel_tol=0, abs_tol=1e-12):
+            failed.append(GateCheck("current_cap", False, f"the report compares against cap {report.get('current_cap')}"
+                                                          f", but {current_cap:g} is in force: run the gate again"))
     created = _number(report.get("created_unix"))
     now = time.time() if now is None else now
     if created is None:
@@ -437,6 +442,7 @@ class GateVerifier:
         self.data_dir = Path(data_dir)
         self.gate_for = gate_for or (lambda _surface: GateConfig())
 
-    def verify(self, evidence: str, surface: str, cap: float, *, now: float | None = None) -> VerifiedEvidence:
+    def verify(self, evidence: str, surface: str, cap: float, *, current_cap: float | None = None,
+               now: float | None = None) -> VerifiedEvidence:
         return verify_evidence(evidence, data_dir=self.data_dir, surface=surface, cap=cap,
-                               gate=self.gate_for(surface), now=now)
+                               gate=self.gate_for(surface), current_cap=current_cap, now=now)

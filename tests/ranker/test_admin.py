@@ -189,6 +189,13 @@ def test_bad_requests_are_invalid_argument_naming_the_field(start, cap: float | 
     assert len(_state(running).history) == 0  # malformed requests change and audit nothing
 
 
+def test_a_report_against_another_cap_in_force_is_refused(start, evidence: Evidence) -> None:
+    running = start()
+    _set(running, 0.05)  # lowered after the report was made: it compared 0.15 with 0.1, not with 0.05
+    assert _refusal(running, 0.15, evidence.passing)[1] == {"current_cap"}
+    assert _rank_cap(running) == pytest.approx(0.05)
+
+
 def test_cap_and_audit_survive_a_restart(start, evidence: Evidence) -> None:
     running = start()
     _set(running, 0.15, evidence.passing)

@@ -157,6 +157,8 @@ def test_verify_refuses_edited_foreign_wrong_and_stale_reports(sim_dir: Path, pa
     assert _refused(json.dumps(unsigned), sim_dir) == {"signature"}
     assert _refused(text, sim_dir, surface="other") == {"surface"}
     assert _refused(text, sim_dir, cap=0.2) == {"cap"}
+    assert _refused(text, sim_dir, current_cap=0.05) == {"current_cap"}
+    verify_evidence(text, data_dir=sim_dir, surface="default", cap=0.15, gate=GATE, current_cap=0.1)
     assert _refused(text, sim_dir, now=passing["created_unix"] + 25 * 3600) == {"recency"}
     assert _refused(text, sim_dir, gate=GateConfig(tolerance=0.0, min_ess=1000)) == {"lower_bound"}
     assert _refused(text, sim_dir, gate=GateConfig(tolerance=0.05, min_ess=1000, ci="bootstrap")) == {"method"}
