@@ -282,7 +282,8 @@ def _estimate(table: Any, gate: GateConfig) -> dict[str, Any]:
                    n_bootstrap=gate.n_bootstrap, allow_support_violations=True).row(0, named=True)
     keep = ("estimator", "value", "ci_low", "ci_high", "ci_method", "ci_note", "n", "ess", "max_weight",
             "support_violations")
-    return {k: (row[k] if _number(row[k]) is not None or not isinstance(row[k], float) else None) for k in keep}
+    # JSON has no NaN or infinity (an unbounded Bernstein interval has ci_low = -inf): those become null.
+    return {k: None if isinstance(row[k], float) and not math.isfinite(row[k]) else row[k] for k in keep}
 
 
 def _policy_version(data_dir: Path, surface: str) -> str:
