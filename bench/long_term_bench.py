@@ -120,7 +120,8 @@ def markdown(result: dict[str, float], args: Args = Args()) -> str:
         "| server | p50 ms | p99 ms |",
         "|---|---|---|",
         f"| VW alone (λ = 0) | {result['bandit_p50_ms']:.3f} | {result['bandit_p99_ms']:.3f} |",
-        f"| VW + λ·SlateQ (λ = {args.long_term_weight}) | {result['blend_p50_ms']:.3f} | {result['blend_p99_ms']:.3f} |",
+        f"| VW + λ·SlateQ (λ = {args.long_term_weight}) | {result['blend_p50_ms']:.3f} | "
+        f"{result['blend_p99_ms']:.3f} |",
         "",
         f"SlateQ adds **{result['p50_added_ms']:.3f} ms** to Rank p50 (target ≤ 0.5 ms).",
     ])

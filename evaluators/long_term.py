@@ -76,7 +76,8 @@ def _validated(df: pl.DataFrame, estimator: str) -> pl.DataFrame:
         raise TableError(None, f"table: expected a polars DataFrame, got {type(df).__name__}")
     if estimator not in LONG_TERM_ESTIMATORS:
         raise ValueError(f"parameter 'estimator' must be one of {', '.join(LONG_TERM_ESTIMATORS)}, got {estimator!r}")
-    needed = ["session_id", "step", "reward", "pscore", "target_pscore"] + (["q_hat", "v_hat"] if estimator == "sdr" else [])
+    needed = ["session_id", "step", "reward", "pscore", "target_pscore"]
+    needed += ["q_hat", "v_hat"] if estimator == "sdr" else []
     missing = [c for c in needed if c not in df.columns]
     if missing:
         raise TableError(missing[0], f"required by {estimator} but missing")

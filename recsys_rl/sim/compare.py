@@ -2,17 +2,21 @@
 
 Reads top to bottom. For each seed s (world ``World(SimConfig(n_users=N), seed=s)``, server ``--seed s``):
 
-1. ``bandit``: a ``recsys-rl serve`` process whose surface has λ = 0 (VW alone, learning clicks online,
-   exploration cap 0.1) plays D simulated days. The host reports ``click``, ``dwell_seconds``,
-   ``session_end`` and ``return_visit`` (reward weight 0 for all but click: the bandit optimises clicks,
-   the others are only logged).
-2. ``slateq``: the slate-RL model is trained offline (``train_from_data_dir``) on the *logs* of step 1 -
-   last period's production logs, never the simulator's memory - and published into a fresh data dir. A new
-   server with λ > 0 (VW again learning from scratch, plus λ · Q(s, i)) replays the same world seed from
-   day 0: same users and catalog, fresh user state, different draws once the slates differ.
+0. Warm-up: a ``recsys-rl serve`` process whose surface has λ = 0 (VW alone, learning clicks online,
+   exploration cap 0.1) plays W simulated days. The host reports ``click``, ``dwell_seconds``, ``session_end``
+   and ``return_visit`` (reward weight 0 for all but click: the bandit optimises clicks; the rest is logged).
+   This is "last period's production": its VW model versions are where both served arms start, so neither is
+   measured while still learning from scratch.
+1. ``bandit``: a server with λ = 0 starting from the warm-up's VW model, learning online, plays D days.
+2. ``slateq``: the slate-RL model is trained offline (``train_from_data_dir``) on the warm-up's *logs* - never
+   the simulator's memory - and published beside the same VW model; a server with λ > 0 (score = VW click
+   estimate + λ · Q(s, i), VW still learning online) plays D days.
 3. ``random`` (a uniformly random slate) and ``oracle-myopic`` (top-k by the page view's true utility:
    maximal immediate click probability, blind to quality) are client-side policies with no server: they
    are yardsticks, and the oracle reads the simulator's hidden truth.
+
+Every policy plays the same world seed from day 0 (same users and catalog, fresh user state; the draws diverge
+once the slates differ); the warm-up plays it too, as the period before.
 
 Metrics per seed over the horizon: click rate = clicks / page views; session length = page views per
 session; return rate = share of sessions followed by a visit the next day; engagement per user = total dwell
@@ -59,7 +63,7 @@ REPO = Path(__file__).resolve().parents[2]
 class CompareArgs:
     policies: tuple[str, ...] = POLICIES  # which policies to report (slateq always trains on a bandit run)
     seeds: int = 5  # independent worlds (and server seeds) 0 .. seeds-1
-    users: int = 150  # simulated users per world
+    users: int = 120  # simulated users per world
     days: int = 8  # simulated days per policy and seed (the measured horizon)
     warmup_days: int = 6  # days the λ = 0 bandit serves first; both served arms start from its model and logs
     long_term_weight: float = 0.5  # λ of the slateq server: score = VW click estimate + λ · Q(s, i)
@@ -349,8 +353,8 @@ def compare(args: CompareArgs) -> tuple[list[dict[str, float | str | int]], list
     work.mkdir(parents=True, exist_ok=True)
     runs: list[Run] = []
     try:
-        with tqdm(total=args.seeds * (len(args.policies) * args.days + served * args.warmup_days), unit="day", desc="sim compare", file=sys.stderr,
-                  disable=not args.progress) as bar:
+        total = args.seeds * (len(args.policies) * args.days + served * args.warmup_days)
+        with tqdm(total=total, unit="day", desc="sim compare", file=sys.stderr, disable=not args.progress) as bar:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 runs.extend(run_seed(seed, args, work, lambda: bar.update(1)))
     finally:
@@ -390,7 +394,8 @@ def run_compare(ns: argparse.Namespace) -> int:
     args = CompareArgs(
         policies=tuple(p.strip() for p in ns.policies.split(",") if p.strip()), seeds=ns.seeds, users=ns.users,
         days=ns.days, warmup_days=ns.warmup_days, long_term_weight=ns.long_term_weight, train_steps=ns.train_steps,
-        exploration_cap=ns.exploration_cap, vw_args=ns.vw_args, first_seed=ns.first_seed, data_dir=ns.data_dir, plot=ns.plot,
+        exploration_cap=ns.exploration_cap, vw_args=ns.vw_args, first_seed=ns.first_seed, data_dir=ns.data_dir,
+        plot=ns.plot,
         progress=not ns.no_progress,
     )  # fmt: skip
     records, _ = compare(args)

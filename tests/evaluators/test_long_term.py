@@ -167,4 +167,5 @@ def test_estimates_from_uniform_logs_agree_with_the_simulators_on_policy_value()
         # Tolerance: 3 standard errors of the difference (estimate vs Monte-Carlo truth, independent worlds).
         assert abs(estimate.value - truth) <= 3 * math.hypot(se, truth_se), (estimator, estimate.value, truth)
     # The check has power: the target's value differs from the logging policy's by far more than that.
-    assert truth - logged_returns.mean() > 4 * math.hypot(truth_se, logged_returns.std() / math.sqrt(logged_returns.size))
+    logged_se = logged_returns.std(ddof=1) / math.sqrt(logged_returns.size)
+    assert truth - logged_returns.mean() > 4 * math.hypot(truth_se, logged_se)
