@@ -41,7 +41,7 @@ from tqdm import tqdm
 from logging_schema._views import TableRecord
 from logging_schema.reader import ReadStats, iter_records
 from logging_schema.tables import JoinStats, decisions_frame, join_rewards, outcomes_frame
-from recsys_rl.config import ConfigError, ServiceConfig, default_config, load_config
+from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig, default_config, load_config
 from recsys_rl.errors import InvalidInput
 from recsys_rl.exploration import Explorer, slate_propensities
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
@@ -115,7 +115,7 @@ def _logged_indices(event: object, request: pb.RankRequest) -> list[int]:
     return indices
 
 
-def _surface_config(config: ServiceConfig | None, surface: str):  # noqa: ANN202 - SurfaceConfig
+def _surface_config(config: ServiceConfig | None, surface: str) -> SurfaceConfig:
     config = config or default_config()
     found = config.surface(surface)
     if found is None:
@@ -182,14 +182,16 @@ def _replay_pass(
             ))
         if outcome_events:
             outcome_chunks.append(outcomes_frame(outcome_events))  # type: ignore[arg-type]
-        events.clear(), outcome_events.clear(), target_p.clear(), fallback.clear()
+        for buffer in (events, outcome_events, target_p, fallback):
+            buffer.clear()
 
     bar = tqdm(unit=" decisions", desc=f"replay {target.name}", disable=not progress, file=sys.stderr,
                mininterval=0.5)
     with bar:
         for record in iter_records(log_dir, stats=stats.read, record_type=TableRecord):
             if record.WhichOneof("event") == "outcome":
-                outcome_events.append(record.outcome)
+                if record.outcome.surface in (surface, ""):  # other surfaces' outcomes would only be orphans
+                    outcome_events.append(record.outcome)
                 continue
             event = record.decision
             if event.surface != surface:

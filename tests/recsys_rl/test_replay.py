@@ -363,3 +363,12 @@ def test_ips_coverage_rate_slow(trained_model: bytes, tmp_path: Path, sim: SimCo
     results = coverage(trained_model, tmp_path, seeds=range(100, 140), n=3000, sim=sim, target=_TARGET,
                        target_config=surface_config(cap=0.5, epsilon=0.5), estimator=estimator)
     assert _covered(results) >= 34, results
+
+
+def test_replay_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.replay_bench import Args, run
+
+    rows = run(Args(decisions=200, specs=("current", "uniform")))
+    assert [r[0] for r in rows] == ["serve (in-process DecisionService)", "replay `current`", "replay `uniform`"]
+    assert all(seconds > 0 for _, seconds, _ in rows)
+    assert "| replay `current` |" in capsys.readouterr().out
