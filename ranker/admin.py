@@ -43,10 +43,7 @@ class Verifier(Protocol):
 
 def cap_in_force(service: DecisionService, surface: str) -> float:
     """The cap the next Rank on ``surface`` explores under (InvalidInput naming ``surface`` when unknown)."""
-    getter = getattr(service, "cap", None)
-    if callable(getter):  # DecisionService.cap(surface), once the service exposes it
-        return float(getter(surface))
-    return float(service._entry(surface).policy.cap)  # noqa: SLF001 - until DecisionService.cap exists
+    return service.cap(surface)
 
 
 def _change(entry: AuditEntry) -> admin_pb.CapChange:
@@ -149,7 +146,7 @@ def add_admin_servicer(grpc_server: grpc.Server, service: DecisionService, data_
         apply_stored_caps(service, store)
 
     def default_gate_for(surface: str) -> GateConfig:
-        return getattr(service.surfaces[surface], "gate", None) or GateConfig()
+        return service.surfaces[surface].gate
 
     verifier = GateVerifier(data_dir, gate_for or default_gate_for)  # type: ignore[arg-type]
     servicer = PolicyAdminServicer(service, store, verifier)

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ranker.admin import ADMIN_SERVICE, add_admin_servicer
 from ranker.servicer import RankingServicer
 from recsys_rl.config import ServiceConfig
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
@@ -52,10 +53,12 @@ class RankingServer:
             options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
         )
         pb_grpc.add_RankingServiceServicer_to_server(RankingServicer(service), self._server)
+        # The service applied the approved caps at construction; the admin servicer only changes them.
+        add_admin_servicer(self._server, service, service.data_dir, apply_caps=False)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
-            (RANKING_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+            (RANKING_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         self.port = self._server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
@@ -66,7 +69,7 @@ class RankingServer:
     def start(self) -> RankingServer:
         self._server.start()
         # Policies are loaded by DecisionService's constructor: from here on we can serve.
-        for name in ("", RANKING_SERVICE):
+        for name in ("", RANKING_SERVICE, ADMIN_SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self
 
@@ -75,7 +78,7 @@ class RankingServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        for name in ("", RANKING_SERVICE):
+        for name in ("", RANKING_SERVICE, ADMIN_SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self._server.stop(grace_s).wait()
         self.service.close()

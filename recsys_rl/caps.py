@@ -233,6 +233,15 @@ class CapStore:
         _fsync_dir(self.admin_dir)
 
 
+def effective_cap(configured: float, approved: float | None) -> float:
+    """The cap in force: the configured one, never above the last approved one.
+
+    A configuration may lower a cap (lowering never needs evidence) but cannot raise it past what the gate or
+    the initial configuration approved: a raise goes through SetExplorationCap with evidence.
+    """
+    return configured if approved is None else min(configured, approved)
+
+
 def apply_stored_caps(service: CapTarget, store: CapStore) -> dict[str, float]:
     """Put the caps recorded in ``store`` in force on ``service`` (call once at start, before serving).
 

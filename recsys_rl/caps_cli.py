@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from recsys_rl.caps import check_cap
 from recsys_rl.errors import InvalidInput
 
 __all__ = ["EXIT_REFUSED", "register", "run_caps_set", "run_caps_show", "run_gate_command"]
@@ -27,14 +27,12 @@ EXIT_REFUSED = 3
 _DEFAULT_TIMEOUT_S = 60.0  # verifying evidence re-hashes the log segments it names
 
 
-def _cap_value(text: str) -> float:
+def cap_argument(text: str) -> float:
+    """argparse type for an exploration cap (shared by `serve`, `demo`, `gate` and `caps set`)."""
     try:
-        value = float(text)
+        return check_cap(float(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -43,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "gate", help="evidence report for raising a surface's exploration cap (exit 3 when it fails)")
     gate.add_argument("--data-dir", required=True, help="the server's data dir: logs, models, admin/gate.key")
     gate.add_argument("--surface", default="default")
-    gate.add_argument("--cap", type=_cap_value, required=True, help="the cap to raise to")
+    gate.add_argument("--cap", type=cap_argument, required=True, help="the cap to raise to")
     gate.add_argument("--out", required=True, help="where to write the report (JSON), passing or not")
     gate.add_argument("--config", help="TOML surface configuration the server runs with (default: embedded)")
     gate.add_argument("--progress", action="store_true", help="progress bars while replaying")
@@ -62,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     set_ = caps_sub.add_parser("set", help="lower a cap now, or raise it with a passing gate report")
     set_.add_argument("--server", required=True, help="HOST:PORT")
     set_.add_argument("--surface", default="default")
-    set_.add_argument("--cap", type=_cap_value, required=True)
+    set_.add_argument("--cap", type=cap_argument, required=True)
     set_.add_argument("--evidence", help="report written by `recsys-rl gate --cap X` (needed to raise)")
     set_.add_argument("--actor", help="who asks (default: the login name)")
     set_.add_argument("--reason", default="", help="why, for the audit log")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from recsys_rl.caps_cli import cap_argument
+from recsys_rl.config import ConfigError
 from recsys_rl.errors import InvalidInput
 
 
@@ -25,16 +26,6 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
-
-
-def _cap(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
-    return value
 
 
 def _load_config(args: argparse.Namespace):  # noqa: ANN202 - ServiceConfig, imported lazily
@@ -91,7 +82,7 @@ def build_parser(*, full: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--data-dir", required=True, help="logs and models go here")
     serve.add_argument("--config", help="TOML surface configuration (default: the embedded default surface)")
-    serve.add_argument("--exploration-cap", type=_cap, help="override every surface's exploration cap")
+    serve.add_argument("--exploration-cap", type=cap_argument, help="override every surface's exploration cap")
     serve.add_argument("--seed", type=int, default=0, help="server seed of the random draws")
     serve.add_argument("--port-file", help="write the bound port here once serving")
     serve.set_defaults(run=_serve)
@@ -100,7 +91,7 @@ def build_parser(*, full: bool = True) -> argparse.ArgumentParser:
     demo.add_argument("--requests", type=int, default=20_000)
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--data-dir", help="default: a new temporary directory")
-    demo.add_argument("--exploration-cap", type=_cap, default=0.1)
+    demo.add_argument("--exploration-cap", type=cap_argument, default=0.1)
     demo.set_defaults(run=_demo)
 
     logs = sub.add_parser("logs", help="decision and outcome logs")
@@ -110,14 +101,15 @@ def build_parser(*, full: bool = True) -> argparse.ArgumentParser:
     export.add_argument("--out", required=True)
     export.add_argument("--config", help="TOML with the surfaces' reward definitions (default: embedded)")
     export.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    export.add_argument("--exploration-cap", type=_cap, default=None, help=argparse.SUPPRESS)
+    export.add_argument("--exploration-cap", type=cap_argument, default=None, help=argparse.SUPPRESS)
     export.set_defaults(run=_logs_export)
 
     if full:
         from evaluators.cli import add_evaluate_parser, run_evaluate
 
         add_evaluate_parser(sub).set_defaults(run=run_evaluate)
-        importlib.import_module("recsys_rl.slateq.cli").register(sub)
+        for module in ("recsys_rl.slateq.cli", "recsys_rl.caps_cli"):
+            importlib.import_module(module).register(sub)
     return parser
 
 
@@ -128,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         light = bool(argv) and argv[0] in _LIGHT_COMMANDS
         args = build_parser(full=not light).parse_args(argv)
         return int(args.run(args))
-    except (UsageError, InvalidInput) as exc:
+    except (UsageError, InvalidInput, ConfigError) as exc:
         print(str(exc).splitlines()[0], file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -31,6 +31,8 @@ from logging_schema.rewards import RewardDefinition
 DEFAULT_SURFACE = "default"
 DEFAULT_EXPLORATION_CAP = 0.1
 ALGORITHMS = ("epsilon_greedy", "softmax", "squarecb")
+# Interval methods whose lower bound the cap gate accepts: both hold without a normality assumption.
+GATE_CI_METHODS = ("bernstein", "bootstrap")
 
 
 class ConfigError(ValueError):
@@ -79,12 +81,43 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """Thresholds of the gate (TOML: ``[surfaces.<name>.gate]``)."""
+
+    tolerance: float = 0.01  # absolute reward per slate the cap-X lower bound may fall below the current estimate
+    min_ess: float = 1000.0  # smallest effective sample size of the cap-X importance weights
+    max_age_hours: float = 24.0  # older reports are refused
+    estimator: str = "rips"  # any evaluators estimator name; rips = cascade IPS
+    ci: str = "bernstein"  # bernstein | bootstrap
+    alpha: float = 0.05  # one-sided error probability of the lower bound
+    n_bootstrap: int = 2000  # resamples when ci = "bootstrap"
+    seed: int = 0  # bootstrap seed
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
+            raise ConfigError(f"gate.tolerance: must be >= 0, got {self.tolerance}")
+        if not (math.isfinite(self.min_ess) and self.min_ess >= 0):
+            raise ConfigError(f"gate.min_ess: must be >= 0, got {self.min_ess}")
+        if not (math.isfinite(self.max_age_hours) and self.max_age_hours > 0):
+            raise ConfigError(f"gate.max_age_hours: must be positive, got {self.max_age_hours}")
+        if self.ci not in GATE_CI_METHODS:
+            raise ConfigError(f"gate.ci: must be one of {', '.join(GATE_CI_METHODS)}, got {self.ci!r}")
+        if not 0 < self.alpha < 0.5:
+            raise ConfigError(f"gate.alpha: must be in (0, 0.5), got {self.alpha}")
+        if self.n_bootstrap < 100:
+            raise ConfigError(f"gate.n_bootstrap: must be >= 100, got {self.n_bootstrap}")
+        if not isinstance(self.estimator, str) or not self.estimator.strip() or "," in self.estimator:
+            raise ConfigError(f"gate.estimator: must name one estimator, got {self.estimator!r}")
+
+
+@dataclass(frozen=True)
 class SurfaceConfig:
     name: str = DEFAULT_SURFACE
     exploration_cap: float = DEFAULT_EXPLORATION_CAP
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
     reward: RewardDefinition = field(default_factory=RewardDefinition)
     model: ModelConfig = field(default_factory=ModelConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     decision_budget_ms: float = 25.0
     max_candidates: int = 10_000
 
@@ -146,15 +179,16 @@ def parse_config(data: dict[str, Any], *, seed: int = 0) -> ServiceConfig:
         where = f"surfaces.{name}"
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: must be a table")
-        nested = {k: table[k] for k in ("exploration", "reward", "model") if k in table}
+        nested = {k: table[k] for k in ("exploration", "reward", "model", "gate") if k in table}
         flat = {k: v for k, v in table.items() if k not in nested}
         exploration = _build(ExplorationConfig, _section(table, "exploration", where), f"{where}.exploration")
         reward = _build(RewardDefinition, _section(table, "reward", where), f"{where}.reward")
         model = _build(ModelConfig, _section(table, "model", where), f"{where}.model")
+        gate = _build(GateConfig, _section(table, "gate", where), f"{where}.gate")
         if "name" in flat:
             raise ConfigError(f"{where}.name: the surface name is the table key")
         surfaces[name] = _build(
-            SurfaceConfig, flat, where, name=name, exploration=exploration, reward=reward, model=model
+            SurfaceConfig, flat, where, name=name, exploration=exploration, reward=reward, model=model, gate=gate
         )
     return ServiceConfig(surfaces=surfaces, seed=seed)
 

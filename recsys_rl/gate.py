@@ -37,50 +37,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from recsys_rl.caps import ADMIN_DIR, CapStore, check_cap
-from recsys_rl.config import ConfigError, ServiceConfig, default_config
+from recsys_rl.caps import ADMIN_DIR, CapStore, check_cap, effective_cap
+from recsys_rl.config import GATE_CI_METHODS, ConfigError, GateConfig, ServiceConfig, default_config
 from recsys_rl.errors import InvalidInput, PreconditionFailed
 
 REPORT_FORMAT = "recsys-rl/gate-report/v1"
 KEY_FILE = "gate.key"
 # gRPC trailing metadata of a refused raise: a JSON list of "check: reason" strings (ranker.admin sets it).
 FAILED_CHECKS_METADATA = "recsys-rl-failed-checks-bin"
-CI_METHODS = ("bernstein", "bootstrap")  # the normal interval assumes normality: not allowed for the gate
+CI_METHODS = GATE_CI_METHODS  # the normal interval assumes normality: not allowed for the gate
 _HASH_CHUNK = 1 << 20
 # A report "from the future" by more than this is refused (clock skew between the gate's host and the server's).
 _MAX_CLOCK_SKEW_S = 300.0
 
 ReplayFn = Callable[..., Any]  # recsys_rl.replay.replay's signature; returns a polars DataFrame
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    """Thresholds of the gate (TOML: ``[surfaces.<name>.gate]``)."""
-
-    tolerance: float = 0.01  # absolute reward per slate the cap-X lower bound may fall below the current estimate
-    min_ess: float = 1000.0  # smallest effective sample size of the cap-X importance weights
-    max_age_hours: float = 24.0  # older reports are refused
-    estimator: str = "rips"  # any evaluators estimator name; rips = cascade IPS
-    ci: str = "bernstein"  # bernstein | bootstrap
-    alpha: float = 0.05  # one-sided error probability of the lower bound
-    n_bootstrap: int = 2000  # resamples when ci = "bootstrap"
-    seed: int = 0  # bootstrap seed
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.tolerance) and self.tolerance >= 0):
-            raise ConfigError(f"gate.tolerance: must be >= 0, got {self.tolerance}")
-        if not (math.isfinite(self.min_ess) and self.min_ess >= 0):
-            raise ConfigError(f"gate.min_ess: must be >= 0, got {self.min_ess}")
-        if not (math.isfinite(self.max_age_hours) and self.max_age_hours > 0):
-            raise ConfigError(f"gate.max_age_hours: must be positive, got {self.max_age_hours}")
-        if self.ci not in CI_METHODS:
-            raise ConfigError(f"gate.ci: must be one of {', '.join(CI_METHODS)}, got {self.ci!r}")
-        if not 0 < self.alpha < 0.5:
-            raise ConfigError(f"gate.alpha: must be in (0, 0.5), got {self.alpha}")
-        if self.n_bootstrap < 100:
-            raise ConfigError(f"gate.n_bootstrap: must be >= 100, got {self.n_bootstrap}")
-        if not isinstance(self.estimator, str) or not self.estimator.strip() or "," in self.estimator:
-            raise ConfigError(f"gate.estimator: must name one estimator, got {self.estimator!r}")
 
 
 @dataclass(frozen=True)
@@ -318,7 +288,7 @@ def run_gate(
     if replay_fn is None:
         from recsys_rl.replay import replay as replay_fn
     stored = CapStore(data_dir).cap(surface)
-    current_cap = surface_config.exploration_cap if stored is None else stored
+    current_cap = effective_cap(surface_config.exploration_cap, stored)
     in_force = replace(config, surfaces={**config.surfaces, surface: replace(surface_config, exploration_cap=current_cap)})
 
     # Hash first: the replays then read at least these bytes (segments only grow).

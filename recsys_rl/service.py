@@ -20,6 +20,7 @@ from typing import Literal
 
 from logging_schema.writer import DeferredRecord, LogQueueFull, LogWriter
 from recsys_rl.bandit import VWBandit
+from recsys_rl.caps import CapStore, effective_cap
 from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
 from recsys_rl.learner import ModelWatcher, OutcomeTracker, learner_process_main, run_learner
@@ -57,6 +58,8 @@ class DecisionService:
         self._refused_long_term: set[str] = set()
         for name, surface in config.surfaces.items():
             self._surfaces[name] = self._load_surface(surface)
+        self.caps = CapStore(self.data_dir)
+        self._apply_approved_caps()
         self.writer = LogWriter(self.data_dir / "logs")
         self._learner_stop: object | None = None
         self._learner: multiprocessing.process.BaseProcess | threading.Thread | None = None
@@ -75,6 +78,28 @@ class DecisionService:
         if self._learner is not None:
             self._learner.start()
         self._watcher = ModelWatcher(self.refresh_models).start() if watch_models else None
+
+    def _apply_approved_caps(self) -> None:
+        """Caps survive restarts, and a configuration cannot raise one past what was approved (invariant 2).
+
+        The first start of a surface records its configured cap as the approved baseline in the audit log.
+        """
+        approved = self.caps.caps()
+        for name, entry in self._surfaces.items():
+            configured = entry.config.exploration_cap
+            if name not in approved:
+                self.caps.record(surface=name, actor="recsys-rl serve", old_cap=configured, new_cap=configured,
+                                 reason="initial configuration", evidence_digest="", outcome="accepted")
+                continue
+            cap = effective_cap(configured, approved[name])
+            if configured > cap:
+                log.warning("surface %s: configured cap %g is above the approved %g; serving %g (raise it with "
+                            "`recsys-rl caps set` and gate evidence)", name, configured, cap, cap)
+            entry.policy.set_cap(cap)
+
+    def cap(self, surface: str) -> float:
+        """The exploration cap in force for ``surface``."""
+        return self._entry(surface).policy.cap
 
     def _load_long_term(self, config: ServiceConfig) -> LongTermValue | None:
         """The slate-RL model, for surfaces that blend it in (λ > 0); None when no surface does."""

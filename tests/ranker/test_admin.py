@@ -1,7 +1,8 @@
 """PolicyAdminService on a real server (127.0.0.1:0) over a data dir with simulated logs.
 
-The server is built here (RankingService + PolicyAdminService via ``add_admin_servicer``) so the tests do
-not depend on how ``RankingServer`` wires the admin service.
+The server is the production RankingServer (RankingService + PolicyAdminService + health + reflection).
+The first start of a data dir records each surface's configured cap as an "initial configuration" audit entry;
+``_changes`` leaves those out so the tests read the changes they make.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ import json
 import math
 import shutil
 from collections.abc import Callable, Iterator
-from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 import pytest
 
-from ranker.admin import add_admin_servicer
-from ranker.servicer import RankingServicer
+from ranker.server import RankingServer
 from recsys_rl.errors import InvalidInput
 from recsys_rl.gate import FAILED_CHECKS_METADATA, load_key, run_gate, sign
 from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
@@ -33,7 +32,7 @@ from tests.recsys_rl.test_gate import CONFIG, GATE, simulate_logs
 
 @dataclass
 class AdminServer:
-    server: grpc.Server
+    server: RankingServer
     service: DecisionService
     channel: grpc.Channel
     admin: admin_grpc.PolicyAdminServiceStub
@@ -42,8 +41,7 @@ class AdminServer:
 
     def stop(self) -> None:
         self.channel.close()
-        self.server.stop(grace=5).wait()
-        self.service.close()
+        self.server.stop(grace_s=5)
 
 
 @dataclass(frozen=True)
@@ -75,16 +73,13 @@ def start(base: tuple[Path, Evidence], tmp_path: Path) -> Iterator[Callable[...,
     started: list[AdminServer] = []
 
     def start_server() -> AdminServer:
-        service = DecisionService(CONFIG, data_dir, learner="off", watch_models=False)
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=[("grpc.so_reuseport", 0)])
-        pb_grpc.add_RankingServiceServicer_to_server(RankingServicer(service), server)
-        add_admin_servicer(server, service, data_dir, gate_for=lambda _surface: GATE)
-        port = server.add_insecure_port("127.0.0.1:0")
-        assert port != 0
-        server.start()
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        config = replace(CONFIG, surfaces={n: replace(s, gate=GATE) for n, s in CONFIG.surfaces.items()})
+        service = DecisionService(config, data_dir, learner="off", watch_models=False)
+        server = RankingServer(service).start()
+        assert server.port != 0
+        channel = grpc.insecure_channel(server.address)
         running = AdminServer(server, service, channel, admin_grpc.PolicyAdminServiceStub(channel),
-                              pb_grpc.RankingServiceStub(channel), f"127.0.0.1:{port}")
+                              pb_grpc.RankingServiceStub(channel), server.address)
         started.append(running)
         return running
 
@@ -117,17 +112,22 @@ def _state(running: AdminServer, surface: str = "default") -> admin_pb.GetSurfac
     return running.admin.GetSurface(admin_pb.GetSurfaceRequest(surface=surface), timeout=10)
 
 
+def _changes(history) -> list:  # noqa: ANN001 - repeated CapChange
+    return [h for h in history if h.reason != "initial configuration"]
+
+
 def test_lowering_is_accepted_at_once_and_audited(start) -> None:
     running = start()
     assert _rank_cap(running) == pytest.approx(0.1)
     reply = _set(running, 0.05, reason="incident 42")
     assert (reply.old_cap, reply.exploration_cap) == (pytest.approx(0.1), pytest.approx(0.05))
-    assert reply.change.outcome == admin_pb.CAP_CHANGE_OUTCOME_ACCEPTED and reply.change.sequence == 1
+    assert reply.change.outcome == admin_pb.CAP_CHANGE_OUTCOME_ACCEPTED
     assert _rank_cap(running) == pytest.approx(0.05)  # the very next Rank
     state = _state(running)
     assert state.exploration_cap == pytest.approx(0.05) and state.configured_cap == pytest.approx(0.1)
     assert state.policy_version == running.service.policy_version("default")
-    [entry] = state.history
+    [entry] = _changes(state.history)
+    assert entry.sequence == reply.change.sequence
     assert (entry.actor, entry.reason, entry.old_cap, entry.new_cap) == ("alice", "incident 42", 0.1, 0.05)
     assert entry.evidence_digest == "" and entry.changed_at.seconds > 0
     assert _set(running, 0.0).exploration_cap == 0.0  # down to no exploration at all, still no evidence
@@ -142,7 +142,7 @@ def test_raising_without_evidence_is_refused_and_audited(start, evidence: Eviden
     error, checks = _refusal(running, 1.0, evidence.worse)
     assert checks == {"lower_bound", "ess"}
     assert _rank_cap(running) == pytest.approx(0.1)
-    history = _state(running).history
+    history = _changes(_state(running).history)
     assert [h.outcome for h in history] == [admin_pb.CAP_CHANGE_OUTCOME_REFUSED] * 2
     assert history[1].evidence_digest == hashlib.sha256(evidence.worse.encode()).hexdigest()
     assert {line.split(":")[0] for line in history[1].failed_checks} == {"lower_bound", "ess"}
@@ -168,7 +168,7 @@ def test_edited_foreign_surface_and_wrong_cap_reports_are_refused(start, evidenc
     stale["signature"] = sign(stale, load_key(running.service.data_dir))  # type: ignore[arg-type]
     assert _refusal(running, 0.15, json.dumps(stale))[1] == {"recency"}
     assert _rank_cap(running) == pytest.approx(0.1) and _rank_cap(running, "other") == pytest.approx(0.1)
-    assert len(_state(running).history) == 3 and len(_state(running, "other").history) == 1
+    assert len(_changes(_state(running).history)) == 3 and len(_changes(_state(running, "other").history)) == 1
 
 
 @pytest.mark.parametrize(("cap", "surface", "actor", "field"), [
@@ -186,7 +186,7 @@ def test_bad_requests_are_invalid_argument_naming_the_field(start, cap: float | 
         running.admin.SetExplorationCap(request, timeout=10)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert error.value.details().startswith(f"{field}: ")
-    assert len(_state(running).history) == 0  # malformed requests change and audit nothing
+    assert len(_changes(_state(running).history)) == 0  # malformed requests change and audit nothing
 
 
 def test_a_report_against_another_cap_in_force_is_refused(start, evidence: Evidence) -> None:
@@ -205,12 +205,14 @@ def test_cap_and_audit_survive_a_restart(start, evidence: Evidence) -> None:
     restarted = start()
     state = _state(restarted)
     assert state.exploration_cap == pytest.approx(0.07)
-    assert [(h.sequence, h.new_cap, h.outcome) for h in state.history] == [
-        (1, 0.15, admin_pb.CAP_CHANGE_OUTCOME_ACCEPTED), (2, 0.07, admin_pb.CAP_CHANGE_OUTCOME_ACCEPTED),
-        (3, 0.5, admin_pb.CAP_CHANGE_OUTCOME_REFUSED)]
+    changes = _changes(state.history)
+    assert [(h.new_cap, h.outcome) for h in changes] == [
+        (0.15, admin_pb.CAP_CHANGE_OUTCOME_ACCEPTED), (0.07, admin_pb.CAP_CHANGE_OUTCOME_ACCEPTED),
+        (0.5, admin_pb.CAP_CHANGE_OUTCOME_REFUSED)]
+    assert [h.sequence for h in changes] == sorted(h.sequence for h in changes)
     assert _rank_cap(restarted) == pytest.approx(0.07)
     limited = restarted.admin.GetSurface(admin_pb.GetSurfaceRequest(surface="default", history_limit=1), timeout=10)
-    assert [h.sequence for h in limited.history] == [3]
+    assert [h.sequence for h in limited.history] == [changes[-1].sequence]
 
 
 def _cli(argv: list[str]) -> int:
@@ -242,7 +244,8 @@ def test_caps_cli_set_and_show(start, evidence: Evidence, tmp_path: Path, capsys
     assert _cli(["caps", "show", *server, "--format", "json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["exploration_cap"] == pytest.approx(0.05)
-    assert [h["outcome"] for h in shown["history"]] == ["refused", "accepted", "accepted"]
+    changes = [h for h in shown["history"] if h["reason"] != "initial configuration"]
+    assert [h["outcome"] for h in changes] == ["refused", "accepted", "accepted"]
 
     with pytest.raises(InvalidInput, match="--evidence"):
         _cli(["caps", "set", *server, "--cap", "0.2", "--evidence", str(tmp_path / "missing.json"), "--actor", "x"])
