@@ -302,6 +302,13 @@ def test_reward_model_columns_feed_dm_and_dr(two_versions: TwoVersionLog) -> Non
     for name in ("q_hat", "q_hat_target"):
         values = table[name].to_numpy()
         assert np.isfinite(values).all() and ((values >= 0) & (values <= 1)).all(), name
+    # At cap 0 the target puts all mass on one item per slot; where that item is the logged one, q̂π is q̂ of the
+    # logged row: same out-of-fold booster, same features (checks the candidate rows line up with the table).
+    greedy_rows = table.filter(pl.col("target_pscore") == 1.0)
+    assert greedy_rows.height > 100
+    assert np.allclose(greedy_rows["q_hat_target"], greedy_rows["q_hat"], rtol=1e-9, atol=1e-12)
+    other_rows = table.filter(pl.col("target_pscore") == 0.0)
+    assert (other_rows["q_hat_target"] != other_rows["q_hat"]).mean() > 0.5
     result = estimate(table, "dm,dr,ips")
     assert result.height == 3 and result["value"].is_finite().all()
 
@@ -372,3 +379,24 @@ def test_replay_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert [r[0] for r in rows] == ["serve (in-process DecisionService)", "replay `current`", "replay `uniform`"]
     assert all(seconds > 0 for _, seconds, _ in rows)
     assert "| replay `current` |" in capsys.readouterr().out
+
+
+def test_failing_target_model_falls_back_to_the_baseline_as_serving_does() -> None:
+    from recsys_rl.exploration import Greedy, make_explorer
+    from recsys_rl.replay_spec import ModelTarget
+    from tests.helpers import make_request
+
+    class BrokenModel:  # a checkpoint whose scoring raises, as a corrupt model would
+        def score(self, request: pb.RankRequest) -> np.ndarray:
+            raise RuntimeError("corrupt weights")
+
+    class NaNModel:
+        def score(self, request: pb.RankRequest) -> np.ndarray:
+            return np.full(len(request.candidates), math.nan)
+
+    request = make_request(n=8)
+    for model in (BrokenModel(), NaNModel()):
+        target = ModelTarget("current", "v", model, make_explorer(ExplorationConfig(), 0.1))
+        scores, explorer, fell_back = target.scores(request)
+        assert fell_back and isinstance(explorer, Greedy)
+        assert scores.tolist() == [c.baseline_score for c in request.candidates]
