@@ -98,7 +98,8 @@ def rank_request(event: object) -> pb.RankRequest:
     head = pb.RankRequest(request_id=event.request_id, surface=event.surface,  # type: ignore[attr-defined]
                           user_id=event.user_id, slate_size=event.slate_size)  # type: ignore[attr-defined]
     candidates: list[bytes] = list(event.candidates)  # type: ignore[attr-defined]
-    parts = [head.SerializeToString(), _prefixed(_CONTEXT_PREFIX, _CONTEXT_TAG, event.context)]  # type: ignore[attr-defined]
+    context: bytes = event.context  # type: ignore[attr-defined]
+    parts = [head.SerializeToString(), _prefixed(_CONTEXT_PREFIX, _CONTEXT_TAG, context)]
     lengths = list(map(len, candidates))
     if lengths and max(lengths) < _PREFIX_TABLE:
         # map() over builtins: no Python frame per candidate (this loop runs 100 times per request).

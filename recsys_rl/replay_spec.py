@@ -56,10 +56,6 @@ class PolicySpec:
     temperature: float | None = None
     gamma: float | None = None
 
-    @property
-    def label(self) -> str:
-        return self.text
-
 
 def _error(part: str, reason: str) -> InvalidInput:
     return InvalidInput(f"policy {part!r}", reason)
@@ -179,7 +175,8 @@ class ModelTarget(TargetPolicy):
 
 
 def _exploration(spec: PolicySpec, surface: SurfaceConfig) -> tuple[ExplorationConfig, float]:
-    changes = {k: getattr(spec, k) for k in ("algorithm", "epsilon", "temperature", "gamma") if getattr(spec, k) is not None}
+    keys = ("algorithm", "epsilon", "temperature", "gamma")
+    changes = {k: getattr(spec, k) for k in keys if getattr(spec, k) is not None}
     try:
         exploration = replace(surface.exploration, **changes)
     except ConfigError as exc:
@@ -250,6 +247,6 @@ def _load_registry_version(spec: PolicySpec, data_dir: Path, surface: str) -> tu
 
 
 __all__ = [
-    "BaselineTarget", "ModelTarget", "baseline_scores", "PolicySpec", "TargetPolicy", "UniformTarget", "parse_policy_spec",
-    "resolve_policy",
+    "BaselineTarget", "ModelTarget", "PolicySpec", "TargetPolicy", "UniformTarget", "baseline_scores",
+    "parse_policy_spec", "resolve_policy",
 ]

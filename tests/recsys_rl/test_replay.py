@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
