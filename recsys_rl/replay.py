@@ -414,7 +414,9 @@ def run_replay(args: argparse.Namespace) -> int:
         try:
             config = load_config(args.config)
         except ConfigError as exc:
-            raise InvalidInput("--config", str(exc)) from exc
+            # ConfigError messages already start with the key path ("--config: ...", "surfaces.x.cap: ...").
+            key, _, reason = str(exc).partition(": ")
+            raise InvalidInput(key, reason) from exc
     else:
         config = default_config()
     stats = ReplayStats()

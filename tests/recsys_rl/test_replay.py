@@ -398,3 +398,11 @@ def test_failing_target_model_falls_back_to_the_baseline_as_serving_does() -> No
         scores, explorer, fell_back = target.scores(request)
         assert fell_back and isinstance(explorer, Greedy)
         assert scores.tolist() == [c.baseline_score for c in request.candidates]
+
+
+def test_cli_bad_config_is_one_invalid_input(tmp_path: Path) -> None:
+    args = _cli(["replay", "--data-dir", str(tmp_path), "--policy", "current", "--out", str(tmp_path / "t.parquet"),
+                 "--config", str(tmp_path / "missing.toml")])
+    with pytest.raises(InvalidInput) as info:
+        args.run(args)
+    assert str(info.value).startswith("--config: cannot read")
