@@ -42,7 +42,7 @@ from pathlib import Path
 import polars as pl
 from google.protobuf.message import Message
 
-from logging_schema._views import TableRecord
+from logging_schema.views import TableRecord
 from logging_schema.reader import ReadStats, iter_records
 from logging_schema.rewards import RewardDefinition
 from recsys_rl.logging.v1.events_pb2 import DecisionEvent, OutcomeEvent
@@ -89,7 +89,7 @@ class _DecisionColumns:
         self.count = 0
 
     def add(self, event: DecisionEvent | Message) -> None:
-        # ``event`` is a DecisionEvent or its table view (same field names, see ``_views``).
+        # ``event`` is a DecisionEvent or its table view (same field names, see ``views``).
         d = self.decision
         d["event_id"].append(event.event_id)
         d["request_id"].append(event.request_id)
@@ -176,7 +176,7 @@ def read_tables(log_dir: Path) -> LogTables:
     Records are streamed: each is turned into column values and dropped before the next is parsed, and
     the column lists become a DataFrame chunk every ~100k decisions, so a large log is never held as
     protobufs, nor all as Python lists. Records are parsed through a wire-compatible view that leaves
-    the candidates' features unparsed (``_views``): about 5x cheaper for 100-candidate decisions.
+    the candidates' features unparsed (``views``): about 5x cheaper for 100-candidate decisions.
     """
     stats = ReadStats()
     decision_chunks: list[pl.DataFrame] = []

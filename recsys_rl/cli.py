@@ -108,7 +108,7 @@ def build_parser(*, full: bool = True) -> argparse.ArgumentParser:
         from evaluators.cli import add_evaluate_parser, run_evaluate
 
         add_evaluate_parser(sub).set_defaults(run=run_evaluate)
-        for module in ("recsys_rl.slateq.cli", "recsys_rl.caps_cli", "recsys_rl.sim.compare"):
+        for module in ("recsys_rl.replay", "recsys_rl.slateq.cli", "recsys_rl.caps_cli", "recsys_rl.sim.compare"):
             importlib.import_module(module).register(sub)
     return parser
 

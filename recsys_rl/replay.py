@@ -38,10 +38,11 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
-from logging_schema._views import TableRecord
+from logging_schema.views import TableRecord
 from logging_schema.reader import ReadStats, iter_records
 from logging_schema.tables import JoinStats, decisions_frame, join_rewards, outcomes_frame
 from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig, default_config, load_config
+from recsys_rl.policy import LongTermValue, NoLongTermValue
 from recsys_rl.errors import InvalidInput
 from recsys_rl.exploration import Explorer, slate_propensities
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
@@ -129,6 +130,24 @@ def _surface_config(config: ServiceConfig | None, surface: str) -> SurfaceConfig
     return found
 
 
+def _long_term(data_dir: Path, surface_config: SurfaceConfig) -> LongTermValue:
+    """The slate-RL model a λ > 0 surface blends in, as serving loads it (latest published version).
+
+    Serving also conditions it on each user's clicks seen by that process (``observe``); replay starts every user
+    from an empty history, so for λ > 0 its target propensities approximate serving's rather than repeat them.
+    """
+    if surface_config.model.long_term_weight <= 0:
+        return NoLongTermValue()
+    from recsys_rl.slateq.serving import ReloadableSlateQ, SlateQLoadError
+
+    long_term = ReloadableSlateQ(data_dir / "models")
+    try:
+        long_term.load()
+    except SlateQLoadError as exc:
+        raise InvalidInput("policy", f"the surface blends a long-term value but {exc}") from exc
+    return long_term
+
+
 def replay(
     data_dir: Path | str,
     spec: str | PolicySpec,
@@ -151,7 +170,7 @@ def replay(
     log_dir = Path(data_dir) / "logs"
     if not log_dir.is_dir():
         raise InvalidInput("data_dir", f"{log_dir} does not exist (has a server written any log there?)")
-    target = resolve_policy(parsed, Path(data_dir), surface_config)
+    target = resolve_policy(parsed, Path(data_dir), surface_config, long_term=_long_term(Path(data_dir), surface_config))
 
     with tempfile.TemporaryDirectory(prefix="recsys_rl_replay_") as scratch:
         candidates = CandidateRows(Path(scratch)) if reward_model else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from logging_schema._views import TableRecord
+from logging_schema.views import TableRecord
 from recsys_rl.logging.v1.events_pb2 import LogRecord
 from tests.logging_schema.builders import decision_record, outcome_record
 

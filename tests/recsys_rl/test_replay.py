@@ -153,7 +153,7 @@ def test_version_and_version_dir_replay_their_own_rows(two_versions: TwoVersionL
 
 
 def test_rank_request_rebuilds_the_served_request(two_versions: TwoVersionLog) -> None:
-    from logging_schema._views import TableRecord
+    from logging_schema.views import TableRecord
     from logging_schema.reader import iter_records
 
     seen = 0
