@@ -20,7 +20,7 @@ from evaluators.intervals import (
     normal_interval,
     poisson_bootstrap,
 )
-from evaluators.table import load_table, validate_table
+from evaluators.table import TableError, load_table, validate_table
 
 RESULT_SCHEMA: dict[str, pl.DataType] = {
     "estimator": pl.String(), "value": pl.Float64(), "ci_low": pl.Float64(), "ci_high": pl.Float64(),
@@ -79,7 +79,7 @@ def estimate(
     need = {col for est in parsed for col in (*est.needs, est.logging_column)}
     validate_table(df, need=need, allow_support_violations=allow_support_violations)
     data = FeedbackData(df)
-    stats: list[Statistics] = [est.statistics(data) for est in parsed]
+    stats: list[Statistics] = [_count_weighted(est.statistics(data), df) for est in parsed]
     intervals = _intervals(df, stats, ci=ci, alpha=alpha, seed=seed, n_bootstrap=n_bootstrap, workers=workers)
 
     rows = []
@@ -94,6 +94,23 @@ def estimate(
             **diagnose(est, data).as_dict(),
         })
     return pl.DataFrame(rows, schema=RESULT_SCHEMA)
+
+
+COUNT_WEIGHT = "weight"
+
+
+def _count_weighted(stat: Statistics, df: pl.DataFrame) -> Statistics:
+    """Rows that stand for several logged events (column ``weight``, e.g. 1/(1 − pdrop) from a DSJSON export).
+
+    Every estimator is Σ_p Σ num_p / Σ den_p over per-row terms, so scaling each row's terms by its count weight
+    gives exactly the estimate on the undropped log: IPS becomes Σ c·w·r / Σ c, SNIPS Σ c·w·r / Σ c·w, and so on.
+    """
+    if COUNT_WEIGHT not in df.columns:
+        return stat
+    counts = df[COUNT_WEIGHT].cast(pl.Float64, strict=False).to_numpy()
+    if not (np.isfinite(counts).all() and (counts > 0).all()):
+        raise TableError(COUNT_WEIGHT, "count weights must be finite and positive")
+    return Statistics({name: values * counts for name, values in stat.columns.items()}, stat.parts)
 
 
 def _intervals(

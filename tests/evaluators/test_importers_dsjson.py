@@ -181,3 +181,23 @@ def test_tables_pass_the_evaluators_validation(data: Path, name: str) -> None:
     assert check.n_rows == table.height
     result = estimate(table, estimators=["ips"], ci=None)
     assert result["value"][0] == pytest.approx(table["reward"].mean(), abs=1e-12)
+
+
+def test_count_weights_make_a_dropped_log_estimate_like_the_full_one() -> None:
+    """A row with weight 2 (pdrop = 0.5) counts as two rows: the same estimate as duplicating it."""
+    import polars as pl
+
+    from evaluators import estimate
+
+    rows = pl.DataFrame({
+        "event_id": ["a", "b", "c"], "position": [0, 0, 0], "action": [1, 2, 1],
+        "reward": [1.0, 0.0, 1.0], "pscore": [0.5, 0.25, 0.5], "target_pscore": [1.0, 0.5, 0.0],
+    })
+    weighted = rows.with_columns(pl.Series("weight", [2.0, 1.0, 1.0]))
+    duplicated = pl.concat([rows, rows.head(1).with_columns(pl.lit("a2").alias("event_id"))])
+    got = estimate(weighted, "ips,snips")["value"].to_list()
+    want = estimate(duplicated, "ips,snips")["value"].to_list()
+    assert got == pytest.approx(want, rel=1e-12)
+    assert got[0] == pytest.approx((2 * 2.0 * 1.0 + 0.0 + 0.0) / 4)  # Σ c·w·r / Σ c
+    with pytest.raises(ValueError, match="column 'weight'"):
+        estimate(weighted.with_columns(pl.lit(0.0).alias("weight")), "ips")
