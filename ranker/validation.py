@@ -1,7 +1,7 @@
 """Cheap structural checks of a RankRequest, before any decision logic. Each error names the field.
 
-Feature values (NaN, infinities) are checked by the core when it first builds an item's example: a cached item
-was already checked, so the hot path does not read its protobuf maps again.
+Feature values (NaN, infinities) and item ids (empty, repeated) are checked by the core as it looks candidates up
+in its item cache: a cached item was already checked, so the hot path does not read its protobuf fields again.
 """
 
 from __future__ import annotations
@@ -24,14 +24,3 @@ def validate_rank_request(request: pb.RankRequest, *, max_candidates: int = MAX_
         raise InvalidInput("slate_size", f"must be positive, got {request.slate_size}")
     if request.slate_size > n:
         raise InvalidInput("slate_size", f"{request.slate_size} is larger than the {n} candidates")
-    item_ids = [candidate.item_id for candidate in request.candidates]
-    unique = set(item_ids)
-    if len(unique) == n and "" not in unique:
-        return  # the common case, in one pass over the ids; the slow path below finds the offending index
-    seen: set[str] = set()
-    for index, item_id in enumerate(item_ids):
-        if not item_id:
-            raise InvalidInput(f"candidates[{index}].item_id", "must not be empty")
-        if item_id in seen:
-            raise InvalidInput(f"candidates[{index}].item_id", f"duplicate item_id {item_id!r}")
-        seen.add(item_id)

@@ -74,15 +74,9 @@ class VWBandit:
             return np.empty(0)
         workspace = self._workspace
         examples: list[pyvw.Example] = [pyvw.Example(workspace, shared_line)]
-        seen: set[int] = set()
-        for entry in entries:
-            example = entry.example
-            # A candidate repeated in one request maps to one cached object; VW merges the shared
-            # features into each action example in place, so the same object twice would be corrupted.
-            if id(example) in seen:
-                example = pyvw.Example(workspace, entry.line)
-            seen.add(id(example))
-            examples.append(example)
+        examples.extend([entry.example for entry in entries])
+        # ItemExampleCache.items rejects repeated item ids, so every cached example appears once: VW merges the
+        # shared features into each action example in place, and the same object twice would be corrupted.
         costs = workspace.predict(examples)
         return -np.asarray(costs, dtype=np.float64)
 

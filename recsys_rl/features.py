@@ -156,6 +156,16 @@ class ItemExample(Generic[T]):
     example: T | None
 
 
+def _raise_bad_ids(entries: Sequence[ItemExample[Any]], field: str) -> None:
+    seen: set[str] = set()
+    for index, entry in enumerate(entries):
+        if not entry.item_id:
+            raise InvalidInput(f"{field}[{index}].item_id", "must not be empty")
+        if entry.item_id in seen:
+            raise InvalidInput(f"{field}[{index}].item_id", f"duplicate item_id {entry.item_id!r}")
+        seen.add(entry.item_id)
+
+
 class ItemExampleCache(Generic[T]):
     """Bounded LRU of per-item examples keyed by :func:`item_key`.
 
@@ -195,9 +205,32 @@ class ItemExampleCache(Generic[T]):
         return entry
 
     def items(self, candidates: Sequence[pb.Candidate], *, field: str = "candidates") -> list[ItemExample[T]]:
-        """Entries for every candidate, in order; raises InvalidInput naming the first bad field."""
-        get = self.get
-        return [get(candidate, i, field=field) for i, candidate in enumerate(candidates)]
+        """Entries for every candidate, in order; raises InvalidInput naming the first bad field.
+
+        The hit path is inlined (this loop runs for every candidate of every Rank); item ids are checked here,
+        from the cached entries, so nobody reads them from the protobufs again: empty or repeated ids are
+        InvalidInput naming the candidate.
+        """
+        entries_get, move_to_end, key_of = self._entries.get, self._entries.move_to_end, item_key
+        out: list[ItemExample[T]] = []
+        append = out.append
+        misses = 0
+        for i, candidate in enumerate(candidates):
+            key = key_of(candidate)
+            entry = entries_get(key)
+            if entry is None:
+                misses += 1
+                entry = self.get(candidate, i, field=field)
+                self.misses -= 1  # counted below with the others
+            else:
+                move_to_end(key)
+            append(entry)
+        self.misses += misses
+        self.hits += len(out) - misses
+        ids = {entry.item_id for entry in out}
+        if len(ids) != len(out) or "" in ids:
+            _raise_bad_ids(out, field)
+        return out
 
     def lines(self, candidates: Sequence[pb.Candidate], *, field: str = "candidates") -> list[str]:
         """Validated lines for every candidate: cached ones reused, others built but not inserted.

@@ -8,6 +8,7 @@ from vowpalwabbit import pyvw
 
 from recsys_rl.bandit import VWBandit
 from recsys_rl.config import ModelConfig
+from recsys_rl.errors import InvalidInput
 from recsys_rl.exploration import EpsilonGreedy, sample_slate
 from recsys_rl.features import context_line, item_line
 from recsys_rl.logging.v1 import events_pb2
@@ -60,12 +61,15 @@ def test_cached_examples_predict_exactly_like_full_text_also_while_learning() ->
     assert np.ptp(bandit.score(base)) > 0  # it did learn something
 
 
-def test_repeated_candidate_in_one_request_scores_like_full_text() -> None:
+def test_repeated_candidate_in_one_request_is_invalid_input() -> None:
+    """A repeated item would share one cached example (VW mutates it in place) and make outcomes ambiguous."""
     rng = np.random.default_rng(1)
     bandit = VWBandit(ARGS)
     request = make_request(rng, n=4)
     request.candidates.append(request.candidates[0])
-    bandit.learn(event_for(request, [0], [0.5]), [1.0])
+    with pytest.raises(InvalidInput, match=r"^candidates\[4\]\.item_id: duplicate"):
+        bandit.score(request)
+    del request.candidates[4]
     np.testing.assert_array_equal(bandit.score(request), full_text_scores(bandit, request))
 
 
