@@ -24,6 +24,12 @@ seconds per simulated user over the D days (dwell is what good content earns and
 back, so it is the long-term objective). Intervals: Student t across seeds, mean ± t_{0.975, S−1} · sd / √S
 (each seed is a new world, so seeds are the i.i.d. units; users within a seed share one learned policy).
 
+Paired comparison. Every policy plays the same world per seed (common random numbers as far as the simulator
+allows: identical catalog, users, their preferences and the first page views; the world's one dynamics stream
+diverges once slates differ). So the per-seed difference d_s = m_s(slateq) − m_s(bandit) removes the
+between-world spread that dominates the per-policy intervals; ``paired_differences`` reports mean d ± t · sd(d)/√S
+(unit: seeds, paired t) and the relative engagement gain g_s = m_s(slateq) / m_s(bandit) − 1 likewise.
+
 The host loop is here rather than ``sim.host.run_host`` because the horizon is a number of days (run_host
 stops after a number of requests) and per-day engagement feeds the plot. It is single-threaded, so a run is
 reproducible given the server's seed (up to the learner's publishing times).
@@ -41,7 +47,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +75,10 @@ class CompareArgs:
     long_term_weight: float = 0.5  # λ of the slateq server: score = VW click estimate + λ · Q(s, i)
     train_steps: int = 400  # SlateQ gradient steps per seed
     train_batch: int = 256  # SlateQ minibatch size
+    gamma: float = 0.9  # SlateQ per-decision discount
+    n_step: int = 3  # SlateQ n-step return
+    dwell_weight: float = 0.01  # SlateQ training reward per second of dwell
+    return_weight: float = 1.0  # SlateQ training reward per return visit
     exploration_cap: float = 0.1  # both servers' exploration cap
     vw_args: str | None = None  # both servers' VW options (default: ModelConfig's)
     first_seed: int = 0  # seeds are first_seed .. first_seed + seeds - 1
@@ -80,11 +90,16 @@ class CompareArgs:
         unknown = [p for p in self.policies if p not in POLICIES]
         if unknown or not self.policies:
             raise InvalidInput("--policies", f"must be a non-empty subset of {','.join(POLICIES)}, got {unknown}")
-        for name in ("seeds", "users", "days", "warmup_days", "train_steps", "train_batch"):
+        for name in ("seeds", "users", "days", "warmup_days", "train_steps", "train_batch", "n_step"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"--{name.replace('_', '-')}", f"must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.long_term_weight) and self.long_term_weight > 0):
             raise InvalidInput("--long-term-weight", f"must be > 0, got {self.long_term_weight}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise InvalidInput("--gamma", f"must be in (0, 1], got {self.gamma}")
+        for name in ("dwell_weight", "return_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise InvalidInput(f"--{name.replace('_', '-')}", f"must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.exploration_cap <= 1.0:
             raise InvalidInput("--exploration-cap", f"must be in [0, 1], got {self.exploration_cap}")
 
@@ -232,7 +247,8 @@ def train_long_term(data_dir: Path, args: CompareArgs, seed: int) -> str:
     """Trains SlateQ on ``data_dir``'s logs and publishes it under ``data_dir/models``; returns the version."""
     from recsys_rl.slateq.train import TrainConfig, train_from_data_dir
 
-    config = TrainConfig(steps=args.train_steps, batch_size=args.train_batch, seed=seed)
+    config = TrainConfig(steps=args.train_steps, batch_size=args.train_batch, seed=seed, gamma=args.gamma,
+                         n_step=args.n_step, dwell_weight=args.dwell_weight, return_visit_weight=args.return_weight)
     _, checkpoint = train_from_data_dir(data_dir, config, progress=False)
     assert checkpoint is not None
     return checkpoint.version
@@ -303,6 +319,45 @@ def summarise(runs: list[Run], policies: tuple[str, ...]) -> list[dict[str, floa
             record[metric], record[f"{metric}_ci_low"], record[f"{metric}_ci_high"] = mean, low, high
         records.append(record)
     return records
+
+
+def paired_differences(runs: list[Run], treatment: str = "slateq", control: str = "bandit") -> dict[str, object] | None:
+    """treatment − control per seed for every metric, and the relative engagement gain, with paired 95% t-intervals.
+
+    d_s = m_s(treatment) − m_s(control) on the seeds where both ran; (mean, low, high) = t_interval(d). The unit is
+    the seed (world): both arms on a seed share its catalog and users, so d_s cancels what the world adds to both.
+    None when no seed has both policies.
+    """
+    by_key = {(r.policy, r.seed): r.metrics() for r in runs}
+    seeds = sorted(seed for policy, seed in by_key if policy == treatment and (control, seed) in by_key)
+    if not seeds:
+        return None
+    record: dict[str, object] = {"comparison": f"{treatment} - {control}", "seeds": seeds}
+    for metric in METRICS:
+        diffs = [by_key[(treatment, s)][metric] - by_key[(control, s)][metric] for s in seeds]
+        mean, low, high = t_interval(diffs)
+        record[metric] = {"mean": mean, "ci_low": low, "ci_high": high, "per_seed": diffs}
+    gains = [by_key[(treatment, s)]["engagement_per_user"] / by_key[(control, s)]["engagement_per_user"] - 1.0
+             for s in seeds]
+    mean, low, high = t_interval(gains)
+    record["engagement_gain"] = {"mean": mean, "ci_low": low, "ci_high": high, "per_seed": gains}
+    return record
+
+
+def format_paired(record: dict[str, object]) -> str:
+    """The paired record as a markdown table: mean difference [95% paired t-interval] and the per-seed values."""
+    lines = [f"| {record['comparison']} (paired by seed) | mean [95% CI] | per seed |", "|---|---|---|"]
+    digits = {"click_rate": 4, "session_length": 2, "return_rate": 4, "engagement_per_user": 0}
+    for metric, d in digits.items():
+        m = record[metric]
+        per_seed = ", ".join(f"{v:+.{d}f}" for v in m["per_seed"])  # type: ignore[index]
+        lines.append(f"| {metric.replace('_', ' ')} | {m['mean']:+.{d}f} [{m['ci_low']:+.{d}f}, "  # type: ignore[index]
+                     f"{m['ci_high']:+.{d}f}] | {per_seed} |")  # type: ignore[index]
+    g = record["engagement_gain"]
+    per_seed = ", ".join(f"{100 * v:+.1f}%" for v in g["per_seed"])  # type: ignore[index]
+    lines.append(f"| engagement gain (relative) | {100 * g['mean']:+.1f}% [{100 * g['ci_low']:+.1f}%, "  # type: ignore[index]
+                 f"{100 * g['ci_high']:+.1f}%] | {per_seed} |")  # type: ignore[index]
+    return "\n".join(lines)
 
 
 def format_table(records: list[dict[str, float | str | int]]) -> str:
@@ -380,6 +435,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="days the λ=0 bandit serves first (both served arms start from its model and logs)")
     parser.add_argument("--long-term-weight", type=float, default=d.long_term_weight, help="λ of the slateq server")
     parser.add_argument("--train-steps", type=int, default=d.train_steps, help="SlateQ gradient steps per seed")
+    parser.add_argument("--train-batch", type=int, default=d.train_batch, help="SlateQ minibatch size")
+    parser.add_argument("--gamma", type=float, default=d.gamma, help="SlateQ per-decision discount")
+    parser.add_argument("--n-step", type=int, default=d.n_step, help="SlateQ n-step return")
+    parser.add_argument("--dwell-weight", type=float, default=d.dwell_weight,
+                        help="SlateQ training reward per dwell second")
+    parser.add_argument("--return-weight", type=float, default=d.return_weight,
+                        help="SlateQ training reward per return visit")
     parser.add_argument("--exploration-cap", type=float, default=d.exploration_cap)
     parser.add_argument("--vw-args", help="both servers' VW options (default: the surface default)")
     parser.add_argument("--first-seed", type=int, default=d.first_seed)
@@ -394,17 +456,26 @@ def run_compare(ns: argparse.Namespace) -> int:
     args = CompareArgs(
         policies=tuple(p.strip() for p in ns.policies.split(",") if p.strip()), seeds=ns.seeds, users=ns.users,
         days=ns.days, warmup_days=ns.warmup_days, long_term_weight=ns.long_term_weight, train_steps=ns.train_steps,
+        train_batch=ns.train_batch, gamma=ns.gamma, n_step=ns.n_step, dwell_weight=ns.dwell_weight,
+        return_weight=ns.return_weight,
         exploration_cap=ns.exploration_cap, vw_args=ns.vw_args, first_seed=ns.first_seed, data_dir=ns.data_dir,
         plot=ns.plot,
         progress=not ns.no_progress,
     )  # fmt: skip
-    records, _ = compare(args)
+    records, runs = compare(args)
+    paired = paired_differences(runs)
     if ns.format == "json":
-        print(json.dumps(records, indent=2))
+        print(json.dumps({"policies": records, "paired": paired, "interval": f"95% Student t across {args.seeds} "
+                          "seeds (worlds); paired: t on per-seed differences", "args": asdict(args)}, indent=2))
     else:
         print(format_table(records))
-        print(f"\n95% t-intervals across {args.seeds} seeds; {args.users} users, {args.days} days; "
-              f"slateq λ = {args.long_term_weight}, {args.train_steps} training steps on the bandit run's logs.")
+        if paired is not None:
+            print()
+            print(format_paired(paired))
+        print(f"\n95% t-intervals across {args.seeds} seeds (unit: seed = world; paired rows: t on per-seed "
+              f"differences); {args.users} users, {args.days} days after {args.warmup_days} warm-up days; "
+              f"slateq λ = {args.long_term_weight}, {args.train_steps} steps, γ = {args.gamma}, {args.n_step}-step, "
+              f"dwell weight {args.dwell_weight}, return weight {args.return_weight}, trained on the warm-up logs.")
     return 0
 
 
@@ -423,4 +494,5 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["CompareArgs", "Run", "compare", "format_table", "play", "register", "summarise", "t_interval"]
+__all__ = ["CompareArgs", "Run", "compare", "format_paired", "format_table", "paired_differences", "play", "register",
+           "summarise", "t_interval"]

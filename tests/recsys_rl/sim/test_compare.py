@@ -19,8 +19,10 @@ from recsys_rl.sim.compare import (
     ClientPolicy,
     CompareArgs,
     Run,
+    format_paired,
     format_table,
     main,
+    paired_differences,
     play,
     summarise,
     t_interval,
@@ -66,10 +68,31 @@ def test_summary_has_every_metric_with_bounds_and_renders() -> None:
     assert "| bandit | 0.310 [" in format_table([record])
 
 
+def test_paired_differences_are_per_seed_with_a_paired_t_interval() -> None:
+    # Engagement per user: bandit 100, 200, 300 (a large between-world spread), slateq +12, +10, +14 on each seed.
+    runs = [Run(p, s, 1, decisions=100, clicks=c, sessions=10, returned=5, return_eligible=10, dwell_by_day=[d])
+            for s, (b, g) in enumerate([(100.0, 12.0), (200.0, 10.0), (300.0, 14.0)])
+            for p, c, d in (("bandit", 30, b), ("slateq", 28, b + g))]
+    runs.append(Run("slateq", 9, 1, decisions=1, dwell_by_day=[1.0]))  # no bandit on seed 9: not paired
+    record = paired_differences(runs)
+    assert record is not None and record["seeds"] == [0, 1, 2]
+    e = record["engagement_per_user"]
+    half = stats.t.ppf(0.975, 2) * np.std([12.0, 10.0, 14.0], ddof=1) / math.sqrt(3)
+    assert e["per_seed"] == pytest.approx([12.0, 10.0, 14.0])
+    assert (e["mean"], e["ci_low"], e["ci_high"]) == pytest.approx((12.0, 12.0 - half, 12.0 + half))
+    assert e["ci_low"] > 0  # the per-policy intervals overlap (spread 100..300) but the paired one excludes 0
+    assert record["click_rate"]["per_seed"] == pytest.approx([-0.02] * 3)
+    assert record["engagement_gain"]["per_seed"] == pytest.approx([0.12, 0.05, 14 / 300])
+    text = format_paired(record)
+    assert "| engagement per user | +12 [" in text and "+12.0%, +5.0%, +4.7%" in text
+    assert paired_differences([r for r in runs if r.policy == "slateq"]) is None
+
+
 @pytest.mark.parametrize(("kwargs", "name"), [
     ({"policies": ("bandit", "greedy")}, "--policies"), ({"policies": ()}, "--policies"), ({"seeds": 0}, "--seeds"),
     ({"days": 0}, "--days"), ({"long_term_weight": 0.0}, "--long-term-weight"),
-    ({"exploration_cap": 2.0}, "--exploration-cap"),
+    ({"exploration_cap": 2.0}, "--exploration-cap"), ({"gamma": 0.0}, "--gamma"), ({"n_step": 0}, "--n-step"),
+    ({"dwell_weight": -1.0}, "--dwell-weight"), ({"return_weight": math.nan}, "--return-weight"),
 ])
 def test_bad_arguments_name_the_flag(kwargs: dict, name: str) -> None:
     with pytest.raises(InvalidInput, match=f"^{name}"):
@@ -84,11 +107,16 @@ def test_cli_exit_code_2_on_bad_input(capsys: pytest.CaptureFixture[str]) -> Non
 def test_tiny_budget_run_of_the_real_entry_point(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plot = tmp_path / "engagement.png"
     code = main(["sim", "compare", "--seeds", "2", "--users", "12", "--days", "2", "--warmup-days", "1",
-                 "--train-steps", "5", "--format", "json", "--no-progress", "--plot", str(plot),
+                 "--train-steps", "5", "--gamma", "0.8", "--n-step", "2", "--format", "json", "--no-progress", "--plot", str(plot),
                  "--data-dir", str(tmp_path / "work")])  # fmt: skip
     assert code == 0
-    records = json.loads(capsys.readouterr().out)
+    out = json.loads(capsys.readouterr().out)
+    records = out["policies"]
     assert [r["policy"] for r in records] == list(POLICIES)
+    assert out["args"]["gamma"] == 0.8 and out["args"]["n_step"] == 2
+    assert out["paired"]["comparison"] == "slateq - bandit" and out["paired"]["seeds"] == [0, 1]
+    gain = out["paired"]["engagement_gain"]
+    assert gain["ci_low"] <= gain["mean"] <= gain["ci_high"] and len(gain["per_seed"]) == 2
     for record in records:
         assert record["seeds"] == 2
         for metric in METRICS:
