@@ -32,7 +32,13 @@ _MESSAGES: dict[str, list[tuple[int, str, int, bool, str | None]]] = {
         (6, "candidate_index", _F.TYPE_INT32, False, None),
         (7, "exploration_mass", _F.TYPE_DOUBLE, False, None),
     ],
-    "ExplorationParams": [(1, "algorithm", _F.TYPE_STRING, False, None), (5, "cap", _F.TYPE_DOUBLE, False, None)],
+    "ExplorationParams": [
+        (1, "algorithm", _F.TYPE_STRING, False, None),
+        (2, "epsilon", _F.TYPE_DOUBLE, False, None),
+        (3, "temperature", _F.TYPE_DOUBLE, False, None),
+        (4, "gamma", _F.TYPE_DOUBLE, False, None),
+        (5, "cap", _F.TYPE_DOUBLE, False, None),
+    ],
     "DecisionEvent": [
         (1, "event_id", _F.TYPE_STRING, False, None),
         (2, "request_id", _F.TYPE_STRING, False, None),

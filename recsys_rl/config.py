@@ -43,19 +43,21 @@ class ConfigError(ValueError):
 class ExplorationConfig:
     """How the explorer spreads probability before the cap bounds it.
 
-    epsilon_greedy: epsilon uniform mass; softmax: exp(score / temperature);
+    epsilon_greedy: epsilon uniform mass (unset: the cap in force, so raising the cap raises exploration, as
+    Personalizer's exploration percentage does; set: a fixed epsilon that the cap can only bound);
+    softmax: exp(score / temperature);
     squarecb: p(a) = 1 / (n + gamma · (best − score(a))) for non-greedy a (Foster & Rakhlin 2020).
     """
 
     algorithm: str = "epsilon_greedy"
-    epsilon: float = 0.1
+    epsilon: float | None = None
     temperature: float = 0.1
     gamma: float = 50.0
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ConfigError(f"exploration.algorithm: {self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
-        if not (0.0 <= self.epsilon <= 1.0):
+        if self.epsilon is not None and not (0.0 <= self.epsilon <= 1.0):
             raise ConfigError(f"exploration.epsilon: must be in [0, 1], got {self.epsilon}")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
             raise ConfigError(f"exploration.temperature: must be positive, got {self.temperature}")

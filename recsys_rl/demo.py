@@ -100,13 +100,14 @@ def log_report(data_dir: Path, cap: float) -> str:
     ])
 
 
-def counterfactual_report(data_dir: Path, stats: HostStats) -> str:
-    """Replays the logs for two target policies and estimates their click rate per slate from the logs alone.
+def counterfactual_report(data_dir: Path, stats: HostStats, *, since: float, first_request: int) -> str:
+    """Replays the tail of the log (served after ``since``, once learning settled) for three targets and
+    estimates their click rate per slate from the logs alone.
 
-    ``uniform`` has a known truth here (the simulator's expected click rate of random slates on the same page
-    views); ``current@cap=0`` is what switching exploration off would have earned. Slate estimators: standard IPS
-    (joint slate weight, unbiased, high variance) and RIPS (cascade weights, lower variance, assumes a click
-    depends on the items above it only).
+    ``uniform`` has a known truth (the simulator's expected click rate of random slates on the same page views);
+    ``logged@cap=0`` is what the learning system as it ran (each decision's own model version) would have earned
+    with exploration off, ``logged@cap=0.2`` with the cap doubled - the question the cap gate asks. Slate estimators: standard IPS (joint slate weight: unbiased, high variance) and RIPS
+    (cascade weights: lower variance, assumes a click depends only on the items above it).
     """
     import polars as pl
 
@@ -115,13 +116,14 @@ def counterfactual_report(data_dir: Path, stats: HostStats) -> str:
     from recsys_rl.replay import replay
 
     rows: list[pl.DataFrame] = []
-    for spec in ("uniform", "current@cap=0"):
-        table = replay(data_dir, spec, progress=False)
+    for spec in ("uniform", "logged@cap=0", "logged@cap=0.2"):
+        table = replay(data_dir, spec, progress=False, since=since)
         result = estimate(table, ["standard_ips", "rips"], ci="normal", alpha=0.05)
         rows.append(result.with_columns(pl.lit(spec).alias("target")))
         (data_dir / f"counterfactual-{spec.replace('@', '_').replace('=', '')}.html").write_text(
             render(result, "html", weights=(table["slate_target_pscore"] / table["slate_pscore"]).to_numpy()))
-    truth = sum(r.random_click_prob for r in stats.records) / max(stats.n_requests, 1)
+    tail = stats.records[first_request:]
+    truth = sum(r.random_click_prob for r in tail) / max(len(tail), 1)
     lines = [f"{'target':16} {'estimator':13} {'click rate':>10} {'95% interval':>20} {'ESS':>9}"]
     for row in pl.concat(rows).iter_rows(named=True):
         lines.append(f"{row['target']:16} {row['estimator']:13} {row['value']:10.3f} "
@@ -149,9 +151,13 @@ def run_demo(args: DemoArgs) -> int:
         channel = grpc.insecure_channel(address)
         stub = pb_grpc.RankingServiceStub(channel)
         world = World(SimConfig(), seed=args.seed)
+        # The counterfactual report replays the last quarter of the traffic, when learning has settled.
+        replay_from = {"request": args.requests * 3 // 4, "time": time.time()}
         with tqdm(total=args.requests, unit="req", desc="host traffic", file=sys.stderr) as bar:
             def progress(done: int, total: int) -> None:
                 bar.update(done - bar.n)
+                if done <= replay_from["request"]:
+                    replay_from["time"] = time.time()
 
             stats = run_host(stub, world, n_requests=args.requests, progress=progress)
         channel.close()
@@ -176,8 +182,9 @@ def run_demo(args: DemoArgs) -> int:
     print("Logs:")
     print(log_report(data_dir, args.exploration_cap))
     print()
-    print("Counterfactual estimates from the logs (replay → evaluators; HTML reports in the data dir):")
-    print(counterfactual_report(data_dir, stats))
+    print(f"Counterfactual estimates from the last {args.requests - replay_from['request']:,} logged decisions "
+          "(replay → evaluators; HTML reports in the data dir):")
+    print(counterfactual_report(data_dir, stats, since=replay_from["time"], first_request=replay_from["request"]))
     print()
     print(f"plot: {plot}")
     print(f"{args.requests:,} requests in {elapsed:.0f} s ({args.requests / elapsed:.0f} req/s end to end)")

@@ -180,11 +180,16 @@ def _distribution_and_greedy(explorer: Explorer, scores: np.ndarray) -> tuple[np
     return np.asarray(explorer.distribution(scores), dtype=np.float64), int(scores.argmax())
 
 
+def effective_epsilon(cfg: ExplorationConfig, cap: float) -> float:
+    """Epsilon-greedy's epsilon: the configured one, or the cap in force when none is configured."""
+    return cap if cfg.epsilon is None else cfg.epsilon
+
+
 def make_explorer(cfg: ExplorationConfig, cap: float) -> Explorer:
     """The surface's explorer from its config, bounded by ``cap``."""
     inner: Explorer
     if cfg.algorithm == "epsilon_greedy":
-        inner = EpsilonGreedy(cfg.epsilon)
+        inner = EpsilonGreedy(effective_epsilon(cfg, cap))
     elif cfg.algorithm == "softmax":
         inner = Softmax(cfg.temperature)
     elif cfg.algorithm == "squarecb":

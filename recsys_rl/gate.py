@@ -1,7 +1,8 @@
 """The gate for raising an exploration cap: a signed evidence report, and its verification by the server.
 
-``recsys-rl gate --data-dir D --surface S --cap X`` replays the surface's logs twice — the current policy at
-cap X (``current@cap=X``) and as it serves now (``current``, at the cap in force) — and checks
+``recsys-rl gate --data-dir D --surface S --cap X`` replays the surface's logs twice — the policy as it ran
+(``logged``: each decision's own model version, so a policy that keeps learning is judged as the system it is)
+at cap X (``logged@cap=X``), and as it ran (``logged``, at the caps then in force) — and checks
 
 * ``lower_bound``: L(X) ≥ V̂(current) − tolerance, where L(X) is a one-sided (1 − α) lower confidence bound of
   the value at cap X that holds without normality: the lower end of the two-sided (1 − 2α) empirical-Bernstein
@@ -294,8 +295,8 @@ def run_gate(
     # Hash first: the replays then read at least these bytes (segments only grow).
     manifest = log_manifest(data_dir)
     policy_version = _policy_version(data_dir, surface)
-    target_table = replay_fn(data_dir, f"current@cap={cap!r}", surface=surface, config=in_force, progress=progress)
-    current_table = replay_fn(data_dir, "current", surface=surface, config=in_force, progress=progress)
+    target_table = replay_fn(data_dir, f"logged@cap={cap!r}", surface=surface, config=in_force, progress=progress)
+    current_table = replay_fn(data_dir, "logged", surface=surface, config=in_force, progress=progress)
 
     key = load_or_create_key(data_dir)
     report: dict[str, Any] = {
@@ -313,8 +314,8 @@ def run_gate(
         "method": {"estimator": gate.estimator, "ci": gate.ci, "alpha": gate.alpha,
                    "n_bootstrap": gate.n_bootstrap if gate.ci == "bootstrap" else None,
                    "lower_bound": f"lower end of the two-sided {1 - 2 * gate.alpha:g} {gate.ci} interval"},
-        "estimates": {"target": {"policy": f"current@cap={cap!r}", **_estimate(target_table, gate)},
-                      "current": {"policy": f"current@cap={current_cap!r}", **_estimate(current_table, gate)}},
+        "estimates": {"target": {"policy": f"logged@cap={cap!r}", **_estimate(target_table, gate)},
+                      "current": {"policy": "logged", **_estimate(current_table, gate)}},
         "thresholds": {"tolerance": gate.tolerance, "min_ess": gate.min_ess, "max_age_hours": gate.max_age_hours},
     }
     checks = evaluate_checks(report, gate)

@@ -23,7 +23,7 @@ import numpy as np
 from recsys_rl.bandit import VWBandit
 from recsys_rl.config import SurfaceConfig
 from recsys_rl.errors import InvalidInput
-from recsys_rl.exploration import Explorer, draw_key, make_explorer, sample_slate
+from recsys_rl.exploration import Explorer, draw_key, effective_epsilon, make_explorer, sample_slate
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 
@@ -215,7 +215,7 @@ class SurfacePolicy:
             fallback_reason=reason,
             surface=self.surface.name,
             algorithm=cfg.algorithm,
-            epsilon=cfg.epsilon,
+            epsilon=effective_epsilon(cfg, cap),
             temperature=cfg.temperature,
             gamma=cfg.gamma,
             cap=cap,

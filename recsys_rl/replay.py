@@ -31,6 +31,7 @@ import os
 import re
 import sys
 import tempfile
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,7 @@ class ReplayStats:
     rows: int = 0
     other_surfaces: int = 0  # decisions of other surfaces, skipped
     empty_slates: int = 0  # decisions with no slot (no row in the table)
+    before_since: int = 0  # decisions served before ``since``, skipped
     target_fallbacks: int = 0  # decisions where the target model failed and the baseline stood in
     support_violations: int = 0  # rows with target_pscore > 0 but pscore 0
     read: ReadStats = field(default_factory=ReadStats)
@@ -157,11 +159,13 @@ def replay(
     reward_model: bool = False,
     progress: bool = True,
     stats: ReplayStats | None = None,
+    since: float | None = None,
 ) -> pl.DataFrame:
     """The bandit-feedback table of ``spec`` on the logs under ``data_dir/logs`` (columns: module docstring).
 
     Reads the log once, streaming: every ``CHUNK_DECISIONS`` decisions become a DataFrame chunk, so memory holds
-    the output table, the outcomes and one chunk of protobufs. Raises InvalidInput for a bad spec, surface or
+    the output table, the outcomes and one chunk of protobufs. ``since`` (unix seconds) keeps only decisions
+    served from then on, e.g. once the logging policy settled. Raises InvalidInput for a bad spec, surface or
     data dir. Pass ``stats`` to get the counts (fallbacks, skipped decisions, damaged records, join counts).
     """
     stats = stats if stats is not None else ReplayStats()
@@ -174,7 +178,7 @@ def replay(
 
     with tempfile.TemporaryDirectory(prefix="recsys_rl_replay_") as scratch:
         candidates = CandidateRows(Path(scratch)) if reward_model else None
-        decisions, outcomes = _replay_pass(log_dir, surface, target, stats, candidates, progress)
+        decisions, outcomes = _replay_pass(log_dir, surface, target, stats, candidates, progress, since)
         if not decisions:
             raise InvalidInput("surface", f"no decision of surface {surface!r} with a non-empty slate in {log_dir}")
         joined = join_rewards(pl.concat(decisions, rechunk=True), pl.concat(outcomes, how="vertical"),
@@ -189,7 +193,7 @@ def replay(
 
 def _replay_pass(
     log_dir: Path, surface: str, target: TargetPolicy, stats: ReplayStats, candidates: CandidateRows | None,
-    progress: bool,
+    progress: bool, since_s: float | None = None,
 ) -> tuple[list[pl.DataFrame], list[pl.DataFrame]]:
     decision_chunks: list[pl.DataFrame] = []
     outcome_chunks: list[pl.DataFrame] = [outcomes_frame([])]
@@ -225,8 +229,11 @@ def _replay_pass(
             if not event.slate:
                 stats.empty_slates += 1
                 continue
+            if since_s is not None and event.served_at.seconds + event.served_at.nanos * 1e-9 < since_s:
+                stats.before_since += 1
+                continue
             request = rank_request(event)
-            scores, explorer, fell_back = target.scores(request)
+            scores, explorer, fell_back = target.scores(request, event)
             logged = _logged_indices(event, request)
             probabilities = slate_propensities(scores, logged, explorer)
             if candidates is not None:
@@ -416,16 +423,31 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     parser.add_argument("--data-dir", required=True, help="the server's data dir (logs/ and models/)")
     parser.add_argument("--policy", required=True,
-                        help="current | baseline | uniform | <version> | <version dir>, optionally with "
+                        help="current | logged | baseline | uniform | <version> | <version dir>, optionally with "
                              "@cap=X, @algorithm=NAME, @epsilon=X, @temperature=X, @gamma=X (model policies)")
     parser.add_argument("--out", required=True, help="output parquet file")
     parser.add_argument("--surface", default="default")
     parser.add_argument("--config", help="TOML surface configuration (default: the embedded default surface)")
     parser.add_argument("--reward-model", action="store_true",
                         help="add q_hat and q_hat_target from a cross-fitted LightGBM reward model")
+    parser.add_argument("--since", help="only decisions served at or after this time (ISO 8601, or unix seconds)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_replay)
     return parser
+
+
+def _since_seconds(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput("--since", f"expected ISO 8601 or unix seconds, got {text!r}") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -440,7 +462,8 @@ def run_replay(args: argparse.Namespace) -> int:
         config = default_config()
     stats = ReplayStats()
     table = replay(Path(args.data_dir), args.policy, surface=args.surface, config=config,
-                   reward_model=args.reward_model, progress=not args.no_progress, stats=stats)
+                   reward_model=args.reward_model, progress=not args.no_progress, stats=stats,
+                   since=_since_seconds(args.since))
     out = write_table(table, args.out)
     print(f"replay {args.policy}: {stats.rows} rows from {stats.decisions} decisions -> {out} "
           f"(target fallbacks {stats.target_fallbacks}, support violations {stats.support_violations}, "

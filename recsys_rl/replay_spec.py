@@ -3,7 +3,7 @@
 Grammar::
 
     SPEC     = BASE ("@" KEY "=" VALUE)*
-    BASE     = "current" | "baseline" | "uniform" | <version, e.g. v000012-abcdef12> | <path to a version dir>
+    BASE     = "current" | "logged" | "baseline" | "uniform" | <version, e.g. v000012-abcdef12> | <version dir>
     KEY      = "cap" | "algorithm" | "epsilon" | "temperature" | "gamma"     (model policies only)
 
 Every target is a pair (scores, explorer) fed to :func:`recsys_rl.exploration.slate_propensities`, so target
@@ -12,6 +12,12 @@ propensities come from the same code that draws served slates:
 * a model (``current`` = the surface's LATEST registry version): scores = VWBandit.score(request) (+ λ·long-term
   value, as SurfacePolicy does), explorer = make_explorer(surface exploration with overrides, cap). A model that
   raises or returns non-finite scores falls back to the baseline, as serving does.
+* ``logged``: each decision's own model version (``policy_version`` in its event) with the exploration parameters
+  and cap logged with it, unless overridden: ``logged@cap=0.2`` asks what the learning system as it ran would
+  have earned at cap 0.2. A policy that keeps learning publishes many versions; comparing ``current`` (one
+  version) with logs of many others gives tiny overlap (importance weights collapse), while ``logged`` with no
+  override reproduces the logged propensities exactly, and with one changes only the exploration. Decisions the
+  baseline served (fallback) stay with the baseline.
 * ``baseline``: scores = baseline_score, explorer = Greedy: argmax with ties to the lowest index among the
   remaining candidates, exactly the order SurfacePolicy._baseline serves (lexsort by −baseline, then index).
   Target probability is 1 for the baseline's choice given the logged prefix, else 0.
@@ -36,10 +42,10 @@ from recsys_rl.exploration import EpsilonGreedy, Explorer, Greedy, make_explorer
 from recsys_rl.policy import LongTermValue, NoLongTermValue
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 
-PolicyKind = Literal["model", "baseline", "uniform"]
+PolicyKind = Literal["model", "logged", "baseline", "uniform"]
 _VERSION_RE = re.compile(r"^v\d{6}-[0-9a-f]{8}$")  # as recsys_rl.registry names versions
 _FLOAT_KEYS = ("cap", "epsilon", "temperature", "gamma")
-_KNOWN = "current, baseline, uniform, a model version (e.g. v000012-abcdef12) or a path to a version directory"
+_KNOWN = "current, logged, baseline, uniform, a model version (e.g. v000012-abcdef12) or a path to a version directory"
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,8 @@ def parse_policy_spec(spec: str) -> PolicySpec:
         return PolicySpec(text=spec, kind=base)  # type: ignore[arg-type]
     if base == "current":
         return PolicySpec(text=spec, kind="model", **overrides)  # type: ignore[arg-type]
+    if base == "logged":
+        return PolicySpec(text=spec, kind="logged", **overrides)  # type: ignore[arg-type]
     if _VERSION_RE.match(base):
         return PolicySpec(text=spec, kind="model", version=base, **overrides)  # type: ignore[arg-type]
     if "/" in base or base.startswith(".") or Path(base).is_dir():
@@ -119,8 +127,11 @@ class TargetPolicy:
     name: str
     policy_version: str
 
-    def scores(self, request: pb.RankRequest) -> tuple[np.ndarray, Explorer, bool]:
-        """(scores, explorer, fell_back): fell_back is True when the baseline stood in for a failing model."""
+    def scores(self, request: pb.RankRequest, event: object = None) -> tuple[np.ndarray, Explorer, bool]:
+        """(scores, explorer, fell_back): fell_back is True when the baseline stood in for a failing model.
+
+        ``event`` is the logged decision (only ``logged`` targets read it: version, exploration, serving mode).
+        """
         raise NotImplementedError
 
 
@@ -134,7 +145,7 @@ class BaselineTarget(TargetPolicy):
     policy_version = "baseline"
     _greedy = Greedy()
 
-    def scores(self, request: pb.RankRequest) -> tuple[np.ndarray, Explorer, bool]:
+    def scores(self, request: pb.RankRequest, event: object = None) -> tuple[np.ndarray, Explorer, bool]:
         return baseline_scores(request), self._greedy, False
 
 
@@ -143,7 +154,7 @@ class UniformTarget(TargetPolicy):
     policy_version = "uniform"
     _uniform = EpsilonGreedy(1.0)  # p = 1/n' exactly over the n' remaining candidates
 
-    def scores(self, request: pb.RankRequest) -> tuple[np.ndarray, Explorer, bool]:
+    def scores(self, request: pb.RankRequest, event: object = None) -> tuple[np.ndarray, Explorer, bool]:
         return np.zeros(len(request.candidates)), self._uniform, False  # scores do not matter at ε = 1
 
 
@@ -160,7 +171,7 @@ class ModelTarget(TargetPolicy):
         self.long_term = long_term
         self._fallback = Greedy()
 
-    def scores(self, request: pb.RankRequest) -> tuple[np.ndarray, Explorer, bool]:
+    def scores(self, request: pb.RankRequest, event: object = None) -> tuple[np.ndarray, Explorer, bool]:
         try:
             scores = self.bandit.score(request)  # type: ignore[attr-defined]
             if self.long_term_weight != 0.0:
@@ -172,6 +183,69 @@ class ModelTarget(TargetPolicy):
         if scores.shape != (len(request.candidates),) or not np.isfinite(scores).all():
             return baseline_scores(request), self._fallback, True
         return scores, self.explorer, False
+
+
+class LoggedTarget(TargetPolicy):
+    """Each decision's own model version and logged exploration, with the spec's overrides (module docstring)."""
+
+    _MAX_MODELS = 8  # versions kept loaded; logs are in time order, so a small LRU sees each version once
+
+    def __init__(self, spec: PolicySpec, data_dir: Path, surface: SurfaceConfig, *,
+                 long_term: LongTermValue = NoLongTermValue()) -> None:
+        self.name = spec.text
+        self.policy_version = "logged"
+        self.spec = spec
+        self.data_dir = Path(data_dir)
+        self.surface = surface
+        self.long_term = long_term
+        self._models: dict[str, ModelTarget] = {}
+        self._explorers: dict[tuple[str, float, float, float, float], Explorer] = {}
+        self._baseline = BaselineTarget()
+
+    def _model(self, version: str) -> ModelTarget:
+        model = self._models.pop(version, None)
+        if model is None:
+            from recsys_rl.bandit import VWBandit
+
+            _, weights = _load_registry_version(replace(self.spec, version=version), self.data_dir, self.surface.name)
+            model = ModelTarget(self.name, version, VWBandit(self.surface.model.vw_args, model=weights), Greedy(),
+                                long_term_weight=self.surface.model.long_term_weight, long_term=self.long_term)
+            while len(self._models) >= self._MAX_MODELS:
+                self._models.pop(next(iter(self._models)))
+        self._models[version] = model  # most recently used last
+        return model
+
+    def _explorer(self, logged: object) -> Explorer:
+        spec = self.spec
+        epsilon = logged.epsilon  # type: ignore[attr-defined]
+        if spec.epsilon is not None:
+            epsilon = spec.epsilon
+        elif spec.cap is not None and self.surface.exploration.epsilon is None:
+            epsilon = spec.cap  # the surface's epsilon follows its cap, so it follows the overridden cap too
+        key = (spec.algorithm or logged.algorithm,  # type: ignore[attr-defined]
+               epsilon,
+               logged.temperature if spec.temperature is None else spec.temperature,  # type: ignore[attr-defined]
+               logged.gamma if spec.gamma is None else spec.gamma,  # type: ignore[attr-defined]
+               logged.cap if spec.cap is None else spec.cap)  # type: ignore[attr-defined]
+        explorer = self._explorers.get(key)
+        if explorer is None:
+            algorithm, epsilon, temperature, gamma, cap = key
+            try:
+                config = ExplorationConfig(algorithm=algorithm, epsilon=epsilon, temperature=temperature, gamma=gamma)
+            except ConfigError as exc:
+                raise _error(spec.text, f"logged exploration with the overrides is invalid: {exc}") from exc
+            explorer = self._explorers[key] = make_explorer(config, cap)
+        return explorer
+
+    def scores(self, request: pb.RankRequest, event: object = None) -> tuple[np.ndarray, Explorer, bool]:
+        if event is None:
+            raise ValueError("event: the logged target needs the logged decision")
+        if event.serving_mode == pb.SERVING_MODE_BASELINE_FALLBACK:  # type: ignore[attr-defined]
+            return self._baseline.scores(request)
+        scores, _, fell_back = self._model(event.policy_version).scores(request)  # type: ignore[attr-defined]
+        if fell_back:
+            return scores, Greedy(), True
+        return scores, self._explorer(event.exploration), False  # type: ignore[attr-defined]
 
 
 def _exploration(spec: PolicySpec, surface: SurfaceConfig) -> tuple[ExplorationConfig, float]:
@@ -210,6 +284,10 @@ def resolve_policy(spec: PolicySpec, data_dir: Path, surface: SurfaceConfig, *,
         return BaselineTarget()
     if spec.kind == "uniform":
         return UniformTarget()
+    if spec.kind == "logged":
+        if not (Path(data_dir) / "models").is_dir():
+            raise _error("logged", f"no model registry under {Path(data_dir) / 'models'}")
+        return LoggedTarget(spec, Path(data_dir), surface, long_term=long_term)
     exploration, cap = _exploration(spec, surface)
     if spec.path is not None:
         version, model = _load_version_dir(spec.path)
@@ -247,6 +325,6 @@ def _load_registry_version(spec: PolicySpec, data_dir: Path, surface: str) -> tu
 
 
 __all__ = [
-    "BaselineTarget", "ModelTarget", "PolicySpec", "TargetPolicy", "UniformTarget", "baseline_scores",
+    "BaselineTarget", "LoggedTarget", "ModelTarget", "PolicySpec", "TargetPolicy", "UniformTarget", "baseline_scores",
     "parse_policy_spec", "resolve_policy",
 ]
