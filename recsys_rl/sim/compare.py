@@ -353,10 +353,10 @@ def format_paired(record: dict[str, object]) -> str:
         per_seed = ", ".join(f"{v:+.{d}f}" for v in m["per_seed"])  # type: ignore[index]
         lines.append(f"| {metric.replace('_', ' ')} | {m['mean']:+.{d}f} [{m['ci_low']:+.{d}f}, "  # type: ignore[index]
                      f"{m['ci_high']:+.{d}f}] | {per_seed} |")  # type: ignore[index]
-    g = record["engagement_gain"]
-    per_seed = ", ".join(f"{100 * v:+.1f}%" for v in g["per_seed"])  # type: ignore[index]
-    lines.append(f"| engagement gain (relative) | {100 * g['mean']:+.1f}% [{100 * g['ci_low']:+.1f}%, "  # type: ignore[index]
-                 f"{100 * g['ci_high']:+.1f}%] | {per_seed} |")  # type: ignore[index]
+    g: dict = record["engagement_gain"]  # type: ignore[assignment]
+    per_seed = ", ".join(f"{100 * v:+.1f}%" for v in g["per_seed"])
+    lines.append(f"| engagement gain (relative) | {100 * g['mean']:+.1f}% [{100 * g['ci_low']:+.1f}%, "
+                 f"{100 * g['ci_high']:+.1f}%] | {per_seed} |")
     return "\n".join(lines)
 
 

@@ -107,7 +107,8 @@ def test_cli_exit_code_2_on_bad_input(capsys: pytest.CaptureFixture[str]) -> Non
 def test_tiny_budget_run_of_the_real_entry_point(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plot = tmp_path / "engagement.png"
     code = main(["sim", "compare", "--seeds", "2", "--users", "12", "--days", "2", "--warmup-days", "1",
-                 "--train-steps", "5", "--gamma", "0.8", "--n-step", "2", "--format", "json", "--no-progress", "--plot", str(plot),
+                 "--train-steps", "5", "--gamma", "0.8", "--n-step", "2", "--format", "json", "--no-progress",
+                 "--plot", str(plot),
                  "--data-dir", str(tmp_path / "work")])  # fmt: skip
     assert code == 0
     out = json.loads(capsys.readouterr().out)
