@@ -47,7 +47,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -452,6 +452,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_compare)
 
 
+def _with_paired(record: dict[str, object], paired: dict[str, object] | None) -> dict[str, object]:
+    if paired is None or record["policy"] != "slateq":
+        return record
+    out = dict(record, vs_bandit_seeds=paired["seeds"])
+    for metric in (*METRICS, "engagement_gain"):
+        values = paired[metric]  # type: ignore[index]
+        out[f"vs_bandit_{metric}"] = values["mean"]  # type: ignore[index]
+        out[f"vs_bandit_{metric}_ci_low"] = values["ci_low"]  # type: ignore[index]
+        out[f"vs_bandit_{metric}_ci_high"] = values["ci_high"]  # type: ignore[index]
+    return out
+
+
 def run_compare(ns: argparse.Namespace) -> int:
     args = CompareArgs(
         policies=tuple(p.strip() for p in ns.policies.split(",") if p.strip()), seeds=ns.seeds, users=ns.users,
@@ -465,8 +477,9 @@ def run_compare(ns: argparse.Namespace) -> int:
     records, runs = compare(args)
     paired = paired_differences(runs)
     if ns.format == "json":
-        print(json.dumps({"policies": records, "paired": paired, "interval": f"95% Student t across {args.seeds} "
-                          "seeds (worlds); paired: t on per-seed differences", "args": asdict(args)}, indent=2))
+        # The contract: one record per policy. The paired comparison rides on the treatment's record as
+        # vs_bandit_<metric> (mean difference) with _ci_low/_ci_high, plus vs_bandit_engagement_gain.
+        print(json.dumps([_with_paired(record, paired) for record in records], indent=2))
     else:
         print(format_table(records))
         if paired is not None:
