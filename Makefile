@@ -34,6 +34,7 @@ demo: $(STAMP)
 	$(VENV)/bin/recsys-rl demo
 
 test: $(STAMP) lint-proto
+	$(VENV)/bin/ruff check -q .
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys_rl.caps import ADMIN_DIR, CapStore, check_cap, effective_cap
-from recsys_rl.config import GATE_CI_METHODS, ConfigError, GateConfig, ServiceConfig, default_config
+from recsys_rl.config import GATE_CI_METHODS, GateConfig, ServiceConfig, default_config
 from recsys_rl.errors import InvalidInput, PreconditionFailed
 
 REPORT_FORMAT = "recsys-rl/gate-report/v1"

@@ -13,7 +13,7 @@ import pytest
 
 from recsys_rl.errors import InvalidInput
 from recsys_rl.sim import SimConfig, World
-from recsys_rl.sim.policies import myopic_oracle_policy, uniform_random_policy
+from recsys_rl.sim.policies import uniform_random_policy
 from recsys_rl.sim.population import DEVICES, TIMES_OF_DAY
 from recsys_rl.sim.world import PageView
 
