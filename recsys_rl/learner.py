@@ -279,6 +279,42 @@ def learner_process_main(config: ServiceConfig, data_dir: Path, stop: object, pa
     run_learner(config, data_dir, _StopOrOrphaned())
 
 
+class LearnerHandle:
+    """The running learner: a spawned process (production) or a thread (tests, one process to debug)."""
+
+    def __init__(self, mode: str, config: ServiceConfig, data_dir: Path) -> None:
+        import multiprocessing
+        import os
+
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._thread: threading.Thread | None = None
+        if mode == "process":
+            # spawn, not fork: the server process already runs gRPC and writer threads.
+            context = multiprocessing.get_context("spawn")
+            self._stop: object = context.Event()
+            self._process = context.Process(target=learner_process_main, name="recsys-rl-learner", daemon=True,
+                                            args=(config, Path(data_dir), self._stop, os.getpid()))
+            self._process.start()
+        elif mode == "thread":
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=run_learner, args=(config, Path(data_dir), self._stop),
+                                            name="learner", daemon=True)
+            self._thread.start()
+        else:
+            raise ValueError(f"learner: must be 'process', 'thread' or 'off', got {mode!r}")
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Lets the learner read what the log writer flushed, learn what is due, publish, and exit."""
+        self._stop.set()  # type: ignore[attr-defined]
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        if self._process is not None:
+            self._process.join(timeout_s)
+            if self._process.is_alive():
+                log.error("learner did not stop within %.0f s; terminating it", timeout_s)
+                self._process.terminate()
+
+
 class ModelWatcher:
     """Serving side: polls the registry and hot-swaps a surface's model when a newer version is published."""
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing
-import os
 import threading
 import time
 import uuid
@@ -23,7 +21,7 @@ from recsys_rl.bandit import VWBandit
 from recsys_rl.caps import CapStore, effective_cap
 from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
-from recsys_rl.learner import ModelWatcher, OutcomeTracker, learner_process_main, run_learner
+from recsys_rl.learner import LearnerHandle, ModelWatcher, OutcomeTracker
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.policy import Decision, LongTermValue, NoLongTermValue, SurfacePolicy, decision_to_event
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
@@ -31,9 +29,6 @@ from recsys_rl.registry import Checkpoint, ModelRegistry
 
 
 log = logging.getLogger(__name__)
-
-LearnerMode = Literal["process", "thread", "off"]
-
 
 @dataclass
 class _Surface:
@@ -45,8 +40,8 @@ class _Surface:
 class DecisionService:
     """Owns everything a running server decides with. Thread-safe: Rank/ReportOutcome run on a thread pool."""
 
-    def __init__(self, config: ServiceConfig, data_dir: Path, *, learner: LearnerMode = "process",
-                 watch_models: bool = True) -> None:
+    def __init__(self, config: ServiceConfig, data_dir: Path, *,
+                 learner: Literal["process", "thread", "off"] = "process", watch_models: bool = True) -> None:
         """``learner``: "process" (production: learning never holds this process's GIL), "thread" (tests),
         "off". ``watch_models``: poll the registry and hot-swap newly published versions."""
         self.config = config
@@ -61,22 +56,7 @@ class DecisionService:
         self.caps = CapStore(self.data_dir)
         self._apply_approved_caps()
         self.writer = LogWriter(self.data_dir / "logs")
-        self._learner_stop: object | None = None
-        self._learner: multiprocessing.process.BaseProcess | threading.Thread | None = None
-        if learner == "process":
-            context = multiprocessing.get_context("spawn")
-            self._learner_stop = context.Event()
-            self._learner = context.Process(
-                target=learner_process_main, args=(config, self.data_dir, self._learner_stop, os.getpid()),
-                name="recsys-rl-learner", daemon=True,
-            )
-        elif learner == "thread":
-            self._learner_stop = threading.Event()
-            self._learner = threading.Thread(
-                target=run_learner, args=(config, self.data_dir, self._learner_stop), name="learner", daemon=True
-            )
-        if self._learner is not None:
-            self._learner.start()
+        self._learner = None if learner == "off" else LearnerHandle(learner, config, self.data_dir)
         self._watcher = ModelWatcher(self.refresh_models).start() if watch_models else None
 
     def _apply_approved_caps(self) -> None:
@@ -261,8 +241,4 @@ class DecisionService:
         if self._watcher is not None:
             self._watcher.stop()
         if self._learner is not None:
-            self._learner_stop.set()  # type: ignore[union-attr]
-            self._learner.join(timeout=60)
-            if self._learner.is_alive() and isinstance(self._learner, multiprocessing.process.BaseProcess):
-                log.error("learner did not stop within 60 s; terminating it")
-                self._learner.terminate()
+            self._learner.stop()
