@@ -64,7 +64,9 @@ def _logs_export(args: argparse.Namespace) -> int:
         raise UsageError(f"--data-dir: no logs under {logs}")
     rewards = {name: surface.reward for name, surface in config.surfaces.items()}
     stats = export_parquet(Path(args.data_dir), Path(args.out), rewards)
-    print(stats)
+    damaged = stats.read.torn_tail_records + stats.read.corrupt_records
+    print(f"exported {stats.rows:,} rows ({stats.decisions:,} decisions, {stats.outcomes:,} outcomes) to {stats.out}"
+          f"; damaged records skipped: {damaged}")
     return 0
 
 
