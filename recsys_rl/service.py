@@ -55,6 +55,7 @@ class DecisionService:
             self._surfaces[name] = self._load_surface(surface)
         self.caps = CapStore(self.data_dir)
         self._apply_approved_caps()
+        self._recover_open_decisions()
         self.writer = LogWriter(self.data_dir / "logs")
         self._learner = None if learner == "off" else LearnerHandle(learner, config, self.data_dir)
         self._watcher = ModelWatcher(self.refresh_models).start() if watch_models else None
@@ -76,6 +77,39 @@ class DecisionService:
                 log.warning("surface %s: configured cap %g is above the approved %g; serving %g (raise it with "
                             "`recsys-rl caps set` and gate evidence)", name, configured, cap, cap)
             entry.policy.set_cap(cap)
+
+    def _recover_open_decisions(self) -> None:
+        """After a restart, decisions whose attribution windows are still open keep accepting outcomes.
+
+        Reads segments newest first (the table view skips candidate features) until one starts before the
+        longest window; without this a host's ReportOutcome during a rolling restart would get NOT_FOUND.
+        """
+        from logging_schema.segments import list_segments, scan_segment
+        from logging_schema.views import TableRecord
+
+        log_dir = self.data_dir / "logs"
+        if not log_dir.is_dir():
+            return
+        now = time.time()
+        horizon = max(entry.config.reward.attribution_window_seconds for entry in self._surfaces.values())
+        recovered = 0
+        for path in reversed(list_segments(log_dir)):
+            oldest = math.inf
+            for payload in scan_segment(path):
+                record = TableRecord.FromString(payload)
+                if record.WhichOneof("event") != "decision":
+                    continue
+                event = record.decision
+                served_at = event.served_at.seconds + event.served_at.nanos * 1e-9
+                oldest = min(oldest, served_at)
+                entry = self._surfaces.get(event.surface)
+                if entry is not None and served_at + entry.config.reward.attribution_window_seconds >= now:
+                    entry.tracker.track(event.event_id, served_at, [slot.item_id for slot in event.slate])
+                    recovered += 1
+            if oldest + horizon < now:
+                break
+        if recovered:
+            log.info("recovered %d decisions with open attribution windows from the log", recovered)
 
     def cap(self, surface: str) -> float:
         """The exploration cap in force for ``surface``."""

@@ -96,3 +96,25 @@ def test_after_sigkill_the_log_reads_back_and_the_server_restarts(tmp_path: Path
     again = read_log(tmp_path / "logs")
     assert new_event in {e.event_id for e in again.decisions}
     assert len(again.decisions) == len(first.decisions) + 1
+
+
+def test_outcomes_for_decisions_served_before_a_restart_are_still_accepted(tmp_path: Path) -> None:
+    """A rolling restart inside the attribution window must not turn a host's ReportOutcome into NOT_FOUND."""
+    from logging_schema.rewards import RewardDefinition
+    from recsys_rl.config import ServiceConfig, SurfaceConfig
+    from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+
+    # A 10-minute window, so a slow machine cannot make the restart outlast it.
+    config = ServiceConfig({"default": SurfaceConfig(reward=RewardDefinition(attribution_window_seconds=600))})
+    service = DecisionService(config, tmp_path, learner="off", watch_models=False)
+    decision, event_id = service.rank(make_request(request_id="before-restart"))
+    service.close()
+    restarted = DecisionService(config, tmp_path, learner="off", watch_models=False)
+    try:
+        outcome = pb.ReportOutcomeRequest(event_id=event_id, item_id=decision.slots[0].item_id, outcome="click",
+                                          value=1.0)
+        assert restarted.report_outcome(outcome)  # inside the window: known and attributed
+    finally:
+        restarted.close()
+    outcomes = read_log(tmp_path / "logs").outcomes
+    assert [(o.event_id, o.attributed) for o in outcomes] == [(event_id, True)]
