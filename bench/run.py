@@ -21,6 +21,7 @@ OUT = REPO / "docs" / "benchmarks.md"
 BENCHES: list[tuple[str, str, str]] = [
     ("rank", "bench.rank_bench", "Rank latency vs grpc.health Check (issue 2)"),
     ("long_term", "bench.long_term_bench", "Slate-RL inference inside Rank (issue 4)"),
+    ("slateq_train", "bench.slateq_train_bench", "Slate-RL offline training (issue 4)"),
     ("logging", "bench.logging_bench", "Decision log writer and reader"),
     ("sim", "bench.sim_bench", "Simulator speed without the server"),
     ("replay", "bench.replay_bench", "Replay vs serving the same decisions (issue 3)"),

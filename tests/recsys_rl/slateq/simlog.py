@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from logging_schema.writer import LogWriter
+from logging_schema.writer import LogQueueFull, LogWriter
 from recsys_rl.logging.v1.events_pb2 import DecisionEvent, LogRecord, OutcomeEvent
 from recsys_rl.ranking.v1.ranking_service_pb2 import SERVING_MODE_LEARNED
 from recsys_rl.sim import SimConfig, World
@@ -20,6 +20,15 @@ from recsys_rl.sim.host import to_rank_request
 BASE_S = 1_700_000_000
 DAY_S = 86_400
 STEP_S = 20
+
+
+def _submit(writer: LogWriter, record: LogRecord) -> None:
+    """Submit, waiting for the writer when the generator outruns it (the service sheds load instead)."""
+    try:
+        writer.submit(record)
+    except LogQueueFull:
+        writer.flush()
+        writer.submit(record)
 
 
 def _stamp(timestamp: object, seconds: float) -> None:
@@ -61,7 +70,7 @@ def write_sim_log(log_dir: Path, *, decisions: int, seed: int = 0, config: SimCo
                 event.slate.add(item_id=request.candidates[j].item_id, position=position, propensity=p,
                                 candidate_index=j, exploration_mass=1.0)
             event.slate_propensity = propensity
-            writer.submit(LogRecord(decision=event))
+            _submit(writer, LogRecord(decision=event))
             response = world.respond(page_view, [s.item_id for s in event.slate])
             if response.clicked_item_id is not None:
                 _outcome(writer, event.event_id, response.clicked_item_id, "click", 1.0, clock + 2)
@@ -77,4 +86,4 @@ def _outcome(writer: LogWriter, event_id: str, item_id: str, name: str, value: f
     outcome = OutcomeEvent(event_id=event_id, item_id=item_id, outcome=name, value=value, surface="default")
     _stamp(outcome.occurred_at, at_s)
     _stamp(outcome.received_at, at_s)
-    writer.submit(LogRecord(outcome=outcome))
+    _submit(writer, LogRecord(outcome=outcome))
