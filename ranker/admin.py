@@ -22,7 +22,7 @@ from typing import Protocol
 import grpc
 
 from ranker.errors import map_errors
-from recsys_rl.caps import AuditEntry, CapStore, apply_stored_caps
+from recsys_rl.caps import AuditEntry, CapStore
 from recsys_rl.errors import InvalidInput, PreconditionFailed
 from recsys_rl.gate import FAILED_CHECKS_METADATA, EvidenceRefused, GateConfig, GateVerifier, evidence_digest
 from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
@@ -39,11 +39,6 @@ _OUTCOMES = {"accepted": admin_pb.CAP_CHANGE_OUTCOME_ACCEPTED, "refused": admin_
 
 class Verifier(Protocol):
     def verify(self, evidence: str, surface: str, cap: float, *, current_cap: float | None = None) -> object: ...
-
-
-def cap_in_force(service: DecisionService, surface: str) -> float:
-    """The cap the next Rank on ``surface`` explores under (InvalidInput naming ``surface`` when unknown)."""
-    return service.cap(surface)
 
 
 def _change(entry: AuditEntry) -> admin_pb.CapChange:
@@ -80,7 +75,7 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
             raise InvalidInput("history_limit", f"must be >= 0, got {request.history_limit}")
         history = self.cap_store.history(surface, limit=request.history_limit)
         return admin_pb.GetSurfaceResponse(
-            surface=surface, exploration_cap=cap_in_force(self.service, surface),
+            surface=surface, exploration_cap=self.service.cap(surface),
             configured_cap=self.service.surfaces[surface].exploration_cap,
             policy_version=self.service.policy_version(surface), history=[_change(e) for e in history],
         )
@@ -107,7 +102,7 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
         digest = evidence_digest(request.evidence) if request.evidence else ""
 
         with self._lock:
-            old = cap_in_force(self.service, surface)
+            old = self.service.cap(surface)
             if cap > old:
                 try:
                     self.verifier.verify(request.evidence, surface, cap, current_cap=old)
@@ -133,22 +128,19 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
 
 
 def add_admin_servicer(grpc_server: grpc.Server, service: DecisionService, data_dir: Path | str, *,
-                       gate_for: object = None, apply_caps: bool = True) -> PolicyAdminServicer:
+                       gate_for: object = None) -> PolicyAdminServicer:
     """Registers PolicyAdminService on ``grpc_server`` (before it starts) and returns the servicer.
 
-    With ``apply_caps`` the caps recorded under ``D/admin`` are put in force first, so a restarted server
-    serves the caps it last accepted. ``gate_for(surface) -> GateConfig`` gives each surface's thresholds;
-    by default the surface config's ``gate`` section when it has one, else ``GateConfig()``. Add
-    ``ADMIN_SERVICE`` to reflection and health.
+    The service already serves the caps recorded under ``D/admin`` (DecisionService applies them at start)
+    and owns the CapStore this servicer records changes in. ``gate_for(surface) -> GateConfig`` gives each
+    surface's thresholds (default: the surface config's ``gate`` section). Add ``ADMIN_SERVICE`` to reflection
+    and health.
     """
-    store = CapStore(data_dir)
-    if apply_caps:
-        apply_stored_caps(service, store)
 
     def default_gate_for(surface: str) -> GateConfig:
         return service.surfaces[surface].gate
 
     verifier = GateVerifier(data_dir, gate_for or default_gate_for)  # type: ignore[arg-type]
-    servicer = PolicyAdminServicer(service, store, verifier)
+    servicer = PolicyAdminServicer(service, service.caps, verifier)
     admin_grpc.add_PolicyAdminServiceServicer_to_server(servicer, grpc_server)
     return servicer

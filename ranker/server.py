@@ -54,7 +54,7 @@ class RankingServer:
         )
         pb_grpc.add_RankingServiceServicer_to_server(RankingServicer(service), self._server)
         # The service applied the approved caps at construction; the admin servicer only changes them.
-        add_admin_servicer(self._server, service, service.data_dir, apply_caps=False)
+        add_admin_servicer(self._server, service, service.data_dir)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(

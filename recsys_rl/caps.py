@@ -11,8 +11,9 @@ two writes loses nothing; a torn last audit line (crash mid-append) is skipped a
 several processes on one data dir are serialised by ``flock`` on ``admin/.lock``; each process still holds
 its own view of the caps (see the known gap about per-core replicas in the report to the lead).
 
-``apply_stored_caps(service, store)`` is what a server calls at start: caps recorded here win over the
-configured ones, so an accepted change survives restarts.
+At start a DecisionService serves ``effective_cap(configured, approved)`` for each surface (and records the
+configured cap as the approved baseline on a surface's first start), so an accepted change survives restarts
+and a configuration can lower a cap but never raise it past the approved one.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 log = logging.getLogger(__name__)
 
@@ -75,15 +76,6 @@ class AuditEntry:
             outcome=outcome,  # type: ignore[arg-type]
             failed_checks=[str(c) for c in data.get("failed_checks", [])],  # type: ignore[union-attr]
         )
-
-
-class CapTarget(Protocol):
-    """What ``apply_stored_caps`` needs of a DecisionService."""
-
-    @property
-    def surfaces(self) -> Mapping[str, object]: ...
-
-    def set_cap(self, surface: str, cap: float) -> None: ...
 
 
 def check_cap(cap: float, field_name: str = "cap") -> float:
@@ -240,22 +232,3 @@ def effective_cap(configured: float, approved: float | None) -> float:
     the initial configuration approved: a raise goes through SetExplorationCap with evidence.
     """
     return configured if approved is None else min(configured, approved)
-
-
-def apply_stored_caps(service: CapTarget, store: CapStore) -> dict[str, float]:
-    """Put the caps recorded in ``store`` in force on ``service`` (call once at start, before serving).
-
-    Returns the caps applied. Recorded caps of surfaces the configuration no longer has are kept on disk
-    and reported in the log, not applied.
-    """
-    applied: dict[str, float] = {}
-    for surface, cap in store.caps().items():
-        if surface not in service.surfaces:
-            log.warning("stored cap %.4g of surface %r ignored: the surface is not configured", cap, surface)
-            continue
-        service.set_cap(surface, cap)
-        applied[surface] = cap
-    if applied:
-        log.info("exploration caps from %s: %s", store.caps_path,
-                 ", ".join(f"{s}={c:g}" for s, c in sorted(applied.items())))
-    return applied

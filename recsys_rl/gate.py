@@ -39,14 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from recsys_rl.caps import ADMIN_DIR, CapStore, check_cap, effective_cap
-from recsys_rl.config import GATE_CI_METHODS, GateConfig, ServiceConfig, default_config
+from recsys_rl.config import GateConfig, ServiceConfig, default_config
 from recsys_rl.errors import InvalidInput, PreconditionFailed
 
 REPORT_FORMAT = "recsys-rl/gate-report/v1"
 KEY_FILE = "gate.key"
 # gRPC trailing metadata of a refused raise: a JSON list of "check: reason" strings (ranker.admin sets it).
 FAILED_CHECKS_METADATA = "recsys-rl-failed-checks-bin"
-CI_METHODS = GATE_CI_METHODS  # the normal interval assumes normality: not allowed for the gate
 _HASH_CHUNK = 1 << 20
 # A report "from the future" by more than this is refused (clock skew between the gate's host and the server's).
 _MAX_CLOCK_SKEW_S = 300.0

@@ -66,6 +66,8 @@ class DecisionService:
         The first start of a surface records its configured cap as the approved baseline in the audit log.
         """
         approved = self.caps.caps()
+        for name in sorted(set(approved) - set(self._surfaces)):
+            log.warning("approved cap %g of surface %r ignored: the surface is not configured", approved[name], name)
         for name, entry in self._surfaces.items():
             configured = entry.config.exploration_cap
             if name not in approved:

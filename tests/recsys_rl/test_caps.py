@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys_rl.caps import AUDIT_FILE, CAPS_FILE, CapStore, apply_stored_caps, check_cap
+from recsys_rl.caps import AUDIT_FILE, CAPS_FILE, CapStore, check_cap
 from recsys_rl.config import default_config
 from recsys_rl.service import DecisionService
 
@@ -89,12 +89,13 @@ def test_bad_caps_are_refused_naming_the_field(bad: float, tmp_path: Path) -> No
 def test_stored_caps_apply_over_configured_ones_at_start(tmp_path: Path) -> None:
     store = CapStore(tmp_path)
     _record(store, 0.03)
-    _record(store, 0.2, surface="gone")  # a surface the configuration no longer has
+    _record(store, 0.2, surface="gone")  # a surface the configuration no longer has: ignored, kept on disk
     service = DecisionService(default_config(exploration_cap=0.1), tmp_path, learner="off", watch_models=False)
     try:
         from tests.helpers import make_request
 
-        assert apply_stored_caps(service, CapStore(tmp_path)) == {"default": 0.03}
+        assert service.cap("default") == pytest.approx(0.03)
+        assert CapStore(tmp_path).caps() == {"default": 0.03, "gone": 0.2}
         decision, _ = service.rank(make_request())
         assert decision.cap == pytest.approx(0.03)
     finally:
