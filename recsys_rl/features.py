@@ -196,6 +196,10 @@ class ItemExampleCache(Generic[T]):
             self.hits += 1
             return entry
         self.misses += 1
+        return self._insert(key, candidate, index, field)
+
+    def _insert(self, key: bytes, candidate: pb.Candidate, index: int, field: str) -> ItemExample[T]:
+        """Builds, validates and caches a missing entry (InvalidInput names the candidate's bad field)."""
         line = item_line(candidate, f"{field}[{index}]")
         entry = ItemExample(candidate.item_id, line, self._prepare(line) if self._prepare else None)
         self._entries[key] = entry
@@ -220,8 +224,7 @@ class ItemExampleCache(Generic[T]):
             entry = entries_get(key)
             if entry is None:
                 misses += 1
-                entry = self.get(candidate, i, field=field)
-                self.misses -= 1  # counted below with the others
+                entry = self._insert(key, candidate, i, field)
             else:
                 move_to_end(key)
             append(entry)
