@@ -51,7 +51,7 @@ class Args:
 
 
 def publish_untrained_slateq(data_dir: Path) -> str:
-    from recsys_rl.registry import ModelRegistry
+    from recsys_rl.serving.registry import ModelRegistry
     from recsys_rl.slateq import SURFACE
     from recsys_rl.slateq.model import FeatureSpec, NetSpec, SlateQNet
     from recsys_rl.slateq.train import serialize

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
-from recsys_rl.replay import ReplayStats, replay
-from recsys_rl.service import DecisionService
+from evaluators.replay.run import ReplayStats, replay
+from recsys_rl.serving.service import DecisionService
 from recsys_rl.sim import SimConfig, World
 from recsys_rl.sim.host import to_rank_request
 

@@ -1,7 +1,7 @@
 """PolicyAdminService servicer: exploration caps behind the gate, with an audit trail.
 
-Thin on purpose: the rules live in the core — ``recsys_rl.gate`` (is this evidence enough to raise?) and
-``recsys_rl.caps`` (durable caps and audit log) — and this layer decodes, calls them in the right order and
+Thin on purpose: the rules live in the core — ``recsys_rl.caps.gate`` (is this evidence enough to raise?) and
+``recsys_rl.caps.store`` (durable caps and audit log) — and this layer decodes, calls them in the right order and
 encodes. The order matters for the invariants:
 
 1. validate (INVALID_ARGUMENT naming the field; nothing is audited for a malformed request);
@@ -22,12 +22,12 @@ from typing import Protocol
 import grpc
 
 from ranker.errors import map_errors
-from recsys_rl.caps import AuditEntry, CapStore
+from recsys_rl.caps.store import AuditEntry, CapStore
 from recsys_rl.errors import InvalidInput, PreconditionFailed
-from recsys_rl.gate import FAILED_CHECKS_METADATA, EvidenceRefused, GateConfig, GateVerifier, evidence_digest
+from recsys_rl.caps.gate import FAILED_CHECKS_METADATA, EvidenceRefused, GateConfig, GateVerifier, evidence_digest
 from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
-from recsys_rl.service import DecisionService
+from recsys_rl.serving.service import DecisionService
 
 ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["PolicyAdminService"].full_name
 MAX_ACTOR_CHARS = 200

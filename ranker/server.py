@@ -25,7 +25,7 @@ from ranker.servicer import RankingServicer
 from recsys_rl.config import ServiceConfig
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
-from recsys_rl.service import DecisionService
+from recsys_rl.serving.service import DecisionService
 
 log = logging.getLogger(__name__)
 

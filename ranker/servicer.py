@@ -8,7 +8,7 @@ from ranker.errors import map_errors
 from ranker.validation import validate_rank_request
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
-from recsys_rl.service import DecisionService
+from recsys_rl.serving.service import DecisionService
 
 
 class RankingServicer(pb_grpc.RankingServiceServicer):

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from recsys_rl.caps_cli import cap_argument
+from recsys_rl.caps.cli import cap_argument
 from recsys_rl.config import ConfigError
 from recsys_rl.errors import InvalidInput
 
@@ -110,7 +110,7 @@ def build_parser(*, full: bool = True) -> argparse.ArgumentParser:
         from evaluators.cli import add_evaluate_parser, run_evaluate
 
         add_evaluate_parser(sub).set_defaults(run=run_evaluate)
-        for module in ("recsys_rl.replay", "recsys_rl.slateq.cli", "recsys_rl.caps_cli", "recsys_rl.sim.compare"):
+        for module in ("evaluators.replay.run", "recsys_rl.slateq.cli", "recsys_rl.caps.cli", "recsys_rl.sim.compare"):
             importlib.import_module(module).register(sub)
     return parser
 

@@ -77,7 +77,7 @@ def plot_click_rate(stats: HostStats, window: int, out: Path) -> None:
 
 def log_report(data_dir: Path, cap: float) -> str:
     from logging_schema.reader import read_log
-    from recsys_rl.registry import ModelRegistry
+    from recsys_rl.serving.registry import ModelRegistry
 
     result = read_log(data_dir / "logs")
     decisions = result.decisions
@@ -113,7 +113,7 @@ def counterfactual_report(data_dir: Path, stats: HostStats, *, since: float, fir
 
     from evaluators import estimate
     from evaluators.report import render
-    from recsys_rl.replay import replay
+    from evaluators.replay.run import replay
 
     rows: list[pl.DataFrame] = []
     for spec in ("uniform", "logged@cap=0", "logged@cap=0.2"):

@@ -37,7 +37,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     from ranker.server import RankingServer
     from recsys_rl.config import ServiceConfig, default_config
     from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
-    from recsys_rl.service import DecisionService
+    from recsys_rl.serving.service import DecisionService
 
     started: list[RunningServer] = []
 

@@ -26,5 +26,5 @@ def test_logging_schema_does_not_know_vw_or_torch() -> None:
 
 
 def test_core_does_not_import_the_grpc_layer() -> None:
-    loaded = _modules_loaded_by("import recsys_rl.service, recsys_rl.policy, recsys_rl.learner")
+    loaded = _modules_loaded_by("import recsys_rl.serving.service, recsys_rl.serving.policy, recsys_rl.serving.learner")
     assert not any(name == "ranker" or name.startswith("ranker.") for name in loaded)

@@ -1,6 +1,6 @@
 """Serving the SlateQ long-term value: ``values(request)`` → Q(s, i) per candidate, in numpy, plus hot reload.
 
-``SlateQValue`` implements ``recsys_rl.policy.LongTermValue``. The forward pass runs in numpy on weights
+``SlateQValue`` implements ``recsys_rl.serving.policy.LongTermValue``. The forward pass runs in numpy on weights
 exported from the checkpoint (torch's per-call overhead is tens of µs per op, more than these matrices cost):
 
     s      = relu(W_sp [h_user ; x_context] + b_sp)                     one small mat-vec per request
@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from recsys_rl.features import item_key
+from recsys_rl.serving.features import item_key
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
-from recsys_rl.registry import Checkpoint, ModelRegistry
+from recsys_rl.serving.registry import Checkpoint, ModelRegistry
 from recsys_rl.slateq import SURFACE
 from recsys_rl.slateq.model import Featurizer, FeatureSpec, SlateQNet
 

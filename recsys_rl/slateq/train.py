@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from logging_schema.retention import RetentionConfig, RetentionStats
 from recsys_rl.errors import InvalidInput
-from recsys_rl.registry import Checkpoint, ModelRegistry
+from recsys_rl.serving.registry import Checkpoint, ModelRegistry
 from recsys_rl.slateq import SURFACE
 from recsys_rl.slateq.data import SlateQDataset, load_dataset
 from recsys_rl.slateq.model import Featurizer, FeatureSpec, NetSpec, SlateQNet

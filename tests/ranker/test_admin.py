@@ -21,13 +21,13 @@ import pytest
 
 from ranker.server import RankingServer
 from recsys_rl.errors import InvalidInput
-from recsys_rl.gate import FAILED_CHECKS_METADATA, load_key, run_gate, sign
+from recsys_rl.caps.gate import FAILED_CHECKS_METADATA, load_key, run_gate, sign
 from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
-from recsys_rl.service import DecisionService
+from recsys_rl.serving.service import DecisionService
 from tests.helpers import make_request
-from tests.recsys_rl.test_gate import CONFIG, GATE, simulate_logs
+from tests.recsys_rl.caps.test_gate import CONFIG, GATE, simulate_logs
 
 
 @dataclass
@@ -216,7 +216,7 @@ def test_cap_and_audit_survive_a_restart(start, evidence: Evidence) -> None:
 
 
 def _cli(argv: list[str]) -> int:
-    from recsys_rl.caps_cli import register
+    from recsys_rl.caps.cli import register
 
     parser = argparse.ArgumentParser(prog="recsys-rl")
     register(parser.add_subparsers(dest="command", required=True))

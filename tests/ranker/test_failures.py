@@ -14,7 +14,7 @@ from logging_schema.reader import read_log
 from ranker.server import RankingServer
 from recsys_rl.config import default_config
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
-from recsys_rl.service import DecisionService
+from recsys_rl.serving.service import DecisionService
 from tests.helpers import make_request
 
 REPO = Path(__file__).resolve().parents[2]

@@ -22,7 +22,7 @@ from logging_schema.reader import read_log
 from logging_schema.rewards import RewardDefinition
 from recsys_rl.config import ExplorationConfig, ModelConfig, ServiceConfig, SurfaceConfig
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
-from recsys_rl.registry import ModelRegistry
+from recsys_rl.serving.registry import ModelRegistry
 from recsys_rl.sim import SimConfig, World
 from recsys_rl.sim.host import run_host
 from recsys_rl.slateq import SURFACE as SLATEQ
@@ -44,7 +44,7 @@ def trained_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data dir whose logs come from a real server and whose models hold a SlateQ version trained on them."""
     from ranker.server import RankingServer
     from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
-    from recsys_rl.service import DecisionService
+    from recsys_rl.serving.service import DecisionService
     import grpc
 
     data_dir = tmp_path_factory.mktemp("long_term")

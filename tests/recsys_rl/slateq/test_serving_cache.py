@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recsys_rl.features import item_key
+from recsys_rl.serving.features import item_key
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.slateq.model import FeatureSpec, NetSpec, SlateQNet
 from recsys_rl.slateq.serving import SlateQValue

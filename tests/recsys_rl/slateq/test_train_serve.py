@@ -14,7 +14,7 @@ import torch
 from logging_schema.reader import read_log
 from recsys_rl.errors import InvalidInput
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
-from recsys_rl.registry import ModelRegistry
+from recsys_rl.serving.registry import ModelRegistry
 from recsys_rl.slateq import SURFACE
 from recsys_rl.slateq.cli import register
 from recsys_rl.slateq.data import _click_history

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from recsys_rl.config import ExplorationConfig
-from recsys_rl.exploration import (
+from recsys_rl.serving.exploration import (
     CappedExplorer,
     EpsilonGreedy,
     Greedy,

@@ -13,14 +13,14 @@ import pytest
 
 from logging_schema.reader import read_log
 from logging_schema.tables import join_rewards, load_tables
-from recsys_rl.bandit import VWBandit
+from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.config import ExplorationConfig, ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
-from recsys_rl.registry import ModelRegistry
-from recsys_rl.replay import ReplayStats, rank_request, register, replay, write_table
-from recsys_rl.replay_spec import parse_policy_spec
-from recsys_rl.service import DecisionService
+from recsys_rl.serving.registry import ModelRegistry
+from evaluators.replay.run import ReplayStats, rank_request, register, replay, write_table
+from evaluators.replay.targets import parse_policy_spec
+from recsys_rl.serving.service import DecisionService
 from recsys_rl.sim import SimConfig, World
 from recsys_rl.sim.host import to_rank_request
 
@@ -388,8 +388,8 @@ def test_replay_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_failing_target_model_falls_back_to_the_baseline_as_serving_does() -> None:
-    from recsys_rl.exploration import Greedy, make_explorer
-    from recsys_rl.replay_spec import ModelTarget
+    from recsys_rl.serving.exploration import Greedy, make_explorer
+    from evaluators.replay.targets import ModelTarget
     from tests.helpers import make_request
 
     class BrokenModel:  # a checkpoint whose scoring raises, as a corrupt model would
@@ -418,7 +418,7 @@ def test_cli_bad_config_is_one_invalid_input(tmp_path: Path) -> None:
 
 def test_since_keeps_only_later_decisions(two_versions: TwoVersionLog) -> None:
     """``--since`` replays the tail of the log (ISO time or unix seconds); a bad value names the flag."""
-    from recsys_rl.replay import _since_seconds
+    from evaluators.replay.run import _since_seconds
 
     data_dir = two_versions.data_dir
     everything = replay(data_dir, "uniform", progress=False)

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from recsys_rl.errors import InvalidInput
-from recsys_rl.features import ItemExampleCache, context_line, escape, item_key, item_line
+from recsys_rl.serving.features import ItemExampleCache, context_line, escape, item_key, item_line
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 
 

@@ -1,7 +1,7 @@
 """Counterfactual replay: logged decisions + a target policy → the bandit-feedback table.
 
 For every logged decision of a surface, the RankRequest is rebuilt from the DecisionEvent, the target policy
-scores it through the serving code (:mod:`recsys_rl.replay_spec`), and :func:`slate_propensities` gives, for
+scores it through the serving code (:mod:`evaluators.replay.targets`), and :func:`slate_propensities` gives, for
 each logged slot k, the target's probability of the logged item given the logged items of slots < k — the same
 conditioning as the logged propensity. No log is written, no model published, the registry's LATEST untouched.
 
@@ -43,11 +43,11 @@ from logging_schema.views import TableRecord
 from logging_schema.reader import ReadStats, iter_records
 from logging_schema.tables import JoinStats, decisions_frame, join_rewards, outcomes_frame
 from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig, default_config, load_config
-from recsys_rl.policy import LongTermValue, NoLongTermValue
+from recsys_rl.serving.policy import LongTermValue, NoLongTermValue
 from recsys_rl.errors import InvalidInput
-from recsys_rl.exploration import Explorer, slate_propensities
+from recsys_rl.serving.exploration import Explorer, slate_propensities
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
-from recsys_rl.replay_spec import PolicySpec, TargetPolicy, parse_policy_spec, resolve_policy
+from evaluators.replay.targets import PolicySpec, TargetPolicy, parse_policy_spec, resolve_policy
 
 CHUNK_DECISIONS = 20_000  # decisions turned into a DataFrame chunk at a time (bounds Python-object memory)
 _CONTEXT_TAG, _CANDIDATE_TAG = b"\x22", b"\x2a"  # RankRequest fields 4 and 5, wire type 2 (length-delimited)

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys_rl.caps import CapStore
+from recsys_rl.caps.store import CapStore
 from recsys_rl.config import ConfigError, ExplorationConfig, ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput
-from recsys_rl.gate import (
+from recsys_rl.caps.gate import (
     EvidenceRefused,
     GateConfig,
     evaluate_checks,
@@ -51,7 +51,7 @@ epsilon = 1.0
 
 def simulate_logs(data_dir: Path, n: int = N_DECISIONS, *, config: ServiceConfig = CONFIG, seed: int = 0) -> float:
     """Serve ``n`` simulated page views on surface "default" in-process; returns the click rate."""
-    from recsys_rl.service import DecisionService
+    from recsys_rl.serving.service import DecisionService
     from recsys_rl.sim import SimConfig, World
     from recsys_rl.sim.host import to_rank_request
 
@@ -244,7 +244,7 @@ def test_support_violations_and_missing_bounds_fail() -> None:
 
 
 def _gate_cli(argv: list[str]) -> int:
-    from recsys_rl.caps_cli import register
+    from recsys_rl.caps.cli import register
 
     parser = argparse.ArgumentParser(prog="recsys-rl")
     register(parser.add_subparsers(dest="command", required=True))

@@ -6,7 +6,7 @@ Grammar::
     BASE     = "current" | "logged" | "baseline" | "uniform" | <version, e.g. v000012-abcdef12> | <version dir>
     KEY      = "cap" | "algorithm" | "epsilon" | "temperature" | "gamma"     (model policies only)
 
-Every target is a pair (scores, explorer) fed to :func:`recsys_rl.exploration.slate_propensities`, so target
+Every target is a pair (scores, explorer) fed to :func:`recsys_rl.serving.exploration.slate_propensities`, so target
 propensities come from the same code that draws served slates:
 
 * a model (``current`` = the surface's LATEST registry version): scores = VWBandit.score(request) (+ λ·long-term
@@ -38,12 +38,12 @@ import numpy as np
 
 from recsys_rl.config import ALGORITHMS, ConfigError, ExplorationConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound
-from recsys_rl.exploration import EpsilonGreedy, Explorer, Greedy, make_explorer
-from recsys_rl.policy import LongTermValue, NoLongTermValue
+from recsys_rl.serving.exploration import EpsilonGreedy, Explorer, Greedy, make_explorer
+from recsys_rl.serving.policy import LongTermValue, NoLongTermValue
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 
 PolicyKind = Literal["model", "logged", "baseline", "uniform"]
-_VERSION_RE = re.compile(r"^v\d{6}-[0-9a-f]{8}$")  # as recsys_rl.registry names versions
+_VERSION_RE = re.compile(r"^v\d{6}-[0-9a-f]{8}$")  # as recsys_rl.serving.registry names versions
 _FLOAT_KEYS = ("cap", "epsilon", "temperature", "gamma")
 _KNOWN = "current, logged, baseline, uniform, a model version (e.g. v000012-abcdef12) or a path to a version directory"
 
@@ -165,7 +165,7 @@ class ModelTarget(TargetPolicy):
                  long_term_weight: float = 0.0, long_term: LongTermValue = NoLongTermValue()) -> None:
         self.name = name
         self.policy_version = policy_version
-        self.bandit = bandit  # recsys_rl.bandit.VWBandit; typed loosely so this module does not import VW
+        self.bandit = bandit  # recsys_rl.serving.bandit.VWBandit; typed loosely so this module does not import VW
         self.explorer = explorer
         self.long_term_weight = long_term_weight
         self.long_term = long_term
@@ -205,7 +205,7 @@ class LoggedTarget(TargetPolicy):
     def _model(self, version: str) -> ModelTarget:
         model = self._models.pop(version, None)
         if model is None:
-            from recsys_rl.bandit import VWBandit
+            from recsys_rl.serving.bandit import VWBandit
 
             _, weights = _load_registry_version(replace(self.spec, version=version), self.data_dir, self.surface.name)
             model = ModelTarget(self.name, version, VWBandit(self.surface.model.vw_args, model=weights), Greedy(),
@@ -293,7 +293,7 @@ def resolve_policy(spec: PolicySpec, data_dir: Path, surface: SurfaceConfig, *,
         version, model = _load_version_dir(spec.path)
     else:
         version, model = _load_registry_version(spec, Path(data_dir), surface.name)
-    from recsys_rl.bandit import VWBandit  # heavy (VW): only for model targets
+    from recsys_rl.serving.bandit import VWBandit  # heavy (VW): only for model targets
 
     try:
         bandit = VWBandit(surface.model.vw_args, model=model)
@@ -307,7 +307,7 @@ def _load_registry_version(spec: PolicySpec, data_dir: Path, surface: str) -> tu
     models_dir = data_dir / "models"
     if not models_dir.is_dir():  # ModelRegistry() would create it: replay must not write
         raise _error(spec.text.split("@")[0], f"no model registry under {models_dir}")
-    from recsys_rl.registry import ModelRegistry
+    from recsys_rl.serving.registry import ModelRegistry
 
     registry = ModelRegistry(models_dir)
     version = spec.version or registry.latest_version(surface)

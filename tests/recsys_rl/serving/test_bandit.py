@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from vowpalwabbit import pyvw
 
-from recsys_rl.bandit import VWBandit
+from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.config import ModelConfig
 from recsys_rl.errors import InvalidInput
-from recsys_rl.exploration import EpsilonGreedy, sample_slate
-from recsys_rl.features import context_line, item_line
+from recsys_rl.serving.exploration import EpsilonGreedy, sample_slate
+from recsys_rl.serving.features import context_line, item_line
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 

@@ -8,11 +8,11 @@ import threading
 import numpy as np
 import pytest
 
-from recsys_rl.bandit import VWBandit
+from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.config import ExplorationConfig, ModelConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput
-from recsys_rl.exploration import make_explorer, slate_propensities
-from recsys_rl.policy import NoLongTermValue, SurfacePolicy, decision_to_event
+from recsys_rl.serving.exploration import make_explorer, slate_propensities
+from recsys_rl.serving.policy import NoLongTermValue, SurfacePolicy, decision_to_event
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 
 ARGS = ModelConfig().vw_args

@@ -1,8 +1,8 @@
 """The Vowpal Wabbit contextual bandit (``--cb_adf``) that scores candidates and learns from logs.
 
-VW only scores: it predicts a cost per action; exploration is ours (recsys_rl.exploration), so the
+VW only scores: it predicts a cost per action; exploration is ours (recsys_rl.serving.exploration), so the
 options must not include an explore reduction. Scoring runs on pre-parsed per-item examples from an
-:class:`~recsys_rl.features.ItemExampleCache` plus a freshly parsed shared (context) example.
+:class:`~recsys_rl.serving.features.ItemExampleCache` plus a freshly parsed shared (context) example.
 
 Verified (tests/recsys_rl/test_bandit.py): reusing a parsed item example across many predictions with
 a new shared example each time gives bit-identical scores to parsing the whole multi-line text, also
@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 from vowpalwabbit import pyvw
 
-from recsys_rl.features import ItemExampleCache, context_line
+from recsys_rl.serving.features import ItemExampleCache, context_line
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from recsys_rl.caps import CapStore
+from recsys_rl.caps.store import CapStore
 from recsys_rl.config import default_config
-from recsys_rl.service import DecisionService
+from recsys_rl.serving.service import DecisionService
 
 
 def _service(data_dir: Path, cap: float) -> DecisionService:

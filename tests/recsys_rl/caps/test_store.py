@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from recsys_rl.caps import AUDIT_FILE, CAPS_FILE, CapStore, check_cap
+from recsys_rl.caps.store import AUDIT_FILE, CAPS_FILE, CapStore, check_cap
 from recsys_rl.config import default_config
-from recsys_rl.service import DecisionService
+from recsys_rl.serving.service import DecisionService
 
 
 def _record(store: CapStore, new_cap: float, *, outcome: str = "accepted", surface: str = "default",

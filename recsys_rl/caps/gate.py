@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from recsys_rl.caps import ADMIN_DIR, CapStore, check_cap, effective_cap
+from recsys_rl.caps.store import ADMIN_DIR, CapStore, check_cap, effective_cap
 from recsys_rl.config import GateConfig, ServiceConfig, default_config
 from recsys_rl.errors import InvalidInput, PreconditionFailed
 
@@ -50,7 +50,7 @@ _HASH_CHUNK = 1 << 20
 # A report "from the future" by more than this is refused (clock skew between the gate's host and the server's).
 _MAX_CLOCK_SKEW_S = 300.0
 
-ReplayFn = Callable[..., Any]  # recsys_rl.replay.replay's signature; returns a polars DataFrame
+ReplayFn = Callable[..., Any]  # evaluators.replay.run.replay's signature; returns a polars DataFrame
 
 
 @dataclass(frozen=True)
@@ -271,7 +271,7 @@ def run_gate(
 
     ``config`` gives the surface (reward definition, exploration); the current cap is the one recorded in
     ``D/admin/caps.json`` or else the configured one. ``gate`` defaults to the surface's ``gate`` section.
-    ``replay_fn`` defaults to :func:`recsys_rl.replay.replay`. Raises InvalidInput naming the bad argument.
+    ``replay_fn`` defaults to :func:`evaluators.replay.run.replay`. Raises InvalidInput naming the bad argument.
     """
     data_dir = Path(data_dir)
     if not (data_dir / "logs").is_dir():
@@ -286,7 +286,7 @@ def run_gate(
         raise InvalidInput("--surface", f"unknown surface {surface!r} (configured: {', '.join(sorted(config.surfaces))})")
     gate = gate or getattr(surface_config, "gate", None) or GateConfig()
     if replay_fn is None:
-        from recsys_rl.replay import replay as replay_fn
+        from evaluators.replay.run import replay as replay_fn
     stored = CapStore(data_dir).cap(surface)
     current_cap = effective_cap(surface_config.exploration_cap, stored)
     in_force = replace(config, surfaces={**config.surfaces, surface: replace(surface_config, exploration_cap=current_cap)})

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 
 from logging_schema.rewards import RewardDefinition
-from recsys_rl.bandit import VWBandit
+from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.config import ModelConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound
-from recsys_rl.learner import OnlineLearner, OutcomeTracker
+from recsys_rl.serving.learner import OnlineLearner, OutcomeTracker
 from recsys_rl.logging.v1 import events_pb2
-from recsys_rl.policy import SurfacePolicy, decision_to_event
-from recsys_rl.registry import ModelRegistry
+from recsys_rl.serving.policy import SurfacePolicy, decision_to_event
+from recsys_rl.serving.registry import ModelRegistry
 from tests.helpers import make_request
 
 SURFACE = SurfaceConfig(reward=RewardDefinition({"click": 1.0, "purchase": 5.0}, attribution_window_seconds=2.0),

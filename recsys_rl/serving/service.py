@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Literal
 
 from logging_schema.writer import DeferredRecord, LogQueueFull, LogWriter
-from recsys_rl.bandit import VWBandit
-from recsys_rl.caps import CapStore, effective_cap
+from recsys_rl.serving.bandit import VWBandit
+from recsys_rl.caps.store import CapStore, effective_cap
 from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
-from recsys_rl.learner import LearnerHandle, ModelWatcher, OutcomeTracker
+from recsys_rl.serving.learner import LearnerHandle, ModelWatcher, OutcomeTracker
 from recsys_rl.logging.v1 import events_pb2
-from recsys_rl.policy import Decision, LongTermValue, NoLongTermValue, SurfacePolicy, decision_to_event
+from recsys_rl.serving.policy import Decision, LongTermValue, NoLongTermValue, SurfacePolicy, decision_to_event
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
-from recsys_rl.registry import Checkpoint, ModelRegistry
+from recsys_rl.serving.registry import Checkpoint, ModelRegistry
 
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recsys_rl.caps import check_cap
+from recsys_rl.caps.store import check_cap
 from recsys_rl.errors import InvalidInput
 
 __all__ = ["EXIT_REFUSED", "register", "run_caps_set", "run_caps_show", "run_gate_command"]
@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 def run_gate_command(args: argparse.Namespace) -> int:
     from recsys_rl.config import ConfigError, default_config, load_config
-    from recsys_rl.gate import run_gate, write_report
+    from recsys_rl.caps.gate import run_gate, write_report
 
     try:
         config = load_config(args.config) if args.config else default_config()
@@ -216,7 +216,7 @@ def run_caps_set(args: argparse.Namespace) -> int:
 
 
 def _failed_checks(exc: Any) -> list[str]:
-    from recsys_rl.gate import FAILED_CHECKS_METADATA
+    from recsys_rl.caps.gate import FAILED_CHECKS_METADATA
 
     for key, value in exc.trailing_metadata() or ():
         if key == FAILED_CHECKS_METADATA:

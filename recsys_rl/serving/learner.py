@@ -31,7 +31,7 @@ from logging_schema.tail import LogTailer
 from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound
 from recsys_rl.logging.v1 import events_pb2
-from recsys_rl.registry import Checkpoint, ModelRegistry
+from recsys_rl.serving.registry import Checkpoint, ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ class OnlineLearner:
 
 def build_learners(config: ServiceConfig, registry: ModelRegistry) -> dict[str, OnlineLearner]:
     """One learner per learning surface, starting from the surface's latest published version."""
-    from recsys_rl.bandit import VWBandit
+    from recsys_rl.serving.bandit import VWBandit
 
     learners: dict[str, OnlineLearner] = {}
     for name, surface in config.surfaces.items():

@@ -2,7 +2,7 @@
 
     score(a) = vw_score(a) + λ · long_term_value(a),   λ = surface.model.long_term_weight
 
-The slate is drawn by :func:`recsys_rl.exploration.sample_slate` with the surface's explorer bounded by
+The slate is drawn by :func:`recsys_rl.serving.exploration.sample_slate` with the surface's explorer bounded by
 the cap in force and the draw key blake2b(server_seed, surface, request_id), so a decision is
 reproducible from its event (invariant 5). When the model raises or returns non-finite scores, or the
 decision budget is spent before sampling, the baseline policy serves (invariant 4): candidates by
@@ -20,10 +20,10 @@ from typing import Protocol
 
 import numpy as np
 
-from recsys_rl.bandit import VWBandit
+from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.config import SurfaceConfig
 from recsys_rl.errors import InvalidInput
-from recsys_rl.exploration import Explorer, draw_key, effective_epsilon, make_explorer, sample_slate
+from recsys_rl.serving.exploration import Explorer, draw_key, effective_epsilon, make_explorer, sample_slate
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 
