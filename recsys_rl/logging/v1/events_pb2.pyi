@@ -11,12 +11,39 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class LogRecord(_message.Message):
-    __slots__ = ("decision", "outcome")
+    __slots__ = ("decision", "outcome", "gap")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    GAP_FIELD_NUMBER: _ClassVar[int]
     decision: DecisionEvent
     outcome: OutcomeEvent
-    def __init__(self, decision: _Optional[_Union[DecisionEvent, _Mapping]] = ..., outcome: _Optional[_Union[OutcomeEvent, _Mapping]] = ...) -> None: ...
+    gap: LogGap
+    def __init__(self, decision: _Optional[_Union[DecisionEvent, _Mapping]] = ..., outcome: _Optional[_Union[OutcomeEvent, _Mapping]] = ..., gap: _Optional[_Union[LogGap, _Mapping]] = ...) -> None: ...
+
+class LogGap(_message.Message):
+    __slots__ = ("first_unlogged_at", "last_unlogged_at", "decisions_unlogged", "decisions_unlogged_by_surface", "outcomes_refused", "reason", "recorded_at")
+    class DecisionsUnloggedBySurfaceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    FIRST_UNLOGGED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_UNLOGGED_AT_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_UNLOGGED_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_UNLOGGED_BY_SURFACE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_AT_FIELD_NUMBER: _ClassVar[int]
+    first_unlogged_at: _timestamp_pb2.Timestamp
+    last_unlogged_at: _timestamp_pb2.Timestamp
+    decisions_unlogged: int
+    decisions_unlogged_by_surface: _containers.ScalarMap[str, int]
+    outcomes_refused: int
+    reason: str
+    recorded_at: _timestamp_pb2.Timestamp
+    def __init__(self, first_unlogged_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_unlogged_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., decisions_unlogged: _Optional[int] = ..., decisions_unlogged_by_surface: _Optional[_Mapping[str, int]] = ..., outcomes_refused: _Optional[int] = ..., reason: _Optional[str] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ExplorationParams(_message.Message):
     __slots__ = ("algorithm", "epsilon", "temperature", "gamma", "cap", "server_seed", "draw_key")
@@ -57,7 +84,7 @@ class LoggedSlot(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., position: _Optional[int] = ..., propensity: _Optional[float] = ..., score: _Optional[float] = ..., explored: _Optional[bool] = ..., candidate_index: _Optional[int] = ..., exploration_mass: _Optional[float] = ..., draw: _Optional[float] = ...) -> None: ...
 
 class DecisionEvent(_message.Message):
-    __slots__ = ("event_id", "request_id", "surface", "user_id", "served_at", "context", "candidates", "slate_size", "slate", "slate_propensity", "policy_version", "serving_mode", "exploration", "fallback_reason", "shield_rules_fired", "attribution_window_seconds", "latency_micros")
+    __slots__ = ("event_id", "request_id", "surface", "user_id", "served_at", "context", "candidates", "slate_size", "slate", "slate_propensity", "policy_version", "serving_mode", "exploration", "fallback_reason", "shield_rules_fired", "attribution_window_seconds", "latency_micros", "long_term")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SURFACE_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +102,7 @@ class DecisionEvent(_message.Message):
     SHIELD_RULES_FIRED_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTION_WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MICROS_FIELD_NUMBER: _ClassVar[int]
+    LONG_TERM_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     request_id: str
     surface: str
@@ -92,10 +120,21 @@ class DecisionEvent(_message.Message):
     shield_rules_fired: _containers.RepeatedScalarFieldContainer[str]
     attribution_window_seconds: float
     latency_micros: int
-    def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., surface: _Optional[str] = ..., user_id: _Optional[str] = ..., served_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[_Union[_ranking_service_pb2.Features, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[_ranking_service_pb2.Candidate, _Mapping]]] = ..., slate_size: _Optional[int] = ..., slate: _Optional[_Iterable[_Union[LoggedSlot, _Mapping]]] = ..., slate_propensity: _Optional[float] = ..., policy_version: _Optional[str] = ..., serving_mode: _Optional[_Union[_ranking_service_pb2.ServingMode, str]] = ..., exploration: _Optional[_Union[ExplorationParams, _Mapping]] = ..., fallback_reason: _Optional[str] = ..., shield_rules_fired: _Optional[_Iterable[str]] = ..., attribution_window_seconds: _Optional[float] = ..., latency_micros: _Optional[int] = ...) -> None: ...
+    long_term: LongTermState
+    def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., surface: _Optional[str] = ..., user_id: _Optional[str] = ..., served_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[_Union[_ranking_service_pb2.Features, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[_ranking_service_pb2.Candidate, _Mapping]]] = ..., slate_size: _Optional[int] = ..., slate: _Optional[_Iterable[_Union[LoggedSlot, _Mapping]]] = ..., slate_propensity: _Optional[float] = ..., policy_version: _Optional[str] = ..., serving_mode: _Optional[_Union[_ranking_service_pb2.ServingMode, str]] = ..., exploration: _Optional[_Union[ExplorationParams, _Mapping]] = ..., fallback_reason: _Optional[str] = ..., shield_rules_fired: _Optional[_Iterable[str]] = ..., attribution_window_seconds: _Optional[float] = ..., latency_micros: _Optional[int] = ..., long_term: _Optional[_Union[LongTermState, _Mapping]] = ...) -> None: ...
+
+class LongTermState(_message.Message):
+    __slots__ = ("model_version", "weight", "history")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    weight: float
+    history: _containers.RepeatedCompositeFieldContainer[_ranking_service_pb2.Candidate]
+    def __init__(self, model_version: _Optional[str] = ..., weight: _Optional[float] = ..., history: _Optional[_Iterable[_Union[_ranking_service_pb2.Candidate, _Mapping]]] = ...) -> None: ...
 
 class OutcomeEvent(_message.Message):
-    __slots__ = ("event_id", "item_id", "outcome", "value", "occurred_at", "received_at", "surface", "attributed")
+    __slots__ = ("event_id", "item_id", "outcome", "value", "occurred_at", "received_at", "surface", "attributed", "outcome_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +143,7 @@ class OutcomeEvent(_message.Message):
     RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
     SURFACE_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTED_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     item_id: str
     outcome: str
@@ -112,4 +152,5 @@ class OutcomeEvent(_message.Message):
     received_at: _timestamp_pb2.Timestamp
     surface: str
     attributed: bool
-    def __init__(self, event_id: _Optional[str] = ..., item_id: _Optional[str] = ..., outcome: _Optional[str] = ..., value: _Optional[float] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., surface: _Optional[str] = ..., attributed: _Optional[bool] = ...) -> None: ...
+    outcome_id: str
+    def __init__(self, event_id: _Optional[str] = ..., item_id: _Optional[str] = ..., outcome: _Optional[str] = ..., value: _Optional[float] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., surface: _Optional[str] = ..., attributed: _Optional[bool] = ..., outcome_id: _Optional[str] = ...) -> None: ...

@@ -106,21 +106,25 @@ class RankResponse(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., slate: _Optional[_Iterable[_Union[SlateItem, _Mapping]]] = ..., slate_propensity: _Optional[float] = ..., policy_version: _Optional[str] = ..., serving_mode: _Optional[_Union[ServingMode, str]] = ..., exploration_cap: _Optional[float] = ...) -> None: ...
 
 class ReportOutcomeRequest(_message.Message):
-    __slots__ = ("event_id", "item_id", "outcome", "value", "occurred_at")
+    __slots__ = ("event_id", "item_id", "outcome", "value", "occurred_at", "outcome_id")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     OCCURRED_AT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_ID_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     item_id: str
     outcome: str
     value: float
     occurred_at: _timestamp_pb2.Timestamp
-    def __init__(self, event_id: _Optional[str] = ..., item_id: _Optional[str] = ..., outcome: _Optional[str] = ..., value: _Optional[float] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    outcome_id: str
+    def __init__(self, event_id: _Optional[str] = ..., item_id: _Optional[str] = ..., outcome: _Optional[str] = ..., value: _Optional[float] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome_id: _Optional[str] = ...) -> None: ...
 
 class ReportOutcomeResponse(_message.Message):
-    __slots__ = ("attributed",)
+    __slots__ = ("attributed", "duplicate")
     ATTRIBUTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     attributed: bool
-    def __init__(self, attributed: _Optional[bool] = ...) -> None: ...
+    duplicate: bool
+    def __init__(self, attributed: _Optional[bool] = ..., duplicate: _Optional[bool] = ...) -> None: ...
