@@ -1,7 +1,8 @@
 """``make bench``: runs every benchmark in its own process and writes docs/benchmarks.md.
 
 Each benchmark prints a markdown section with its in-run baseline (these machines are noisy: ratios measured in one
-run, medians). Progress goes to stderr; ``--only NAME`` runs a subset (and still rewrites only those sections).
+run, medians). Progress goes to stderr; ``--only NAME`` runs a subset and replaces only those sections, keeping the
+others as they were (each section says when it was measured).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ OUT = REPO / "docs" / "benchmarks.md"
 # (name, module, title) in the order they appear in the document.
 BENCHES: list[tuple[str, str, str]] = [
     ("rank", "bench.rank_bench", "Rank latency vs grpc.health Check (issue 2)"),
+    ("decision_path", "bench.decision_path_bench", "Rank before and after the single decision path (issue 7)"),
     ("long_term", "bench.long_term_bench", "Slate-RL inference inside Rank (issue 4)"),
     ("slateq_train", "bench.slateq_train_bench", "Slate-RL offline training (issue 4)"),
     ("logging", "bench.logging_bench", "Decision log writer and reader"),
@@ -38,36 +40,45 @@ def machine() -> str:
             f"Python {platform.python_version()}; load average at start {os.getloadavg()[0]:.2f}")
 
 
+def _existing_sections() -> dict[str, str]:
+    """The sections already in docs/benchmarks.md, by title (kept when --only re-runs others)."""
+    if not OUT.is_file():
+        return {}
+    sections: dict[str, str] = {}
+    for chunk in OUT.read_text().split("\n## ")[1:]:
+        title = chunk.split("\n", 1)[0].strip()
+        sections[title] = f"## {chunk.rstrip()}\n"
+    return sections
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=[name for name, _, _ in BENCHES])
     args = parser.parse_args()
     selected = [b for b in BENCHES if not args.only or b[0] in args.only]
-    sections: list[str] = []
+    sections: dict[str, str] = _existing_sections() if args.only else {}
     for i, (name, module, title) in enumerate(selected, 1):
         if not (REPO / (module.replace(".", "/") + ".py")).is_file():
             print(f"[{i}/{len(selected)}] {name}: {module} not present, skipped", file=sys.stderr)
             continue
         print(f"[{i}/{len(selected)}] {name}: running {module} ...", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", module], cwd=REPO, capture_output=True, text=True)
+        result = subprocess.run([sys.executable, "-m", module], cwd=REPO, stdout=subprocess.PIPE, text=True)
         elapsed = time.perf_counter() - started
         if result.returncode != 0:
-            print(result.stderr, file=sys.stderr)
             body = f"**failed** (exit {result.returncode}); see stderr of `python -m {module}`."
         else:
             body = result.stdout.strip()
-        sections.append(f"## {title}\n\nCommand: `.venv/bin/python -m {module}` (part of `make bench`; "
-                        f"took {elapsed:.0f} s)\n\n{body}\n")
+        sections[title] = (f"## {title}\n\nCommand: `.venv/bin/python -m {module}` (part of `make bench`; "
+                           f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine()}; "
+                           f"took {elapsed:.0f} s)\n\n{body}\n")
         print(f"[{i}/{len(selected)}] {name}: done in {elapsed:.0f} s", file=sys.stderr, flush=True)
-    header = (f"# Benchmarks\n\nWritten by `make bench` (`python -m bench.run`) on "
-              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.\n\nMachine: {machine()}.\n\n"
+    order = [title for _, _, title in BENCHES] + sorted(set(sections) - {title for _, _, title in BENCHES})
+    header = ("# Benchmarks\n\nWritten by `make bench` (`python -m bench.run`; `--only NAME` re-runs one section). "
               "Every figure is compared with a baseline measured in the same run (noisy shared machines: "
               "ratios and medians, not absolute times across runs).\n")
     OUT.parent.mkdir(exist_ok=True)
-    if args.only and OUT.is_file():
-        print("note: --only rewrites the whole file with the selected sections only", file=sys.stderr)
-    OUT.write_text(header + "\n" + "\n".join(sections))
+    OUT.write_text(header + "\n" + "\n".join(sections[t] for t in order if t in sections))
     print(f"wrote {OUT}", file=sys.stderr)
     return 0
 

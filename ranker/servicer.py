@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 
 from ranker.errors import map_errors
-from ranker.validation import validate_rank_request
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
 from recsys_rl.serving.service import DecisionService
@@ -17,10 +18,9 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
 
     @map_errors
     def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse:  # noqa: N802
-        surface = self.service.surfaces.get(request.surface)
-        validate_rank_request(request, max_candidates=surface.max_candidates if surface else 10_000)
-        remaining = context.time_remaining()
-        decision, event_id = self.service.rank(request, budget_s=remaining)
+        remaining = context.time_remaining()  # None when the client set no deadline
+        deadline = None if remaining is None else time.perf_counter() + remaining
+        decision, event_id = self.service.rank(request, deadline=deadline)
         response = pb.RankResponse(
             event_id=event_id,
             slate_propensity=decision.slate_propensity,

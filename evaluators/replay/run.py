@@ -1,7 +1,7 @@
 """Counterfactual replay: logged decisions + a target policy → the bandit-feedback table.
 
 For every logged decision of a surface, the RankRequest is rebuilt from the DecisionEvent, the target policy
-scores it through the serving code (:mod:`evaluators.replay.targets`), and :func:`slate_propensities` gives, for
+decides it through the serving decision path (:mod:`evaluators.replay.targets`), and :func:`slate_propensities` gives, for
 each logged slot k, the target's probability of the logged item given the logged items of slots < k — the same
 conditioning as the logged propensity. No log is written, no model published, the registry's LATEST untouched.
 
@@ -21,7 +21,8 @@ k under sequential sampling without replacement sums over every ordered prefix (
 Carlo estimate in a weight's denominator would bias every estimator that uses it. Use the cascade columns.
 
 Not replayed: the serving deadline (a target that would have run out of budget is still credited with its
-intended slate) and slate-RL long-term values unless the caller passes the LongTermValue the server uses.
+intended slate). Slate-RL long-term values (λ ≠ 0) are recomputed from each decision's logged long-term input (the
+slate-RL version and the user's click history it was served with), for every target.
 """
 
 from __future__ import annotations
@@ -43,14 +44,14 @@ from logging_schema.views import TableRecord
 from logging_schema.reader import ReadStats, iter_records
 from logging_schema.tables import JoinStats, decisions_frame, join_rewards, outcomes_frame
 from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig, default_config, load_config
-from recsys_rl.serving.policy import LongTermValue, NoLongTermValue
 from recsys_rl.errors import InvalidInput
-from recsys_rl.serving.exploration import Explorer, slate_propensities
+from recsys_rl.logging.v1 import events_pb2
+from recsys_rl.serving.decision import LongTermInput, LongTermValue, NoLongTermValue, target_propensities
+from recsys_rl.serving.exploration import Explorer
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from evaluators.replay.targets import PolicySpec, TargetPolicy, parse_policy_spec, resolve_policy
 
 CHUNK_DECISIONS = 20_000  # decisions turned into a DataFrame chunk at a time (bounds Python-object memory)
-_CONTEXT_TAG, _CANDIDATE_TAG = b"\x22", b"\x2a"  # RankRequest fields 4 and 5, wire type 2 (length-delimited)
 _DECISION_COLUMNS = ("event_id", "position", "item_id", "propensity", "user_id", "served_at", "policy_version",
                      "serving_mode", "n_candidates", "surface")
 
@@ -78,6 +79,13 @@ def _varint(n: int) -> bytes:
     out.append(n)
     return bytes(out)
 
+
+def _length_delimited_tag(field: str) -> bytes:
+    """The wire tag of a RankRequest field (number from the generated descriptor, wire type 2)."""
+    return _varint(pb.RankRequest.DESCRIPTOR.fields_by_name[field].number << 3 | 2)
+
+
+_CONTEXT_TAG, _CANDIDATE_TAG = _length_delimited_tag("context"), _length_delimited_tag("candidates")
 
 # Tag + length prefixes for the common sizes, looked up instead of encoded per candidate (a Python varint loop
 # per candidate was ~10% of replay time).
@@ -133,21 +141,24 @@ def _surface_config(config: ServiceConfig | None, surface: str) -> SurfaceConfig
 
 
 def _long_term(data_dir: Path, surface_config: SurfaceConfig) -> LongTermValue:
-    """The slate-RL model a λ > 0 surface blends in, as serving loads it (latest published version).
-
-    Serving also conditions it on each user's clicks seen by that process (``observe``); replay starts every user
-    from an empty history, so for λ > 0 its target propensities approximate serving's rather than repeat them.
-    """
-    if surface_config.model.long_term_weight <= 0:
+    """The slate-RL values of a λ ≠ 0 surface, recomputed per decision from its logged long-term input."""
+    if surface_config.model.long_term_weight == 0:
         return NoLongTermValue()
-    from recsys_rl.slateq.serving import ReloadableSlateQ, SlateQLoadError
+    from recsys_rl.slateq.serving import LoggedSlateQ
 
-    long_term = ReloadableSlateQ(data_dir / "models")
-    try:
-        long_term.load()
-    except SlateQLoadError as exc:
-        raise InvalidInput("policy", f"the surface blends a long-term value but {exc}") from exc
-    return long_term
+    models = data_dir / "models"
+    if not models.is_dir():
+        raise InvalidInput("policy", f"the surface blends a long-term value but there is no registry under {models}")
+    return LoggedSlateQ(models)
+
+
+def _logged_long_term(event: object) -> LongTermInput | None:
+    """The long-term input a logged decision was scored with (the table view keeps it as raw bytes)."""
+    raw: bytes = event.long_term  # type: ignore[attr-defined]
+    if not raw:
+        return None
+    state = events_pb2.LongTermState.FromString(raw)
+    return LongTermInput(state.model_version, tuple(state.history))
 
 
 def replay(
@@ -233,11 +244,12 @@ def _replay_pass(
                 stats.before_since += 1
                 continue
             request = rank_request(event)
-            scores, explorer, fell_back = target.scores(request, event)
             logged = _logged_indices(event, request)
-            probabilities = slate_propensities(scores, logged, explorer)
+            probabilities, scored = target_propensities(target.policy_for(event), request, logged,
+                                                        long_term_input=_logged_long_term(event))
+            fell_back = scored.fell_back
             if candidates is not None:
-                candidates.add(event.event_id, request, scores, logged, explorer)
+                candidates.add(event.event_id, request, scored.scores, logged, scored.explorer)
             target_p.extend(probabilities.tolist())
             fallback.extend([fell_back] * len(logged))
             stats.target_fallbacks += fell_back

@@ -6,12 +6,14 @@ Grammar::
     BASE     = "current" | "logged" | "baseline" | "uniform" | <version, e.g. v000012-abcdef12> | <version dir>
     KEY      = "cap" | "algorithm" | "epsilon" | "temperature" | "gamma"     (model policies only)
 
-Every target is a pair (scores, explorer) fed to :func:`recsys_rl.serving.exploration.slate_propensities`, so target
-propensities come from the same code that draws served slates:
+Every target resolves, for each logged decision, to a :class:`recsys_rl.serving.decision.DecisionPolicy` - the
+frozen state serving decides with - and replay asks the serving decision path
+(:func:`recsys_rl.serving.decision.target_propensities`) for the probability of the logged slate, so target
+propensities come from the same code that scores and draws served slates:
 
-* a model (``current`` = the surface's LATEST registry version): scores = VWBandit.score(request) (+ λ·long-term
-  value, as SurfacePolicy does), explorer = make_explorer(surface exploration with overrides, cap). A model that
-  raises or returns non-finite scores falls back to the baseline, as serving does.
+* a model (``current`` = the surface's LATEST registry version): scorer = VWBandit (+ λ·long-term value from the
+  decision's logged long-term input), explorer = make_explorer(surface exploration with overrides, cap). A model
+  that raises or returns non-finite scores falls back to the baseline, as serving does.
 * ``logged``: each decision's own model version (``policy_version`` in its event) with the exploration parameters
   and cap logged with it, unless overridden: ``logged@cap=0.2`` asks what the learning system as it ran would
   have earned at cap 0.2. A policy that keeps learning publishes many versions; comparing ``current`` (one
@@ -19,7 +21,7 @@ propensities come from the same code that draws served slates:
   override reproduces the logged propensities exactly, and with one changes only the exploration. Decisions the
   baseline served (fallback) stay with the baseline.
 * ``baseline``: scores = baseline_score, explorer = Greedy: argmax with ties to the lowest index among the
-  remaining candidates, exactly the order SurfacePolicy._baseline serves (lexsort by −baseline, then index).
+  remaining candidates, exactly the order serving's baseline serves (``decision.baseline_order``).
   Target probability is 1 for the baseline's choice given the logged prefix, else 0.
 * ``uniform``: EpsilonGreedy(1) over the remaining candidates: 1/(n − k) at slot k.
 """
@@ -34,12 +36,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
 from recsys_rl.config import ALGORITHMS, ConfigError, ExplorationConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound
+from recsys_rl.serving.decision import (
+    BaselineScorer, ConstantScorer, DecisionPolicy, LongTermValue, NoLongTermValue, Scorer,
+)
 from recsys_rl.serving.exploration import EpsilonGreedy, Explorer, Greedy, make_explorer
-from recsys_rl.serving.policy import LongTermValue, NoLongTermValue
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 
 PolicyKind = Literal["model", "logged", "baseline", "uniform"]
@@ -122,67 +124,68 @@ def parse_policy_spec(spec: str) -> PolicySpec:
 
 
 class TargetPolicy:
-    """What replay asks of a target: per-candidate scores and the explorer that turns them into slots."""
+    """What replay asks of a target: the decision state it would have decided a logged decision with."""
 
     name: str
     policy_version: str
 
-    def scores(self, request: pb.RankRequest, event: object = None) -> tuple[np.ndarray, Explorer, bool]:
-        """(scores, explorer, fell_back): fell_back is True when the baseline stood in for a failing model.
-
-        ``event`` is the logged decision (only ``logged`` targets read it: version, exploration, serving mode).
-        """
+    def policy_for(self, event: object) -> DecisionPolicy:
+        """The DecisionPolicy for one logged decision (``event``: its DecisionEvent or table view)."""
         raise NotImplementedError
 
 
-def baseline_scores(request: pb.RankRequest) -> np.ndarray:
-    # Only computed when a target needs it: reading 100 baseline_score fields costs ~50 µs per request.
-    return np.fromiter((c.baseline_score for c in request.candidates), np.float64, len(request.candidates))
+def _fixed_policy(surface: SurfaceConfig, version: str, scorer: Scorer, explorer: Explorer) -> DecisionPolicy:
+    return DecisionPolicy(surface=surface.name, policy_version=version, scorer=scorer, explorer=explorer,
+                          exploration=surface.exploration, cap=0.0)
 
 
 class BaselineTarget(TargetPolicy):
     name = "baseline"
     policy_version = "baseline"
-    _greedy = Greedy()
 
-    def scores(self, request: pb.RankRequest, event: object = None) -> tuple[np.ndarray, Explorer, bool]:
-        return baseline_scores(request), self._greedy, False
+    def __init__(self, surface: SurfaceConfig) -> None:
+        self._policy = _fixed_policy(surface, "baseline", BaselineScorer(), Greedy())
+
+    def policy_for(self, event: object = None) -> DecisionPolicy:
+        return self._policy
 
 
 class UniformTarget(TargetPolicy):
     name = "uniform"
     policy_version = "uniform"
-    _uniform = EpsilonGreedy(1.0)  # p = 1/n' exactly over the n' remaining candidates
 
-    def scores(self, request: pb.RankRequest, event: object = None) -> tuple[np.ndarray, Explorer, bool]:
-        return np.zeros(len(request.candidates)), self._uniform, False  # scores do not matter at ε = 1
+    def __init__(self, surface: SurfaceConfig) -> None:
+        # p = 1/n' exactly over the n' remaining candidates; the scores do not matter at ε = 1.
+        self._policy = _fixed_policy(surface, "uniform", ConstantScorer(), EpsilonGreedy(1.0))
+
+    def policy_for(self, event: object = None) -> DecisionPolicy:
+        return self._policy
 
 
 class ModelTarget(TargetPolicy):
-    """A VW checkpoint scored exactly as SurfacePolicy.rank scores it (bandit ⊕ λ·long-term value)."""
+    """A VW checkpoint decided with exactly as serving decides (bandit ⊕ λ·long-term value, capped explorer)."""
 
-    def __init__(self, name: str, policy_version: str, bandit: object, explorer: Explorer, *,
-                 long_term_weight: float = 0.0, long_term: LongTermValue = NoLongTermValue()) -> None:
+    def __init__(self, name: str, policy_version: str, bandit: Scorer, explorer: Explorer, surface: SurfaceConfig,
+                 *, exploration: ExplorationConfig | None = None, cap: float | None = None,
+                 long_term: LongTermValue = NoLongTermValue()) -> None:
         self.name = name
         self.policy_version = policy_version
-        self.bandit = bandit  # recsys_rl.serving.bandit.VWBandit; typed loosely so this module does not import VW
-        self.explorer = explorer
-        self.long_term_weight = long_term_weight
-        self.long_term = long_term
-        self._fallback = Greedy()
+        self._policy = DecisionPolicy(
+            surface=surface.name, policy_version=policy_version, scorer=bandit, explorer=explorer,
+            exploration=exploration or surface.exploration,
+            cap=surface.exploration_cap if cap is None else cap, long_term=long_term,
+            long_term_weight=surface.model.long_term_weight,
+        )
 
-    def scores(self, request: pb.RankRequest, event: object = None) -> tuple[np.ndarray, Explorer, bool]:
-        try:
-            scores = self.bandit.score(request)  # type: ignore[attr-defined]
-            if self.long_term_weight != 0.0:
-                scores = scores + self.long_term_weight * np.asarray(self.long_term.values(request), dtype=np.float64)
-        except InvalidInput:
-            raise
-        except Exception:  # noqa: BLE001 - serving falls back to the baseline on any model failure; so do we
-            return baseline_scores(request), self._fallback, True
-        if scores.shape != (len(request.candidates),) or not np.isfinite(scores).all():
-            return baseline_scores(request), self._fallback, True
-        return scores, self.explorer, False
+    @property
+    def bandit(self) -> Scorer:
+        return self._policy.scorer
+
+    def policy_for(self, event: object = None) -> DecisionPolicy:
+        return self._policy
+
+    def with_explorer(self, explorer: Explorer, exploration: ExplorationConfig, cap: float) -> DecisionPolicy:
+        return replace(self._policy, explorer=explorer, exploration=exploration, cap=cap)
 
 
 class LoggedTarget(TargetPolicy):
@@ -199,8 +202,8 @@ class LoggedTarget(TargetPolicy):
         self.surface = surface
         self.long_term = long_term
         self._models: dict[str, ModelTarget] = {}
-        self._explorers: dict[tuple[str, float, float, float, float], Explorer] = {}
-        self._baseline = BaselineTarget()
+        self._policies: dict[tuple[str, tuple[str, float, float, float, float]], DecisionPolicy] = {}
+        self._baseline = BaselineTarget(surface)
 
     def _model(self, version: str) -> ModelTarget:
         model = self._models.pop(version, None)
@@ -209,43 +212,42 @@ class LoggedTarget(TargetPolicy):
 
             _, weights = _load_registry_version(replace(self.spec, version=version), self.data_dir, self.surface.name)
             model = ModelTarget(self.name, version, VWBandit(self.surface.model.vw_args, model=weights), Greedy(),
-                                long_term_weight=self.surface.model.long_term_weight, long_term=self.long_term)
+                                self.surface, long_term=self.long_term)
             while len(self._models) >= self._MAX_MODELS:
-                self._models.pop(next(iter(self._models)))
+                evicted = self._models.pop(next(iter(self._models)))
+                self._policies = {k: v for k, v in self._policies.items() if k[0] != evicted.policy_version}
         self._models[version] = model  # most recently used last
         return model
 
-    def _explorer(self, logged: object) -> Explorer:
+    def _exploration_key(self, logged: object) -> tuple[str, float, float, float, float]:
         spec = self.spec
         epsilon = logged.epsilon  # type: ignore[attr-defined]
         if spec.epsilon is not None:
             epsilon = spec.epsilon
         elif spec.cap is not None and self.surface.exploration.epsilon is None:
             epsilon = spec.cap  # the surface's epsilon follows its cap, so it follows the overridden cap too
-        key = (spec.algorithm or logged.algorithm,  # type: ignore[attr-defined]
-               epsilon,
-               logged.temperature if spec.temperature is None else spec.temperature,  # type: ignore[attr-defined]
-               logged.gamma if spec.gamma is None else spec.gamma,  # type: ignore[attr-defined]
-               logged.cap if spec.cap is None else spec.cap)  # type: ignore[attr-defined]
-        explorer = self._explorers.get(key)
-        if explorer is None:
-            algorithm, epsilon, temperature, gamma, cap = key
-            try:
-                config = ExplorationConfig(algorithm=algorithm, epsilon=epsilon, temperature=temperature, gamma=gamma)
-            except ConfigError as exc:
-                raise _error(spec.text, f"logged exploration with the overrides is invalid: {exc}") from exc
-            explorer = self._explorers[key] = make_explorer(config, cap)
-        return explorer
+        return (spec.algorithm or logged.algorithm,  # type: ignore[attr-defined]
+                epsilon,
+                logged.temperature if spec.temperature is None else spec.temperature,  # type: ignore[attr-defined]
+                logged.gamma if spec.gamma is None else spec.gamma,  # type: ignore[attr-defined]
+                logged.cap if spec.cap is None else spec.cap)  # type: ignore[attr-defined]
 
-    def scores(self, request: pb.RankRequest, event: object = None) -> tuple[np.ndarray, Explorer, bool]:
+    def policy_for(self, event: object = None) -> DecisionPolicy:
         if event is None:
             raise ValueError("event: the logged target needs the logged decision")
         if event.serving_mode == pb.SERVING_MODE_BASELINE_FALLBACK:  # type: ignore[attr-defined]
-            return self._baseline.scores(request)
-        scores, _, fell_back = self._model(event.policy_version).scores(request)  # type: ignore[attr-defined]
-        if fell_back:
-            return scores, Greedy(), True
-        return scores, self._explorer(event.exploration), False  # type: ignore[attr-defined]
+            return self._baseline.policy_for()
+        model = self._model(event.policy_version)  # type: ignore[attr-defined]
+        key = (model.policy_version, self._exploration_key(event.exploration))  # type: ignore[attr-defined]
+        policy = self._policies.get(key)
+        if policy is None:
+            algorithm, epsilon, temperature, gamma, cap = key[1]
+            try:
+                config = ExplorationConfig(algorithm=algorithm, epsilon=epsilon, temperature=temperature, gamma=gamma)
+            except ConfigError as exc:
+                raise _error(self.spec.text, f"logged exploration with the overrides is invalid: {exc}") from exc
+            policy = self._policies[key] = model.with_explorer(make_explorer(config, cap), config, cap)
+        return policy
 
 
 def _exploration(spec: PolicySpec, surface: SurfaceConfig) -> tuple[ExplorationConfig, float]:
@@ -281,9 +283,9 @@ def resolve_policy(spec: PolicySpec, data_dir: Path, surface: SurfaceConfig, *,
     Reads the registry but never writes to it (no directory is created, LATEST is not touched).
     """
     if spec.kind == "baseline":
-        return BaselineTarget()
+        return BaselineTarget(surface)
     if spec.kind == "uniform":
-        return UniformTarget()
+        return UniformTarget(surface)
     if spec.kind == "logged":
         if not (Path(data_dir) / "models").is_dir():
             raise _error("logged", f"no model registry under {Path(data_dir) / 'models'}")
@@ -299,8 +301,8 @@ def resolve_policy(spec: PolicySpec, data_dir: Path, surface: SurfaceConfig, *,
         bandit = VWBandit(surface.model.vw_args, model=model)
     except Exception as exc:  # noqa: BLE001 - VW reports a bad model file with assorted exception types
         raise _error(spec.text, f"model {version} does not load: {exc}") from exc
-    return ModelTarget(spec.text, version, bandit, make_explorer(exploration, cap),
-                       long_term_weight=surface.model.long_term_weight, long_term=long_term)
+    return ModelTarget(spec.text, version, bandit, make_explorer(exploration, cap), surface,
+                       exploration=exploration, cap=cap, long_term=long_term)
 
 
 def _load_registry_version(spec: PolicySpec, data_dir: Path, surface: str) -> tuple[str, bytes]:
@@ -325,6 +327,6 @@ def _load_registry_version(spec: PolicySpec, data_dir: Path, surface: str) -> tu
 
 
 __all__ = [
-    "BaselineTarget", "LoggedTarget", "ModelTarget", "PolicySpec", "TargetPolicy", "UniformTarget", "baseline_scores",
+    "BaselineTarget", "LoggedTarget", "ModelTarget", "PolicySpec", "TargetPolicy", "UniformTarget",
     "parse_policy_spec", "resolve_policy",
 ]

@@ -11,14 +11,15 @@ whose Python object owns and frees the native example: examples from ``Workspace
 workspace's pool and leak (about 30 kB each) unless ``finish_example`` returns them, which cannot be
 done for a cached item. Learning uses fresh examples (a label cannot be cleared from an example).
 
-Not thread-safe: a VW workspace is not, and neither is the cache. The caller serialises every call
-(SurfacePolicy holds a lock around all use).
+Thread-safe: a VW workspace is not, and neither is the cache, so the bandit holds its own lock around every
+use of them (a swapped-out bandit finishes its calls under its own lock while the new one serves).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,6 +45,8 @@ class VWBandit:
         if any(t in ("-i", "--initial_regressor", "-d", "--data") for t in tokens):
             raise ValueError("vw_args: pass the model as bytes, not -i/-d")
         self.vw_args = vw_args
+        # A Workspace is not thread-safe: every use of it (and of the cache of examples parsed into it) holds this.
+        self._lock = threading.Lock()
         self._workspace = self._load(vw_args, model)
         workspace = self._workspace
         self.cache: ItemExampleCache[pyvw.Example] = ItemExampleCache(
@@ -69,16 +72,22 @@ class VWBandit:
         Raises InvalidInput (from features) for a bad context or candidate, naming the field.
         """
         shared_line = context_line(request.context)
-        entries = self.cache.items(request.candidates)
-        if not entries:
-            return np.empty(0)
-        workspace = self._workspace
-        examples: list[pyvw.Example] = [pyvw.Example(workspace, shared_line)]
-        examples.extend([entry.example for entry in entries])
-        # ItemExampleCache.items rejects repeated item ids, so every cached example appears once: VW merges the
-        # shared features into each action example in place, and the same object twice would be corrupted.
-        costs = workspace.predict(examples)
+        with self._lock:
+            entries = self.cache.items(request.candidates)
+            if not entries:
+                return np.empty(0)
+            workspace = self._workspace
+            examples: list[pyvw.Example] = [pyvw.Example(workspace, shared_line)]
+            examples.extend([entry.example for entry in entries])
+            # ItemExampleCache.items rejects repeated item ids, so every cached example appears once: VW merges the
+            # shared features into each action example in place, and the same object twice would be corrupted.
+            costs = workspace.predict(examples)
         return -np.asarray(costs, dtype=np.float64)
+
+    def hot_items(self, limit: int = 10_000) -> list[tuple[bytes, str, str]]:
+        """The cache's most recently used items, to warm a replacement model before it is swapped in."""
+        with self._lock:
+            return self.cache.snapshot(limit)
 
     # --- learning --------------------------------------------------------------------------------
 
@@ -94,6 +103,10 @@ class VWBandit:
         n = len(event.candidates)
         if n == 0 or not event.slate:
             return 0
+        with self._lock:
+            return self._learn(event, slot_rewards, n)
+
+    def _learn(self, event: events_pb2.DecisionEvent, slot_rewards: Sequence[float], n: int) -> int:
         workspace = self._workspace
         lines = self.cache.lines(event.candidates)
         shared = pyvw.Example(workspace, context_line(event.context))
@@ -121,7 +134,8 @@ class VWBandit:
         """The VW model file (VW saves to paths only, so this goes through a temporary file)."""
         with tempfile.TemporaryDirectory(prefix="recsys_rl_vw_") as tmp:
             path = os.path.join(tmp, "model.vw")
-            self._workspace.save(path)
+            with self._lock:
+                self._workspace.save(path)
             with open(path, "rb") as f:
                 return f.read()
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from recsys_rl.errors import InvalidInput
+from recsys_rl.serving.requests import check_item_ids
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 
 CONTEXT_NS, CONTEXT_TAGS_NS = "C", "T"
@@ -122,7 +123,8 @@ def item_line(candidate: pb.Candidate, field: str) -> str:
 
 
 _BASELINE_SUFFIX = struct.Struct("<d").pack
-_BASELINE_TAG = b"!"  # field 4 (baseline_score), wire type 1 (fixed64)
+# baseline_score's wire tag: its field number (from the generated descriptor) with wire type 1 (fixed64); one byte.
+_BASELINE_TAG = bytes([pb.Candidate.DESCRIPTOR.fields_by_name["baseline_score"].number << 3 | 1])
 
 
 def item_key(candidate: pb.Candidate) -> bytes:
@@ -154,16 +156,6 @@ class ItemExample(Generic[T]):
     item_id: str
     line: str
     example: T | None
-
-
-def _raise_bad_ids(entries: Sequence[ItemExample[Any]], field: str) -> None:
-    seen: set[str] = set()
-    for index, entry in enumerate(entries):
-        if not entry.item_id:
-            raise InvalidInput(f"{field}[{index}].item_id", "must not be empty")
-        if entry.item_id in seen:
-            raise InvalidInput(f"{field}[{index}].item_id", f"duplicate item_id {entry.item_id!r}")
-        seen.add(entry.item_id)
 
 
 class ItemExampleCache(Generic[T]):
@@ -232,7 +224,7 @@ class ItemExampleCache(Generic[T]):
         self.hits += len(out) - misses
         ids = {entry.item_id for entry in out}
         if len(ids) != len(out) or "" in ids:
-            _raise_bad_ids(out, field)
+            check_item_ids([entry.item_id for entry in out], field)
         return out
 
     def lines(self, candidates: Sequence[pb.Candidate], *, field: str = "candidates") -> list[str]:

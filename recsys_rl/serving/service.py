@@ -24,6 +24,7 @@ from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
 from recsys_rl.serving.learner import LearnerHandle, ModelWatcher, OutcomeTracker
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.policy import Decision, LongTermValue, NoLongTermValue, SurfacePolicy, decision_to_event
+from recsys_rl.serving.requests import validate_rank_request
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.serving.registry import Checkpoint, ModelRegistry
 
@@ -119,7 +120,7 @@ class DecisionService:
 
     def _load_long_term(self, config: ServiceConfig) -> LongTermValue | None:
         """The slate-RL model, for surfaces that blend it in (λ > 0); None when no surface does."""
-        if not any(surface.model.long_term_weight > 0 for surface in config.surfaces.values()):
+        if not any(surface.model.long_term_weight != 0 for surface in config.surfaces.values()):
             return None
         from recsys_rl.slateq.serving import ReloadableSlateQ, SlateQLoadError  # torch only when used
 
@@ -184,16 +185,21 @@ class DecisionService:
             raise InvalidInput(field, f"unknown surface {surface!r} (configured: {known})")
         return entry
 
-    def rank(self, request: pb.RankRequest, *, budget_s: float | None = None) -> tuple[Decision, str]:
-        """Decides, logs (enqueues) and tracks one request. Returns the decision and its event id."""
+    def rank(self, request: pb.RankRequest, *, deadline: float | None = None) -> tuple[Decision, str]:
+        """Decides, logs (enqueues) and tracks one request. Returns the decision and its event id.
+
+        The surface is resolved once here and the request checked by its rules (``requests``); ``deadline`` (a
+        ``time.perf_counter()`` instant, e.g. the RPC's) and the surface's decision budget make the one deadline
+        the decision path sees.
+        """
         if self._closed.is_set():
             raise NotReady("the service is shutting down")
         started_ns = time.perf_counter_ns()
         entry = self._entry(request.surface)
-        budget = entry.config.decision_budget_ms / 1000.0
-        if budget_s is not None:
-            budget = min(budget, budget_s)
-        decision = entry.policy.rank(request, budget_s=budget, started_at=started_ns / 1e9)
+        baseline = validate_rank_request(request, max_candidates=entry.config.max_candidates)
+        budget_deadline = started_ns / 1e9 + entry.config.decision_budget_ms / 1000.0
+        deadline = budget_deadline if deadline is None else min(deadline, budget_deadline)
+        decision = entry.policy.rank(request, deadline=deadline, baseline=baseline)
         event_id = uuid.uuid4().hex
         served_at_ns = time.time_ns()
         window_s = entry.config.reward.attribution_window_seconds

@@ -17,6 +17,9 @@ clicked *that this server saw*: the service calls ``observe(user_id, clicked_can
 reported, and the GRU state h_user is recomputed then (K GRU steps, off the Rank path). Histories live in a
 bounded LRU (``max_users``) in process memory: a restarted replica, or another replica, starts the user from
 an empty history - the same left-zero-padded input the model saw in training for users without clicks.
+``evaluate`` returns, with the values, the model version and the clicked candidates the state was built from; the
+service logs them with the decision (``DecisionEvent.long_term``), and replay recomputes the values from that logged
+input (``LoggedSlateQ``) instead of the latest model and an empty history.
 
 Hot reload. ``ReloadableSlateQ.load(version)`` builds and checks a new ``SlateQValue`` completely (load,
 checksum via the registry, a test forward pass with finite output) before swapping one attribute; requests in
@@ -35,11 +38,12 @@ import numpy as np
 
 from recsys_rl.serving.features import item_key
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+from recsys_rl.serving.decision import LongTermInput
 from recsys_rl.serving.registry import Checkpoint, ModelRegistry
 from recsys_rl.slateq import SURFACE
 from recsys_rl.slateq.model import Featurizer, FeatureSpec, SlateQNet
 
-__all__ = ["ReloadableSlateQ", "SlateQLoadError", "SlateQValue", "UserHistory"]
+__all__ = ["LoggedSlateQ", "ReloadableSlateQ", "SlateQLoadError", "SlateQValue", "UserHistory"]
 
 
 class SlateQLoadError(ValueError):
@@ -50,15 +54,19 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+# One history entry: (item vector, id bucket, the clicked candidate) - the candidate is what gets logged.
+HistoryRow = tuple[np.ndarray, int, pb.Candidate]
+
+
 class UserHistory:
-    """Last ``k`` clicked items per user as raw (item vector, id bucket), in a bounded LRU of users."""
+    """Last ``k`` clicked items per user as (item vector, id bucket, candidate), in a bounded LRU of users."""
 
     def __init__(self, spec: FeatureSpec, k: int, *, max_users: int = 100_000) -> None:
         self.spec, self.k, self.max_users = spec, k, max_users
-        self._users: OrderedDict[str, tuple[int, deque[tuple[np.ndarray, int]]]] = OrderedDict()
+        self._users: OrderedDict[str, tuple[int, deque[HistoryRow]]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def add(self, user_id: str, items: Sequence[tuple[np.ndarray, int]]) -> tuple[int, tuple[tuple[np.ndarray, int], ...]]:
+    def add(self, user_id: str, items: Sequence[HistoryRow]) -> tuple[int, tuple[HistoryRow, ...]]:
         with self._lock:
             version, rows = self._users.pop(user_id, (0, deque(maxlen=self.k)))
             rows.extend(items)
@@ -67,7 +75,7 @@ class UserHistory:
                 self._users.popitem(last=False)
             return version + 1, tuple(rows)
 
-    def get(self, user_id: str) -> tuple[int, tuple[tuple[np.ndarray, int], ...]]:
+    def get(self, user_id: str) -> tuple[int, tuple[HistoryRow, ...]]:
         with self._lock:
             entry = self._users.get(user_id)
             if entry is None:
@@ -163,7 +171,7 @@ class SlateQValue:
         w1, b1, w2, b2 = self._tower
         return np.maximum(x @ w1 + b1, 0.0) @ w2 + b2
 
-    def _gru_hidden(self, rows: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
+    def _gru_hidden(self, rows: Sequence[tuple[np.ndarray, int] | HistoryRow]) -> np.ndarray:
         """GRU over the history left-padded with zero inputs to K (as in training); torch's gate order r, z, n."""
         w_ih, b_ih, w_hh, b_hh = self._gru
         inputs = np.zeros((self.k, w_ih.shape[0]))
@@ -218,18 +226,26 @@ class SlateQValue:
                 self._contexts[key] = hit
         return hit
 
-    def _user_part(self, user_id: str) -> np.ndarray:
-        """h_user W_h for the user's current click history (the empty history's when none is known)."""
+    def _user_part(self, user_id: str) -> tuple[np.ndarray, tuple[pb.Candidate, ...]]:
+        """h_user W_h for the user's current click history (the empty history's when none is known), and the
+        clicked candidates it was built from."""
         version, rows = self.history.get(user_id)
         if version == 0:
-            return self._empty_hidden
+            return self._empty_hidden, ()
+        history = tuple(row[2] for row in rows)
         with self._lock:
             cached = self._hidden.get(user_id)
         if cached is not None and cached[0] == version:
-            return cached[1]
+            return cached[1], history
         h = self._gru_hidden(rows) @ self._state_h  # history changed under another model version, or evicted
         self._remember(user_id, version, h)
-        return h
+        return h, history
+
+    def _logged_user_part(self, history: Sequence[pb.Candidate]) -> np.ndarray:
+        """h_user W_h recomputed from a logged history (replay): the same GRU over the same featurized items."""
+        if not history:
+            return self._empty_hidden
+        return self._gru_hidden([self.featurizer.candidate(c) for c in history]) @ self._state_h
 
     def _remember(self, user_id: str, version: int, h: np.ndarray) -> None:
         with self._lock:
@@ -240,27 +256,39 @@ class SlateQValue:
 
     def state(self, request: pb.RankRequest) -> np.ndarray:
         """The user state s = relu(h_user W_h + x_context W_c + b) for this request."""
-        return np.maximum(self._user_part(request.user_id) + self._context_part(request.context), 0.0)
+        return np.maximum(self._user_part(request.user_id)[0] + self._context_part(request.context), 0.0)
 
     def values(self, request: pb.RankRequest) -> np.ndarray:
-        """Q(s, i) for each candidate of ``request``, in candidate order, float64 [n].
+        """Q(s, i) for each candidate of ``request``, in candidate order, float64 [n] (the live user state)."""
+        return self.evaluate(request)[0]
+
+    def evaluate(self, request: pb.RankRequest,
+                 logged: LongTermInput | None = None) -> tuple[np.ndarray, LongTermInput]:
+        """``LongTermValue``: values from the live user history, or from ``logged.history`` when given.
 
         One [n, hidden] add/relu and one mat-vec for all candidates: Q = relu(P + (s W_s + b_s)) w_out + c.
         """
+        if logged is None:
+            user_part, history = self._user_part(request.user_id)
+        else:
+            history = tuple(logged.history)
+            user_part = self._logged_user_part(history)
+        used = LongTermInput(self.version, history)
         candidates = request.candidates
         if not candidates:
-            return np.zeros(0)
+            return np.zeros(0), used
+        state = np.maximum(user_part + self._context_part(request.context), 0.0)
         w_s, b_s = self._value_s
         w_out, c_out = self._value_out
-        hidden = self._item_projections(candidates) + (self.state(request) @ w_s + b_s)  # float64 [n, hidden]
+        hidden = self._item_projections(candidates) + (state @ w_s + b_s)  # float64 [n, hidden]
         np.maximum(hidden, 0.0, out=hidden)
-        return hidden @ w_out + c_out
+        return hidden @ w_out + c_out, used
 
     def observe(self, user_id: str, clicked: Sequence[pb.Candidate]) -> None:
         """Records clicked items of ``user_id`` (in click order) and refreshes the user's GRU state."""
         if not clicked:
             return
-        version, rows = self.history.add(user_id, [self.featurizer.candidate(c) for c in clicked])
+        version, rows = self.history.add(user_id, [(*self.featurizer.candidate(c), c) for c in clicked])
         self._remember(user_id, version, self._gru_hidden(rows) @ self._state_h)
 
 
@@ -310,12 +338,55 @@ class ReloadableSlateQ:
             return new.version
 
     def values(self, request: pb.RankRequest) -> np.ndarray:
+        return self.evaluate(request)[0]
+
+    def evaluate(self, request: pb.RankRequest,
+                 logged: LongTermInput | None = None) -> tuple[np.ndarray, LongTermInput]:
         current = self._current
-        if current is None:
-            return np.zeros(len(request.candidates))  # no model yet: no long-term term (NoLongTermValue)
-        return current.values(request)
+        if current is None:  # no model yet: no long-term term (as NoLongTermValue)
+            return np.zeros(len(request.candidates)), LongTermInput("")
+        return current.evaluate(request, logged)
 
     def observe(self, user_id: str, clicked: Sequence[pb.Candidate]) -> None:
         current = self._current
         if current is not None:
             current.observe(user_id, clicked)
+
+
+class LoggedSlateQ:
+    """Replay's ``LongTermValue``: each decision's values recomputed with the slate-RL version and user history it
+    was served with (``DecisionEvent.long_term``). Reads the registry, never writes it; keeps a few versions loaded.
+
+    A decision logged before long-term inputs were recorded (``logged`` None) gets the latest version and an empty
+    history - an approximation of what served it, counted in ``approximated``.
+    """
+
+    _MAX_MODELS = 4
+
+    def __init__(self, models_dir: Path, *, surface: str = SURFACE) -> None:
+        self.registry = ModelRegistry(Path(models_dir))
+        self.surface = surface
+        self._models: OrderedDict[str, SlateQValue] = OrderedDict()
+        self.approximated = 0
+
+    def _model(self, version: str) -> SlateQValue:
+        model = self._models.pop(version, None)
+        if model is None:
+            try:
+                model = SlateQValue.from_checkpoint(self.registry.load(self.surface, version))
+            except (LookupError, ValueError, OSError) as exc:
+                raise SlateQLoadError(f"slateq model {version!r} refused: {exc}") from exc
+            while len(self._models) >= self._MAX_MODELS:
+                self._models.popitem(last=False)
+        self._models[version] = model
+        return model
+
+    def evaluate(self, request: pb.RankRequest,
+                 logged: LongTermInput | None = None) -> tuple[np.ndarray, LongTermInput]:
+        if logged is None:
+            self.approximated += 1
+            latest = self.registry.latest_version(self.surface)
+            logged = LongTermInput(latest or "")
+        if not logged.model_version:  # served with no model loaded: the long-term term was 0
+            return np.zeros(len(request.candidates)), logged
+        return self._model(logged.model_version).evaluate(request, logged)

@@ -183,3 +183,46 @@ def test_hot_reload_under_load_drops_no_request_and_corrupt_checkpoints_are_refu
     for a, b in zip(again, after, strict=True):
         assert a.serving_mode == pb.SERVING_MODE_LEARNED
         assert _scores(a) == pytest.approx(_scores(b))
+
+
+def test_replay_of_a_blended_surface_repeats_every_logged_propensity(trained_dir: Path, tmp_path: Path,
+                                                                    start_server) -> None:  # noqa: ANN001
+    """λ > 0 replays exactly: each decision's slate-RL version and the click history its user state was built from
+    are logged, so `logged` reproduces the propensities bit for bit, across a slate-RL hot swap and while users'
+    histories grow (the old replay used the latest model and an empty history)."""
+    from evaluators.replay.run import replay
+
+    config = _surface(LAMBDA, cap=0.5, exploration=ExplorationConfig(algorithm="softmax", temperature=1.0))
+    data_dir = _copy(trained_dir, tmp_path, "replay")
+    running = start_server(config, data_dir=data_dir, learner="off")
+    registry = ModelRegistry(data_dir / "models")
+    requests = _requests(trained_dir, 40, candidates=10, slate=3)
+
+    def serve_and_click(round_: int) -> None:
+        for i, request in enumerate(requests):
+            request.request_id = f"r{round_}-{i}"
+            response = running.stub.Rank(request, timeout=10)
+            assert response.serving_mode == pb.SERVING_MODE_LEARNED
+            running.stub.ReportOutcome(pb.ReportOutcomeRequest(
+                event_id=response.event_id, item_id=response.slate[i % 3].item_id, outcome="click", value=1.0))
+
+    serve_and_click(0)
+    serve_and_click(1)
+    shutil.copytree(trained_dir / "logs", data_dir / "train" / "logs")
+    _, new = train_from_data_dir(data_dir / "train", TrainConfig(steps=20, batch_size=64, seed=9), progress=False)
+    assert new is not None
+    old = registry.latest(SLATEQ)
+    registry.publish(SLATEQ, (data_dir / "train" / "models" / SLATEQ / new.version / "model.bin").read_bytes(),
+                     parent=old.version, data_range={}, parameters={"seed": 9})
+    running.server.service.refresh_models()
+    serve_and_click(2)
+    running.stop()
+
+    events = read_log(data_dir / "logs").decisions
+    assert len({e.long_term.model_version for e in events}) == 2  # both slate-RL versions served
+    assert sum(len(e.long_term.history) > 0 for e in events) > len(events) // 2  # histories were used
+    assert all(e.long_term.weight == LAMBDA for e in events)
+    table = replay(data_dir, "logged", surface="default", config=config, progress=False)
+    assert table.height == 3 * len(events)
+    assert (table["target_pscore"] == table["pscore"]).all()
+    assert not table["target_fallback"].any()

@@ -388,8 +388,10 @@ def test_replay_bench_smoke(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_failing_target_model_falls_back_to_the_baseline_as_serving_does() -> None:
-    from recsys_rl.serving.exploration import Greedy, make_explorer
     from evaluators.replay.targets import ModelTarget
+    from recsys_rl.config import SurfaceConfig
+    from recsys_rl.serving.decision import target_scores
+    from recsys_rl.serving.exploration import Greedy, make_explorer
     from tests.helpers import make_request
 
     class BrokenModel:  # a checkpoint whose scoring raises, as a corrupt model would
@@ -402,10 +404,10 @@ def test_failing_target_model_falls_back_to_the_baseline_as_serving_does() -> No
 
     request = make_request(n=8)
     for model in (BrokenModel(), NaNModel()):
-        target = ModelTarget("current", "v", model, make_explorer(ExplorationConfig(), 0.1))
-        scores, explorer, fell_back = target.scores(request)
-        assert fell_back and isinstance(explorer, Greedy)
-        assert scores.tolist() == [c.baseline_score for c in request.candidates]
+        target = ModelTarget("current", "v", model, make_explorer(ExplorationConfig(), 0.1), SurfaceConfig())
+        scored = target_scores(target.policy_for(), request)
+        assert scored.fell_back and isinstance(scored.explorer, Greedy)
+        assert scored.scores.tolist() == [c.baseline_score for c in request.candidates]
 
 
 def test_cli_bad_config_is_one_invalid_input(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def test_tracker_attributes_inside_the_window_only() -> None:
 
 def _served(policy: SurfacePolicy, i: int, served_at_s: float) -> events_pb2.DecisionEvent:
     request = make_request(n=6, slate_size=2, request_id=f"r{i}")
-    decision = policy.rank(request, budget_s=float("inf"))
+    decision = policy.rank(request)
     return decision_to_event(request, decision, event_id=f"e{i}", served_at_ns=int(served_at_s * 1e9),
                              window_s=2.0, latency_us=0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import threading
 
 import numpy as np
@@ -12,6 +13,7 @@ from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.config import ExplorationConfig, ModelConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput
 from recsys_rl.serving.exploration import make_explorer, slate_propensities
+from recsys_rl.serving.decision import LongTermInput
 from recsys_rl.serving.policy import NoLongTermValue, SurfacePolicy, decision_to_event
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 
@@ -38,8 +40,8 @@ class FixedValue:
     def __init__(self, values: np.ndarray) -> None:
         self._values = values
 
-    def values(self, request: pb.RankRequest) -> np.ndarray:
-        return self._values
+    def evaluate(self, request: pb.RankRequest, logged: LongTermInput | None = None) -> tuple[np.ndarray, LongTermInput]:
+        return self._values, LongTermInput("fixed-v1")
 
 
 def surface(**kw: object) -> SurfaceConfig:
@@ -77,11 +79,11 @@ def test_exhausted_budget_falls_back_and_ties_break_by_index() -> None:
     request = make_request(n=4, slate_size=4)
     for c in request.candidates:
         c.baseline_score = 0.5
-    decision = policy.rank(request, budget_s=0.0)
+    decision = policy.rank(request, deadline=time.perf_counter())
     assert decision.serving_mode == pb.SERVING_MODE_BASELINE_FALLBACK
     assert decision.fallback_reason.startswith("deadline")
     assert [s.candidate_index for s in decision.slots] == [0, 1, 2, 3]
-    assert policy.rank(request, budget_s=math.inf).serving_mode == pb.SERVING_MODE_LEARNED
+    assert policy.rank(request, deadline=None).serving_mode == pb.SERVING_MODE_LEARNED
 
 
 def test_invalid_input_propagates_and_is_not_a_fallback() -> None:
@@ -119,7 +121,7 @@ def test_long_term_value_enters_the_score() -> None:
     policy = SurfacePolicy(cfg, VWBandit(ARGS), "v1", server_seed=1, long_term=FixedValue(values))
     decision = policy.rank(make_request(n=n, slate_size=1))
     assert decision.slots[0].candidate_index == 3 and decision.slots[0].score == pytest.approx(5.0)
-    assert NoLongTermValue().values(make_request(n=n)).tolist() == [0.0] * n
+    assert NoLongTermValue().evaluate(make_request(n=n))[0].tolist() == [0.0] * n
     broken = SurfacePolicy(cfg, VWBandit(ARGS), "v1", server_seed=1, long_term=FixedValue(np.zeros(2)))
     assert broken.rank(make_request(n=n)).serving_mode == pb.SERVING_MODE_BASELINE_FALLBACK
 

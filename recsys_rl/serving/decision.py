@@ -1,0 +1,260 @@
+"""The one decision path: a validated request and a surface's decision state → scores → a drawn slate, or the
+baseline with a reason. Serving (``SurfacePolicy.rank``), replay's target propensities (``evaluators.replay``) and
+shadow scoring all call :func:`score`; serving draws with :func:`decide`, replay asks :func:`target_propensities`
+for the probability of a logged slate. "Replayed exactly as served" holds because there is no second copy.
+
+    score(a) = model_score(a) + λ · long_term_value(a)        λ = DecisionPolicy.long_term_weight
+
+The slate is drawn by :func:`recsys_rl.serving.exploration.sample_slate` with the explorer bounded by the cap in
+force and the draw key blake2b(server_seed, surface, request_id), so a decision is reproducible from its event
+(invariant 5). When the model raises or returns non-finite or misshapen scores, or the deadline passes before
+sampling, or the caller says the baseline must serve (e.g. the log cannot take the event), the baseline serves
+(invariant 4): candidates by baseline_score descending, ties by index, each slot with propensity 1 — exactly the
+Greedy explorer over baseline scores, which is how replay scores the baseline. InvalidInput is never a fallback:
+it propagates so the server answers INVALID_ARGUMENT naming the field.
+
+The long-term value is computed from a :class:`LongTermInput` (model version and the user's click history). Serving
+passes none and gets back the input it used, which is logged with the decision; replay passes the logged one, so a
+λ > 0 surface replays with the model version and history it was served with.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from recsys_rl.config import ExplorationConfig
+from recsys_rl.errors import InvalidInput
+from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+from recsys_rl.serving.exploration import Explorer, Greedy, effective_epsilon, sample_slate, slate_propensities
+
+
+@dataclass(frozen=True)
+class LongTermInput:
+    """What a long-term value was computed from: the model version ("" = none loaded) and the user's history."""
+
+    model_version: str
+    history: tuple[pb.Candidate, ...] = ()
+
+
+class LongTermValue(Protocol):
+    """Long-term value per candidate (e.g. a slate-RL model), shape (n,), in candidate order.
+
+    ``logged`` None: the live state (current model, the user's history as this process knows it); otherwise the
+    value recomputed from that input. Returns the values and the input they were computed from.
+    """
+
+    def evaluate(self, request: pb.RankRequest,
+                 logged: LongTermInput | None = None) -> tuple[np.ndarray, LongTermInput]: ...
+
+
+class NoLongTermValue:
+    """Null object: no long-term term, the bandit alone decides."""
+
+    def evaluate(self, request: pb.RankRequest,
+                 logged: LongTermInput | None = None) -> tuple[np.ndarray, LongTermInput]:
+        return np.zeros(len(request.candidates)), LongTermInput("")
+
+
+class Scorer(Protocol):
+    """Immediate-reward scores per candidate (higher = better); raises InvalidInput for a bad request field."""
+
+    def score(self, request: pb.RankRequest) -> np.ndarray: ...
+
+
+def baseline_scores(request: pb.RankRequest) -> np.ndarray:
+    return np.fromiter((c.baseline_score for c in request.candidates), np.float64, len(request.candidates))
+
+
+class BaselineScorer:
+    """The host's own scores: with the Greedy explorer this is the baseline policy."""
+
+    def score(self, request: pb.RankRequest) -> np.ndarray:
+        return baseline_scores(request)
+
+
+class ConstantScorer:
+    """All candidates equal (uniform targets: the explorer alone decides)."""
+
+    def score(self, request: pb.RankRequest) -> np.ndarray:
+        return np.zeros(len(request.candidates))
+
+
+@dataclass(frozen=True)
+class DecisionPolicy:
+    """Everything one decision is made with, frozen: a model swap or a cap change makes a new one."""
+
+    surface: str
+    policy_version: str
+    scorer: Scorer
+    explorer: Explorer
+    exploration: ExplorationConfig
+    cap: float
+    server_seed: int = 0
+    long_term: LongTermValue = field(default_factory=NoLongTermValue)
+    long_term_weight: float = 0.0
+
+    @property
+    def epsilon(self) -> float:
+        return effective_epsilon(self.exploration, self.cap)
+
+
+@dataclass(frozen=True)
+class DecisionSlot:
+    candidate_index: int
+    item_id: str
+    propensity: float
+    score: float
+    explored: bool
+    exploration_mass: float
+    draw: float
+
+
+@dataclass
+class Decision:
+    """A served slate and everything the DecisionEvent needs to reproduce it."""
+
+    slots: list[DecisionSlot]
+    slate_propensity: float
+    policy_version: str
+    serving_mode: int  # ranking_service_pb2.ServingMode value
+    fallback_reason: str
+    surface: str
+    algorithm: str
+    epsilon: float
+    temperature: float
+    gamma: float
+    cap: float
+    server_seed: int
+    draw_key: int
+    shield_rules_fired: list[str] = field(default_factory=list)
+    long_term: LongTermInput | None = None  # set on surfaces that blend a long-term value (λ ≠ 0)
+    long_term_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Scores to draw from, or the reason the baseline must serve instead (``scores`` None)."""
+
+    scores: np.ndarray | None
+    fallback_reason: str = ""
+    long_term: LongTermInput | None = None
+
+
+def score(policy: DecisionPolicy, request: pb.RankRequest, *, deadline: float | None = None,
+          long_term_input: LongTermInput | None = None) -> Scored:
+    """The policy's scores for ``request`` (validated by ``requests.validate_rank_request``).
+
+    ``deadline``: a ``time.perf_counter()`` instant; past it the baseline serves. Replay passes none: a target
+    that would have run out of time is still credited with its intended slate.
+    """
+    try:
+        scores = policy.scorer.score(request)
+    except InvalidInput:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any model failure must still serve a slate
+        return Scored(None, f"model_error: {type(exc).__name__}: {exc}")
+    long_term = None
+    if policy.long_term_weight != 0.0:
+        try:
+            values, long_term = policy.long_term.evaluate(request, long_term_input)
+            scores = scores + policy.long_term_weight * np.asarray(values, dtype=np.float64)
+        except InvalidInput:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            return Scored(None, f"long_term_error: {type(exc).__name__}: {exc}", long_term)
+    if scores.shape != (len(request.candidates),) or not np.isfinite(scores).all():
+        return Scored(None, "model_error: non-finite or misshapen scores", long_term)
+    if deadline is not None:
+        late = time.perf_counter() - deadline
+        if late > 0:
+            return Scored(None, f"deadline: passed {late * 1e3:.3f} ms before sampling", long_term)
+    return Scored(scores, "", long_term)
+
+
+def decide(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray, *, draw_key: int,
+           deadline: float | None = None, serve_baseline: str = "") -> Decision:
+    """Score and draw a slate; the baseline (with the reason) when scoring fails or ``serve_baseline`` says so.
+
+    The learned policy is scored even when ``serve_baseline`` is set: the request is validated the same way on
+    every path, and the scores are what shadow scoring compares with.
+    """
+    scored = score(policy, request, deadline=deadline)
+    reason = serve_baseline or scored.fallback_reason
+    if reason or scored.scores is None:
+        return _baseline_decision(policy, request, baseline, reason, draw_key, scored.long_term)
+    scores = scored.scores
+    draw = sample_slate(scores, request.slate_size, policy.explorer, draw_key=draw_key)
+    candidates = request.candidates
+    slots = [
+        DecisionSlot(s.index, candidates[s.index].item_id, s.propensity, float(scores[s.index]), s.explored,
+                     s.exploration_mass, s.draw)
+        for s in draw.slots
+    ]
+    return _decision(policy, slots, draw.slate_propensity, pb.SERVING_MODE_LEARNED, "", draw_key, scored.long_term)
+
+
+def baseline_order(baseline: np.ndarray, slate_size: int) -> np.ndarray:
+    """Baseline descending, ties by the lower index: the Greedy explorer's order over baseline scores."""
+    # lexsort's last key is primary.
+    return np.lexsort((np.arange(baseline.size), -baseline))[: min(slate_size, baseline.size)]
+
+
+def _baseline_decision(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray, reason: str,
+                       draw_key: int, long_term: LongTermInput | None) -> Decision:
+    candidates = request.candidates
+    slots = [
+        DecisionSlot(int(i), candidates[int(i)].item_id, 1.0, float(baseline[i]), False, 0.0, 0.0)
+        for i in baseline_order(baseline, request.slate_size)
+    ]
+    return _decision(policy, slots, 1.0, pb.SERVING_MODE_BASELINE_FALLBACK, reason, draw_key, long_term)
+
+
+def _decision(policy: DecisionPolicy, slots: list[DecisionSlot], slate_propensity: float, mode: int, reason: str,
+              draw_key: int, long_term: LongTermInput | None) -> Decision:
+    cfg = policy.exploration
+    return Decision(
+        slots=slots, slate_propensity=slate_propensity, policy_version=policy.policy_version, serving_mode=mode,
+        fallback_reason=reason, surface=policy.surface, algorithm=cfg.algorithm, epsilon=policy.epsilon,
+        temperature=cfg.temperature, gamma=cfg.gamma, cap=policy.cap, server_seed=policy.server_seed,
+        draw_key=draw_key, long_term=long_term if policy.long_term_weight != 0.0 else None,
+        long_term_weight=policy.long_term_weight,
+    )
+
+
+_GREEDY = Greedy()
+
+
+@dataclass(frozen=True)
+class TargetScores:
+    """What a target policy would have done on a logged request: its scores and explorer (replay)."""
+
+    scores: np.ndarray
+    explorer: Explorer
+    fell_back: bool  # the target's model failed and the baseline stood in, as in serving
+
+
+def target_scores(policy: DecisionPolicy, request: pb.RankRequest, *,
+                  long_term_input: LongTermInput | None = None) -> TargetScores:
+    """The scores and explorer ``policy`` draws with on ``request`` (the baseline's when its model fails)."""
+    scored = score(policy, request, long_term_input=long_term_input)
+    if scored.scores is None:
+        return TargetScores(baseline_scores(request), _GREEDY, True)
+    return TargetScores(scored.scores, policy.explorer, False)
+
+
+def target_propensities(policy: DecisionPolicy, request: pb.RankRequest, logged_indices: list[int], *,
+                        long_term_input: LongTermInput | None = None) -> tuple[np.ndarray, TargetScores]:
+    """P(logged slot k | context, logged slots < k) under ``policy``, for every k, bit for bit as drawn."""
+    target = target_scores(policy, request, long_term_input=long_term_input)
+    return slate_propensities(target.scores, logged_indices, target.explorer), target
+
+
+__all__ = [
+    "BaselineScorer", "ConstantScorer", "Decision", "DecisionPolicy", "DecisionSlot", "LongTermInput",
+    "LongTermValue", "NoLongTermValue", "Scored", "Scorer", "TargetScores", "baseline_order", "baseline_scores",
+    "decide", "score", "target_propensities", "target_scores",
+]
