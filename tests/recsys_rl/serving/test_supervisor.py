@@ -94,3 +94,44 @@ def test_backoff_resets_after_a_healthy_run_and_no_restart_after_stop() -> None:
         assert len(started) == 3
     finally:
         supervisor.stop()
+
+
+def test_a_restarted_learner_resumes_after_the_last_published_decision(tmp_path) -> None:  # noqa: ANN001
+    """What the dead learner learned but never published is learned again; what it published is not."""
+    from logging_schema.reader import read_log
+    from logging_schema.rewards import RewardDefinition
+    from recsys_rl.config import ModelConfig, ServiceConfig, SurfaceConfig
+    from recsys_rl.logging.v1 import events_pb2
+    from recsys_rl.serving.bandit import VWBandit
+    from recsys_rl.serving.learner import OnlineLearner, run_learner
+    from recsys_rl.serving.registry import ModelRegistry
+    from recsys_rl.serving.service import DecisionService
+    from tests.helpers import make_request
+
+    surface = SurfaceConfig(reward=RewardDefinition(attribution_window_seconds=0.01),
+                            model=ModelConfig(publish_every=10_000))
+    config = ServiceConfig({"default": surface})
+    service = DecisionService(config, tmp_path, learner="off", watch_models=False)
+    fresh = service.policy_version("default")
+    for i in range(12):
+        service.rank(make_request(request_id=f"r{i}"))
+    service.close()
+    decisions = read_log(tmp_path / "logs").decisions
+    # The learner that "died" had published a version holding the first 5 decisions.
+    registry = ModelRegistry(tmp_path / "models")
+    dead = OnlineLearner(surface, VWBandit(surface.model.vw_args), registry, parent_version=fresh)
+    for event in decisions[:5]:
+        dead.consume(events_pb2.LogRecord(decision=event))
+    due = max(e.served_at.ToNanoseconds() for e in decisions) * 1e-9 + 0.01 + 1.0  # window + grace
+    assert dead.step(due + 1) == 5
+    published = dead.publish(force=True)
+    assert published is not None
+    _wait_for(lambda: time.time() > due, timeout_s=5)  # every decision's window (and grace) has closed
+
+    stop = threading.Event()
+    stop.set()  # one pass: read the log, learn what is due, publish, return
+    run_learner(config, tmp_path, stop, resume_after_s=0.0)
+    resumed = registry.latest("default")
+    assert resumed is not None and resumed.manifest["parent"] == published.version
+    assert resumed.manifest["data_range"]["decisions"] == 7  # decisions 6..12, none of the first 5 twice
+    assert resumed.manifest["data_range"]["first_served_at"] > published.manifest["data_range"]["last_served_at"]
