@@ -17,7 +17,8 @@ the log. A learner that dies while the server runs (killed, out of memory, a cra
 ``recsys_rl.serving.supervisor`` with backoff, and the restarted one resumes: it loads the newest published version
 that loads and re-reads the log from just after that version's last learned decision (``data_range.last_served_at``;
 never before the first learner's start), so what the dead learner had learned but not yet published is learned
-again and nothing is learned twice. Decisions served within the same clock tick as that last one may be skipped.
+again and nothing is learned twice. A few decisions served milliseconds before that last one but logged after it
+(concurrent requests) may be skipped.
 
 A publish that fails (disk full in ``D/models``) does not stop the learner: it logs an ERROR, keeps learning, and
 retries with backoff (1 s doubling to 30 s); ``LATEST`` keeps naming the previous version meanwhile.
