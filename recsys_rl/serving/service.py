@@ -151,10 +151,11 @@ class DecisionService:
                 # LATEST should name a version that loads (the learner starts from the newest that loads anyway).
                 try:
                     self.registry.point_latest(surface.name, checkpoint.version)
+                    log.error("surface %s: serving %s; LATEST now names it instead of %s", surface.name,
+                              checkpoint.version, ", ".join(sorted(refused)) or "nothing")
                 except OSError as exc:
-                    log.error("surface %s: could not repoint LATEST: %s", surface.name, exc)
-                log.error("surface %s: serving %s; LATEST now names it instead of the refused %s", surface.name,
-                          checkpoint.version, ", ".join(sorted(refused)))
+                    log.error("surface %s: serving %s; could not repoint LATEST: %s", surface.name,
+                              checkpoint.version, exc)
         else:
             if refused:
                 log.error("surface %s: no published version loads (refused %s); starting from a fresh model",
