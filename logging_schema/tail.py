@@ -26,10 +26,12 @@ class TailStats:
 
 @dataclass
 class LogTailer:
-    """Incremental reader of ``log_dir``. ``from_end=True`` starts after what is already there."""
+    """Incremental reader of ``log_dir``. ``from_end=True`` starts after what is already there;
+    ``skip_written_before`` (a time.time()) skips segments last modified before it (a resumed reader)."""
 
     log_dir: Path
     from_end: bool = False
+    skip_written_before: float | None = None
     stats: TailStats = field(default_factory=TailStats)
     _offsets: dict[Path, int] = field(default_factory=dict)
     _done: set[Path] = field(default_factory=set)
@@ -42,6 +44,10 @@ class LogTailer:
             self._done.update(segments[:-1])
             if segments and (size := segments[-1].stat().st_size) >= HEADER_BYTES:
                 self._offsets[segments[-1]] = size
+        elif self.skip_written_before is not None and self.log_dir.is_dir():
+            # The newest segment is never skipped: the writer may still append to it.
+            self._done.update(p for p in list_segments(self.log_dir)[:-1]
+                              if p.stat().st_mtime < self.skip_written_before)
 
     def poll(self, max_records: int = 100_000) -> list[LogRecord]:
         if not self.log_dir.is_dir():

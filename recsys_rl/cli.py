@@ -1,8 +1,8 @@
 """The ``recsys-rl`` command line. Exit codes: 0 success, 2 bad usage or input (one line on stderr), 1 otherwise.
 
-Subcommands import their heavy modules lazily so ``recsys-rl --help`` stays fast. ``serve`` is the one place
-the core reaches the gRPC layer (``ranker``), by module name at call time, so the core itself stays usable
-without gRPC.
+Subcommands import their heavy modules lazily so ``recsys-rl --help`` stays fast. This module is the composition
+root: ``serve`` imports the gRPC layer (``ranker``) inside the function, the one place ours may, so the core itself
+stays usable without gRPC.
 """
 
 from __future__ import annotations
@@ -38,13 +38,32 @@ def _load_config(args: argparse.Namespace):  # noqa: ANN202 - ServiceConfig, imp
     return config.with_cap(args.exploration_cap) if args.exploration_cap is not None else config
 
 
+def port_argument(text: str) -> int:
+    """A TCP port, 0 (pick a free one) to 65535; gRPC would silently bind another port for anything else."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 65535, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {port}")
+    return port
+
+
 def _serve(args: argparse.Namespace) -> int:
+    from ranker.server import serve_forever
+    from recsys_rl.serving.dirlock import DataDirInUse, DataDirLock
+
     config = _load_config(args)
-    server = importlib.import_module("ranker.server")
-    return server.serve_forever(
-        config, Path(args.data_dir), host=args.host, port=args.port,
-        port_file=Path(args.port_file) if args.port_file else None,
-    )
+    try:
+        # Before anything binds the port or opens the log: a second server on this dir stops here, in one line.
+        lock = DataDirLock(Path(args.data_dir))
+    except DataDirInUse as exc:
+        raise UsageError(str(exc)) from None
+    with lock:
+        return serve_forever(
+            config, Path(args.data_dir), host=args.host, port=args.port,
+            port_file=Path(args.port_file) if args.port_file else None,
+        )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -80,7 +99,7 @@ def build_parser(*, full: bool = True) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = sub.add_parser("serve", help="run the gRPC ranking server")
-    serve.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    serve.add_argument("--port", type=port_argument, default=50051, help="0 picks a free port")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--data-dir", required=True, help="logs and models go here")
     serve.add_argument("--config", help="TOML surface configuration (default: the embedded default surface)")

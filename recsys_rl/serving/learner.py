@@ -11,8 +11,17 @@ it publishes a version to the registry; serving processes pick it up (``ModelWat
 Whole-slate outcomes (empty ``item_id``) are logged but not in the bandit's per-item reward: they belong to the
 slate-level (retention) model. Learning off the serving process keeps VW's GIL-holding updates off Rank's path.
 
-Restart: the learner starts at the end of the existing log; decisions whose windows were still open at shutdown
-are not learned online (their outcomes may come later); offline training reads them from the log.
+Restart. A server start starts the learner at the end of the existing log: decisions whose windows were still open
+at the previous shutdown are not learned online (their outcomes may come later); offline training reads them from
+the log. A learner that dies while the server runs (killed, out of memory, a crash) is restarted by
+``recsys_rl.serving.supervisor`` with backoff, and the restarted one resumes: it loads the newest published version
+that loads and re-reads the log from just after that version's last learned decision (``data_range.last_served_at``;
+never before the first learner's start), so what the dead learner had learned but not yet published is learned
+again and nothing is learned twice. A few decisions served milliseconds before that last one but logged after it
+(concurrent requests) may be skipped.
+
+A publish that fails (disk full in ``D/models``) does not stop the learner: it logs an ERROR, keeps learning, and
+retries with backoff (1 s doubling to 30 s); ``LATEST`` keeps naming the previous version meanwhile.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from logging_schema.rewards import RewardDefinition, UnknownOutcomeError
@@ -31,7 +41,7 @@ from logging_schema.tail import LogTailer
 from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound
 from recsys_rl.logging.v1 import events_pb2
-from recsys_rl.serving.registry import Checkpoint, ModelRegistry
+from recsys_rl.serving.registry import Checkpoint, ModelRegistry, PublishError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +49,8 @@ log = logging.getLogger(__name__)
 _CLOSED_MEMORY = 500_000
 # Outcomes accepted just before a window closes may reach the log a little later (the writer's queue).
 _GRACE_S = 1.0
+# Backoff of publish retries after a failed publish (disk full): long enough not to spin, short enough to recover.
+_PUBLISH_RETRY_S = (1.0, 30.0)
 
 
 def _seconds(ts: object) -> float:
@@ -138,6 +150,7 @@ class LearnerStats:
     outcomes_used: int = 0
     published: int = 0
     learn_errors: int = 0
+    publish_errors: int = 0
 
 
 class OnlineLearner:
@@ -154,6 +167,8 @@ class OnlineLearner:
         self._order: deque[tuple[float, str]] = deque()
         self._since_publish = 0
         self._data_range: dict[str, float | int] = {}
+        self._publish_retry_at = 0.0  # time.monotonic() before which a failed publish is not retried
+        self._publish_backoff_s = _PUBLISH_RETRY_S[0]
         self.stats = LearnerStats()
 
     def consume(self, record: events_pb2.LogRecord) -> None:
@@ -204,36 +219,58 @@ class OnlineLearner:
                 self.publish()
         return learned
 
-    def publish(self) -> Checkpoint | None:
-        """Publishes the model as a new version if it learned anything since the last one."""
-        if self._since_publish == 0:
+    def publish(self, *, force: bool = False) -> Checkpoint | None:
+        """Publishes the model as a new version if it learned anything since the last one.
+
+        A failed publish is logged and retried later (after a backoff, unless ``force``); learning goes on.
+        """
+        if self._since_publish == 0 or (not force and time.monotonic() < self._publish_retry_at):
             return None
-        checkpoint = self._registry.publish(
-            self.surface.name,
-            self._bandit.to_bytes(),  # type: ignore[attr-defined]
-            parent=self._parent,
-            data_range=dict(self._data_range),
-            parameters={"vw_args": self.surface.model.vw_args, "updates": self.stats.updates,
-                        "exploration": self.surface.exploration.algorithm},
-        )
+        try:
+            checkpoint = self._registry.publish(
+                self.surface.name,
+                self._bandit.to_bytes(),  # type: ignore[attr-defined]
+                parent=self._parent,
+                data_range=dict(self._data_range),
+                parameters={"vw_args": self.surface.model.vw_args, "updates": self.stats.updates,
+                            "exploration": self.surface.exploration.algorithm},
+            )
+        except PublishError as exc:
+            self.stats.publish_errors += 1
+            self._publish_retry_at = time.monotonic() + self._publish_backoff_s
+            log.error("%s; %s keeps serving, retrying in %.0f s", exc, self._parent, self._publish_backoff_s)
+            self._publish_backoff_s = min(2 * self._publish_backoff_s, _PUBLISH_RETRY_S[1])
+            return None
         self._parent = checkpoint.version
         self._since_publish = 0
+        self._publish_backoff_s = _PUBLISH_RETRY_S[0]
+        self._publish_retry_at = 0.0
         self.stats.published += 1
         self._on_publish(checkpoint)
         return checkpoint
 
 
-def build_learners(config: ServiceConfig, registry: ModelRegistry) -> dict[str, OnlineLearner]:
-    """One learner per learning surface, starting from the surface's latest published version."""
+def build_learners(config: ServiceConfig, registry: ModelRegistry, *,
+                   last_served: dict[str, float] | None = None) -> dict[str, OnlineLearner]:
+    """One learner per learning surface, starting from the surface's newest published version that loads.
+
+    ``last_served`` (filled when given): per surface, the served_at of the last decision that version learned.
+    """
     from recsys_rl.serving.bandit import VWBandit
 
     learners: dict[str, OnlineLearner] = {}
     for name, surface in config.surfaces.items():
-        checkpoint = registry.latest(name)
-        if checkpoint is None or not surface.model.learn:
+        if not surface.model.learn:
             continue
-        bandit = VWBandit(surface.model.vw_args, model=checkpoint.model)
+        found = registry.load_newest(name, lambda checkpoint: VWBandit(surface.model.vw_args, model=checkpoint.model))
+        if found is None:
+            continue
+        checkpoint, bandit = found
         learners[name] = OnlineLearner(surface, bandit, registry, parent_version=checkpoint.version)
+        if last_served is not None:
+            data_range = checkpoint.manifest.get("data_range")
+            last = data_range.get("last_served_at") if isinstance(data_range, dict) else None
+            last_served[name] = float(last) if isinstance(last, (int, float)) else -math.inf
     return learners
 
 
@@ -247,24 +284,48 @@ def learn_from_log(learners: dict[str, OnlineLearner], records: Iterable[events_
     return sum(learner.step(now_s) for learner in learners.values())
 
 
-def run_learner(config: ServiceConfig, data_dir: Path, stop: threading.Event | object, *,
-                interval_s: float = 0.1, from_end: bool = True) -> None:
-    """The learner loop (target of the learner process or thread). ``stop`` is a threading/multiprocessing Event.
+def _not_learned_yet(records: list[events_pb2.LogRecord], after: dict[str, float]) -> list[events_pb2.LogRecord]:
+    """Drops decisions a resumed learner's model already holds (served at or before its surface's resume point)."""
+    return [record for record in records
+            if record.WhichOneof("event") != "decision"
+            or _seconds(record.decision.served_at) > after.get(record.decision.surface, math.inf)]
 
+
+def run_learner(config: ServiceConfig, data_dir: Path, stop: threading.Event | object, *,
+                interval_s: float = 0.1, from_end: bool = True, resume_after_s: float | None = None) -> None:
+    """The learner loop (target of the learner process or thread). ``stop`` has ``wait(timeout) -> bool``.
+
+    ``resume_after_s`` (a restart after the learner died): re-read the log and learn, per surface, the decisions
+    served after both this time (the first learner's start) and the last decision its loaded version learned.
     On stop it reads what the server flushed, learns what is due and publishes the rest, then returns.
     """
     registry = ModelRegistry(Path(data_dir) / "models")
-    learners = build_learners(config, registry)
-    tailer = LogTailer(Path(data_dir) / "logs", from_end=from_end)
+    last_served: dict[str, float] = {}
+    learners = build_learners(config, registry, last_served=last_served)
+    after: dict[str, float] | None = None
+    if resume_after_s is None:
+        tailer = LogTailer(Path(data_dir) / "logs", from_end=from_end)
+    else:
+        after = {name: max(resume_after_s, last) for name, last in last_served.items()}
+        # A segment last written (1 s of clock slack) before every resume point holds nothing left to learn.
+        skip_before = min(after.values(), default=math.inf) - 1.0
+        tailer = LogTailer(Path(data_dir) / "logs", skip_written_before=skip_before)
+        log.info("learner resumes after %s", ", ".join(f"{name}@{at:.3f}" for name, at in after.items()))
     while not stop.wait(interval_s):  # type: ignore[attr-defined]
-        learn_from_log(learners, tailer.poll(), time.time())
-    learn_from_log(learners, tailer.poll(max_records=10**9), time.time())
+        records = tailer.poll()
+        learn_from_log(learners, records if after is None else _not_learned_yet(records, after), time.time())
+    records = tailer.poll(max_records=10**9)
+    learn_from_log(learners, records if after is None else _not_learned_yet(records, after), time.time())
     for learner in learners.values():
-        learner.publish()
+        learner.publish(force=True)
 
 
-def learner_process_main(config: ServiceConfig, data_dir: Path, stop: object, parent_pid: int) -> None:
-    """Entry point of the learner process: the server coordinates shutdown, so signals are its business."""
+def learner_process_main(config: ServiceConfig, data_dir: Path, stop: Connection, parent_pid: int,
+                         resume_after_s: float | None = None) -> None:
+    """Entry point of the learner process: the server coordinates shutdown, so signals are its business.
+
+    ``stop`` is the read end of a pipe: the server closing its end (or dying) makes it readable (EOF).
+    """
     import os
     import signal
 
@@ -274,45 +335,98 @@ def learner_process_main(config: ServiceConfig, data_dir: Path, stop: object, pa
     class _StopOrOrphaned:
         def wait(self, timeout: float) -> bool:
             # A learner whose server died without stopping it must not linger.
-            return stop.wait(timeout) or os.getppid() != parent_pid  # type: ignore[attr-defined]
+            return stop.poll(timeout) or os.getppid() != parent_pid
 
-    run_learner(config, data_dir, _StopOrOrphaned())
+    run_learner(config, data_dir, _StopOrOrphaned(), resume_after_s=resume_after_s)
 
 
 class LearnerHandle:
-    """The running learner: a spawned process (production) or a thread (tests, one process to debug)."""
+    """One running learner: a spawned process (production) or a thread (tests, one process to debug).
 
-    def __init__(self, mode: str, config: ServiceConfig, data_dir: Path) -> None:
+    Stopping never blocks on the learner: in process mode "stop" is our end of a pipe, closed. (It used to be a
+    ``multiprocessing.Event``, whose ``set()`` waits until every process sleeping in ``wait()`` has woken; a
+    learner SIGKILLed inside ``wait()`` never wakes, so the server's SIGTERM hung for good.)
+    """
+
+    def __init__(self, mode: str, config: ServiceConfig, data_dir: Path, *,
+                 resume_after_s: float | None = None) -> None:
         import multiprocessing
         import os
 
         self._process: multiprocessing.process.BaseProcess | None = None
         self._thread: threading.Thread | None = None
+        self._thread_error: BaseException | None = None
+        self._stop_thread = threading.Event()
+        self._stop_sender: Connection | None = None
         if mode == "process":
             # spawn, not fork: the server process already runs gRPC and writer threads.
             context = multiprocessing.get_context("spawn")
-            self._stop: object = context.Event()
+            receiver, self._stop_sender = context.Pipe(duplex=False)
             self._process = context.Process(target=learner_process_main, name="recsys-rl-learner", daemon=True,
-                                            args=(config, Path(data_dir), self._stop, os.getpid()))
+                                            args=(config, Path(data_dir), receiver, os.getpid(), resume_after_s))
             self._process.start()
+            receiver.close()  # the child holds its own copy; ours would keep the pipe from ever reaching EOF
         elif mode == "thread":
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=run_learner, args=(config, Path(data_dir), self._stop),
+            self._thread = threading.Thread(target=self._run_thread, args=(config, Path(data_dir), resume_after_s),
                                             name="learner", daemon=True)
             self._thread.start()
         else:
             raise ValueError(f"learner: must be 'process', 'thread' or 'off', got {mode!r}")
 
-    def stop(self, timeout_s: float = 60.0) -> None:
-        """Lets the learner read what the log writer flushed, learn what is due, publish, and exit."""
-        self._stop.set()  # type: ignore[attr-defined]
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+    def _run_thread(self, config: ServiceConfig, data_dir: Path, resume_after_s: float | None) -> None:
+        try:
+            run_learner(config, data_dir, self._stop_thread, resume_after_s=resume_after_s)
+        except BaseException as exc:
+            self._thread_error = exc
+            raise
+
+    @property
+    def pid(self) -> int | None:
+        """The learner process's id (None in thread mode)."""
+        return self._process.pid if self._process is not None else None
+
+    def join(self, timeout_s: float) -> bool:
+        """Waits up to ``timeout_s`` for the learner to end; True when it has ended."""
         if self._process is not None:
-            self._process.join(timeout_s)
-            if self._process.is_alive():
-                log.error("learner did not stop within %.0f s; terminating it", timeout_s)
-                self._process.terminate()
+            self._process.join(timeout_s)  # waits on the process sentinel: returns as soon as it exits
+            return not self._process.is_alive()
+        assert self._thread is not None
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def describe_exit(self) -> str:
+        """How the learner ended, for the log: "killed by SIGKILL", "exited with code 1", "raised ..."."""
+        import signal
+
+        if self._process is not None:
+            code = self._process.exitcode
+            if code is None:
+                return "is running"
+            if code < 0:
+                try:
+                    return f"was killed by {signal.Signals(-code).name}"
+                except ValueError:
+                    return f"was killed by signal {-code}"
+            return f"exited with code {code}"
+        if self._thread_error is not None:
+            return f"raised {type(self._thread_error).__name__}: {self._thread_error}"
+        return "ended"
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Lets the learner read what the log writer flushed, learn what is due, publish, and exit.
+
+        Bounded: a learner still running after ``timeout_s`` is killed (it ignores SIGTERM, so ``terminate()``
+        would not do), keeping shutdown within its budget; what it learned since its last publish is then left to
+        offline training.
+        """
+        self._stop_thread.set()
+        if self._stop_sender is not None:
+            self._stop_sender.close()
+        if self.join(timeout_s) or self._process is None:
+            return
+        log.error("learner (pid %s) did not stop within %.0f s; killing it", self._process.pid, timeout_s)
+        self._process.kill()
+        self._process.join(2.0)
 
 
 class ModelWatcher:
@@ -335,7 +449,8 @@ class ModelWatcher:
             except Exception:  # noqa: BLE001 - a bad checkpoint is refused; the old model keeps serving
                 log.exception("model refresh failed; the current version keeps serving")
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Bounded: a refresh stuck loading a model must not hold up shutdown (the thread is a daemon)."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(timeout_s)

@@ -21,12 +21,13 @@ from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.caps.store import CapStore, effective_cap
 from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
-from recsys_rl.serving.learner import LearnerHandle, ModelWatcher, OutcomeTracker
+from recsys_rl.serving.learner import ModelWatcher, OutcomeTracker
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.policy import Decision, LongTermValue, NoLongTermValue, SurfacePolicy, decision_to_event
 from recsys_rl.serving.requests import validate_rank_request
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.serving.registry import Checkpoint, ModelRegistry
+from recsys_rl.serving.supervisor import LearnerSupervisor
 
 
 log = logging.getLogger(__name__)
@@ -52,13 +53,16 @@ class DecisionService:
         self._closed = threading.Event()
         self._long_term = self._load_long_term(config)
         self._refused_long_term: set[str] = set()
+        # Versions that failed to load, per surface: refused once (logged), never retried every watcher tick.
+        self._refused_models: dict[str, set[str]] = {name: set() for name in config.surfaces}
         for name, surface in config.surfaces.items():
             self._surfaces[name] = self._load_surface(surface)
         self.caps = CapStore(self.data_dir)
         self._apply_approved_caps()
         self._recover_open_decisions()
         self.writer = LogWriter(self.data_dir / "logs")
-        self._learner = None if learner == "off" else LearnerHandle(learner, config, self.data_dir)
+        # Supervised: a learner that dies is logged and restarted with backoff while serving goes on.
+        self._learner = None if learner == "off" else LearnerSupervisor.for_mode(learner, config, self.data_dir)
         self._watcher = ModelWatcher(self.refresh_models).start() if watch_models else None
 
     def _apply_approved_caps(self) -> None:
@@ -138,15 +142,31 @@ class DecisionService:
         return self._long_term.load(version)  # type: ignore[attr-defined]
 
     def _load_surface(self, surface: SurfaceConfig) -> _Surface:
-        checkpoint = self.registry.latest(surface.name)
-        if checkpoint is None:
+        """Serves the newest version that loads; refused ones (corrupt, VW refuses) are logged and skipped."""
+        refused = self._refused_models[surface.name]
+        found = self.registry.load_newest(surface.name, lambda cp: VWBandit(surface.model.vw_args, model=cp.model),
+                                          refused=refused)
+        if found is not None:
+            checkpoint, serving = found
+            if checkpoint.version != self.registry.latest_version(surface.name):
+                # LATEST should name a version that loads (the learner starts from the newest that loads anyway).
+                try:
+                    self.registry.point_latest(surface.name, checkpoint.version)
+                    log.error("surface %s: serving %s; LATEST now names it instead of %s", surface.name,
+                              checkpoint.version, ", ".join(sorted(refused)) or "nothing")
+                except OSError as exc:
+                    log.error("surface %s: serving %s; could not repoint LATEST: %s", surface.name,
+                              checkpoint.version, exc)
+        else:
+            if refused:
+                log.error("surface %s: no published version loads (refused %s); starting from a fresh model",
+                          surface.name, ", ".join(sorted(refused)))
             # A fresh surface starts from an untrained model, published so the version names a real file.
-            fresh = VWBandit(surface.model.vw_args)
+            serving = VWBandit(surface.model.vw_args)
             checkpoint = self.registry.publish(
-                surface.name, fresh.to_bytes(), parent=None, data_range={},
+                surface.name, serving.to_bytes(), parent=None, data_range={},
                 parameters={"vw_args": surface.model.vw_args, "updates": 0},
             )
-        serving = VWBandit(surface.model.vw_args, model=checkpoint.model)
         long_term = self._long_term if surface.model.long_term_weight > 0 and self._long_term else NoLongTermValue()
         policy = SurfacePolicy(surface, serving, checkpoint.version, server_seed=self.config.seed,
                                long_term=long_term)
@@ -157,9 +177,17 @@ class DecisionService:
         swapped = []
         for name, entry in self._surfaces.items():
             pointer = self.registry.latest_version(name)
-            if pointer is not None and pointer != entry.policy.policy_version:
+            refused = self._refused_models[name]
+            if pointer is None or pointer == entry.policy.policy_version or pointer in refused:
+                continue
+            try:
                 self.load_version(name, self.registry.load(name, pointer))
-                swapped.append(f"{name}={pointer}")
+            except (LookupError, ValueError, RuntimeError, OSError) as exc:  # VW: RuntimeError("Bad model format")
+                refused.add(pointer)
+                log.error("surface %s: refusing model version %s (%s); %s keeps serving", name, pointer, exc,
+                          entry.policy.policy_version)
+                continue
+            swapped.append(f"{name}={pointer}")
         if self._long_term is not None:
             pointer = self.registry.latest_version("slateq")
             if pointer and pointer != self._long_term.version and pointer not in self._refused_long_term:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,9 @@ def recsys_rl(*args: str) -> subprocess.CompletedProcess[str]:
     (["frobnicate"], "frobnicate"),
     (["serve", "--data-dir", "x", "--config", "/nonexistent.toml"], "--config"),
     (["logs", "export", "--data-dir", "/nonexistent", "--out", "x.parquet"], "--data-dir"),
+    (["serve", "--data-dir", "x", "--port", "99999"], "--port"),
+    (["serve", "--data-dir", "x", "--port", "-5"], "--port"),
+    (["serve", "--data-dir", "x", "--port", "http"], "--port"),
 ])
 def test_bad_usage_exits_2_with_one_line(args: list[str], names: str) -> None:
     result = recsys_rl(*args)
@@ -53,3 +57,18 @@ def test_demo_then_export(tmp_path: Path) -> None:
     assert table["event_id"].n_unique() == 300
     assert table["propensity"].is_between(0.0, 1.0, closed="right").all()
     assert {"reward", "clicked"} <= set(table.columns)
+
+
+def test_a_second_server_on_a_data_dir_in_use_exits_2_naming_the_dir_and_the_holder(tmp_path: Path) -> None:
+    first = subprocess.Popen([sys.executable, "-m", "recsys_rl.cli", "serve", "--port", "0", "--data-dir",
+                              str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert first.stdout.readline().startswith("serving on ")  # type: ignore[union-attr]
+        second = recsys_rl("serve", "--port", "0", "--data-dir", str(tmp_path))
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines() == [
+            f"--data-dir: {tmp_path} is in use by another recsys-rl serve (pid {first.pid})"], second.stderr
+        assert second.stdout == ""  # it stopped before binding a port
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=30) == 0

@@ -1,0 +1,58 @@
+"""One ``recsys-rl serve`` per data directory: an exclusive ``flock`` on ``D/.serve.lock``, taken at start-up.
+
+Two servers on one data dir would interleave model versions and fight over the log writer's lock, which today
+surfaces late, as a traceback, after the port is bound. Taking this lock first turns the mistake into one line
+naming the directory and the process holding it (its pid is written into the lock file). The kernel drops the lock
+when the process dies, however it dies, so a stale file never blocks a restart.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+LOCK_FILE = ".serve.lock"
+
+
+class DataDirInUse(RuntimeError):
+    """Another live process holds the data directory."""
+
+
+class DataDirLock:
+    """Holds the lock until ``release()`` (or process exit). Use as a context manager."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        path = self.data_dir / LOCK_FILE
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            who = f" (pid {holder})" if holder else ""
+            raise DataDirInUse(f"--data-dir: {self.data_dir} is in use by another recsys-rl serve{who}") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> DataDirLock:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode().strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None

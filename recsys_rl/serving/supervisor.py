@@ -1,0 +1,93 @@
+"""Keeps the online learner running: notices when it dies, says so, and restarts it with backoff.
+
+The learner is a separate process (``LearnerHandle``); it can die of a SIGKILL, the OOM killer or a crash while
+the server keeps running. Serving does not depend on it: the current model versions keep serving and health
+stays SERVING; only new versions stop coming. So the supervisor's job is to make the death loud (one ERROR line
+with the pid and the exit code or signal) and short: a watch thread waits on the learner (``join`` waits on the
+process sentinel, so a death is seen at once) and restarts it after a backoff that starts at 1 s, doubles up
+to 30 s while restarts keep failing, and resets once a learner has lived a healthy minute. A restarted learner
+resumes from the newest published version (see the module doc of ``recsys_rl.serving.learner``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from recsys_rl.config import ServiceConfig
+from recsys_rl.serving.learner import LearnerHandle
+
+log = logging.getLogger(__name__)
+
+# How often the watch thread looks at its stop flag while the learner runs (a death is seen at once).
+_WATCH_S = 0.5
+
+
+class LearnerSupervisor:
+    """Runs one learner via ``start(resume_after_s)`` and restarts it whenever it ends before ``stop``."""
+
+    def __init__(self, start: Callable[[float | None], LearnerHandle], *, first_backoff_s: float = 1.0,
+                 max_backoff_s: float = 30.0, healthy_after_s: float = 60.0) -> None:
+        """``start(None)`` starts the first learner; ``start(t)`` a restarted one resuming after time ``t``."""
+        self._start = start
+        self._first_backoff_s = first_backoff_s
+        self._max_backoff_s = max_backoff_s
+        self._healthy_after_s = healthy_after_s
+        self._lock = threading.Lock()  # orders a restart against stop(): no learner starts after stop
+        self._stopping = threading.Event()
+        self._first_started_at = time.time()
+        self._handle = start(None)
+        self._started_at = time.monotonic()
+        self.restarts = 0
+        self._thread = threading.Thread(target=self._watch, name="learner-supervisor", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def for_mode(cls, mode: str, config: ServiceConfig, data_dir: Path, **options: float) -> LearnerSupervisor:
+        """Supervises ``LearnerHandle(mode, config, data_dir)`` ("process" or "thread")."""
+        return cls(lambda resume_after_s: LearnerHandle(mode, config, data_dir, resume_after_s=resume_after_s),
+                   **options)
+
+    @property
+    def pid(self) -> int | None:
+        """The current learner process's id (None in thread mode)."""
+        return self._handle.pid
+
+    def _watch(self) -> None:
+        backoff_s = self._first_backoff_s
+        while not self._stopping.is_set():
+            handle = self._handle
+            if not handle.join(_WATCH_S) or self._stopping.is_set():
+                continue
+            lived_s = time.monotonic() - self._started_at
+            if lived_s >= self._healthy_after_s:
+                backoff_s = self._first_backoff_s
+            who = f"online learner (pid {handle.pid})" if handle.pid is not None else "online learner thread"
+            log.error("%s %s after %.1f s; the current model versions keep serving; restarting it in %.0f s",
+                      who, handle.describe_exit(), lived_s, backoff_s)
+            if self._stopping.wait(backoff_s):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                try:
+                    self._handle = self._start(self._first_started_at)
+                except Exception:  # noqa: BLE001 - e.g. no memory to spawn: keep trying, with backoff
+                    log.exception("could not restart the online learner")
+                self._started_at = time.monotonic()
+                if self._handle is not handle:
+                    self.restarts += 1
+                    log.warning("online learner restarted (pid %s, restart %d); it resumes from the newest "
+                                "published model version", self._handle.pid, self.restarts)
+            backoff_s = min(2 * backoff_s, self._max_backoff_s)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stops supervising, then lets the current learner finish (bounded by ``timeout_s``). Idempotent."""
+        with self._lock:
+            self._stopping.set()
+            handle = self._handle
+        self._thread.join(_WATCH_S + 1.0)
+        handle.stop(timeout_s)
