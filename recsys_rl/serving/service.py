@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from logging_schema.writer import DeferredRecord, LogQueueFull, LogWriter
+from logging_schema.writer import DeferredRecord, LogQueueFull, LogUnavailable, LogWriter
 from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.caps.store import CapStore, effective_cap
 from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
 from recsys_rl.serving.learner import LearnerHandle, ModelWatcher, OutcomeTracker
+from recsys_rl.serving.log_guard import LogGuard
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.policy import Decision, LongTermValue, NoLongTermValue, SurfacePolicy, decision_to_event
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
@@ -57,6 +58,7 @@ class DecisionService:
         self._apply_approved_caps()
         self._recover_open_decisions()
         self.writer = LogWriter(self.data_dir / "logs")
+        self.log_guard = LogGuard(self.writer)  # a log that cannot take records: baseline, unlogged, counted
         self._learner = None if learner == "off" else LearnerHandle(learner, config, self.data_dir)
         self._watcher = ModelWatcher(self.refresh_models).start() if watch_models else None
 
@@ -190,6 +192,8 @@ class DecisionService:
             raise NotReady("the service is shutting down")
         started_ns = time.perf_counter_ns()
         entry = self._entry(request.surface)
+        if not self.log_guard.ready():  # never a learned or explored slate without its event queued
+            return self.log_guard.unlogged_decision(entry.policy, request)
         budget = entry.config.decision_budget_ms / 1000.0
         if budget_s is not None:
             budget = min(budget, budget_s)
@@ -210,6 +214,8 @@ class DecisionService:
             self.writer.submit(DeferredRecord(build))
         except LogQueueFull as exc:
             raise Overloaded(f"decision log queue is full: {exc}") from exc
+        except LogUnavailable:  # the disk failed since ready(): this decision is not served
+            return self.log_guard.unlogged_decision(entry.policy, request)
         entry.tracker.track(event_id, served_at_ns * 1e-9, [slot.item_id for slot in decision.slots],
                             request=request if self._long_term is not None else None)
         return decision, event_id
@@ -231,6 +237,8 @@ class DecisionService:
         entry = next((e for e in self._surfaces.values() if e.tracker.knows(request.event_id)), None)
         if entry is None:
             raise NotFound(f"event_id: no decision {request.event_id!r} is known to this server")
+        if not self.log_guard.ready():  # acknowledge (and count) nothing the log cannot take
+            raise self.log_guard.refuse_outcome()
         attributed = entry.tracker.attribute(
             request.event_id, request.item_id, request.outcome, request.value, occurred_s
         )
@@ -253,6 +261,8 @@ class DecisionService:
             self.writer.submit(events_pb2.LogRecord(outcome=outcome))
         except LogQueueFull as exc:
             raise Overloaded(f"outcome log queue is full: {exc}") from exc
+        except LogUnavailable as exc:
+            raise self.log_guard.refuse_outcome() from exc
         return attributed
 
     def load_version(self, surface: str, checkpoint: Checkpoint) -> None:
@@ -273,7 +283,7 @@ class DecisionService:
         if self._closed.is_set():
             return
         self._closed.set()
-        self.writer.close()
+        self.log_guard.close()  # writes a pending gap record, gives up on a failing disk in bounded time
         if self._watcher is not None:
             self._watcher.stop()
         if self._learner is not None:
