@@ -67,6 +67,7 @@ _MESSAGES: dict[str, list[tuple[int, str, int, bool, str | None]]] = {
     "LogRecord": [
         (1, "decision", _F.TYPE_MESSAGE, False, "DecisionEvent"),
         (2, "outcome", _F.TYPE_MESSAGE, False, "OutcomeEvent"),
+        (3, "gap", _F.TYPE_BYTES, False, None),  # recsys_rl.logging.v1.LogGap, rare: parsed by the reader
     ],
 }
 
