@@ -134,7 +134,7 @@ class LogGuard:
             self._writer.close(timeout=timeout_s)
         except LogRecordsLost as exc:
             log.error("decision log: %d accepted records could not be written before shutdown (%s)", exc.unwritten,
-                      exc)
+                      exc.__cause__ or exc)
             if written and gap is not None:
                 log.error("decision log: the gap record may be among them: %s", gap.describe())
         if not written and gap is not None:
