@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from logging_schema.reader import ReadStats, iter_records, read_log
 from logging_schema.rewards import RewardDefinition
 from logging_schema.tables import describe_gaps, export_parquet, read_tables
@@ -61,3 +63,14 @@ def test_tables_and_export_carry_the_gaps(tmp_path: Path) -> None:
     assert "42 decisions served unlogged" in line and "3 outcomes refused" in line
     assert "2023-11-14T22:13:20Z..2023-11-14T22:14:50Z" in line
     assert describe_gaps([]) == ""
+
+
+def test_logs_export_prints_a_line_naming_the_unlogged_decisions(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from recsys_rl.cli import main
+
+    _write_log(tmp_path / "logs")
+    assert main(["logs", "export", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out.parquet")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("exported ")
+    assert lines[1].startswith("log gaps: 42 decisions served unlogged") and "2023-11-14T22:13:20Z" in lines[1]
