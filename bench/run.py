@@ -25,6 +25,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("long_term", "bench.long_term_bench", "Slate-RL inference inside Rank (issue 4)"),
     ("slateq_train", "bench.slateq_train_bench", "Slate-RL offline training (issue 4)"),
     ("logging", "bench.logging_bench", "Decision log writer and reader"),
+    ("disk_full", "bench.disk_full_bench", "Rank through a full disk (issue 7)"),
     ("sim", "bench.sim_bench", "Simulator speed without the server"),
     ("replay", "bench.replay_bench", "Replay vs serving the same decisions (issue 3)"),
     ("evaluators", "bench.evaluators_bench", "Estimators on a 10M-row table (issue 3)"),

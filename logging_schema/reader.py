@@ -10,6 +10,9 @@ Segments are read in write order (see ``segments.list_segments``). What happens 
 * a record whose checksum matches but which does not parse as a ``LogRecord``, or parses with no event
   set, is counted in ``corrupt_records`` and skipped; the framing is intact, so reading continues with the
   next record of the same segment.
+* a ``LogGap`` record is not damage: it states decisions the server answered while the log could not take
+  records (disk full, I/O error), which are therefore missing from the log. ``read_log(...).gaps`` lists them
+  and ``ReadStats.gaps`` / ``decisions_unlogged`` count them, so every consumer can say what it did not see.
 * a ``events-*.seg`` file with a bad magic or an unknown format version raises SegmentFormatError naming
   the file: that is a misplaced file, not crash damage, and silently skipping it could hide lost data.
 """
@@ -23,12 +26,13 @@ from pathlib import Path
 from google.protobuf.message import DecodeError, Message
 
 from logging_schema.segments import SegmentFormatError, SegmentScan, list_segments, scan_segment
-from recsys_rl.logging.v1.events_pb2 import DecisionEvent, LogRecord, OutcomeEvent
+from recsys_rl.logging.v1.events_pb2 import DecisionEvent, LogGap, LogRecord, OutcomeEvent
 
 __all__ = [
     "LogReadResult",
     "ReadStats",
     "SegmentFormatError",
+    "gap_of",
     "iter_record_batches",
     "iter_records",
     "read_log",
@@ -40,7 +44,9 @@ class ReadStats:
     """Counts of what reading a log found.
 
     ``records`` counts records returned; ``bytes`` counts bytes of segment files read; ``skipped_bytes``
-    counts bytes abandoned after a checksum mismatch (up to the end of that segment).
+    counts bytes abandoned after a checksum mismatch (up to the end of that segment). ``gaps`` counts LogGap
+    records and ``decisions_unlogged`` / ``outcomes_refused`` sum them: decisions served while the log could not
+    take records, which are not in the log, and outcomes the server refused then (hosts retry those).
     """
 
     segments: int = 0
@@ -49,6 +55,9 @@ class ReadStats:
     corrupt_records: int = 0
     bytes: int = 0
     skipped_bytes: int = 0
+    gaps: int = 0
+    decisions_unlogged: int = 0
+    outcomes_refused: int = 0
 
     def add_scan(self, scan: SegmentScan) -> None:
         self.segments += 1
@@ -63,6 +72,13 @@ class LogReadResult:
     decisions: list[DecisionEvent] = field(default_factory=list)
     outcomes: list[OutcomeEvent] = field(default_factory=list)
     stats: ReadStats = field(default_factory=ReadStats)
+    gaps: list[LogGap] = field(default_factory=list)
+
+
+def gap_of(record: Message) -> LogGap:
+    """The LogGap of a gap record, from a LogRecord or a table view (which keeps the gap as raw bytes)."""
+    gap = record.gap  # type: ignore[attr-defined]
+    return LogGap.FromString(gap) if isinstance(gap, bytes) else gap
 
 
 def _log_paths(log_dir: Path) -> list[Path]:
@@ -87,6 +103,11 @@ def _iter_segment(path: Path, stats: ReadStats, record_type: type[Message]) -> I
             stats.corrupt_records += 1
             continue
         stats.records += 1
+        if record.WhichOneof("event") == "gap":
+            gap = gap_of(record)
+            stats.gaps += 1
+            stats.decisions_unlogged += gap.decisions_unlogged
+            stats.outcomes_refused += gap.outcomes_refused
         yield record
     stats.add_scan(scan)
 
@@ -119,11 +140,14 @@ def iter_record_batches(
 
 
 def read_log(log_dir: Path) -> LogReadResult:
-    """All decisions and outcomes of a log, split by kind, with the read statistics."""
+    """All decisions, outcomes and gap records of a log, split by kind, with the read statistics."""
     result = LogReadResult()
     for record in iter_records(log_dir, stats=result.stats):
-        if record.WhichOneof("event") == "decision":
+        kind = record.WhichOneof("event")
+        if kind == "decision":
             result.decisions.append(record.decision)
-        else:
+        elif kind == "outcome":
             result.outcomes.append(record.outcome)
+        elif kind == "gap":
+            result.gaps.append(record.gap)
     return result

@@ -43,9 +43,9 @@ import polars as pl
 from google.protobuf.message import Message
 
 from logging_schema.views import TableRecord
-from logging_schema.reader import ReadStats, iter_records
+from logging_schema.reader import ReadStats, gap_of, iter_records
 from logging_schema.rewards import RewardDefinition
-from recsys_rl.logging.v1.events_pb2 import DecisionEvent, OutcomeEvent
+from recsys_rl.logging.v1.events_pb2 import DecisionEvent, LogGap, OutcomeEvent
 from recsys_rl.ranking.v1.ranking_service_pb2 import ServingMode
 
 log = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ class LogTables:
     decisions: pl.DataFrame
     outcomes: pl.DataFrame
     stats: ReadStats
+    gaps: list[LogGap] = field(default_factory=list)  # decisions served unlogged (the log could not take them)
 
 
 def read_tables(log_dir: Path) -> LogTables:
@@ -181,13 +182,17 @@ def read_tables(log_dir: Path) -> LogTables:
     stats = ReadStats()
     decision_chunks: list[pl.DataFrame] = []
     outcome_chunks: list[pl.DataFrame] = []
+    gaps: list[LogGap] = []
     decisions, outcomes = _DecisionColumns(), _OutcomeColumns()
     for record in iter_records(log_dir, stats=stats, record_type=TableRecord):
-        if record.WhichOneof("event") == "decision":
+        kind = record.WhichOneof("event")
+        if kind == "decision":
             decisions.add(record.decision)
             if decisions.count >= _CHUNK_DECISIONS:
                 decision_chunks.append(decisions.to_frame())
                 decisions = _DecisionColumns()
+        elif kind == "gap":
+            gaps.append(gap_of(record))
         else:
             outcomes.add(record.outcome)
             if outcomes.count >= _CHUNK_DECISIONS:
@@ -195,7 +200,7 @@ def read_tables(log_dir: Path) -> LogTables:
                 outcomes = _OutcomeColumns()
     decision_chunks.append(decisions.to_frame())
     outcome_chunks.append(outcomes.to_frame())
-    return LogTables(pl.concat(decision_chunks, rechunk=True), pl.concat(outcome_chunks, rechunk=True), stats)
+    return LogTables(pl.concat(decision_chunks, rechunk=True), pl.concat(outcome_chunks, rechunk=True), stats, gaps)
 
 
 def load_tables(data_dir: Path) -> LogTables:
@@ -333,6 +338,7 @@ class ExportStats:
     outcomes: int
     read: ReadStats = field(default_factory=ReadStats)
     join: JoinStats = field(default_factory=JoinStats)
+    gaps: list[LogGap] = field(default_factory=list)  # unlogged decisions: not in the export (``describe_gaps``)
 
 
 def export_parquet(
@@ -358,4 +364,23 @@ def export_parquet(
         outcomes=tables.outcomes.height,
         read=tables.stats,
         join=join_stats,
+        gaps=tables.gaps,
     )
+
+
+def describe_gaps(gaps: Iterable[LogGap]) -> str:
+    """One line naming the decisions a log is missing and when, e.g. for ``recsys-rl logs export``; "" if none."""
+    gaps = list(gaps)
+    if not gaps:
+        return ""
+    ranges = []
+    for gap in gaps:
+        if gap.HasField("first_unlogged_at"):
+            first, last = (ts.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ")
+                           for ts in (gap.first_unlogged_at, gap.last_unlogged_at))
+            ranges.append(f"{first}..{last}")
+    decisions = sum(gap.decisions_unlogged for gap in gaps)
+    refused = sum(gap.outcomes_refused for gap in gaps)
+    shown = ", ".join(ranges[:5]) + (f", … ({len(ranges) - 5} more)" if len(ranges) > 5 else "")
+    return (f"log gaps: {decisions:,} decisions served unlogged (baseline, log unavailable) in {len(gaps)} gap(s)"
+            f"{': ' + shown if shown else ''}; {refused:,} outcomes refused then")

@@ -1,4 +1,4 @@
-"""Asynchronous, crash-tolerant writer of decision/outcome log segments.
+"""Asynchronous, fault-tolerant writer of decision/outcome log segments.
 
 The serving path calls ``LogWriter.submit(record)`` before it replies. ``submit`` only appends the
 message to an in-memory queue (no serialization, no I/O) and returns; one background thread serializes,
@@ -7,18 +7,32 @@ frames (see ``segments``), writes in batches and fsyncs. Once ``submit`` has ret
 is in the writer's queue" asks for. Ownership of the message passes to the writer: do not mutate it after
 ``submit``.
 
+Write errors (disk full, EIO: any OSError from opening, writing, truncating or fsyncing a segment) do not
+stop the writer. It turns *unavailable* (``available`` is False, ``health()`` names the first error and
+since when), keeps every record it holds, and retries with exponential backoff (50 ms doubling to 1 s).
+While unavailable, ``submit`` raises LogUnavailable at once, so the queue stops growing and the caller
+decides what to serve without a record (``recsys_rl.serving.log_guard``); the records already accepted are
+written, in order, once the disk takes them, and the writer is available again by itself. A chunk that the
+kernel took only in part is cut back (``ftruncate``) to its last complete record, so a segment never holds a
+torn record in its middle; if even the truncate fails, that segment is abandoned (its torn tail is skipped
+and counted by readers, as after a crash) and writing continues in a new one.
+
+A ``DeferredRecord`` whose ``build`` raises is logged, counted (``WriterStats.build_errors``) and skipped;
+the writer goes on with the next record.
+
 Loss window - what can be lost, exactly:
 
-* **graceful shutdown** (``close()``, context-manager exit, or interpreter exit via ``atexit``): nothing.
-  Everything submitted before ``close()`` is written and fsynced before it returns.
-* **process crash** (SIGKILL, segfault, OOM kill) with the machine still up: the records still in the
-  in-memory queue - those submitted but not yet handed to ``os.write``, at most ``max_queue`` and in
-  practice the last few milliseconds of traffic. Records already written survive in the page cache.
+* **graceful shutdown** (``close()``, context-manager exit, or interpreter exit via ``atexit``): nothing,
+  when the disk takes the records before ``close``'s timeout. Otherwise ``close`` gives up at its timeout
+  and raises LogRecordsLost naming how many accepted records are not confirmed on disk.
+* **process crash** (SIGKILL, segfault, OOM kill) with the machine still up: the records still in memory -
+  those submitted but not yet handed to ``os.write``, at most ``max_queue`` (during a write-error episode:
+  every record accepted before it began, also at most ``max_queue``). Records already written survive in
+  the page cache.
 * **machine crash / power loss**: additionally, written-but-unsynced data: the writer fsyncs at most
   ``fsync_interval_s`` after a write (sooner on ``flush()``, rotation and close), so at most the last
-  ``fsync_interval_s`` seconds of written records (plus the queue above).
-* **write error** (disk full, I/O error): the writer stops, keeps the error, and every later
-  ``submit``/``flush``/``close`` raises; records queued at that moment are lost and reported by ``close``.
+  ``fsync_interval_s`` seconds of written records (plus the above). A failed fsync is retried like a failed
+  write; on Linux the pages it could not write may already be dropped, so those records are uncertain.
 
 After any crash the segment being written may end in a torn record; readers skip and count it
 (``reader.iter_records``), and a new writer starts a fresh segment rather than appending to it.
@@ -35,12 +49,18 @@ One writer per log directory: a ``.writer.lock`` file (``flock``) makes a second
 directory - in this process or another - fail at construction. Serving processes forked per core each
 need their own directory (e.g. ``logs/<replica>/``; the reader reads one level of subdirectories), and
 each must create its writer after the fork (threads do not survive ``fork``).
+
+This package imports nothing of ours but the generated stubs, so its errors are its own classes;
+``ranker/errors.py`` maps them to gRPC status codes.
 """
 
 from __future__ import annotations
 
 import atexit
+import bisect
+import errno
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -51,8 +71,9 @@ from pathlib import Path
 from zlib import crc32
 
 from logging_schema.segments import FRAME_HEADER, HEADER_BYTES, file_header, next_sequence, segment_name
-from recsys_rl.errors import NotReady, Overloaded
 from recsys_rl.logging.v1.events_pb2 import LogRecord
+
+log = logging.getLogger(__name__)
 
 LOCK_FILE = ".writer.lock"
 # Hand bytes to the kernel in chunks of about this size, so a large batch does not build one huge buffer
@@ -62,26 +83,43 @@ _WRITE_CHUNK_BYTES = 1 << 20
 # device without touching os for everything else in the process.
 _write = os.write
 _fsync = os.fsync
+_ftruncate = os.ftruncate
+# Retry a failed write after this long, doubling up to the maximum: a disk that gets space back is used
+# again within about a second, and a dead one costs a few system calls a second, not a busy loop.
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 1.0
 
 
 class LogWriterError(RuntimeError):
     """The log writer cannot accept or persist records (see the message for why)."""
 
 
-class LogWriterClosed(LogWriterError, NotReady):
-    """``submit`` after ``close()`` or after the writer stopped on a write error."""
+class LogWriterClosed(LogWriterError):
+    """``submit`` after ``close()`` (or after the writer thread died on an unexpected error)."""
 
 
-class LogQueueFull(LogWriterError, Overloaded):
+class LogQueueFull(LogWriterError):
     """``submit`` while ``max_queue`` records are already waiting to be written: shed load."""
+
+
+class LogUnavailable(LogWriterError):
+    """``submit`` while the writer cannot write (disk full, I/O error) and is retrying what it holds."""
+
+
+class LogRecordsLost(LogWriterError):
+    """``close`` gave up: ``unwritten`` accepted records are not confirmed on disk."""
+
+    def __init__(self, message: str, unwritten: int) -> None:
+        super().__init__(message)
+        self.unwritten = unwritten
 
 
 class DeferredRecord:
     """A record whose protobuf is built on the writer's thread, off the request path.
 
     Copying a 100-candidate request into a DecisionEvent costs ~100 µs; deferring it lets Rank reply first.
-    ``build`` must only read objects nobody mutates after ``submit`` (the request, the decision) and must
-    not fail: it is part of the record's content, which is queued (and so acknowledged) already.
+    ``build`` must only read objects nobody mutates after ``submit`` (the request, the decision). If it
+    raises, the record is skipped, logged and counted (``WriterStats.build_errors``); the writer goes on.
     """
 
     __slots__ = ("build",)
@@ -92,13 +130,26 @@ class DeferredRecord:
 
 @dataclass(frozen=True)
 class WriterStats:
-    """A snapshot of the writer's counters; ``submitted - written`` is the queue depth."""
+    """A snapshot of the writer's counters; ``submitted - written - build_errors`` is the queue depth."""
 
     submitted: int
     written: int
     synced: int
     bytes: int
     segments: int
+    build_errors: int = 0  # deferred records whose build raised: skipped
+    write_errors: int = 0  # failed attempts to open, write, truncate or fsync (each retried)
+    unwritten: int = 0  # accepted records close() gave up on (not confirmed on disk)
+
+
+@dataclass(frozen=True)
+class WriterHealth:
+    """Whether the writer takes records. ``error``/``since`` (unix seconds) describe the current episode."""
+
+    available: bool
+    error: str = ""
+    since: float | None = None
+    held: int = 0  # records accepted and not yet written (retried while unavailable)
 
 
 class LogWriter:
@@ -136,20 +187,37 @@ class LogWriter:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._done = threading.Condition(self._lock)
-        self._queue: deque[LogRecord] = deque()
+        self._queue: deque[LogRecord | DeferredRecord] = deque()
         self._closing = False
+        self._close_deadline: float | None = None
         self._idle = False
-        self._failure: BaseException | None = None
+        self._failure: BaseException | None = None  # an unexpected (non-OSError) error ended the thread
         self._flush_target = 0
 
-        # Counters. ``_submitted`` is written under the lock by submitters; the others only by the thread.
+        # Write-error episode: read without the lock by ``available`` (a bool read is atomic).
+        self._available = True
+        self._error: OSError | None = None
+        self._unavailable_since: float | None = None
+        self._retry_at: float | None = None
+        self._failures_in_row = 0
+
+        # Counters, in record order. ``_submitted`` is written under the lock by submitters; the others only by
+        # the thread (under the lock). ``_handled`` = written + skipped, so "the first k records are handled"
+        # holds exactly; ``_handled_synced`` is ``_handled`` at the last fsync (what flush() waits for).
         self._submitted = 0
         self._written = 0
         self._synced = 0
+        self._handled = 0
+        self._handled_synced = 0
+        self._build_errors = 0
+        self._write_errors = 0
+        self._unwritten = 0
         self._bytes = 0
         self._segments = 0
 
-        # State of the open segment, touched only by the writer thread.
+        # Touched only by the writer thread: records taken from the queue as framed bytes (None = a deferred
+        # record whose build failed, kept in line so counting stays in order), and the open segment.
+        self._frames: deque[bytes | None] = deque()
         self._fd: int | None = None
         self._segment_bytes = 0
         self._segment_opened = 0.0
@@ -164,30 +232,47 @@ class LogWriter:
     def submit(self, record: LogRecord | DeferredRecord) -> None:
         """Queue ``record`` for writing and return at once; raise instead of ever blocking.
 
-        Raises LogWriterClosed after ``close()`` (or a write error), LogQueueFull when ``max_queue``
-        records are waiting, TypeError/ValueError for something that is not a LogRecord with an event.
-        A ``DeferredRecord`` is built on the writer's thread (see there).
+        Raises LogWriterClosed after ``close()``, LogUnavailable while write errors are being retried,
+        LogQueueFull when ``max_queue`` records are waiting, TypeError/ValueError for something that is not
+        a LogRecord with an event. A ``DeferredRecord`` is built on the writer's thread (see there).
         """
         if not isinstance(record, DeferredRecord):
             if not isinstance(record, LogRecord):
                 raise TypeError(f"record: expected recsys_rl.logging.v1.LogRecord, got {type(record).__name__}")
             if record.WhichOneof("event") is None:
-                raise ValueError("record.event: neither decision nor outcome is set")
+                raise ValueError("record.event: no event (decision, outcome or gap) is set")
         with self._lock:
             if self._closing or self._failure is not None:
                 raise self._closed_error()
-            if self._submitted - self._written >= self.max_queue:
+            if not self._available:
+                raise LogUnavailable(self._unavailable_message())
+            if self._submitted - self._handled >= self.max_queue:
                 raise LogQueueFull(f"log writer queue is full ({self.max_queue} records waiting to be written)")
             self._queue.append(record)
             self._submitted += 1
             if self._idle:
                 self._work.notify()
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every record submitted before this call is written and fsynced.
+    @property
+    def available(self) -> bool:
+        """True when ``submit`` would take a record (not closed, no write-error episode). Lock-free."""
+        return self._available and not self._closing and self._failure is None
 
-        Returns True when it is, False when ``timeout`` seconds passed first. Raises LogWriterError if
-        the writer stopped on a write error before reaching them.
+    def health(self) -> WriterHealth:
+        with self._lock:
+            if self.available:
+                return WriterHealth(True, held=self._submitted - self._handled)
+            if self._failure is not None or self._closing and self._available:
+                reason = f"closed: {self._failure}" if self._failure is not None else "closed"
+                return WriterHealth(False, reason, None, self._submitted - self._handled)
+            return WriterHealth(False, _describe(self._error), self._unavailable_since,
+                                self._submitted - self._handled)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record submitted before this call is written and fsynced (or skipped).
+
+        Returns True when it is, False when ``timeout`` seconds passed first (e.g. the disk is full and
+        the writer is still retrying). Raises LogWriterError if the writer thread died.
         """
         with self._lock:
             target = self._submitted
@@ -195,38 +280,46 @@ class LogWriter:
                 self._flush_target = target
                 self._work.notify()
             done = self._done.wait_for(
-                lambda: self._synced >= target or self._failure is not None or not self._thread.is_alive(),
-                timeout,
+                lambda: self._handled_synced >= target or not self._thread.is_alive(), timeout
             )
-            if self._failure is not None and self._synced < target:
-                raise LogWriterError(f"log writer stopped on a write error: {self._failure}") from self._failure
-            return bool(done) and self._synced >= target
+            if self._handled_synced < target and self._failure is not None:
+                raise LogWriterError(f"log writer stopped on an unexpected error: {self._failure}") from self._failure
+            return bool(done) and self._handled_synced >= target
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop accepting records, write and fsync everything queued, close the segment. Idempotent.
+        """Stop accepting records, write and fsync everything held, close the segment. Idempotent.
 
-        Raises LogWriterError when the writer had stopped on a write error (naming how many submitted
-        records were not written), or when ``timeout`` passes before the queue is drained.
+        Returns within ``timeout`` seconds (None: wait as long as it takes) even when the disk keeps
+        failing: the writer then gives up and LogRecordsLost names how many accepted records are not
+        confirmed on disk (also in ``stats().unwritten``).
         """
         with self._lock:
-            self._closing = True
+            if not self._closing:
+                self._closing = True
+                if timeout is not None:
+                    # Give up a little before the caller's deadline, so the thread has ended when join returns.
+                    self._close_deadline = time.monotonic() + max(0.0, timeout - min(0.2, timeout / 4))
             self._work.notify()
         self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise LogWriterError(f"close: {self._submitted - self._written} records still queued after {timeout} s")
+        if self._thread.is_alive():  # stuck inside a system call (a hung device): leave it to the daemon flag
+            lost = self._submitted - self._synced - self._build_errors
+            raise LogRecordsLost(f"close: the log writer is still busy after {timeout} s; {lost} accepted records "
+                                 "are not confirmed on disk", lost)
         atexit.unregister(self._close_at_exit)
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
-        if self._failure is not None:
-            lost = self._submitted - self._synced
-            raise LogWriterError(
-                f"log writer stopped on a write error; {lost} submitted records may not be on disk: {self._failure}"
-            ) from self._failure
+        if self._failure is not None or self._unwritten:
+            cause = self._failure if self._failure is not None else self._error
+            raise LogRecordsLost(
+                f"log writer gave up: {self._unwritten} accepted records could not be written "
+                f"({_describe(cause)})", self._unwritten,
+            ) from cause
 
     def stats(self) -> WriterStats:
         with self._lock:
-            return WriterStats(self._submitted, self._written, self._synced, self._bytes, self._segments)
+            return WriterStats(self._submitted, self._written, self._synced, self._bytes, self._segments,
+                               self._build_errors, self._write_errors, self._unwritten)
 
     @property
     def closed(self) -> bool:
@@ -244,7 +337,7 @@ class LogWriter:
         try:
             while True:
                 with self._lock:
-                    while not self._queue and not self._closing and self._flush_target <= self._synced:
+                    while self._should_wait():
                         timeout = self._next_deadline()
                         if timeout is not None and timeout <= 0:
                             break
@@ -254,79 +347,156 @@ class LogWriter:
                     # Swap the whole queue out: O(1) under the lock, submitters never wait on I/O.
                     batch, self._queue = self._queue, deque()
                     closing = self._closing
-                if batch:
-                    self._write_batch(batch)
-                self._housekeeping(closing and not batch)
-                if closing and not batch:
-                    with self._lock:
-                        if not self._queue:
+                self._frames.extend(map(self._frame, batch))
+                if closing and self._past_close_deadline():
+                    break  # gave up: what is still held is counted as unwritten below
+                if self._retry_at is None or time.monotonic() >= self._retry_at:
+                    try:
+                        self._drain()
+                        self._housekeeping(closing)
+                        if closing:  # nothing can be submitted any more: the queue was swapped out empty
+                            self._close_segment(sync=True)
+                    except OSError as exc:
+                        self._on_write_error(exc)
+                    else:
+                        self._on_write_success()
+                        if closing:
                             break
-            self._close_segment(sync=True)
         except BaseException as exc:  # noqa: BLE001 - kept and re-raised to callers of flush/close
+            log.exception("log writer thread stopped on an unexpected error")
             with self._lock:
                 self._failure = exc
         finally:
-            if self._fd is not None:  # only after a failure: close without trusting fsync
+            if self._fd is not None:  # gave up or failed: close without trusting fsync
                 fd, self._fd = self._fd, None
                 try:
                     os.close(fd)
                 except OSError:
                     pass
             with self._lock:
+                self._unwritten = self._submitted - self._synced - self._build_errors
                 self._done.notify_all()
 
+    def _should_wait(self) -> bool:
+        if self._closing and self._past_close_deadline():
+            return False
+        if self._retry_at is not None:  # in a write-error episode: nothing to do before the next retry
+            return time.monotonic() < self._retry_at
+        return not self._queue and not self._closing and self._flush_target <= self._handled_synced
+
+    def _past_close_deadline(self) -> bool:
+        return self._close_deadline is not None and time.monotonic() >= self._close_deadline
+
     def _next_deadline(self) -> float | None:
-        """Seconds until the thread has timed work (a due fsync or an aged segment), None if none."""
+        """Seconds until the thread has timed work (a due fsync, an aged segment, a retry), None if none."""
         now = time.monotonic()
         deadlines = []
-        if self._written > self._synced:
+        if self._retry_at is not None:
+            deadlines.append(self._retry_at - now)
+        elif self._written > self._synced:
             deadlines.append(self._last_fsync + self.fsync_interval_s - now)
-        if self._fd is not None:
+        if self._fd is not None and self._retry_at is None:
             deadlines.append(self._segment_opened + self.rotate_seconds - now)
+        if self._closing and self._close_deadline is not None:
+            deadlines.append(self._close_deadline - now)
         return min(deadlines) if deadlines else None
 
-    def _write_batch(self, batch: deque[LogRecord]) -> None:
-        buffer = bytearray()
-        pending = 0
-        pack = FRAME_HEADER.pack
-        if self._fd is not None and time.monotonic() - self._segment_opened >= self.rotate_seconds:
-            self._close_segment(sync=True)
-        for record in batch:
-            payload = (record.build() if isinstance(record, DeferredRecord) else record).SerializeToString()
-            framed = FRAME_HEADER.size + len(payload)
-            if (
-                self._fd is not None
-                and self._segment_bytes + len(buffer) + framed > self.rotate_bytes
-                and self._segment_bytes + len(buffer) > HEADER_BYTES  # holds a record already
-            ):
-                self._write_out(buffer, pending)
-                buffer, pending = bytearray(), 0
+    def _frame(self, record: LogRecord | DeferredRecord) -> bytes | None:
+        """The framed bytes of one record; None (counted, logged) when a deferred build raises."""
+        try:
+            message = record.build() if isinstance(record, DeferredRecord) else record
+            payload = message.SerializeToString()
+        except Exception:  # noqa: BLE001 - one bad record must not end all logging
+            with self._lock:
+                self._build_errors += 1
+                count = self._build_errors
+            if count == 1 or count % 1000 == 0:  # the first with its traceback, then a count now and then
+                log.error("log record could not be built; skipped (%d so far)", count, exc_info=count == 1)
+            return None
+        return FRAME_HEADER.pack(len(payload), crc32(payload)) + payload
+
+    def _drain(self) -> None:
+        """Writes every held frame, rotating segments as needed. Raises OSError with the frames kept."""
+        frames = self._frames
+        while frames:
+            if frames[0] is None:  # a skipped record: handled, nothing to write
+                frames.popleft()
+                with self._lock:
+                    self._handled += 1
+                continue
+            if self._fd is not None and time.monotonic() - self._segment_opened >= self.rotate_seconds:
                 self._close_segment(sync=True)
             if self._fd is None:
                 self._open_segment()
-            buffer += pack(len(payload), crc32(payload))
-            buffer += payload
-            pending += 1
-            if len(buffer) >= _WRITE_CHUNK_BYTES:
-                self._write_out(buffer, pending)
-                buffer, pending = bytearray(), 0
-        if pending:
-            self._write_out(buffer, pending)
+            buffer, ends, rotate = bytearray(), [], False
+            for frame in frames:
+                if frame is not None:
+                    used = self._segment_bytes + len(buffer)
+                    if used + len(frame) > self.rotate_bytes and used > HEADER_BYTES:  # holds a record already
+                        rotate = True
+                        break
+                    buffer += frame
+                ends.append(len(buffer))
+                if len(buffer) >= _WRITE_CHUNK_BYTES:
+                    break
+            if ends:
+                self._write_out(buffer, ends)
+            if rotate:
+                self._close_segment(sync=True)
 
-    def _write_out(self, buffer: bytearray, records: int) -> None:
+    def _write_out(self, buffer: bytearray, ends: list[int]) -> None:
+        """Writes ``buffer`` (records ending at ``ends``) and drops them from the held frames.
+
+        On an error after part of it went out, the segment is cut back to the last complete record and only the
+        records written whole are dropped: the rest stay held and are retried.
+        """
         assert self._fd is not None
         view = memoryview(buffer)
-        while view:
-            view = view[_write(self._fd, view) :]
-        self._segment_bytes += len(buffer)
+        done = 0
+        try:
+            while done < len(buffer):
+                done += _write(self._fd, view[done:])
+        except OSError:
+            complete = bisect.bisect_right(ends, done)
+            keep = ends[complete - 1] if complete else 0
+            if done > keep:
+                self._cut_torn_record(self._segment_bytes + keep)
+            self._account(complete, keep)
+            raise
+        self._account(len(ends), len(buffer))
+
+    def _cut_torn_record(self, size: int) -> None:
+        assert self._fd is not None
+        try:
+            _ftruncate(self._fd, size)
+        except OSError as exc:
+            # Cannot cut it: abandon the segment (readers skip its torn tail, as after a crash) and go on in a
+            # new one; the records of the torn chunk stay held and are written there.
+            log.error("could not truncate a torn record off %s (%s); continuing in a new segment",
+                      segment_name(self._sequence - 1), _describe(exc))
+            fd, self._fd = self._fd, None
+            try:
+                _fsync(fd)  # the complete records before the torn one are still worth keeping
+            except OSError:
+                pass
+            os.close(fd)
+
+    def _account(self, records: int, size: int) -> None:
+        """Drops the first ``records`` held entries, now written (or skipped: a None between good records)."""
+        skipped = 0
+        for _ in range(records):
+            skipped += self._frames.popleft() is None
+        self._segment_bytes += size
         with self._lock:
-            self._written += records
-            self._bytes += len(buffer)
+            self._handled += records
+            self._written += records - skipped
+            self._bytes += size
 
     def _housekeeping(self, closing: bool) -> None:
         now = time.monotonic()
-        dirty = self._written > self._synced
-        if dirty and (closing or self._flush_target > self._synced or now - self._last_fsync >= self.fsync_interval_s):
+        dirty = self._written > self._synced or self._handled > self._handled_synced
+        if dirty and (closing or self._flush_target > self._handled_synced
+                      or now - self._last_fsync >= self.fsync_interval_s):
             self._sync()
         if self._fd is not None and now - self._segment_opened >= self.rotate_seconds:
             self._close_segment(sync=True)
@@ -334,25 +504,41 @@ class LogWriter:
     def _sync(self) -> None:
         if self._fd is not None:
             _fsync(self._fd)
+        self._synced_now()
+
+    def _synced_now(self) -> None:
         self._last_fsync = time.monotonic()
         with self._lock:
             # Earlier segments were fsynced when they were closed, so every written record is durable now.
             self._synced = self._written
+            self._handled_synced = self._handled
             self._done.notify_all()
 
     def _open_segment(self) -> None:
         path = self.log_dir / segment_name(self._sequence)
         # O_EXCL: never reuse a name, even if another process slipped a segment in.
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
-        self._sequence += 1
-        header = file_header()
-        _write(self._fd, header)
-        # Make the new directory entry durable, or a machine crash could lose the whole file.
-        dir_fd = os.open(self.log_dir, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            self._sequence = next_sequence(self.log_dir)  # retried under the next free name
+            raise
+        header = file_header()
+        try:
+            if _write(fd, header) != len(header):
+                raise OSError(errno.ENOSPC, "short write of a segment header")
+            # Make the new directory entry durable, or a machine crash could lose the whole file.
+            dir_fd = os.open(self.log_dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError:
+            # No half-made segment is left behind; the same name is tried again on the retry.
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        self._fd = fd
+        self._sequence += 1
         self._segment_bytes = len(header)
         self._segment_opened = time.monotonic()
         with self._lock:
@@ -362,16 +548,44 @@ class LogWriter:
     def _close_segment(self, *, sync: bool) -> None:
         if self._fd is None:
             return
+        if sync:
+            _fsync(self._fd)  # on failure the segment stays open, and the fsync is retried
         fd, self._fd = self._fd, None
-        try:
-            if sync:
-                _fsync(fd)
-                self._last_fsync = time.monotonic()
-                with self._lock:
-                    self._synced = self._written
-                    self._done.notify_all()
-        finally:
-            os.close(fd)
+        os.close(fd)
+        if sync:
+            self._synced_now()
+
+    # ------------------------------------------------------------------------------ write errors
+
+    def _on_write_error(self, exc: OSError) -> None:
+        self._failures_in_row += 1
+        backoff = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (self._failures_in_row - 1))
+        self._retry_at = time.monotonic() + backoff
+        with self._lock:
+            self._write_errors += 1
+            held = self._submitted - self._handled
+            if self._available:
+                self._available = False
+                self._error = exc
+                self._unavailable_since = time.time()
+                first = True
+            else:
+                first = False
+        if first:
+            log.error("decision log %s cannot be written (%s); holding %d records and retrying with backoff",
+                      self.log_dir, _describe(exc), held)
+
+    def _on_write_success(self) -> None:
+        self._retry_at = None
+        self._failures_in_row = 0
+        if self._available:
+            return
+        with self._lock:
+            since = self._unavailable_since or time.time()
+            self._available = True
+            self._error = None
+            self._unavailable_since = None
+        log.warning("decision log %s is written again after %.1f s", self.log_dir, time.time() - since)
 
     # ------------------------------------------------------------------------------------ helpers
 
@@ -387,15 +601,26 @@ class LogWriter:
             ) from None
         return fd
 
+    def _unavailable_message(self) -> str:
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._unavailable_since or time.time()))
+        return f"decision log unavailable since {since}: {_describe(self._error)}"
+
     def _closed_error(self) -> LogWriterClosed:
         if self._failure is not None:
-            error = LogWriterClosed(f"log writer stopped on a write error: {self._failure}")
+            error = LogWriterClosed(f"log writer stopped on an unexpected error: {self._failure}")
             error.__cause__ = self._failure
             return error
         return LogWriterClosed("log writer is closed")
 
     def _close_at_exit(self) -> None:
         try:
-            self.close()
+            self.close(timeout=5.0)
         except LogWriterError:
-            pass  # at interpreter exit there is nobody left to tell; the error was already raised to flush()
+            pass  # at interpreter exit there is nobody left to tell; the writer logged its errors
+
+
+def _describe(exc: BaseException | None) -> str:
+    """``ENOSPC: No space left on device`` for an OSError; the message otherwise."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{errno.errorcode.get(exc.errno, exc.errno)}: {exc.strerror}"
+    return str(exc) if exc is not None else "no error"

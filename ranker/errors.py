@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from logging_schema.writer import LogWriterClosed
+from logging_schema.writer import LogQueueFull, LogUnavailable, LogWriterClosed
 from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded, PreconditionFailed
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,10 @@ STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (PreconditionFailed, grpc.StatusCode.FAILED_PRECONDITION),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
+    # logging_schema imports nothing of ours, so its errors are mapped here, not by inheritance.
     (LogWriterClosed, grpc.StatusCode.UNAVAILABLE),
+    (LogUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (LogQueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])

@@ -29,6 +29,7 @@ from recsys_rl.serving.service import DecisionService
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_GRACE_S = 1.5
 RANKING_SERVICE = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
 
 
@@ -104,5 +105,8 @@ def serve_forever(config: ServiceConfig, data_dir: Path, *, host: str, port: int
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     log.info("shutting down: draining in-flight calls and flushing logs")
-    server.stop()
+    # One budget for SIGTERM → exit, within 10 s even on a failing disk: in-flight RPCs get SHUTDOWN_GRACE_S (a
+    # Rank's own decision budget is tens of ms), then the log writer (log_guard.CLOSE_TIMEOUT_S) and the learner
+    # (LEARNER_STOP_S, then killed) get theirs.
+    server.stop(grace_s=SHUTDOWN_GRACE_S)
     return 0

@@ -74,7 +74,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _logs_export(args: argparse.Namespace) -> int:
-    from logging_schema.tables import export_parquet
+    from logging_schema.tables import describe_gaps, export_parquet
     from recsys_rl.config import default_config
 
     config = _load_config(args) if args.config else default_config()
@@ -86,6 +86,8 @@ def _logs_export(args: argparse.Namespace) -> int:
     damaged = stats.read.torn_tail_records + stats.read.corrupt_records
     print(f"exported {stats.rows:,} rows ({stats.decisions:,} decisions, {stats.outcomes:,} outcomes) to {stats.out}"
           f"; damaged records skipped: {damaged}")
+    if stats.gaps:  # decisions the server answered while its log could not take records are not in the export
+        print(describe_gaps(stats.gaps))
     return 0
 
 

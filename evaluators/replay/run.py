@@ -41,7 +41,7 @@ import polars as pl
 from tqdm import tqdm
 
 from logging_schema.views import TableRecord
-from logging_schema.reader import ReadStats, iter_records
+from logging_schema.reader import ReadStats, gap_of, iter_records
 from logging_schema.tables import JoinStats, decisions_frame, join_rewards, outcomes_frame
 from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig, default_config, load_config
 from recsys_rl.errors import InvalidInput
@@ -67,6 +67,10 @@ class ReplayStats:
     before_since: int = 0  # decisions served before ``since``, skipped
     target_fallbacks: int = 0  # decisions where the target model failed and the baseline stood in
     support_violations: int = 0  # rows with target_pscore > 0 but pscore 0
+    # Decisions of this surface the server answered while its log could not take records (LogGap records): they are
+    # not in the log, so the table does not cover them; ``gaps`` is how many gap records named the surface.
+    unlogged_decisions: int = 0
+    gaps: int = 0
     read: ReadStats = field(default_factory=ReadStats)
     join: JoinStats = field(default_factory=JoinStats)
 
@@ -229,9 +233,15 @@ def _replay_pass(
                mininterval=0.5)
     with bar:
         for record in iter_records(log_dir, stats=stats.read, record_type=TableRecord):
-            if record.WhichOneof("event") == "outcome":
+            kind = record.WhichOneof("event")
+            if kind == "outcome":
                 if record.outcome.surface in (surface, ""):  # other surfaces' outcomes would only be orphans
                     outcome_events.append(record.outcome)
+                continue
+            if kind == "gap":
+                unlogged = gap_of(record).decisions_unlogged_by_surface.get(surface, 0)
+                stats.unlogged_decisions += unlogged
+                stats.gaps += unlogged > 0
                 continue
             event = record.decision
             if event.surface != surface:
@@ -480,7 +490,8 @@ def run_replay(args: argparse.Namespace) -> int:
     print(f"replay {args.policy}: {stats.rows} rows from {stats.decisions} decisions -> {out} "
           f"(target fallbacks {stats.target_fallbacks}, support violations {stats.support_violations}, "
           f"other surfaces {stats.other_surfaces}, damaged records "
-          f"{stats.read.corrupt_records + stats.read.torn_tail_records})")
+          f"{stats.read.corrupt_records + stats.read.torn_tail_records}, unlogged decisions {stats.unlogged_decisions}"
+          f"{f' in {stats.gaps} log gap(s), not replayed' if stats.gaps else ''})")
     return 0
 
 

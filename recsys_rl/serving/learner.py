@@ -277,6 +277,8 @@ def build_learners(config: ServiceConfig, registry: ModelRegistry, *,
 def learn_from_log(learners: dict[str, OnlineLearner], records: Iterable[events_pb2.LogRecord], now_s: float) -> int:
     for record in records:
         kind = record.WhichOneof("event")
+        if kind == "gap":  # decisions served unlogged: nothing to learn
+            continue
         surface = record.decision.surface if kind == "decision" else record.outcome.surface
         learner = learners.get(surface)
         if learner is not None:

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from logging_schema.writer import DeferredRecord, LogQueueFull, LogWriter
+from logging_schema.writer import DeferredRecord, LogQueueFull, LogUnavailable, LogWriter
 from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.caps.store import CapStore, effective_cap
 from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
 from recsys_rl.serving.learner import ModelWatcher, OutcomeTracker
+from recsys_rl.serving.log_guard import LOG_UNAVAILABLE, LogGuard
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.policy import Decision, LongTermValue, NoLongTermValue, SurfacePolicy, decision_to_event
 from recsys_rl.serving.requests import validate_rank_request
@@ -31,6 +32,9 @@ from recsys_rl.serving.supervisor import LearnerSupervisor
 
 
 log = logging.getLogger(__name__)
+
+# How long close() lets the learner learn what is due and publish before it is killed (part of SIGTERM's 10 s).
+LEARNER_STOP_S = 2.5
 
 @dataclass
 class _Surface:
@@ -61,6 +65,7 @@ class DecisionService:
         self._apply_approved_caps()
         self._recover_open_decisions()
         self.writer = LogWriter(self.data_dir / "logs")
+        self.log_guard = LogGuard(self.writer)  # a log that cannot take records: baseline, unlogged, counted
         # Supervised: a learner that dies is logged and restarted with backoff while serving goes on.
         self._learner = None if learner == "off" else LearnerSupervisor.for_mode(learner, config, self.data_dir)
         self._watcher = ModelWatcher(self.refresh_models).start() if watch_models else None
@@ -227,6 +232,9 @@ class DecisionService:
         baseline = validate_rank_request(request, max_candidates=entry.config.max_candidates)
         budget_deadline = started_ns / 1e9 + entry.config.decision_budget_ms / 1000.0
         deadline = budget_deadline if deadline is None else min(deadline, budget_deadline)
+        if not self.log_guard.ready():  # never a learned or explored slate without its event queued
+            return self.log_guard.unlogged(entry.policy.rank(request, deadline=deadline, baseline=baseline,
+                                                             serve_baseline=LOG_UNAVAILABLE))
         decision = entry.policy.rank(request, deadline=deadline, baseline=baseline)
         event_id = uuid.uuid4().hex
         served_at_ns = time.time_ns()
@@ -244,6 +252,9 @@ class DecisionService:
             self.writer.submit(DeferredRecord(build))
         except LogQueueFull as exc:
             raise Overloaded(f"decision log queue is full: {exc}") from exc
+        except LogUnavailable:  # the disk failed since ready(): this decision is not served, the baseline is
+            return self.log_guard.unlogged(entry.policy.rank(request, deadline=deadline, baseline=baseline,
+                                                             serve_baseline=LOG_UNAVAILABLE))
         entry.tracker.track(event_id, served_at_ns * 1e-9, [slot.item_id for slot in decision.slots],
                             request=request if self._long_term is not None else None)
         return decision, event_id
@@ -265,6 +276,8 @@ class DecisionService:
         entry = next((e for e in self._surfaces.values() if e.tracker.knows(request.event_id)), None)
         if entry is None:
             raise NotFound(f"event_id: no decision {request.event_id!r} is known to this server")
+        if not self.log_guard.ready():  # acknowledge (and count) nothing the log cannot take
+            raise self.log_guard.refuse_outcome()
         attributed = entry.tracker.attribute(
             request.event_id, request.item_id, request.outcome, request.value, occurred_s
         )
@@ -287,6 +300,8 @@ class DecisionService:
             self.writer.submit(events_pb2.LogRecord(outcome=outcome))
         except LogQueueFull as exc:
             raise Overloaded(f"outcome log queue is full: {exc}") from exc
+        except LogUnavailable as exc:
+            raise self.log_guard.refuse_outcome() from exc
         return attributed
 
     def load_version(self, surface: str, checkpoint: Checkpoint) -> None:
@@ -307,8 +322,8 @@ class DecisionService:
         if self._closed.is_set():
             return
         self._closed.set()
-        self.writer.close()
+        self.log_guard.close()  # writes a pending gap record, gives up on a failing disk in bounded time
         if self._watcher is not None:
             self._watcher.stop()
         if self._learner is not None:
-            self._learner.stop()
+            self._learner.stop(LEARNER_STOP_S)

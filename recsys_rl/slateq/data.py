@@ -136,9 +136,10 @@ def load_dataset(
     extractor = _Extractor(featurizer, max_slate=max_slate, cql_candidates=cql_candidates, seed=seed)
     read_stats = ReadStats()
     for record in iter_records(log_dir, stats=read_stats):  # streams: one parsed record at a time
-        if record.WhichOneof("event") == "decision":
+        kind = record.WhichOneof("event")
+        if kind == "decision":
             extractor.add_decision(record.decision)
-        else:
+        elif kind == "outcome":  # gap records (unlogged decisions) carry nothing to learn from
             extractor.add_outcome(record.outcome)
     if not extractor.event_ids:
         raise InvalidInput("data_dir", f"no decisions in the logs under {log_dir}")
