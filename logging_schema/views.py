@@ -63,6 +63,7 @@ _MESSAGES: dict[str, list[tuple[int, str, int, bool, str | None]]] = {
         (6, "received_at", _F.TYPE_MESSAGE, False, "Timestamp"),
         (7, "surface", _F.TYPE_STRING, False, None),
         (8, "attributed", _F.TYPE_BOOL, False, None),
+        (9, "outcome_id", _F.TYPE_STRING, False, None),
     ],
     "LogRecord": [
         (1, "decision", _F.TYPE_MESSAGE, False, "DecisionEvent"),

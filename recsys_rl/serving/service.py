@@ -21,7 +21,8 @@ from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.caps.store import CapStore, effective_cap
 from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
-from recsys_rl.serving.learner import LearnerHandle, ModelWatcher, OutcomeTracker
+from recsys_rl.serving.learner import LearnerHandle, ModelWatcher
+from recsys_rl.serving.outcomes import OutcomeAck, OutcomeTracker
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.policy import Decision, LongTermValue, NoLongTermValue, SurfacePolicy, decision_to_event
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
@@ -84,8 +85,11 @@ class DecisionService:
         """After a restart, decisions whose attribution windows are still open keep accepting outcomes.
 
         Reads segments newest first (the table view skips candidate features) until one starts before the
-        longest window; without this a host's ReportOutcome during a rolling restart would get NOT_FOUND.
+        longest window; without this a host's ReportOutcome during a rolling restart would get NOT_FOUND. The
+        outcome ids already logged for those decisions are restored too, so a host's retry after the restart is
+        still a duplicate (an outcome is always logged after its decision, so it is in the segments read).
         """
+        from logging_schema.rewards import micros
         from logging_schema.segments import list_segments, scan_segment
         from logging_schema.views import TableRecord
 
@@ -95,10 +99,16 @@ class DecisionService:
         now = time.time()
         horizon = max(entry.config.reward.attribution_window_seconds for entry in self._surfaces.values())
         recovered = 0
+        keyed_outcomes: list[list[tuple[str, str, bool]]] = []  # per segment, newest segment first
         for path in reversed(list_segments(log_dir)):
             oldest = math.inf
+            keyed: list[tuple[str, str, bool]] = []
             for payload in scan_segment(path):
                 record = TableRecord.FromString(payload)
+                if record.WhichOneof("event") == "outcome":
+                    if record.outcome.outcome_id:
+                        keyed.append((record.outcome.event_id, record.outcome.outcome_id, record.outcome.attributed))
+                    continue
                 if record.WhichOneof("event") != "decision":
                     continue
                 event = record.decision
@@ -106,12 +116,22 @@ class DecisionService:
                 oldest = min(oldest, served_at)
                 entry = self._surfaces.get(event.surface)
                 if entry is not None and served_at + entry.config.reward.attribution_window_seconds >= now:
-                    entry.tracker.track(event.event_id, served_at, [slot.item_id for slot in event.slate])
+                    entry.tracker.track(event.event_id, micros(event.served_at.seconds, event.served_at.nanos),
+                                        [slot.item_id for slot in event.slate])
                     recovered += 1
+            keyed_outcomes.append(keyed)
             if oldest + horizon < now:
                 break
+        restored = 0
+        for keyed in reversed(keyed_outcomes):  # log order: the first answer of a key wins
+            for event_id, outcome_id, attributed in keyed:
+                entry = next((e for e in self._surfaces.values() if e.tracker.knows(event_id)), None)
+                if entry is not None:
+                    entry.tracker.remember(event_id, outcome_id, attributed)
+                    restored += 1
         if recovered:
-            log.info("recovered %d decisions with open attribution windows from the log", recovered)
+            log.info("recovered %d decisions with open attribution windows (and %d outcome ids) from the log",
+                     recovered, restored)
 
     def cap(self, surface: str) -> float:
         """The exploration cap in force for ``surface``."""
@@ -210,12 +230,17 @@ class DecisionService:
             self.writer.submit(DeferredRecord(build))
         except LogQueueFull as exc:
             raise Overloaded(f"decision log queue is full: {exc}") from exc
-        entry.tracker.track(event_id, served_at_ns * 1e-9, [slot.item_id for slot in decision.slots],
+        entry.tracker.track(event_id, served_at_ns // 1000, [slot.item_id for slot in decision.slots],
                             request=request if self._long_term is not None else None)
         return decision, event_id
 
-    def report_outcome(self, request: pb.ReportOutcomeRequest) -> bool:
-        """Attributes and logs one outcome. True when it counts toward its decision's reward."""
+    def report_outcome(self, request: pb.ReportOutcomeRequest) -> OutcomeAck:
+        """Attributes and logs one outcome: whether it counts, and whether it repeats an acknowledged outcome_id.
+
+        A duplicate (same event_id and outcome_id as an acknowledged outcome) gets the first answer and is neither
+        logged nor counted again. The id is remembered only once the outcome is queued for the log, so a retry
+        after a failed submit is logged (and counted) exactly once.
+        """
         if not request.event_id:
             raise InvalidInput("event_id", "must not be empty")
         if not request.outcome:
@@ -223,18 +248,16 @@ class DecisionService:
         if not math.isfinite(request.value):
             raise InvalidInput("value", f"must be finite, got {request.value}")
         received_ns = time.time_ns()
-        occurred_s = (
-            request.occurred_at.seconds + request.occurred_at.nanos * 1e-9
-            if request.HasField("occurred_at")
-            else received_ns * 1e-9
-        )
+        # Integer nanoseconds end to end: the tracker and the log see the same microsecond (one attribution rule).
+        occurred_ns = request.occurred_at.ToNanoseconds() if request.HasField("occurred_at") else received_ns
         entry = next((e for e in self._surfaces.values() if e.tracker.knows(request.event_id)), None)
         if entry is None:
             raise NotFound(f"event_id: no decision {request.event_id!r} is known to this server")
-        attributed = entry.tracker.attribute(
-            request.event_id, request.item_id, request.outcome, request.value, occurred_s
-        )
-        if attributed and request.item_id and self._long_term is not None and request.value > 0:
+        ack = entry.tracker.attribute(request.event_id, request.item_id, request.outcome, request.value,
+                                      occurred_ns // 1000, request.outcome_id)
+        if ack.duplicate:
+            return ack
+        if ack.attributed and request.item_id and self._long_term is not None and request.value > 0:
             served = entry.tracker.request_of(request.event_id)
             if served is not None:  # the slate-RL user state follows what the user engaged with
                 clicked = [c for c in served.candidates if c.item_id == request.item_id]  # type: ignore[attr-defined]
@@ -245,15 +268,17 @@ class DecisionService:
             outcome=request.outcome,
             value=request.value,
             surface=entry.config.name,
-            attributed=attributed,
+            attributed=ack.attributed,
+            outcome_id=request.outcome_id,
         )
-        outcome.occurred_at.FromNanoseconds(int(occurred_s * 1e9))
+        outcome.occurred_at.FromNanoseconds(occurred_ns)
         outcome.received_at.FromNanoseconds(received_ns)
         try:
             self.writer.submit(events_pb2.LogRecord(outcome=outcome))
         except LogQueueFull as exc:
             raise Overloaded(f"outcome log queue is full: {exc}") from exc
-        return attributed
+        entry.tracker.remember(request.event_id, request.outcome_id, ack.attributed)
+        return ack
 
     def load_version(self, surface: str, checkpoint: Checkpoint) -> None:
         """Hot-swaps the serving model; a checkpoint that fails to load raises and the old one keeps serving."""

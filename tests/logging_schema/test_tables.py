@@ -88,6 +88,7 @@ def test_window_is_inclusive_at_both_ends_at_microsecond_resolution() -> None:
 
 
 def test_weights_multiple_outcomes_unknown_names_and_whole_slate_outcomes() -> None:
+    wide = RewardDefinition(weights={"click": 1.0, "purchase": 5.0}, range=(0.0, 20.0))
     joined, stats = _join([
         make_outcome("e1", "a", "click"),
         make_outcome("e1", "a", "purchase", value=2.0, occurred_at_us=BASE_US + 1_000),  # 5 × 2
@@ -95,7 +96,7 @@ def test_weights_multiple_outcomes_unknown_names_and_whole_slate_outcomes() -> N
         make_outcome("e1", "b", "click", value=0.0),  # a reported non-click: counted, reward 0, not clicked
         make_outcome("e1", "", "purchase", value=1.0),  # whole slate: slate_reward only
         make_outcome("nope", "a", "click"),  # orphan
-    ])  # fmt: skip
+    ], wide)  # fmt: skip
     assert _column(joined, "e1", "reward") == {"a": 11.0, "b": 0.0, "c": 0.0}
     assert _column(joined, "e1", "n_outcomes") == {"a": 2, "b": 1, "c": 0}
     assert _column(joined, "e1", "clicked") == {"a": True, "b": False, "c": False}
@@ -108,7 +109,7 @@ def test_weights_multiple_outcomes_unknown_names_and_whole_slate_outcomes() -> N
 
 
 def test_each_surface_uses_its_own_definition_and_window() -> None:
-    search = RewardDefinition(weights={"purchase": 2.0}, attribution_window_seconds=120.0)
+    search = RewardDefinition(weights={"purchase": 2.0}, attribution_window_seconds=120.0, range=(0.0, 10.0))
     late_us = BASE_US + 60_000_000 + 100_000_000  # 100 s after e2: inside search's window only
     outcomes = [
         make_outcome("e1", "a", "click", occurred_at_us=BASE_US + 100_000_000),
