@@ -290,9 +290,10 @@ def join_rewards(
         outcome_id.fill_null("").alias("outcome_id"),
     ).with_row_index("log_order")
     # Rule 1: of the outcomes sharing (event_id, outcome_id) with an id, only the first in log order counts.
+    keyed = logged.select((pl.col("outcome_id") != "").any()).item()
     outcomes = logged.filter(
         (pl.col("outcome_id") == "") | (pl.col("log_order") == pl.col("log_order").min().over("event_id", "outcome_id"))
-    )
+    ) if keyed else logged  # a log without ids (or from before them) skips the window pass
     matched = (
         outcomes.join(keys, on="event_id", how="inner")
         .join(per_surface, on="surface", how="inner")
