@@ -101,7 +101,8 @@ class OnlineLearner:
             # outcome_id with an item's outcome, and only the first of a key counts).
             counted = pending.rewards.add(outcome.item_id, outcome.outcome, outcome.value, _occurred_at_us(outcome),
                                           outcome.outcome_id)
-            self.stats.outcomes_used += counted and bool(outcome.item_id)
+            if counted and outcome.item_id:
+                self.stats.outcomes_used += 1
 
     def step(self, now_s: float) -> int:
         """Learns every decision whose window (plus grace) closed before ``now_s``; publishes when due."""
