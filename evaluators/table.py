@@ -29,6 +29,10 @@ PROPENSITY_PAIRS: dict[str, str] = {
     "cascade_pscore": "cascade_target_pscore",
     "marginal_pscore": "marginal_target_pscore",
 }
+# The reward range the logging surface declared (``logging_schema.rewards``); optional, but when a table carries
+# them (``logs export``, replay) every reward must lie in [reward_min, reward_max]: the bounded-reward intervals
+# and the gate assume it, so a reward outside it means the table was built with another reward rule.
+RANGE_COLUMNS: tuple[str, str] = ("reward_min", "reward_max")
 _TARGET_COLUMNS = frozenset(PROPENSITY_PAIRS.values())
 _FLOAT_COLUMNS = frozenset(("reward", *MODEL_COLUMNS, *SLATE_COLUMNS, "pscore", "target_pscore"))
 
@@ -111,11 +115,21 @@ def validate_table(
         exprs.append(_support_violation(p).sum().alias(f"violations:{p}"))
         t = pl.col(PROPENSITY_PAIRS[p]).cast(pl.Float64)
         exprs.append(((t < 0) | (t > 1)).sum().alias(f"outside:{PROPENSITY_PAIRS[p]}"))
+    has_range = all(c in df.columns for c in RANGE_COLUMNS)
+    if has_range:
+        reward = pl.col("reward").cast(pl.Float64)
+        exprs.append(((reward < pl.col("reward_min")) | (reward > pl.col("reward_max"))).sum().alias("outside:reward"))
+        exprs.append(pl.col("reward_min").min().alias("range:low"))
+        exprs.append(pl.col("reward_max").max().alias("range:high"))
     counts = df.select(exprs).row(0, named=True)
 
     for name in columns:
         if counts[f"missing:{name}"]:
             raise TableError(name, f"{counts[f'missing:{name}']} null or NaN value(s)")
+    if has_range and counts["outside:reward"]:
+        raise TableError("reward", f"{counts['outside:reward']} value(s) outside the declared reward range "
+                                   f"[reward_min, reward_max] (here within [{counts['range:low']:g}, "
+                                   f"{counts['range:high']:g}])")
     violations: dict[str, int] = {}
     for p in pairs:
         if counts[f"nonpositive:{p}"]:

@@ -10,25 +10,28 @@ no row):
     exploration_cap: f64   algorithm: str   n_candidates: i32   slate_size: i32
 
 ``outcomes_frame`` columns: event_id, item_id ("" = whole slate), outcome, value: f64,
-occurred_at, received_at: datetime[us, UTC], surface, attributed: bool. An outcome logged without
-``occurred_at`` takes ``received_at`` (what the server does for an unset time).
+occurred_at, received_at: datetime[us, UTC], surface, attributed: bool, outcome_id: str ("" = none). An
+outcome logged without ``occurred_at`` takes ``received_at`` (what the server does for an unset time).
 
-``join_rewards`` adds, per row of the decisions table (surface s, decision served at t, item a):
+``join_rewards`` applies the reward rule of ``logging_schema.rewards`` (one definition, also used online by
+the learner; read it there) and adds, per row of the decisions table (surface s, decision served at t, item a):
 
-    reward          = Σ weight_s[o.outcome] · o.value  over outcomes o with o.event_id = event_id,
-                      o.item_id = a, o.outcome known to s, and t ≤ o.occurred_at ≤ t + window_s
-    n_outcomes      = the number of such outcomes
+    reward          = clip(Σ_o weight_s[o] · agg_s[o](values of o), range_s) over the outcomes of
+                      (event_id, a) whose name o is known to s, with t ≤ occurred_at ≤ t + window_s
+                      (integer microseconds, inclusive), after dropping repeats of an (event_id, outcome_id);
+                      agg is "max" (default: a click reported three times counts once) or "sum"
+    n_outcomes      = the number of such outcomes (repeats without an id included, each counted)
     clicked         = any in-window outcome for (event_id, a) named "click" with value > 0
                       (whether or not the surface's reward weighs clicks)
-    slate_reward    = the same sum over the decision's whole-slate outcomes (empty item_id); repeated on
+    slate_reward    = the same rule over the decision's whole-slate outcomes (empty item_id); repeated on
                       every row of the decision and NOT added to ``reward`` - summing ``reward`` over
                       rows then never counts a slate-level outcome once per position
     n_slate_outcomes = the number of those
+    reward_min, reward_max = the surface's reward range (every reward and slate_reward lies in it); they
+                      travel with ``logs export`` and the replay table so the evaluators can check and use it
 
-Windows are compared at microsecond resolution, inclusive at both ends (as RewardDefinition.in_window).
-Outcomes are summed as logged: a host that reports the same outcome twice gets it counted twice.
-Outcomes whose name the surface's definition does not list, outcomes of unknown decisions (orphans) and
-outcomes outside the window do not count; ``JoinStats`` says how many there were.
+Outcomes whose name the surface's definition does not list, outcomes of unknown decisions (orphans),
+outcomes outside the window and repeats of an outcome_id do not count; ``JoinStats`` says how many there were.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ DECISION_SCHEMA: dict[str, pl.DataType] = {
 OUTCOME_SCHEMA: dict[str, pl.DataType] = {
     "event_id": pl.String(), "item_id": pl.String(), "outcome": pl.String(), "value": pl.Float64(),
     "occurred_at": UTC_US, "received_at": UTC_US, "surface": pl.String(), "attributed": pl.Boolean(),
+    "outcome_id": pl.String(),
 }  # fmt: skip
 _PER_DECISION = ("event_id", "request_id", "surface", "user_id", "served_at", "slate_propensity",
                  "policy_version", "serving_mode", "exploration_cap", "algorithm", "n_candidates", "slate_size")  # fmt: skip
@@ -141,6 +145,7 @@ class _OutcomeColumns:
         c["received_at"].append(received)
         c["surface"].append(event.surface)
         c["attributed"].append(event.attributed)
+        c["outcome_id"].append(event.outcome_id)
         self.count += 1
 
     def to_frame(self) -> pl.DataFrame:
@@ -216,11 +221,13 @@ class JoinStats:
     """What ``join_rewards`` did with the outcomes it was given."""
 
     outcomes: int = 0
+    duplicate_outcomes: int = 0  # repeats of an (event_id, outcome_id) already seen earlier in the log
     orphan_outcomes: int = 0  # event_id matches no decision
     unknown_outcomes: int = 0  # name not in the decision surface's reward definition (any time)
     out_of_window_outcomes: int = 0  # matched a decision but occurred outside its window
     counted_outcomes: int = 0  # item-level outcomes counted in ``reward``
     slate_outcomes: int = 0  # whole-slate outcomes counted in ``slate_reward``
+    clipped_rewards: int = 0  # per-item and per-slate sums clipped to the reward range
 
 
 def _require(frame: pl.DataFrame, columns: Iterable[str], name: str) -> None:
@@ -240,6 +247,26 @@ def _definitions(
     return {s: rewards[s] for s in surfaces}
 
 
+def _rule_frames(definitions: dict[str, RewardDefinition]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Per surface: window and range; per (surface, outcome): weight and aggregation."""
+    surfaces = sorted(definitions)
+    per_surface = pl.DataFrame(
+        {"surface": surfaces, "window_us": [definitions[s].window_us for s in surfaces],
+         "reward_min": [definitions[s].low for s in surfaces], "reward_max": [definitions[s].high for s in surfaces]},
+        schema={"surface": pl.String, "window_us": pl.Int64, "reward_min": pl.Float64, "reward_max": pl.Float64},
+    )
+    rows = [(s, name, w, definitions[s].aggregation_of(name)) for s in surfaces for name, w in definitions[s].weights.items()]
+    per_outcome = pl.DataFrame(
+        rows, schema={"surface": pl.String, "outcome": pl.String, "weight": pl.Float64, "aggregation": pl.String},
+        orient="row",
+    )
+    return per_surface, per_outcome
+
+
+def _clipped(total: str) -> pl.Expr:
+    return pl.col(total).clip(pl.col("reward_min"), pl.col("reward_max"))
+
+
 def join_rewards(
     decisions_df: pl.DataFrame,
     outcomes_df: pl.DataFrame,
@@ -247,57 +274,80 @@ def join_rewards(
     *,
     stats: JoinStats | None = None,
 ) -> pl.DataFrame:
-    """``decisions_df`` with reward, n_outcomes, clicked, slate_reward, n_slate_outcomes (module docstring).
+    """``decisions_df`` with reward, n_outcomes, clicked, slate_reward, n_slate_outcomes, reward_min, reward_max
+    (module docstring; the rule is ``logging_schema.rewards``, restated here as polars expressions).
 
     ``rewards`` maps surface -> definition, or is one definition for every surface; a surface of
-    ``decisions_df`` without a definition is an error. Row order of ``decisions_df`` is kept. Pass a
-    ``JoinStats`` to get the counts of orphan, unknown and out-of-window outcomes (also logged at INFO).
+    ``decisions_df`` without a definition is an error. Row order of ``decisions_df`` is kept, and the row order
+    of ``outcomes_df`` is taken as log order (the first of a duplicated outcome_id wins). ``outcome_id`` is
+    optional (absent = no ids). Pass a ``JoinStats`` to get the counts of duplicate, orphan, unknown and
+    out-of-window outcomes (also logged at INFO).
     """
     _require(decisions_df, ("event_id", "item_id", "surface", "served_at"), "decisions_df")
     _require(outcomes_df, ("event_id", "item_id", "outcome", "value", "occurred_at"), "outcomes_df")
     surfaces = decisions_df.get_column("surface").unique().sort().to_list()
-    definitions = _definitions(rewards, surfaces)
-    windows = pl.DataFrame(
-        {"surface": surfaces, "window_us": [round(definitions[s].attribution_window_seconds * 1e6) for s in surfaces]},
-        schema={"surface": pl.String, "window_us": pl.Int64},
-    )
-    weight_rows = [(s, name, w) for s in surfaces for name, w in definitions[s].weights.items()]
-    weights = pl.DataFrame(weight_rows, schema={"surface": pl.String, "outcome": pl.String, "weight": pl.Float64},
-                           orient="row")  # fmt: skip
+    per_surface, per_outcome = _rule_frames(_definitions(rewards, surfaces))
 
     keys = decisions_df.select("event_id", "surface", "served_at").unique(subset="event_id", keep="first")
-    outcomes = outcomes_df.select(
-        "event_id", "item_id", "outcome", pl.col("value").cast(pl.Float64), pl.col("occurred_at").cast(UTC_US)
-    )
+    outcome_id = pl.col("outcome_id") if "outcome_id" in outcomes_df.columns else pl.lit("", dtype=pl.String)
+    logged = outcomes_df.select(
+        "event_id", "item_id", "outcome", pl.col("value").cast(pl.Float64), pl.col("occurred_at").cast(UTC_US),
+        outcome_id.fill_null("").alias("outcome_id"),
+    ).with_row_index("log_order")
+    # Rule 1: of the outcomes sharing (event_id, outcome_id) with an id, only the first in log order counts.
+    keyed = logged.select((pl.col("outcome_id") != "").any()).item()
+    outcomes = logged.filter(
+        (pl.col("outcome_id") == "") | (pl.col("log_order") == pl.col("log_order").min().over("event_id", "outcome_id"))
+    ) if keyed else logged  # a log without ids (or from before them) skips the window pass
     matched = (
         outcomes.join(keys, on="event_id", how="inner")
-        .join(windows, on="surface", how="inner")
-        .join(weights, on=["surface", "outcome"], how="left")
+        .join(per_surface, on="surface", how="inner")
+        .join(per_outcome, on=["surface", "outcome"], how="left")
         .with_columns(
+            # Rule 2 (RewardDefinition.in_window): integer microseconds, inclusive at both ends.
             in_window=(pl.col("occurred_at") >= pl.col("served_at"))
             & (pl.col("occurred_at") <= pl.col("served_at") + pl.duration(microseconds=pl.col("window_us"))),
             known=pl.col("weight").is_not_null(),
-            contribution=pl.col("weight").fill_null(0.0) * pl.col("value"),
         )
     )
     in_window = matched.filter(pl.col("in_window"))
-    per_item = (
-        in_window.filter(pl.col("item_id") != "")
-        .group_by("event_id", "item_id")
+    # Rule 3: aggregate each (item, outcome name) by its rule, then weigh; rule 4: sum and clip to the range.
+    per_name = (
+        in_window.filter(pl.col("known"))
+        .group_by("event_id", "item_id", "outcome")
         .agg(
-            reward=pl.col("contribution").sum(),
-            n_outcomes=pl.col("known").sum().cast(pl.Int32),
-            clicked=((pl.col("outcome") == "click") & (pl.col("value") > 0)).any(),
+            pl.col("weight", "aggregation", "reward_min", "reward_max").first(),
+            value_sum=pl.col("value").sum(), value_max=pl.col("value").max(), n=pl.len(),
+        )
+        .with_columns(
+            contribution=pl.col("weight")
+            * pl.when(pl.col("aggregation") == "sum").then(pl.col("value_sum")).otherwise(pl.col("value_max"))
         )
     )
-    per_slate = (
-        in_window.filter((pl.col("item_id") == "") & pl.col("known"))
-        .group_by("event_id")
-        .agg(slate_reward=pl.col("contribution").sum(), n_slate_outcomes=pl.len().cast(pl.Int32))
+
+    def totals(frame: pl.DataFrame, by: list[str], reward: str, n: str) -> pl.DataFrame:
+        return (
+            frame.group_by(*by)
+            .agg(pl.col("contribution").sum().alias("raw"), pl.col("reward_min", "reward_max").first(),
+                 pl.col("n").sum().cast(pl.Int32).alias(n))
+            .with_columns(_clipped("raw").alias(reward))
+        )
+
+    per_item = totals(per_name.filter(pl.col("item_id") != ""), ["event_id", "item_id"], "reward", "n_outcomes")
+    per_slate = totals(per_name.filter(pl.col("item_id") == ""), ["event_id"], "slate_reward", "n_slate_outcomes")
+    clicked = (
+        in_window.filter(pl.col("item_id") != "")
+        .group_by("event_id", "item_id")
+        .agg(clicked=((pl.col("outcome") == "click") & (pl.col("value") > 0)).any())
     )
     joined = (
-        decisions_df.join(per_item, on=["event_id", "item_id"], how="left", maintain_order="left")
-        .join(per_slate, on="event_id", how="left", maintain_order="left")
+        decisions_df.join(per_item.select("event_id", "item_id", "reward", "n_outcomes"), on=["event_id", "item_id"],
+                          how="left", maintain_order="left")
+        .join(clicked, on=["event_id", "item_id"], how="left", maintain_order="left")
+        .join(per_slate.select("event_id", "slate_reward", "n_slate_outcomes"), on="event_id", how="left",
+              maintain_order="left")
+        .join(per_surface.select("surface", "reward_min", "reward_max"), on="surface", how="left",
+              maintain_order="left")
         .with_columns(
             pl.col("reward", "slate_reward").fill_null(0.0),
             pl.col("n_outcomes", "n_slate_outcomes").fill_null(0),
@@ -313,19 +363,25 @@ def join_rewards(
         slate=(pl.col("known") & pl.col("in_window") & (pl.col("item_id") == "")).sum(),
     ).row(0, named=True)
     result = stats if stats is not None else JoinStats()
-    result.outcomes = outcomes.height
+    result.outcomes = logged.height
+    result.duplicate_outcomes = logged.height - outcomes.height
     result.orphan_outcomes = outcomes.height - counts["matched"]
     result.unknown_outcomes = counts["unknown"]
     result.out_of_window_outcomes = counts["out_of_window"]
     result.counted_outcomes = counts["counted"]
     result.slate_outcomes = counts["slate"]
-    if result.unknown_outcomes or result.orphan_outcomes:
+    result.clipped_rewards = sum(
+        frame.filter(pl.col("raw") != pl.col(name)).height for frame, name in ((per_item, "reward"),
+                                                                             (per_slate, "slate_reward"))
+    )
+    if result.unknown_outcomes or result.orphan_outcomes or result.duplicate_outcomes:
         # info, not warning: a library call prints nothing by default; callers read ``stats``.
         log.info(
-            "join_rewards: ignored %d outcomes with names unknown to their surface's reward definition "
-            "and %d outcomes of unknown decisions",
+            "join_rewards: ignored %d outcomes with names unknown to their surface's reward definition, "
+            "%d outcomes of unknown decisions and %d repeats of an outcome_id",
             result.unknown_outcomes,
             result.orphan_outcomes,
+            result.duplicate_outcomes,
         )
     return joined
 

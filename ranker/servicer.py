@@ -42,4 +42,5 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
     def ReportOutcome(  # noqa: N802
         self, request: pb.ReportOutcomeRequest, context: grpc.ServicerContext
     ) -> pb.ReportOutcomeResponse:
-        return pb.ReportOutcomeResponse(attributed=self.service.report_outcome(request))
+        ack = self.service.report_outcome(request)
+        return pb.ReportOutcomeResponse(attributed=ack.attributed, duplicate=ack.duplicate)

@@ -11,11 +11,24 @@ Example::
     temperature = 0.05
 
     [surfaces.home_feed.reward]
-    weights = { click = 1.0, purchase = 5.0 }
+    weights = { click = 1.0, purchase = 5.0, dwell_seconds = 0.01 }
     attribution_window_seconds = 30
+    aggregation = { dwell_seconds = "sum" }   # per outcome: "max" (default) or "sum"
+    range = [0.0, 8.0]             # every per-item (and whole-slate) reward lies in [low, high]
 
     [surfaces.home_feed.model]
     publish_every = 2000           # learned decisions between published model versions
+
+Reward (``logging_schema.rewards`` has the whole rule; online learning and the offline join both apply it):
+
+* ``aggregation``: how repeats of one outcome for one item add up. ``max`` (the default for every outcome) counts a
+  click reported three times once; ``sum`` adds dwell seconds reported in pieces. A host that sets
+  ``ReportOutcomeRequest.outcome_id`` on its retries gets them dropped whatever the rule.
+* ``range``: the bounds learning and the evaluators' bounded-reward intervals rely on; must contain 0. Unset, it
+  is derived as if each aggregated outcome value lay in [0, 1]: ``[Σ min(0, weight), Σ max(0, weight)]`` ([0, 1]
+  for the default ``click = 1``); a surface with a weighted ``sum`` outcome must declare it. ReportOutcome refuses
+  (INVALID_ARGUMENT naming ``value``) an outcome whose ``weight · value`` alone falls outside the range; an
+  aggregated reward that leaves it (several outcomes that each fit) is clipped to it, online and offline alike.
 """
 
 from __future__ import annotations

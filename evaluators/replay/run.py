@@ -8,6 +8,7 @@ conditioning as the logged propensity. No log is written, no model published, th
 Table columns (``shared/design/feedback-table.md``), one row per (decision, position), in log order:
 
     event_id, position, action (logged item id), reward (join_rewards with the surface's RewardDefinition),
+    reward_min, reward_max (the surface's declared reward range; ``evaluators.table`` checks reward lies in it),
     pscore (logged), target_pscore,
     cascade_pscore = Π_{j ≤ k} pscore_j,   cascade_target_pscore = Π_{j ≤ k} target_pscore_j,
     slate_pscore   = Π_j pscore_j,         slate_target_pscore   = Π_j target_pscore_j,
@@ -281,6 +282,8 @@ def _feedback_table(joined: pl.DataFrame) -> pl.DataFrame:
         "position",
         pl.col("item_id").alias("action"),
         "reward",
+        "reward_min",
+        "reward_max",
         pl.col("propensity").alias("pscore"),
         "target_pscore",
         pl.col("propensity").cum_prod().over(by_event).alias("cascade_pscore"),

@@ -1,15 +1,14 @@
-"""Outcome attribution on the serving side, and the online learner that reads the log and publishes models.
-
-Serving process: ``OutcomeTracker`` remembers each decision's slate and attribution window, so ReportOutcome can
-say NOT_FOUND, reject an item that was not served, and tell whether the outcome counts (inside the window).
+"""The online learner that reads the log and publishes models (outcome attribution lives in ``outcomes``).
 
 Learner (its own process, ``run_learner``; a thread in tests): ``OnlineLearner`` follows the log the server writes
-(``logging_schema.tail``), adds each attributed outcome's ``weight · value`` to the reward of its item's slot, and
-once a decision's window has closed (plus a grace period for outcomes still in the writer's queue) learns it with
-its logged propensities: one IPS cb label per served slot (``VWBandit.learn``). Every ``publish_every`` decisions
-it publishes a version to the registry; serving processes pick it up (``ModelWatcher``) and hot-swap.
-Whole-slate outcomes (empty ``item_id``) are logged but not in the bandit's per-item reward: they belong to the
-slate-level (retention) model. Learning off the serving process keeps VW's GIL-holding updates off Rank's path.
+(``logging_schema.tail``), applies the surface's reward rule to each decision's outcomes (``DecisionRewards``:
+duplicates by outcome_id once, the attribution window in microseconds, max/sum aggregation, the reward range -
+the same rule as the offline join), and once a decision's window has closed (plus a grace period for outcomes
+still in the writer's queue) learns it with its logged propensities: one IPS cb label per served slot
+(``VWBandit.learn``). Every ``publish_every`` decisions it publishes a version to the registry; serving processes
+pick it up (``ModelWatcher``) and hot-swap. Whole-slate outcomes (empty ``item_id``) are logged but not in the
+bandit's per-item reward: they belong to the slate-level (retention) model. Learning off the serving process
+keeps VW's GIL-holding updates off Rank's path.
 
 Restart. A server start starts the learner at the end of the existing log: decisions whose windows were still open
 at the previous shutdown are not learned online (their outcomes may come later); offline training reads them from
@@ -30,23 +29,20 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from logging_schema.rewards import RewardDefinition, UnknownOutcomeError
+from logging_schema.rewards import DecisionRewards, micros
 from logging_schema.tail import LogTailer
 from recsys_rl.config import ServiceConfig, SurfaceConfig
-from recsys_rl.errors import InvalidInput, NotFound
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.registry import Checkpoint, ModelRegistry, PublishError
 
 log = logging.getLogger(__name__)
 
-# How many closed decisions the tracker remembers, so a late outcome is "not attributed" rather than NOT_FOUND.
-_CLOSED_MEMORY = 500_000
 # Outcomes accepted just before a window closes may reach the log a little later (the writer's queue).
 _GRACE_S = 1.0
 # Backoff of publish retries after a failed publish (disk full): long enough not to spin, short enough to recover.
@@ -57,89 +53,19 @@ def _seconds(ts: object) -> float:
     return ts.seconds + ts.nanos * 1e-9  # type: ignore[attr-defined]
 
 
-def outcome_weight(reward: RewardDefinition, outcome: str, value: float) -> float:
-    """Validates an outcome against a reward definition; returns its weight. Errors name the field."""
-    if not math.isfinite(value):
-        raise InvalidInput("value", f"must be finite, got {value}")
-    try:
-        return reward.weight(outcome)
-    except UnknownOutcomeError as exc:
-        raise InvalidInput("outcome", str(exc).split(": ", 1)[1]) from None
-
-
-@dataclass
-class _Tracked:
-    served_at_s: float
-    deadline_s: float
-    position_of: dict[str, int]
-    request: object | None  # the RankRequest, kept only when a long-term model observes clicks
-
-
-class OutcomeTracker:
-    """Decisions of one surface whose outcomes may still arrive. Thread-safe (called from gRPC threads)."""
-
-    def __init__(self, surface: SurfaceConfig, *, clock: Callable[[], float] = time.time) -> None:
-        self.surface = surface
-        self.reward = surface.reward
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._open: dict[str, _Tracked] = {}
-        self._order: deque[tuple[float, str]] = deque()  # one window per surface: deadlines arrive in order
-        self._closed: OrderedDict[str, None] = OrderedDict()
-        self.attributed = 0
-        self.late = 0
-
-    def track(self, event_id: str, served_at_s: float, slate_item_ids: list[str], *,
-              request: object | None = None) -> None:
-        tracked = _Tracked(served_at_s, served_at_s + self.reward.attribution_window_seconds,
-                           {item_id: position for position, item_id in enumerate(slate_item_ids)}, request)
-        with self._lock:
-            self._open[event_id] = tracked
-            self._order.append((tracked.deadline_s, event_id))
-            self._expire(self._clock())
-
-    def _expire(self, now_s: float) -> None:
-        while self._order and self._order[0][0] < now_s:
-            _, event_id = self._order.popleft()
-            if self._open.pop(event_id, None) is not None:
-                self._closed[event_id] = None
-        while len(self._closed) > _CLOSED_MEMORY:
-            self._closed.popitem(last=False)
-
-    def request_of(self, event_id: str) -> object | None:
-        """The tracked RankRequest of an open decision (None when not kept or already closed)."""
-        with self._lock:
-            tracked = self._open.get(event_id)
-            return tracked.request if tracked is not None else None
-
-    def knows(self, event_id: str) -> bool:
-        with self._lock:
-            return event_id in self._open or event_id in self._closed
-
-    def attribute(self, event_id: str, item_id: str, outcome: str, value: float, occurred_at_s: float) -> bool:
-        """True when the outcome counts toward its decision (served item or whole slate, inside the window)."""
-        outcome_weight(self.reward, outcome, value)
-        with self._lock:
-            tracked = self._open.get(event_id)
-            if tracked is None:
-                if event_id in self._closed:
-                    self.late += 1
-                    return False
-                raise NotFound(f"event_id: no decision {event_id!r} on surface {self.surface.name!r}")
-            if item_id and item_id not in tracked.position_of:
-                raise InvalidInput("item_id", f"{item_id!r} was not in the slate of event {event_id}")
-            if not self.reward.in_window(tracked.served_at_s, occurred_at_s):
-                self.late += 1
-                return False
-            self.attributed += 1
-            return True
-
-
 @dataclass
 class _Pending:
     event: events_pb2.DecisionEvent
-    rewards: list[float]
-    position_of: dict[str, int]
+    rewards: DecisionRewards
+
+
+def _occurred_at_us(outcome: events_pb2.OutcomeEvent) -> int | None:
+    """When the outcome happened, as the offline join reads it: occurred_at, else received_at, else unknown."""
+    if outcome.HasField("occurred_at"):
+        return micros(outcome.occurred_at.seconds, outcome.occurred_at.nanos)
+    if outcome.HasField("received_at"):
+        return micros(outcome.received_at.seconds, outcome.received_at.nanos)
+    return None
 
 
 @dataclass
@@ -176,21 +102,22 @@ class OnlineLearner:
         if kind == "decision":
             event = record.decision
             due = _seconds(event.served_at) + self.surface.reward.attribution_window_seconds + _GRACE_S
-            position_of = {slot.item_id: slot.position for slot in event.slate}
-            self._pending[event.event_id] = _Pending(event, [0.0] * len(event.slate), position_of)
+            rewards = DecisionRewards(self.surface.reward, micros(event.served_at.seconds, event.served_at.nanos),
+                                      [slot.item_id for slot in event.slate])
+            self._pending[event.event_id] = _Pending(event, rewards)
             self._order.append((due, event.event_id))
             self.stats.decisions_seen += 1
         elif kind == "outcome":
             outcome = record.outcome
             pending = self._pending.get(outcome.event_id)
-            if pending is None or not outcome.attributed or not outcome.item_id:
+            if pending is None:
                 return
-            position = pending.position_of.get(outcome.item_id)
-            weight = self.surface.reward.weights.get(outcome.outcome)
-            if position is None or weight is None:
-                return
-            pending.rewards[position] += weight * outcome.value
-            self.stats.outcomes_used += 1
+            # Every outcome of the decision goes through the rule (whole-slate ones too: they may share an
+            # outcome_id with an item's outcome, and only the first of a key counts).
+            counted = pending.rewards.add(outcome.item_id, outcome.outcome, outcome.value, _occurred_at_us(outcome),
+                                          outcome.outcome_id)
+            if counted and outcome.item_id:
+                self.stats.outcomes_used += 1
 
     def step(self, now_s: float) -> int:
         """Learns every decision whose window (plus grace) closed before ``now_s``; publishes when due."""
@@ -201,7 +128,8 @@ class OnlineLearner:
             if pending is None or not self.surface.model.learn:
                 continue
             try:
-                self.stats.updates += self._bandit.learn(pending.event, pending.rewards)  # type: ignore[attr-defined]
+                rewards = pending.rewards.slot_rewards()
+                self.stats.updates += self._bandit.learn(pending.event, rewards)  # type: ignore[attr-defined]
             except Exception:  # noqa: BLE001 - one bad record must not stop learning; it is counted and logged
                 log.exception("could not learn decision %s", event_id)
                 self.stats.learn_errors += 1

@@ -12,10 +12,15 @@ item was already checked, so the hot path reads no protobuf field of it again), 
 
 * ``candidates[i].item_id``: not empty, not repeated (:func:`check_item_ids`);
 * feature values and embeddings: finite (:mod:`recsys_rl.serving.features`).
+
+ReportOutcome (:func:`validate_outcome_request`): ``event_id`` and ``outcome`` not empty, ``value`` finite,
+``occurred_at`` (when set) a valid timestamp; the surface's reward definition then checks the outcome name, the
+value against the reward range and ``outcome_id``'s length (``recsys_rl.serving.outcomes``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -44,6 +49,25 @@ def validate_rank_request(request: pb.RankRequest, *, max_candidates: int) -> np
     return baseline
 
 
+# google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+_MIN_SECONDS, _MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+
+def validate_outcome_request(request: pb.ReportOutcomeRequest) -> None:
+    """The structural rules of a ReportOutcome; each error names the field."""
+    if not request.event_id:
+        raise InvalidInput("event_id", "must not be empty")
+    if not request.outcome:
+        raise InvalidInput("outcome", "must not be empty")
+    if not math.isfinite(request.value):
+        raise InvalidInput("value", f"must be finite, got {request.value}")
+    if request.HasField("occurred_at"):
+        seconds, nanos = request.occurred_at.seconds, request.occurred_at.nanos
+        if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
+            raise InvalidInput("occurred_at", f"not a valid timestamp (seconds={seconds}, nanos={nanos}); expected "
+                                              "0001-01-01 to 9999-12-31 UTC and 0 <= nanos < 1e9")
+
+
 def check_item_ids(item_ids: Sequence[str], field: str = "candidates") -> None:
     """Item ids must be non-empty and distinct within one request (a slate never repeats an item)."""
     if len(set(item_ids)) == len(item_ids) and "" not in item_ids:
@@ -57,4 +81,4 @@ def check_item_ids(item_ids: Sequence[str], field: str = "candidates") -> None:
         seen.add(item_id)
 
 
-__all__ = ["check_item_ids", "validate_rank_request"]
+__all__ = ["check_item_ids", "validate_outcome_request", "validate_rank_request"]

@@ -21,11 +21,12 @@ from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.caps.store import CapStore, effective_cap
 from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
-from recsys_rl.serving.learner import ModelWatcher, OutcomeTracker
+from recsys_rl.serving.learner import ModelWatcher
 from recsys_rl.serving.log_guard import LOG_UNAVAILABLE, LogGuard
+from recsys_rl.serving.outcomes import OutcomeAck, OutcomeTracker
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.policy import Decision, LongTermValue, NoLongTermValue, SurfacePolicy, decision_to_event
-from recsys_rl.serving.requests import validate_rank_request
+from recsys_rl.serving.requests import validate_outcome_request, validate_rank_request
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.serving.registry import Checkpoint, ModelRegistry
 from recsys_rl.serving.supervisor import LearnerSupervisor
@@ -94,8 +95,11 @@ class DecisionService:
         """After a restart, decisions whose attribution windows are still open keep accepting outcomes.
 
         Reads segments newest first (the table view skips candidate features) until one starts before the
-        longest window; without this a host's ReportOutcome during a rolling restart would get NOT_FOUND.
+        longest window; without this a host's ReportOutcome during a rolling restart would get NOT_FOUND. The
+        outcome ids already logged for those decisions are restored too, so a host's retry after the restart is
+        still a duplicate (an outcome is always logged after its decision, so it is in the segments read).
         """
+        from logging_schema.rewards import micros
         from logging_schema.segments import list_segments, scan_segment
         from logging_schema.views import TableRecord
 
@@ -105,10 +109,16 @@ class DecisionService:
         now = time.time()
         horizon = max(entry.config.reward.attribution_window_seconds for entry in self._surfaces.values())
         recovered = 0
+        keyed_outcomes: list[list[tuple[str, str, bool]]] = []  # per segment, newest segment first
         for path in reversed(list_segments(log_dir)):
             oldest = math.inf
+            keyed: list[tuple[str, str, bool]] = []
             for payload in scan_segment(path):
                 record = TableRecord.FromString(payload)
+                if record.WhichOneof("event") == "outcome":
+                    if record.outcome.outcome_id:
+                        keyed.append((record.outcome.event_id, record.outcome.outcome_id, record.outcome.attributed))
+                    continue
                 if record.WhichOneof("event") != "decision":
                     continue
                 event = record.decision
@@ -116,12 +126,22 @@ class DecisionService:
                 oldest = min(oldest, served_at)
                 entry = self._surfaces.get(event.surface)
                 if entry is not None and served_at + entry.config.reward.attribution_window_seconds >= now:
-                    entry.tracker.track(event.event_id, served_at, [slot.item_id for slot in event.slate])
+                    entry.tracker.track(event.event_id, micros(event.served_at.seconds, event.served_at.nanos),
+                                        [slot.item_id for slot in event.slate])
                     recovered += 1
+            keyed_outcomes.append(keyed)
             if oldest + horizon < now:
                 break
+        restored = 0
+        for keyed in reversed(keyed_outcomes):  # log order: the first answer of a key wins
+            for event_id, outcome_id, attributed in keyed:
+                entry = next((e for e in self._surfaces.values() if e.tracker.knows(event_id)), None)
+                if entry is not None:
+                    entry.tracker.remember(event_id, outcome_id, attributed)
+                    restored += 1
         if recovered:
-            log.info("recovered %d decisions with open attribution windows from the log", recovered)
+            log.info("recovered %d decisions with open attribution windows (and %d outcome ids) from the log",
+                     recovered, restored)
 
     def cap(self, surface: str) -> float:
         """The exploration cap in force for ``surface``."""
@@ -255,46 +275,40 @@ class DecisionService:
         except LogUnavailable:  # the disk failed since ready(): this decision is not served, the baseline is
             return self.log_guard.unlogged(entry.policy.rank(request, deadline=deadline, baseline=baseline,
                                                              serve_baseline=LOG_UNAVAILABLE))
-        entry.tracker.track(event_id, served_at_ns * 1e-9, [slot.item_id for slot in decision.slots],
+        entry.tracker.track(event_id, served_at_ns // 1000, [slot.item_id for slot in decision.slots],
                             request=request if self._long_term is not None else None)
         return decision, event_id
 
-    def report_outcome(self, request: pb.ReportOutcomeRequest) -> bool:
-        """Attributes and logs one outcome. True when it counts toward its decision's reward."""
-        if not request.event_id:
-            raise InvalidInput("event_id", "must not be empty")
-        if not request.outcome:
-            raise InvalidInput("outcome", "must not be empty")
-        if not math.isfinite(request.value):
-            raise InvalidInput("value", f"must be finite, got {request.value}")
+    def report_outcome(self, request: pb.ReportOutcomeRequest) -> OutcomeAck:
+        """Attributes and logs one outcome: whether it counts, and whether it repeats an acknowledged outcome_id.
+
+        A duplicate (same event_id and outcome_id as an acknowledged outcome) gets the first answer and is neither
+        logged nor counted again. The id is remembered only once the outcome is queued for the log, so a retry
+        after a failed submit is logged (and counted) exactly once.
+        """
+        validate_outcome_request(request)
         received_ns = time.time_ns()
-        occurred_s = (
-            request.occurred_at.seconds + request.occurred_at.nanos * 1e-9
-            if request.HasField("occurred_at")
-            else received_ns * 1e-9
-        )
+        # Integer nanoseconds end to end: the tracker and the log see the same microsecond (one attribution rule).
+        occurred_ns = request.occurred_at.ToNanoseconds() if request.HasField("occurred_at") else received_ns
         entry = next((e for e in self._surfaces.values() if e.tracker.knows(request.event_id)), None)
         if entry is None:
             raise NotFound(f"event_id: no decision {request.event_id!r} is known to this server")
-        if not self.log_guard.ready():  # acknowledge (and count) nothing the log cannot take
+        if not self.log_guard.ready():  # acknowledge (and count) nothing the log cannot take: the host retries
             raise self.log_guard.refuse_outcome()
-        attributed = entry.tracker.attribute(
-            request.event_id, request.item_id, request.outcome, request.value, occurred_s
-        )
-        if attributed and request.item_id and self._long_term is not None and request.value > 0:
-            served = entry.tracker.request_of(request.event_id)
-            if served is not None:  # the slate-RL user state follows what the user engaged with
-                clicked = [c for c in served.candidates if c.item_id == request.item_id]  # type: ignore[attr-defined]
-                self._long_term.observe(served.user_id, clicked)  # type: ignore[attr-defined]
+        ack = entry.tracker.attribute(request.event_id, request.item_id, request.outcome, request.value,
+                                      occurred_ns // 1000, request.outcome_id)
+        if ack.duplicate:
+            return ack
         outcome = events_pb2.OutcomeEvent(
             event_id=request.event_id,
             item_id=request.item_id,
             outcome=request.outcome,
             value=request.value,
             surface=entry.config.name,
-            attributed=attributed,
+            attributed=ack.attributed,
+            outcome_id=request.outcome_id,
         )
-        outcome.occurred_at.FromNanoseconds(int(occurred_s * 1e9))
+        outcome.occurred_at.FromNanoseconds(occurred_ns)
         outcome.received_at.FromNanoseconds(received_ns)
         try:
             self.writer.submit(events_pb2.LogRecord(outcome=outcome))
@@ -302,7 +316,14 @@ class DecisionService:
             raise Overloaded(f"outcome log queue is full: {exc}") from exc
         except LogUnavailable as exc:
             raise self.log_guard.refuse_outcome() from exc
-        return attributed
+        # Only once the outcome is queued: a retry after a refusal above is then counted exactly once.
+        entry.tracker.remember(request.event_id, request.outcome_id, ack.attributed)
+        if ack.attributed and request.item_id and self._long_term is not None and request.value > 0:
+            served = entry.tracker.request_of(request.event_id)
+            if served is not None:  # the slate-RL user state follows what the user engaged with
+                clicked = [c for c in served.candidates if c.item_id == request.item_id]  # type: ignore[attr-defined]
+                self._long_term.observe(served.user_id, clicked)  # type: ignore[attr-defined]
+        return ack
 
     def load_version(self, surface: str, checkpoint: Checkpoint) -> None:
         """Hot-swaps the serving model; a checkpoint that fails to load raises and the old one keeps serving."""

@@ -74,3 +74,12 @@ def test_reads_parquet(small_table: pl.DataFrame, tmp_path) -> None:  # type: ig
     path = tmp_path / "t.parquet"
     small_table.write_parquet(path)
     assert estimate(path, "ips")["value"][0] == pytest.approx(0.75)
+
+
+def test_rewards_outside_the_declared_range_name_the_reward_column(small_table: pl.DataFrame) -> None:
+    ranged = small_table.with_columns(reward_min=pl.lit(0.0), reward_max=pl.lit(1.0))
+    validate_table(ranged, need=set(), allow_support_violations=False)  # in range: fine
+    bad = ranged.with_columns(pl.when(pl.col("event_id") == "e4").then(3.0).otherwise(pl.col("reward")).alias("reward"))
+    with pytest.raises(TableError, match=r"column 'reward': 1 value\(s\) outside the declared reward range") as err:
+        estimate(bad, "ips")
+    assert err.value.column == "reward"

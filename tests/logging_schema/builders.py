@@ -52,8 +52,9 @@ def make_decision(
 
 
 def make_outcome(event_id: str, item_id: str, outcome: str, *, value: float = 1.0, occurred_at_us: int = BASE_US,
-                 surface: str = "default") -> OutcomeEvent:
-    event = OutcomeEvent(event_id=event_id, item_id=item_id, outcome=outcome, value=value, surface=surface)
+                 surface: str = "default", outcome_id: str = "") -> OutcomeEvent:
+    event = OutcomeEvent(event_id=event_id, item_id=item_id, outcome=outcome, value=value, surface=surface,
+                         outcome_id=outcome_id)
     set_micros(event.occurred_at, occurred_at_us)
     set_micros(event.received_at, occurred_at_us + 1_000)
     return event

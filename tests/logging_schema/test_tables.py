@@ -88,6 +88,7 @@ def test_window_is_inclusive_at_both_ends_at_microsecond_resolution() -> None:
 
 
 def test_weights_multiple_outcomes_unknown_names_and_whole_slate_outcomes() -> None:
+    wide = RewardDefinition(weights={"click": 1.0, "purchase": 5.0}, range=(0.0, 20.0))
     joined, stats = _join([
         make_outcome("e1", "a", "click"),
         make_outcome("e1", "a", "purchase", value=2.0, occurred_at_us=BASE_US + 1_000),  # 5 × 2
@@ -95,7 +96,7 @@ def test_weights_multiple_outcomes_unknown_names_and_whole_slate_outcomes() -> N
         make_outcome("e1", "b", "click", value=0.0),  # a reported non-click: counted, reward 0, not clicked
         make_outcome("e1", "", "purchase", value=1.0),  # whole slate: slate_reward only
         make_outcome("nope", "a", "click"),  # orphan
-    ])  # fmt: skip
+    ], wide)  # fmt: skip
     assert _column(joined, "e1", "reward") == {"a": 11.0, "b": 0.0, "c": 0.0}
     assert _column(joined, "e1", "n_outcomes") == {"a": 2, "b": 1, "c": 0}
     assert _column(joined, "e1", "clicked") == {"a": True, "b": False, "c": False}
@@ -108,7 +109,7 @@ def test_weights_multiple_outcomes_unknown_names_and_whole_slate_outcomes() -> N
 
 
 def test_each_surface_uses_its_own_definition_and_window() -> None:
-    search = RewardDefinition(weights={"purchase": 2.0}, attribution_window_seconds=120.0)
+    search = RewardDefinition(weights={"purchase": 2.0}, attribution_window_seconds=120.0, range=(0.0, 10.0))
     late_us = BASE_US + 60_000_000 + 100_000_000  # 100 s after e2: inside search's window only
     outcomes = [
         make_outcome("e1", "a", "click", occurred_at_us=BASE_US + 100_000_000),
@@ -175,3 +176,44 @@ def test_export_parquet_round_trip(tmp_path: Path) -> None:
 def test_load_tables_without_logs_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="logs does not exist"):
         load_tables(tmp_path)
+
+
+def test_repeats_of_an_outcome_id_in_the_log_count_once_and_repeats_without_one_by_max_or_sum() -> None:
+    dwell = RewardDefinition(weights={"click": 1.0, "dwell_seconds": 0.01, "purchase": 5.0},
+                             aggregation={"dwell_seconds": "sum"}, range=(0.0, 6.0))
+    joined, stats = _join([
+        # Two replicas logged the same retry (or a log written before ids were deduplicated online).
+        make_outcome("e1", "a", "dwell_seconds", value=40.0, outcome_id="d1"),
+        make_outcome("e1", "a", "dwell_seconds", value=40.0, outcome_id="d1"),
+        make_outcome("e1", "a", "dwell_seconds", value=10.0, outcome_id="d2"),
+        make_outcome("e1", "a", "dwell_seconds", value=5.0),  # no id: summed
+        make_outcome("e1", "b", "click"), make_outcome("e1", "b", "click"), make_outcome("e1", "b", "click"),
+        # The first of a key wins even when it does not count itself (out of the window), as online.
+        make_outcome("e1", "c", "purchase", occurred_at_us=BASE_US + WINDOW_US + 1, outcome_id="p"),
+        make_outcome("e1", "c", "purchase", outcome_id="p"),
+        make_outcome("e1", "c", "click"), make_outcome("e1", "c", "purchase", value=1.0),  # 1 + 5: fits exactly
+        make_outcome("e1", "", "purchase", value=1.0), make_outcome("e1", "", "click"),  # slate: 6
+    ], {"default": dwell, "search": dwell})  # fmt: skip
+    assert _column(joined, "e1", "reward") == pytest.approx({"a": 0.55, "b": 1.0, "c": 6.0})
+    assert _column(joined, "e1", "n_outcomes") == {"a": 3, "b": 3, "c": 2}
+    assert _column(joined, "e1", "slate_reward") == {"a": 6.0, "b": 6.0, "c": 6.0}
+    assert (stats.outcomes, stats.duplicate_outcomes, stats.out_of_window_outcomes) == (13, 2, 1)
+    assert set(joined["reward_min"]) == {0.0} and set(joined["reward_max"]) == {6.0}
+
+
+def test_aggregated_rewards_are_clipped_to_the_range_and_counted() -> None:
+    narrow = RewardDefinition(weights={"click": 1.0, "purchase": 1.0})  # derived range [0, 2]
+    joined, stats = _join([
+        make_outcome("e1", "a", "click"), make_outcome("e1", "a", "purchase", value=2.0),  # 3: clipped to 2
+        make_outcome("e1", "b", "purchase", value=-1.0),  # -1: clipped to 0
+    ], narrow)  # fmt: skip
+    assert _column(joined, "e1", "reward") == {"a": 2.0, "b": 0.0, "c": 0.0}
+    assert stats.clipped_rewards == 2
+
+
+def test_outcomes_without_an_outcome_id_column_are_never_duplicates() -> None:
+    decisions = decisions_frame([make_decision("e1")])
+    outcomes = outcomes_frame([make_outcome("e1", "a", "click", outcome_id="k")] * 2).drop("outcome_id")
+    stats = JoinStats()
+    joined = join_rewards(decisions, outcomes, CLICK_PURCHASE, stats=stats)
+    assert joined["n_outcomes"].to_list() == [2, 0, 0] and stats.duplicate_outcomes == 0

@@ -113,7 +113,7 @@ def test_outcomes_for_decisions_served_before_a_restart_are_still_accepted(tmp_p
     try:
         outcome = pb.ReportOutcomeRequest(event_id=event_id, item_id=decision.slots[0].item_id, outcome="click",
                                           value=1.0)
-        assert restarted.report_outcome(outcome)  # inside the window: known and attributed
+        assert restarted.report_outcome(outcome).attributed  # inside the window: known and attributed
     finally:
         restarted.close()
     outcomes = read_log(tmp_path / "logs").outcomes

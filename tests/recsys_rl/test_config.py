@@ -27,8 +27,10 @@ decision_budget_ms = 40
 algorithm = "softmax"
 temperature = 0.05
 [surfaces.home_feed.reward]
-weights = { click = 1.0, purchase = 5.0 }
+weights = { click = 1.0, purchase = 5.0, dwell_seconds = 0.01 }
 attribution_window_seconds = 30
+aggregation = { dwell_seconds = "sum" }
+range = [0, 8]
 [surfaces.home_feed.model]
 publish_every = 500
 long_term_weight = 0.5
@@ -39,6 +41,9 @@ long_term_weight = 0.5
     assert (home.exploration_cap, home.decision_budget_ms, config.seed) == (0.2, 40, 9)
     assert home.exploration.algorithm == "softmax" and home.exploration.temperature == 0.05
     assert home.reward.weight("purchase") == 5.0 and home.reward.attribution_window_seconds == 30
+    assert home.reward.aggregation_of("dwell_seconds") == "sum" and home.reward.aggregation_of("click") == "max"
+    assert home.reward.range == (0.0, 8.0)
+    assert config.surfaces["search"].reward.range == (0.0, 1.0)  # derived: click = 1 with values in [0, 1]
     assert home.model.publish_every == 500 and home.model.long_term_weight == 0.5
     assert config.surfaces["search"].exploration_cap == 0.1
 
@@ -55,6 +60,16 @@ long_term_weight = 0.5
     ({"surfaces": {"a": {"exploration": {"tau": 1}}}}, "surfaces.a.exploration.tau"),
     ({"surfaces": {"a": {"name": "b"}}}, "surfaces.a.name"),
     ({"surfaces": {"a": 3}}, "surfaces.a"),
+    ({"surfaces": {"a": {"reward": {"aggregation": {"dwell": "sum"}}}}}, "surfaces.a.reward.aggregation.dwell"),
+    ({"surfaces": {"a": {"reward": {"aggregation": {"click": "mean"}}}}}, "surfaces.a.reward.aggregation.click"),
+    ({"surfaces": {"a": {"reward": {"aggregation": "max"}}}}, "surfaces.a.reward.aggregation"),
+    ({"surfaces": {"a": {"reward": {"weights": {"click": 1, "dwell": 0.1}, "aggregation": {"dwell": "sum"}}}}},
+     "surfaces.a.reward.range"),  # a weighted sum has no bound to derive
+    ({"surfaces": {"a": {"reward": {"range": [0.5, 1.0]}}}}, "surfaces.a.reward.range"),  # must contain 0
+    ({"surfaces": {"a": {"reward": {"range": [0.0]}}}}, "surfaces.a.reward.range"),
+    ({"surfaces": {"a": {"reward": {"range": [0.0, "1"]}}}}, "surfaces.a.reward.range"),
+    ({"surfaces": {"a": {"reward": {"range": [0.0, float("inf")]}}}}, "surfaces.a.reward.range"),
+    ({"surfaces": {"a": {"reward": {"weights": {"click": "1"}}}}}, "surfaces.a.reward.weights.click"),
 ])
 def test_bad_config_names_the_key(data: dict, key: str) -> None:
     with pytest.raises(ConfigError) as err:

@@ -131,6 +131,9 @@ def test_current_reproduces_logged_propensities_exactly(two_versions: TwoVersion
     stats = ReplayStats()
     table = replay(two_versions.data_dir, "current", config=two_versions.config, progress=False, stats=stats)
     assert stats.decisions == 600 and stats.target_fallbacks == 0 and stats.rows == table.height == 3000
+    # The surface's reward range travels with the table (click = 1: [0, 1]), and every reward lies in it.
+    assert table.select(pl.col("reward_min", "reward_max").unique()).rows() == [(0.0, 1.0)]
+    assert table["reward"].is_between(0.0, 1.0).all()
     current = table.filter(pl.col("policy_version") == two_versions.second)
     assert current.height == 1500
     for logging_col, target_col in zip(SLATE_COLUMNS[::2], SLATE_COLUMNS[1::2]):

@@ -10,7 +10,8 @@ from logging_schema.rewards import RewardDefinition
 from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.config import ModelConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound
-from recsys_rl.serving.learner import OnlineLearner, OutcomeTracker
+from recsys_rl.serving.learner import OnlineLearner
+from recsys_rl.serving.outcomes import OutcomeTracker
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.policy import SurfacePolicy, decision_to_event
 from recsys_rl.serving.registry import ModelRegistry
@@ -31,20 +32,20 @@ class Clock:
 def test_tracker_attributes_inside_the_window_only() -> None:
     clock = Clock(100.0)
     tracker = OutcomeTracker(SURFACE, clock=clock)
-    tracker.track("e1", 100.0, ["a", "b"])
-    assert tracker.attribute("e1", "a", "click", 1.0, 101.0)
-    assert tracker.attribute("e1", "", "purchase", 1.0, 102.0)  # whole slate, window end inclusive
-    assert not tracker.attribute("e1", "b", "click", 1.0, 102.5)  # after the window
+    tracker.track("e1", 100_000_000, ["a", "b"])
+    assert tracker.attribute("e1", "a", "click", 1.0, 101_000_000).attributed
+    assert tracker.attribute("e1", "", "purchase", 1.0, 102_000_000).attributed  # whole slate, window end inclusive
+    assert not tracker.attribute("e1", "b", "click", 1.0, 102_000_001).attributed  # 1 µs after the window
     with pytest.raises(InvalidInput, match="^item_id"):
-        tracker.attribute("e1", "zzz", "click", 1.0, 101.0)
+        tracker.attribute("e1", "zzz", "click", 1.0, 101_000_000)
     with pytest.raises(InvalidInput, match="^outcome"):
-        tracker.attribute("e1", "a", "like", 1.0, 101.0)
+        tracker.attribute("e1", "a", "like", 1.0, 101_000_000)
     with pytest.raises(NotFound, match="event_id"):
-        tracker.attribute("nope", "a", "click", 1.0, 101.0)
+        tracker.attribute("nope", "a", "click", 1.0, 101_000_000)
     clock.now = 200.0
-    tracker.track("e2", 200.0, ["c"])  # expires e1
+    tracker.track("e2", 200_000_000, ["c"])  # expires e1
     assert tracker.knows("e1")
-    assert not tracker.attribute("e1", "a", "click", 1.0, 101.0)  # closed: known, but late
+    assert not tracker.attribute("e1", "a", "click", 1.0, 101_000_000).attributed  # closed: known, but late
 
 
 def _served(policy: SurfacePolicy, i: int, served_at_s: float) -> events_pb2.DecisionEvent:
@@ -67,11 +68,15 @@ def test_learner_waits_for_the_window_then_learns_and_publishes(tmp_path: Path) 
     for event in events:
         learner.consume(events_pb2.LogRecord(decision=event))
     clicked = events[0].slate[1].item_id
-    learner.consume(events_pb2.LogRecord(outcome=events_pb2.OutcomeEvent(
-        event_id="e0", item_id=clicked, outcome="click", value=1.0, attributed=True, surface="default")))
-    # Not attributed by the server (late): must not count.
-    learner.consume(events_pb2.LogRecord(outcome=events_pb2.OutcomeEvent(
-        event_id="e0", item_id=events[0].slate[0].item_id, outcome="click", value=1.0, attributed=False)))
+    in_time = events_pb2.OutcomeEvent(event_id="e0", item_id=clicked, outcome="click", value=1.0, attributed=True,
+                                      surface="default")
+    in_time.occurred_at.FromSeconds(1001)
+    learner.consume(events_pb2.LogRecord(outcome=in_time))
+    # After the window (the server said not attributed): must not count.
+    late = events_pb2.OutcomeEvent(event_id="e0", item_id=events[0].slate[0].item_id, outcome="click", value=1.0,
+                                   attributed=False)
+    late.occurred_at.FromSeconds(1003)
+    learner.consume(events_pb2.LogRecord(outcome=late))
     assert learner.step(1002.0) == 0  # e0's window (2 s) plus grace (1 s) is still open
     assert learner.stats.outcomes_used == 1
     assert learner.step(1005.5) == 3  # e0, e1, e2 are due
