@@ -28,6 +28,21 @@ STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
+# Status details travel percent-encoded in the grpc-message trailer (x3 for every non-ASCII byte), and a client
+# drops a stream whose trailers pass 8 KiB (soft limit: sometimes) or 16 KiB (hard), reporting RESOURCE_EXHAUSTED
+# "received metadata size exceeds ... limit" instead of the status. Messages echo caller input (an unknown
+# event_id, a duplicate item_id), so they are cut to a UTF-8 size that stays under the soft limit once encoded.
+MAX_DETAILS_BYTES = 1_500
+
+
+def bounded_details(message: str) -> str:
+    """``message`` cut to MAX_DETAILS_BYTES of UTF-8 (on a character boundary); its start, the field path, stays."""
+    encoded = message.encode("utf-8")
+    if len(encoded) <= MAX_DETAILS_BYTES:
+        return message
+    kept = encoded[:MAX_DETAILS_BYTES].decode("utf-8", errors="ignore")
+    return f"{kept}… (cut from {len(encoded):,} bytes)"
+
 
 def status_for(exc: BaseException) -> grpc.StatusCode:
     for kind, code in STATUS_OF:
@@ -47,6 +62,6 @@ def map_errors(handler: Handler) -> Handler:
             code = status_for(exc)
             if code is grpc.StatusCode.INTERNAL:
                 log.exception("unexpected error in %s", handler.__name__)
-            context.abort(code, str(exc))
+            context.abort(code, bounded_details(str(exc)))
 
     return wrapper  # type: ignore[return-value]
