@@ -301,7 +301,8 @@ def _build_outcome(recipe: OutcomeRecipe, stub: pb_grpc.RankingServiceStub
         problems.append((grpc.StatusCode.INVALID_ARGUMENT, "item_id"))
     if recipe.outcome != "click":
         problems.append((grpc.StatusCode.INVALID_ARGUMENT, "outcome"))
-    if not math.isfinite(recipe.value):
+    if not math.isfinite(recipe.value) or not 0.0 <= recipe.value <= 1.0:
+        # The default surface: click weight 1, reward range [0, 1]; one outcome alone must fit the range.
         problems.append((grpc.StatusCode.INVALID_ARGUMENT, "value"))
     kind, seconds, nanos = recipe.occurred
     in_window = kind == "unset"
