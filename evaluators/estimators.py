@@ -26,7 +26,8 @@ from typing import ClassVar
 import numpy as np
 import polars as pl
 
-from evaluators.table import PROPENSITY_PAIRS, TableError
+from evaluators.betting import BettingTerms
+from evaluators.table import PROPENSITY_PAIRS, RANGE_COLUMNS, TableError
 
 ONE = "one"  # the column of ones: its sum is the number of rows
 
@@ -134,11 +135,63 @@ class Estimator(ABC):
         """Share of rows whose weight the estimator clipped or switched off (None if it never does)."""
         return None
 
+    def betting_terms(self, data: FeedbackData) -> BettingTerms | None:
+        """Non-negative terms for the betting interval (``evaluators.betting``), or None when the estimator
+        has no such construction (its terms are not w·r with mean-one weights, e.g. DR-type corrections)."""
+        return None
+
 
 def _positive(owner: str, name: str, value: float, *, allow_zero: bool = False) -> None:
     if not isinstance(value, (int, float)) or math.isnan(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"estimator '{owner}': parameter '{_PARAM_ALIASES.get(name, name)}' must be {bound}, got {value!r}")
+
+
+def reward_range(data: FeedbackData) -> tuple[float, float]:
+    """The declared reward range (``reward_min``/``reward_max``, validated against the rewards), else [0, 1].
+
+    Raises TableError naming ``reward`` when rewards leave [0, 1] and no range is declared: the bounded-reward
+    intervals cannot guess a range.
+    """
+    if all(c in data.df.columns for c in RANGE_COLUMNS):
+        low, high = float(np.min(data.column(RANGE_COLUMNS[0]))), float(np.max(data.column(RANGE_COLUMNS[1])))
+    else:
+        low, high = 0.0, 1.0
+        reward = data.column("reward")
+        if reward.size and (reward.min() < low or reward.max() > high):
+            raise TableError("reward", f"values outside [0, 1] (within [{reward.min():g}, {reward.max():g}]) and "
+                                       "no reward_min/reward_max columns: the betting interval needs the range")
+    if not high > low:
+        raise TableError(RANGE_COLUMNS[1], f"the declared reward range [{low:g}, {high:g}] is empty")
+    return low, high
+
+
+def slot_betting_terms(
+    data: FeedbackData, weights: np.ndarray, *, per_row: bool, joint: bool = False, estimand: str = ""
+) -> BettingTerms | None:
+    """Betting terms for V = E[Σ_k w_k r_k] over an event's rows k (``per_row``: that divided by the K rows).
+
+    Each w_k (or the one ``joint`` weight shared by the rows of a slate) must have mean ≤ 1 under the
+    logging policy given what precedes it; clipped weights qualify (the bound then covers the unclipped V).
+    With r̃ = (r − a)/(b − a) and K_max the largest event, X = Σ_k w_k r̃_k / K_max and
+    Y = (Σ_k w_k (1 − r̃_k) + K_max − K) / K_max (joint: Y = w (K_max − Σ_k r̃_k) / K_max), so that
+    E X ≤ θ, E Y ≤ 1 − θ and V = a·K_max + (b − a)·K_max·θ (per row: a + (b − a)·θ). Events of different
+    sizes are supported only when that offset does not need E K: slates with a = 0.
+    """
+    low, high = reward_range(data)
+    size = data.over_event("event_size", pl.len().over("event_id"))
+    k_max = float(size.max())
+    if size.min() != k_max and (per_row or low != 0):
+        return None
+    r01 = (data.column("reward") - low) / (high - low)
+    gain = weights * r01 / k_max
+    complement = weights * (k_max / size - r01) / k_max if joint else (weights * (1 - r01) + (k_max - size) / size) / k_max
+    what = "per-row mean of" if per_row else "per-slate"
+    scale = (high - low) * (1.0 if per_row else k_max)
+    offset = low * (1.0 if per_row else k_max)
+    assumption = (f"{what} Σ w·r with rewards in [{low:g}, {high:g}] and mean-one weights (exact propensities), "
+                  "i.i.d. events" + (f"; bounds {estimand}" if estimand else ""))
+    return BettingTerms(gain, complement, offset, scale, assumption)
 
 
 def _wr(data: FeedbackData) -> np.ndarray:
@@ -157,6 +210,9 @@ class IPS(Estimator):
 
     def statistics(self, data: FeedbackData) -> Statistics:
         return Statistics({"w*r": _wr(data), ONE: data.ones()}, (("w*r", ONE),))
+
+    def betting_terms(self, data: FeedbackData) -> BettingTerms | None:
+        return slot_betting_terms(data, data.weight(), per_row=True)
 
 
 @dataclass(frozen=True)
@@ -180,6 +236,15 @@ class ClippedIPS(Estimator):
     def clipped_share(self, data: FeedbackData) -> float | None:
         return float(np.count_nonzero(data.weight() > self.max_weight)) / data.n
 
+    def betting_terms(self, data: FeedbackData) -> BettingTerms | None:
+        """min(w, M) ≤ w keeps E X ≤ θ and E Y ≤ 1 − θ: the interval covers the unclipped value V
+        (the clipped point estimate, biased down, may sit near or below its lower end)."""
+        terms = slot_betting_terms(data, self.diagnostic_weights(data), per_row=True)
+        if terms is None:
+            return None
+        return BettingTerms(terms.gain, terms.complement, terms.offset, terms.scale,
+                            f"{terms.assumption}; weights clipped at {self.max_weight:g}, bounds the unclipped value")
+
 
 @dataclass(frozen=True)
 class SNIPS(Estimator):
@@ -189,6 +254,15 @@ class SNIPS(Estimator):
 
     def statistics(self, data: FeedbackData) -> Statistics:
         return Statistics({"w*r": _wr(data), "w": data.weight()}, (("w*r", "w"),))
+
+    def betting_terms(self, data: FeedbackData) -> BettingTerms | None:
+        """SNIPS estimates the same V as IPS, so the IPS betting interval on V applies (it does not use the
+        self-normalisation; the SNIPS point estimate may fall outside it)."""
+        terms = slot_betting_terms(data, data.weight(), per_row=True)
+        if terms is None:
+            return None
+        return BettingTerms(terms.gain, terms.complement, terms.offset, terms.scale,
+                            f"{terms.assumption}; interval on V from the IPS terms")
 
 
 @dataclass(frozen=True)

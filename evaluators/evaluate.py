@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,12 +12,16 @@ import polars as pl
 from evaluators.diagnostics import diagnose
 from evaluators.estimators import Estimator, FeedbackData, Statistics, parse_estimators
 from evaluators.intervals import (
+    AUTO_MAX_WEIGHT_SHARE,
+    AUTO_MIN_ESS,
     CI_METHODS,
     BootstrapSums,
     Interval,
     Moments,
     bernstein_interval,
+    betting_interval,
     bootstrap_interval,
+    hard_regime,
     normal_interval,
     poisson_bootstrap,
 )
@@ -69,7 +74,7 @@ def estimate(
 
     ``table`` is a feedback table (DataFrame or parquet/csv path, see ``feedback-table.md``);
     ``estimators`` a spec string (``"ips,snips,clipped_ips(max_weight=10)"``) or a list of names and
-    :class:`Estimator` objects; ``ci`` one of ``normal``, ``bootstrap``, ``bernstein`` or None (no interval);
+    :class:`Estimator` objects; ``ci`` one of ``normal``, ``bootstrap``, ``bernstein``, ``betting``, ``auto`` (see ``intervals.py``) or None;
     intervals have level 1 − ``alpha``. Raises ``TableError`` (a ValueError naming the column) for a bad
     table and ValueError naming the estimator or parameter for a bad spec or option.
     """
@@ -80,7 +85,8 @@ def estimate(
     validate_table(df, need=need, allow_support_violations=allow_support_violations)
     data = FeedbackData(df)
     stats: list[Statistics] = [_count_weighted(est.statistics(data), df) for est in parsed]
-    intervals = _intervals(df, stats, ci=ci, alpha=alpha, seed=seed, n_bootstrap=n_bootstrap, workers=workers)
+    intervals = _intervals(df, stats, ci=ci, alpha=alpha, seed=seed, n_bootstrap=n_bootstrap, workers=workers,
+                           estimators=parsed, data=data)
 
     rows = []
     for est, stat, interval in zip(parsed, stats, intervals):
@@ -115,7 +121,7 @@ def _count_weighted(stat: Statistics, df: pl.DataFrame) -> Statistics:
 
 def _intervals(
     df: pl.DataFrame, stats: list[Statistics], *, ci: str | None, alpha: float, seed: int, n_bootstrap: int,
-    workers: int,
+    workers: int, estimators: Sequence[Estimator] = (), data: FeedbackData | None = None,
 ) -> list[Interval | None]:
     if ci is None:
         return [None] * len(stats)
@@ -127,10 +133,40 @@ def _intervals(
     if ci == "bootstrap":
         sums: BootstrapSums = poisson_bootstrap(units, n_resamples=n_bootstrap, seed=seed, workers=workers)
         out = [bootstrap_interval(stat.parts, sums, alpha) for stat in stats]
-    else:
+    elif ci in ("normal", "bernstein"):
         interval_of = normal_interval if ci == "normal" else bernstein_interval
         out = []
         for stat in stats:
             moments = Moments.from_columns({k: units[k] for k in stat.columns})
             out.append(interval_of(stat.parts, moments, alpha))
+    else:  # betting or auto: per estimator, from its betting terms and (auto) its weight diagnostics
+        if data is None or len(estimators) != len(stats):
+            raise ValueError(f"parameter 'ci': '{ci}' needs the estimators and their data")
+        out = []
+        for est, stat in zip(estimators, stats):
+            diagnostics = diagnose(est, data)
+            hard = hard_regime(diagnostics.ess, diagnostics.max_weight_share) if ci == "auto" else ["requested"]
+            terms, why_not = None, f"no betting construction for '{est.label}'"
+            if hard:
+                try:
+                    # Count-weighted rows (DSJSON pdrop) make the estimand a ratio of sums: not a mean of X.
+                    terms = None if COUNT_WEIGHT in df.columns else est.betting_terms(data)
+                    why_not += " on count-weighted rows" if COUNT_WEIGHT in df.columns else ""
+                except TableError as exc:
+                    if ci == "betting":
+                        raise
+                    why_not = str(exc)
+            if terms is not None:
+                x = event_units(df, {"gain": terms.gain, "complement": terms.complement})
+                interval = betting_interval(terms, x["gain"], x["complement"], alpha=alpha, seed=seed)
+            elif ci == "betting":
+                interval = Interval(math.nan, math.nan, "betting", f"not available: {why_not}")
+            else:
+                interval = normal_interval(stat.parts, Moments.from_columns({k: units[k] for k in stat.columns}), alpha)
+                reason = (f"outside its regime ({'; '.join(hard)}): {why_not}" if hard else
+                          f"ESS >= {AUTO_MIN_ESS:g} and max weight share <= {AUTO_MAX_WEIGHT_SHARE:g}")
+                interval = Interval(interval.low, interval.high, interval.method, f"{interval.note}; {reason}")
+            if ci == "auto":
+                interval = Interval(interval.low, interval.high, f"{interval.method} (auto)", interval.note)
+            out.append(interval)
     return [Interval(i.low, i.high, i.method, f"{i.note}; {n_units} events") for i in out]

@@ -19,7 +19,8 @@ from typing import ClassVar
 import numpy as np
 import polars as pl
 
-from evaluators.estimators import Estimator, FeedbackData, Statistics
+from evaluators.betting import BettingTerms
+from evaluators.estimators import Estimator, FeedbackData, Statistics, slot_betting_terms
 
 SLATES = "slates"
 
@@ -43,6 +44,9 @@ class StandardIPS(Estimator):
         terms = data.cached("standard_ips", lambda: data.weight("slate_pscore") * data.column("reward"))
         return _per_slate(data, "standard_ips", terms)
 
+    def betting_terms(self, data: FeedbackData) -> BettingTerms | None:
+        return slot_betting_terms(data, data.weight("slate_pscore"), per_row=False, joint=True)
+
 
 @dataclass(frozen=True)
 class IndependentIPS(Estimator):
@@ -59,6 +63,10 @@ class IndependentIPS(Estimator):
         terms = data.cached("independent_ips", lambda: data.weight("marginal_pscore") * data.column("reward"))
         return _per_slate(data, "independent_ips", terms)
 
+    def betting_terms(self, data: FeedbackData) -> BettingTerms | None:
+        return slot_betting_terms(data, data.weight("marginal_pscore"), per_row=False,
+                                  estimand="independent IPS's estimand (V when slots do not interact)")
+
 
 @dataclass(frozen=True)
 class RIPS(Estimator):
@@ -74,6 +82,10 @@ class RIPS(Estimator):
     def statistics(self, data: FeedbackData) -> Statistics:
         terms = data.cached("rips", lambda: data.weight("cascade_pscore") * data.column("reward"))
         return _per_slate(data, "rips", terms)
+
+    def betting_terms(self, data: FeedbackData) -> BettingTerms | None:
+        return slot_betting_terms(data, data.weight("cascade_pscore"), per_row=False,
+                                  estimand="RIPS's estimand (V under the cascade assumption)")
 
 
 @dataclass(frozen=True)
