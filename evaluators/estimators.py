@@ -179,7 +179,13 @@ def slot_betting_terms(
     sizes are supported only when that offset does not need E K: slates with a = 0.
     """
     low, high = reward_range(data)
-    size = data.over_event("event_size", pl.len().over("event_id"))
+    def event_sizes() -> np.ndarray:
+        # A window over 1M string ids peaks at ~230 MB; the usual single-row events need no window at all.
+        if data.df.get_column("event_id").n_unique() == data.n:
+            return np.ones(data.n)
+        return data.df.select(pl.len().over("event_id").cast(pl.Float64)).to_series().to_numpy()
+
+    size = data.cached("event_size", event_sizes)
     k_max = float(size.max())
     if size.min() != k_max and (per_row or low != 0):
         return None
