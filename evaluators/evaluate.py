@@ -142,31 +142,39 @@ def _intervals(
     else:  # betting or auto: per estimator, from its betting terms and (auto) its weight diagnostics
         if data is None or len(estimators) != len(stats):
             raise ValueError(f"parameter 'ci': '{ci}' needs the estimators and their data")
-        out = []
-        for est, stat in zip(estimators, stats):
-            diagnostics = diagnose(est, data)
-            hard = hard_regime(diagnostics.ess, diagnostics.max_weight_share) if ci == "auto" else ["requested"]
-            terms, why_not = None, f"no betting construction for '{est.label}'"
-            if hard:
-                try:
-                    # Count-weighted rows (DSJSON pdrop) make the estimand a ratio of sums: not a mean of X.
-                    terms = None if COUNT_WEIGHT in df.columns else est.betting_terms(data)
-                    why_not += " on count-weighted rows" if COUNT_WEIGHT in df.columns else ""
-                except TableError as exc:
-                    if ci == "betting":
-                        raise
-                    why_not = str(exc)
-            if terms is not None:
-                x = event_units(df, {"gain": terms.gain, "complement": terms.complement})
-                interval = betting_interval(terms, x["gain"], x["complement"], alpha=alpha, seed=seed)
-            elif ci == "betting":
-                interval = Interval(math.nan, math.nan, "betting", f"not available: {why_not}")
-            else:
-                interval = normal_interval(stat.parts, Moments.from_columns({k: units[k] for k in stat.columns}), alpha)
-                reason = (f"outside its regime ({'; '.join(hard)}): {why_not}" if hard else
-                          f"ESS >= {AUTO_MIN_ESS:g} and max weight share <= {AUTO_MAX_WEIGHT_SHARE:g}")
-                interval = Interval(interval.low, interval.high, interval.method, f"{interval.note}; {reason}")
-            if ci == "auto":
-                interval = Interval(interval.low, interval.high, f"{interval.method} (auto)", interval.note)
-            out.append(interval)
+        out = [_betting_or_auto(df, est, stat, units, data, auto=ci == "auto", alpha=alpha, seed=seed)
+               for est, stat in zip(estimators, stats)]
     return [Interval(i.low, i.high, i.method, f"{i.note}; {n_units} events") for i in out]
+
+
+def _betting_or_auto(
+    df: pl.DataFrame, est: Estimator, stat: Statistics, units: dict[str, np.ndarray], data: FeedbackData, *,
+    auto: bool, alpha: float, seed: int,
+) -> Interval:
+    """``betting`` for one estimator, or (``auto``) betting in the hard regime and normal otherwise."""
+    diagnostics = diagnose(est, data)
+    hard = hard_regime(diagnostics.ess, diagnostics.max_weight_share) if auto else ["requested"]
+    terms, why_not = None, (f"no betting construction for '{est.label}' here (it covers ips, snips, clipped_ips, "
+                            "standard_ips, independent_ips and rips; events of unequal size only per slate with "
+                            "reward_min 0)")
+    if hard and COUNT_WEIGHT in df.columns:
+        # Count-weighted rows (DSJSON pdrop) make the estimand a ratio of random sums, not a mean of X.
+        why_not += " on count-weighted rows"
+    elif hard:
+        try:
+            terms = est.betting_terms(data)
+        except TableError as exc:  # rewards outside [0, 1] with no declared range
+            if not auto:
+                raise
+            why_not = str(exc)
+    if terms is not None:
+        sums = event_units(df, {"gain": terms.gain, "complement": terms.complement})
+        interval = betting_interval(terms, sums["gain"], sums["complement"], alpha=alpha, seed=seed)
+    elif not auto:
+        interval = Interval(math.nan, math.nan, "betting", f"not available: {why_not}")
+    else:
+        interval = normal_interval(stat.parts, Moments.from_columns({k: units[k] for k in stat.columns}), alpha)
+        reason = (f"outside its regime ({'; '.join(hard)}): {why_not}" if hard else
+                  f"ESS >= {AUTO_MIN_ESS:g} and max weight share <= {AUTO_MAX_WEIGHT_SHARE:g}")
+        interval = Interval(interval.low, interval.high, interval.method, f"{interval.note}; {reason}")
+    return Interval(interval.low, interval.high, f"{interval.method} (auto)", interval.note) if auto else interval
