@@ -159,7 +159,7 @@ def _betting_or_auto(
                             "reward_min 0)")
     if hard and COUNT_WEIGHT in df.columns:
         # Count-weighted rows (DSJSON pdrop) make the estimand a ratio of random sums, not a mean of X.
-        why_not += " on count-weighted rows"
+        why_not = f"count-weighted rows (column '{COUNT_WEIGHT}'): the estimand is a ratio of random sums"
     elif hard:
         try:
             terms = est.betting_terms(data)

@@ -41,8 +41,13 @@ Methods:
 
 Where each is safe: ``normal`` and ``bootstrap`` when ESS is in the thousands and no event carries a
 noticeable share of the weight; ``bernstein`` when the observed range of the terms is the true range
-(it misses weights never seen); ``betting`` always for bounded rewards and exact propensities (conservative
-when the problem is easy); ``auto`` chooses between them.
+(it misses weights never seen); ``betting`` always for bounded rewards and exact propensities; ``auto``
+chooses between them. Measured (``tests/evaluators/test_betting.py`` family: deterministic target, logging
+propensity log-uniform on [1e-3, 1], rare actions pay more; 200 seeds, α = 0.05): the normal interval
+covers 70% at ESS 15, 89% at ESS 76 and ~95% from ESS ~350; betting covers ≥ 97% at every ESS and is
+narrower than the normal interval there (median width 0.60 vs 0.76 at ESS 15, 0.17 vs 0.19 at ESS 350),
+because the heavy tail inflates the normal standard error. Where the problem is easy (all weights 1) betting
+is wider: 1.27x the normal width at n = 1,000, 1.09x at n = 10,000 — hence ``auto``.
 """
 
 from __future__ import annotations
