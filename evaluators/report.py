@@ -12,11 +12,15 @@ import io
 import json
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from evaluators.verdict import UNRELIABLE, split_reasons
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FORMATS = ("table", "json", "html")
 _TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -113,6 +117,10 @@ def _column(rows: list[dict[str, object]], key: str) -> np.ndarray:
 
 
 def _forest_plot(result: pl.DataFrame) -> str:
+    return _png(forest_figure(result))
+
+
+def forest_figure(result: pl.DataFrame) -> Figure:
     """Point and interval per estimator: ok rows as blue error bars; unreliable rows as a grey hollow point over
     a grey hatched band (the interval), their labels greyed and marked, so they cannot be read as evidence."""
     from matplotlib.figure import Figure
@@ -148,7 +156,7 @@ def _forest_plot(result: pl.DataFrame) -> str:
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles), frameon=False,
               fontsize="small")
     fig.tight_layout()
-    return _png(fig)
+    return fig
 
 
 def _weight_histogram(weights: np.ndarray) -> str:
