@@ -21,12 +21,13 @@ from evaluators.intervals import (
     poisson_bootstrap,
 )
 from evaluators.table import TableError, load_table, validate_table
+from evaluators.verdict import VerdictPolicy, verdict
 
 RESULT_SCHEMA: dict[str, pl.DataType] = {
     "estimator": pl.String(), "value": pl.Float64(), "ci_low": pl.Float64(), "ci_high": pl.Float64(),
     "ci_method": pl.String(), "ci_note": pl.String(), "n": pl.Int64(), "ess": pl.Float64(),
     "max_weight": pl.Float64(), "max_weight_share": pl.Float64(), "clipped_share": pl.Float64(),
-    "support_violations": pl.Int64(),
+    "support_violations": pl.Int64(), "verdict": pl.String(), "reasons": pl.String(),
 }
 
 
@@ -64,13 +65,15 @@ def estimate(
     n_bootstrap: int = 1000,
     allow_support_violations: bool = False,
     workers: int = 2,
+    verdict_policy: VerdictPolicy | None = None,
 ) -> pl.DataFrame:
     """Estimate the target policy's value with each estimator; one result row per estimator.
 
     ``table`` is a feedback table (DataFrame or parquet/csv path, see ``feedback-table.md``);
     ``estimators`` a spec string (``"ips,snips,clipped_ips(max_weight=10)"``) or a list of names and
     :class:`Estimator` objects; ``ci`` one of ``normal``, ``bootstrap``, ``bernstein`` or None (no interval);
-    intervals have level 1 − ``alpha``. Raises ``TableError`` (a ValueError naming the column) for a bad
+    intervals have level 1 − ``alpha``. Each row carries ``verdict`` (``ok`` or ``unreliable``) and ``reasons``
+    ("; "-joined, "" when ok) under ``verdict_policy`` (default :class:`VerdictPolicy` thresholds). Raises ``TableError`` (a ValueError naming the column) for a bad
     table and ValueError naming the estimator or parameter for a bad spec or option.
     """
     _check_options(ci, alpha, n_bootstrap)
@@ -82,8 +85,12 @@ def estimate(
     stats: list[Statistics] = [_count_weighted(est.statistics(data), df) for est in parsed]
     intervals = _intervals(df, stats, ci=ci, alpha=alpha, seed=seed, n_bootstrap=n_bootstrap, workers=workers)
 
+    if verdict_policy is not None and not isinstance(verdict_policy, VerdictPolicy):
+        raise ValueError(f"parameter 'verdict_policy' must be a VerdictPolicy, got {type(verdict_policy).__name__}")
     rows = []
     for est, stat, interval in zip(parsed, stats, intervals):
+        diagnostics = diagnose(est, data).as_dict()
+        judged = verdict(diagnostics, interval, verdict_policy)
         rows.append({
             "estimator": est.label,
             "value": float(stat.value()),
@@ -91,7 +98,9 @@ def estimate(
             "ci_high": interval.high if interval else None,
             "ci_method": interval.method if interval else None,
             "ci_note": interval.note if interval else None,
-            **diagnose(est, data).as_dict(),
+            **diagnostics,
+            "verdict": judged.verdict,
+            "reasons": judged.reasons_text(),
         })
     return pl.DataFrame(rows, schema=RESULT_SCHEMA)
 
