@@ -18,6 +18,7 @@ import polars as pl
 from evaluators.intervals import CI_METHODS
 from evaluators.report import FORMATS, render
 from evaluators.table import load_table
+from evaluators.verdict import DEFAULT_POLICY, VerdictPolicy
 
 PROG = "recsys-rl evaluate"
 
@@ -45,10 +46,43 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--format", default="table", help=f"output: {', '.join(FORMATS)} (default table)")
     parser.add_argument("--out", default=None, help="write the output to this file instead of stdout")
     parser.add_argument("--allow-support-violations", action="store_true",
-                        help="estimate on rows the logging policy could reach; violating rows get weight 0")
+                        help="estimate on rows the logging policy could reach; violating rows get weight 0 "
+                             "(the estimate is biased, and its verdict says so)")
+    thresholds = parser.add_argument_group(
+        "verdict thresholds", "an estimate outside any of these is reported UNRELIABLE with the reason (docs/verdicts.md)")
+    for flag, field, what in _THRESHOLD_OPTIONS:
+        thresholds.add_argument(f"--{flag}", default=None, metavar="X",
+                                help=f"{what} (default {getattr(DEFAULT_POLICY, field):g})")
     parser.error = _one_line_error  # type: ignore[method-assign]
     parser.set_defaults(handler=run_evaluate)
     return parser
+
+
+# (option, VerdictPolicy field, help): the CLI names its options, the Python API its parameters.
+_THRESHOLD_OPTIONS: tuple[tuple[str, str, str], ...] = (
+    ("min-ess", "min_ess", "smallest effective sample size"),
+    ("max-weight-share", "max_weight_share", "largest share of the total weight on one row, in (0, 1]"),
+    ("max-clipped-share", "max_clipped_share", "largest share of rows clipped or switched off, in (0, 1]"),
+    ("min-ess-clt", "min_ess_clt", "smallest ESS at which normal/bootstrap/bernstein intervals are trusted"),
+    ("max-weight-share-clt", "max_weight_share_clt",
+     "largest weight share at which normal/bootstrap/bernstein intervals are trusted, in (0, 1]"),
+)
+
+
+def verdict_policy_from_args(args: argparse.Namespace) -> VerdictPolicy:
+    """The thresholds given on the command line over the defaults; a bad value names its option."""
+    given: dict[str, float] = {}
+    for flag, field, _ in _THRESHOLD_OPTIONS:
+        raw = getattr(args, field, None)
+        if raw is not None:
+            given[field] = float(_number(flag, raw, float))
+    try:
+        return VerdictPolicy(**given)
+    except ValueError as exc:
+        message = str(exc)
+        for flag, field, _ in _THRESHOLD_OPTIONS:
+            message = message.replace(f"parameter '{field}'", f"option '--{flag}'")
+        raise ValueError(message) from None
 
 
 def _number(name: str, raw: str, kind: type[int] | type[float]) -> int | float:
@@ -70,9 +104,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         alpha = _number("alpha", args.alpha, float)
         n_bootstrap = int(_number("n-bootstrap", args.n_bootstrap, int))
         seed = int(_number("seed", args.seed, int))
+        policy = verdict_policy_from_args(args)
         table = load_table(args.table)
         result = estimate(table, args.estimators, ci=args.ci, alpha=alpha, seed=seed, n_bootstrap=n_bootstrap,
-                          allow_support_violations=args.allow_support_violations)
+                          allow_support_violations=args.allow_support_violations, verdict_policy=policy)
         weights = None
         if args.format == "html":
             p = table.get_column("pscore").cast(pl.Float64).to_numpy()

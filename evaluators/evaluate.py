@@ -12,8 +12,6 @@ import polars as pl
 from evaluators.diagnostics import diagnose
 from evaluators.estimators import Estimator, FeedbackData, Statistics, parse_estimators
 from evaluators.intervals import (
-    AUTO_MAX_WEIGHT_SHARE,
-    AUTO_MIN_ESS,
     CI_METHODS,
     BootstrapSums,
     Interval,
@@ -26,12 +24,13 @@ from evaluators.intervals import (
     poisson_bootstrap,
 )
 from evaluators.table import TableError, load_table, validate_table
+from evaluators.verdict import DEFAULT_POLICY, VerdictPolicy, verdict
 
 RESULT_SCHEMA: dict[str, pl.DataType] = {
     "estimator": pl.String(), "value": pl.Float64(), "ci_low": pl.Float64(), "ci_high": pl.Float64(),
     "ci_method": pl.String(), "ci_note": pl.String(), "n": pl.Int64(), "ess": pl.Float64(),
     "max_weight": pl.Float64(), "max_weight_share": pl.Float64(), "clipped_share": pl.Float64(),
-    "support_violations": pl.Int64(),
+    "support_violations": pl.Int64(), "verdict": pl.String(), "reasons": pl.String(),
 }
 
 
@@ -69,13 +68,16 @@ def estimate(
     n_bootstrap: int = 1000,
     allow_support_violations: bool = False,
     workers: int = 2,
+    verdict_policy: VerdictPolicy | None = None,
 ) -> pl.DataFrame:
     """Estimate the target policy's value with each estimator; one result row per estimator.
 
     ``table`` is a feedback table (DataFrame or parquet/csv path, see ``feedback-table.md``);
     ``estimators`` a spec string (``"ips,snips,clipped_ips(max_weight=10)"``) or a list of names and
-    :class:`Estimator` objects; ``ci`` one of ``normal``, ``bootstrap``, ``bernstein``, ``betting``, ``auto`` (see ``intervals.py``) or None;
-    intervals have level 1 − ``alpha``. Raises ``TableError`` (a ValueError naming the column) for a bad
+    :class:`Estimator` objects; ``ci`` one of ``normal``, ``bootstrap``, ``bernstein``, ``betting``, ``auto`` (see
+    ``intervals.py``; ``auto`` picks ``betting`` outside ``verdict_policy``'s CLT regime) or None (no interval);
+    intervals have level 1 − ``alpha``. Each row carries ``verdict`` (``ok`` or ``unreliable``) and ``reasons``
+    ("; "-joined, "" when ok) under ``verdict_policy`` (default :class:`VerdictPolicy` thresholds). Raises ``TableError`` (a ValueError naming the column) for a bad
     table and ValueError naming the estimator or parameter for a bad spec or option.
     """
     _check_options(ci, alpha, n_bootstrap)
@@ -85,11 +87,14 @@ def estimate(
     validate_table(df, need=need, allow_support_violations=allow_support_violations)
     data = FeedbackData(df)
     stats: list[Statistics] = [_count_weighted(est.statistics(data), df) for est in parsed]
+    if verdict_policy is not None and not isinstance(verdict_policy, VerdictPolicy):
+        raise ValueError(f"parameter 'verdict_policy' must be a VerdictPolicy, got {type(verdict_policy).__name__}")
     intervals = _intervals(df, stats, ci=ci, alpha=alpha, seed=seed, n_bootstrap=n_bootstrap, workers=workers,
-                           estimators=parsed, data=data)
-
+                           estimators=parsed, data=data, policy=verdict_policy or DEFAULT_POLICY)
     rows = []
     for est, stat, interval in zip(parsed, stats, intervals):
+        diagnostics = diagnose(est, data).as_dict()
+        judged = verdict(diagnostics, interval, verdict_policy)
         rows.append({
             "estimator": est.label,
             "value": float(stat.value()),
@@ -97,7 +102,9 @@ def estimate(
             "ci_high": interval.high if interval else None,
             "ci_method": interval.method if interval else None,
             "ci_note": interval.note if interval else None,
-            **diagnose(est, data).as_dict(),
+            **diagnostics,
+            "verdict": judged.verdict,
+            "reasons": judged.reasons_text(),
         })
     return pl.DataFrame(rows, schema=RESULT_SCHEMA)
 
@@ -122,6 +129,7 @@ def _count_weighted(stat: Statistics, df: pl.DataFrame) -> Statistics:
 def _intervals(
     df: pl.DataFrame, stats: list[Statistics], *, ci: str | None, alpha: float, seed: int, n_bootstrap: int,
     workers: int, estimators: Sequence[Estimator] = (), data: FeedbackData | None = None,
+    policy: VerdictPolicy = DEFAULT_POLICY,
 ) -> list[Interval | None]:
     if ci is None:
         return [None] * len(stats)
@@ -142,18 +150,23 @@ def _intervals(
     else:  # betting or auto: per estimator, from its betting terms and (auto) its weight diagnostics
         if data is None or len(estimators) != len(stats):
             raise ValueError(f"parameter 'ci': '{ci}' needs the estimators and their data")
-        out = [_betting_or_auto(df, est, stat, units, data, auto=ci == "auto", alpha=alpha, seed=seed)
+        out = [_betting_or_auto(df, est, stat, units, data, auto=ci == "auto", alpha=alpha, seed=seed, policy=policy)
                for est, stat in zip(estimators, stats)]
     return [Interval(i.low, i.high, i.method, f"{i.note}; {n_units} events") for i in out]
 
 
 def _betting_or_auto(
     df: pl.DataFrame, est: Estimator, stat: Statistics, units: dict[str, np.ndarray], data: FeedbackData, *,
-    auto: bool, alpha: float, seed: int,
+    auto: bool, alpha: float, seed: int, policy: VerdictPolicy,
 ) -> Interval:
-    """``betting`` for one estimator, or (``auto``) betting in the hard regime and normal otherwise."""
+    """``betting`` for one estimator, or (``auto``) betting outside the CLT regime of ``policy`` (the verdict's
+    ``min_ess_clt``, ``max_weight_share_clt``: one rule for both) and normal inside it.
+
+    ``auto`` reports the method it resolved to (the verdict judges that method) and says why in the note.
+    """
     diagnostics = diagnose(est, data)
-    hard = hard_regime(diagnostics.ess, diagnostics.max_weight_share) if auto else ["requested"]
+    hard = (hard_regime(diagnostics.ess, diagnostics.max_weight_share, min_ess=policy.min_ess_clt,
+                        max_weight_share_limit=policy.max_weight_share_clt) if auto else ["requested"])
     terms, why_not = None, (f"no betting construction for '{est.label}' here (it covers ips, snips, clipped_ips, "
                             "standard_ips, independent_ips and rips; events of unequal size only per slate with "
                             "reward_min 0)")
@@ -170,11 +183,11 @@ def _betting_or_auto(
     if terms is not None:
         sums = event_units(df, {"gain": terms.gain, "complement": terms.complement})
         interval = betting_interval(terms, sums["gain"], sums["complement"], alpha=alpha, seed=seed)
-    elif not auto:
-        interval = Interval(math.nan, math.nan, "betting", f"not available: {why_not}")
-    else:
-        interval = normal_interval(stat.parts, Moments.from_columns({k: units[k] for k in stat.columns}), alpha)
-        reason = (f"outside its regime ({'; '.join(hard)}): {why_not}" if hard else
-                  f"ESS >= {AUTO_MIN_ESS:g} and max weight share <= {AUTO_MAX_WEIGHT_SHARE:g}")
-        interval = Interval(interval.low, interval.high, interval.method, f"{interval.note}; {reason}")
-    return Interval(interval.low, interval.high, f"{interval.method} (auto)", interval.note) if auto else interval
+        return Interval(interval.low, interval.high, interval.method,
+                        f"auto chose betting ({', '.join(hard)}); {interval.note}") if auto else interval
+    if not auto:
+        return Interval(math.nan, math.nan, "betting", f"not available: {why_not}")
+    interval = normal_interval(stat.parts, Moments.from_columns({k: units[k] for k in stat.columns}), alpha)
+    reason = (f"auto kept normal outside its regime ({', '.join(hard)}): {why_not}" if hard else
+              f"auto chose normal (ESS >= {policy.min_ess_clt:g}, max weight share <= {policy.max_weight_share_clt:g})")
+    return Interval(interval.low, interval.high, interval.method, f"{reason}; {interval.note}")

@@ -31,13 +31,15 @@ Methods:
   (checked), and is defined for ips, snips, clipped_ips, standard_ips, independent_ips and rips (each
   estimator's ``betting_terms``); it bounds the target policy's value V itself, so a biased (clipped) or
   erratic (IPS on a few huge weights) point estimate may lie outside it. Not mergeable (order-dependent).
-* ``auto``: per estimator, ``betting`` in the hard regime — ESS < AUTO_MIN_ESS (1,000) or max weight share
-  > AUTO_MAX_WEIGHT_SHARE (0.05), where normal and percentile-bootstrap intervals undercover (the normal
-  interval on 7 effective events excluded the truth 40-fold) — and ``normal`` otherwise; the normal
-  interval is also used for ratio estimators (delta method), which is accurate in the easy regime. An
-  estimator without betting terms keeps its normal interval in the hard regime and its note says the
-  interval is outside the regime where it holds. ``ci_method`` records the choice: "betting (auto)" or
-  "normal (auto)".
+* ``auto``: per estimator, ``betting`` outside the CLT regime of the verdict policy
+  (``evaluators.verdict.VerdictPolicy``: ESS < ``min_ess_clt`` = 1,000 or max weight share >
+  ``max_weight_share_clt`` = 0.01 by default — where normal and percentile-bootstrap intervals undercover;
+  the normal interval on 7 effective events excluded the truth 40-fold), ``normal`` inside it, also for
+  ratio estimators (delta method, accurate there). One rule serves both, so ``auto`` never draws an
+  interval the verdict calls out of regime unless the estimator has no betting terms (DR family,
+  pseudo-inverse, cascade DR, count-weighted rows): it then keeps its normal interval, the note says it is
+  outside its regime and the verdict marks the row unreliable. ``ci_method`` is the method used
+  ("betting" or "normal", as the verdict judges it); the note starts with what ``auto`` chose and why.
 
 Where each is safe: ``normal`` and ``bootstrap`` when ESS is in the thousands and no event carries a
 noticeable share of the weight; ``bernstein`` when the observed range of the terms is the true range
@@ -65,8 +67,6 @@ from evaluators.betting import BettingTerms, betting_bounds
 from evaluators.estimators import value_from_sums
 
 CI_METHODS = ("normal", "bootstrap", "bernstein", "betting", "auto")
-AUTO_MIN_ESS = 1000.0           # auto: below this effective sample size the interval is `betting`
-AUTO_MAX_WEIGHT_SHARE = 0.05    # auto: ... or when one event carries more than this share of Σ w
 BLOCK_UNITS = 8192          # units per seeded random block (fixes the random stream layout)
 RESAMPLE_CHUNK = 256        # resamples drawn at once per block: 256 x 8192 x 6 bytes ≈ 12 MB per worker
 _POISSON_TABLE = poisson.ppf((np.arange(65536) + 0.5) / 65536, 1.0).astype(np.float32)
@@ -248,11 +248,11 @@ def betting_interval(terms: BettingTerms, gain: np.ndarray, complement: np.ndarr
     return Interval(terms.offset + terms.scale * low, terms.offset + terms.scale * high, "betting", note)
 
 
-def hard_regime(ess: float, max_weight_share: float) -> list[str]:
+def hard_regime(ess: float, max_weight_share: float, *, min_ess: float, max_weight_share_limit: float) -> list[str]:
     """Why ``auto`` distrusts the normal interval here (empty when it does not)."""
     reasons = []
-    if not ess >= AUTO_MIN_ESS:  # NaN (no weight at all) counts as hard
-        reasons.append(f"ESS {ess:.3g} < {AUTO_MIN_ESS:g}")
-    if not max_weight_share <= AUTO_MAX_WEIGHT_SHARE:
-        reasons.append(f"max weight share {max_weight_share:.3g} > {AUTO_MAX_WEIGHT_SHARE:g}")
+    if not ess >= min_ess:  # NaN (no weight at all) counts as hard
+        reasons.append(f"ESS {ess:.4g} < {min_ess:g}")
+    if not max_weight_share <= max_weight_share_limit:
+        reasons.append(f"max weight share {max_weight_share:.3g} > {max_weight_share_limit:g}")
     return reasons

@@ -24,6 +24,9 @@ from recsys_rl.sim.host import HostStats, run_host
 from recsys_rl.sim import SimConfig, World
 
 
+CI_METHOD = "normal"  # the interval method of the counterfactual section
+
+
 @dataclass(frozen=True)
 class DemoArgs:
     requests: int = 20_000  # simulated page views sent through Rank
@@ -100,35 +103,65 @@ def log_report(data_dir: Path, cap: float) -> str:
     ])
 
 
-def counterfactual_report(data_dir: Path, stats: HostStats, *, since: float, first_request: int) -> str:
-    """Replays the tail of the log (served after ``since``, once learning settled) for three targets and
-    estimates their click rate per slate from the logs alone.
+TARGETS = ("uniform", "logged@cap=0", "logged@cap=0.2")
 
-    ``uniform`` has a known truth (the simulator's expected click rate of random slates on the same page views);
-    ``logged@cap=0`` is what the learning system as it ran (each decision's own model version) would have earned
-    with exploration off, ``logged@cap=0.2`` with the cap doubled - the question the cap gate asks. Slate estimators: standard IPS (joint slate weight: unbiased, high variance) and RIPS
-    (cascade weights: lower variance, assumes a click depends only on the items above it).
+
+def counterfactual_report(data_dir: Path, stats: HostStats, world: World, *, since: float, first_request: int) -> str:
+    """Replays the tail of the log (served after ``since``, once learning settled) for three targets, estimates
+    their click rate per slate from the logs alone, and sets each estimate beside the simulator's truth.
+
+    ``uniform`` (random slates) is far from the logging policy: its estimate rests on a handful of effective events
+    and the verdict says so. ``logged@cap=0`` is what the learning system as it ran (each decision's own model
+    version) would have earned with exploration off, ``logged@cap=0.2`` with the cap doubled - the question the
+    cap gate asks; these the logs can answer. The truth of each target comes from the simulator: the exact click
+    probability of the slates the target would draw on the same page views (``recsys_rl.sim.truth``). Slate
+    estimators: standard IPS (joint slate weight: unbiased, high variance) and RIPS (cascade weights: lower
+    variance, assumes a click depends only on the items above it).
     """
+    import logging
+
     import polars as pl
 
     from evaluators import estimate
+    from evaluators.replay.run import ReplayStats, replay
     from evaluators.report import render
-    from evaluators.replay.run import replay
+    from recsys_rl.config import default_config
+    from recsys_rl.sim.truth import target_click_rate
 
+    page_views = {r.event_id: r.page_view for r in stats.records[first_request:] if r.page_view is not None}
+    surface = default_config().surfaces["default"]
     rows: list[pl.DataFrame] = []
-    for spec in ("uniform", "logged@cap=0", "logged@cap=0.2"):
-        table = replay(data_dir, spec, progress=False, since=since)
-        result = estimate(table, ["standard_ips", "rips"], ci="normal", alpha=0.05)
-        rows.append(result.with_columns(pl.lit(spec).alias("target")))
-        (data_dir / f"counterfactual-{spec.replace('@', '_').replace('=', '')}.html").write_text(
-            render(result, "html", weights=(table["slate_target_pscore"] / table["slate_pscore"]).to_numpy()))
-    tail = stats.records[first_request:]
-    truth = sum(r.random_click_prob for r in tail) / max(len(tail), 1)
-    lines = [f"{'target':16} {'estimator':13} {'click rate':>10} {'95% interval':>20} {'ESS':>9}"]
+    truths: dict[str, float] = {}
+    replay_stats = ReplayStats()
+    tables_log = logging.getLogger("logging_schema.tables")
+    level = tables_log.level
+    tables_log.setLevel(logging.WARNING)  # its per-join INFO line is summed up in one sentence below
+    try:
+        for spec in TARGETS:
+            replay_stats = ReplayStats()
+            table = replay(data_dir, spec, progress=False, since=since, stats=replay_stats)
+            result = estimate(table, ["standard_ips", "rips"], ci=CI_METHOD, alpha=0.05)
+            rows.append(result.with_columns(pl.lit(spec).alias("target")))
+            (data_dir / f"counterfactual-{spec.replace('@', '_').replace('=', '')}.html").write_text(
+                render(result, "html", weights=(table["slate_target_pscore"] / table["slate_pscore"]).to_numpy()))
+            truths[spec] = target_click_rate(data_dir, spec, world, page_views, surface=surface).click_rate
+    finally:
+        tables_log.setLevel(level)
+    lines = [f"{'target':16} {'estimator':13} {'click rate':>10} {'95% interval':>20} {'ESS':>7} {'truth':>6}  verdict"]
     for row in pl.concat(rows).iter_rows(named=True):
+        truth = truths[row["target"]]
+        covered = row["ci_low"] <= truth <= row["ci_high"]
+        verdict = row.get("verdict", "ok")
+        note = f"UNRELIABLE: {row.get('reasons', '')}" if verdict != "ok" else (
+            "ok, covers the truth" if covered else "ok, MISSES the truth")
         lines.append(f"{row['target']:16} {row['estimator']:13} {row['value']:10.3f} "
-                     f"[{row['ci_low']:8.3f}, {row['ci_high']:8.3f}] {row['ess']:9.0f}")
-    lines.append(f"simulator truth for uniform: {truth:.3f} (expected click rate of random slates on these page views)")
+                     f"[{row['ci_low']:8.3f}, {row['ci_high']:8.3f}] {row['ess']:7.0f} {truth:6.3f}  {note}")
+    orphans = replay_stats.join.orphan_outcomes
+    lines.append(f"truth = the simulator's exact click rate of the slates each target would draw on these {len(page_views):,} "
+                 f"page views; intervals: {CI_METHOD} (finite-sample where the weights are heavy).")
+    if orphans:
+        lines.append(f"{orphans:,} outcomes in the log belong to decisions before this window and are not part of "
+                     "these estimates.")
     lines.append("standard IPS is unbiased but needs the logged slate to match the target's; RIPS trades that for the "
                  "cascade assumption (a click depends on the items above it), which this simulator's choice over the "
                  "whole slate breaks, so RIPS can be biased here - the reason analysts look at several estimators.")
@@ -159,7 +192,7 @@ def run_demo(args: DemoArgs) -> int:
                 if done <= replay_from["request"]:
                     replay_from["time"] = time.time()
 
-            stats = run_host(stub, world, n_requests=args.requests, progress=progress)
+            stats = run_host(stub, world, n_requests=args.requests, progress=progress, keep_page_views=True)
         channel.close()
     finally:
         code = stop_server(server)
@@ -184,7 +217,8 @@ def run_demo(args: DemoArgs) -> int:
     print()
     print(f"Counterfactual estimates from the last {args.requests - replay_from['request']:,} logged decisions "
           "(replay → evaluators; HTML reports in the data dir):")
-    print(counterfactual_report(data_dir, stats, since=replay_from["time"], first_request=replay_from["request"]))
+    print(counterfactual_report(data_dir, stats, world, since=replay_from["time"],
+                                first_request=replay_from["request"]))
     print()
     print(f"plot: {plot}")
     print(f"{args.requests:,} requests in {elapsed:.0f} s ({args.requests / elapsed:.0f} req/s end to end)")

@@ -145,7 +145,7 @@ def _surface_config(config: ServiceConfig | None, surface: str) -> SurfaceConfig
     return found
 
 
-def _long_term(data_dir: Path, surface_config: SurfaceConfig) -> LongTermValue:
+def replay_long_term(data_dir: Path, surface_config: SurfaceConfig) -> LongTermValue:
     """The slate-RL values of a λ ≠ 0 surface, recomputed per decision from its logged long-term input."""
     if surface_config.model.long_term_weight == 0:
         return NoLongTermValue()
@@ -157,7 +157,7 @@ def _long_term(data_dir: Path, surface_config: SurfaceConfig) -> LongTermValue:
     return LoggedSlateQ(models)
 
 
-def _logged_long_term(event: object) -> LongTermInput | None:
+def logged_long_term(event: object) -> LongTermInput | None:
     """The long-term input a logged decision was scored with (the table view keeps it as raw bytes)."""
     raw: bytes = event.long_term  # type: ignore[attr-defined]
     if not raw:
@@ -190,7 +190,7 @@ def replay(
     log_dir = Path(data_dir) / "logs"
     if not log_dir.is_dir():
         raise InvalidInput("data_dir", f"{log_dir} does not exist (has a server written any log there?)")
-    target = resolve_policy(parsed, Path(data_dir), surface_config, long_term=_long_term(Path(data_dir), surface_config))
+    target = resolve_policy(parsed, Path(data_dir), surface_config, long_term=replay_long_term(Path(data_dir), surface_config))
 
     with tempfile.TemporaryDirectory(prefix="recsys_rl_replay_") as scratch:
         candidates = CandidateRows(Path(scratch)) if reward_model else None
@@ -257,7 +257,7 @@ def _replay_pass(
             request = rank_request(event)
             logged = _logged_indices(event, request)
             probabilities, scored = target_propensities(target.policy_for(event), request, logged,
-                                                        long_term_input=_logged_long_term(event))
+                                                        long_term_input=logged_long_term(event))
             fell_back = scored.fell_back
             if candidates is not None:
                 candidates.add(event.event_id, request, scored.scores, logged, scored.explorer)
@@ -498,4 +498,4 @@ def run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["CHUNK_DECISIONS", "ReplayStats", "rank_request", "register", "replay", "run_replay", "write_table"]
+__all__ = ["CHUNK_DECISIONS", "ReplayStats", "logged_long_term", "rank_request", "register", "replay", "run_replay", "write_table"]

@@ -10,6 +10,9 @@ at cap X (``logged@cap=X``), and as it ran (``logged``, at the caps then in forc
   ``n_bootstrap`` resamples; V̂(current) is the same estimator's point estimate;
 * ``ess``: the effective sample size (Σw)²/Σw² of the cap-X weights ≥ ``min_ess``;
 * ``support``: no row where the cap-X policy could serve what the logging policy could not;
+  (``ess`` and ``support`` are the ``ess`` and ``support_violations`` reasons of ``evaluators.verdict`` under
+  :func:`gate_verdict_policy`, the same logic that marks estimates unreliable in ``recsys-rl evaluate``; the
+  report's target and current estimates also carry that verdict and all its reasons, for the reviewer)
 * ``coverage``: the report covers at least one decision of the surface in this data dir's logs;
 * ``method``: estimator, interval and α are the ones the gate configuration requires.
 
@@ -36,11 +39,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recsys_rl.caps.store import ADMIN_DIR, CapStore, check_cap, effective_cap
 from recsys_rl.config import GateConfig, ServiceConfig, default_config
 from recsys_rl.errors import InvalidInput, PreconditionFailed
+
+if TYPE_CHECKING:
+    from evaluators.verdict import VerdictPolicy
 
 REPORT_FORMAT = "recsys-rl/gate-report/v1"
 KEY_FILE = "gate.key"
@@ -193,6 +199,20 @@ def _number(value: object) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None  # type: ignore[arg-type]
 
 
+def gate_verdict_policy(gate: GateConfig) -> VerdictPolicy:
+    """The verdict thresholds of the gate: its ``min_ess`` (the gate allows 0, the verdict >= 1: no difference,
+    as an ESS is >= 1 whenever any weight is positive) and no support violation allowed.
+
+    Only the ``ess`` and ``support_violations`` reasons refuse a raise; the others (weight share, interval
+    regime) are recorded in the report's ``verdict`` for the reviewer. The CLT-regime ESS follows ``min_ess``
+    so that a passing gate ESS never reads as an interval-regime failure by itself.
+    """
+    from evaluators.verdict import VerdictPolicy  # lazily: the server imports this module, not the analysis stack
+
+    min_ess = max(gate.min_ess, 1.0)
+    return VerdictPolicy(min_ess=min_ess, allow_support_violations=False, min_ess_clt=min_ess)
+
+
 def evaluate_checks(report: Mapping[str, Any], gate: GateConfig) -> list[GateCheck]:
     """The statistical checks of a report under ``gate``'s thresholds (the gate and the server both call it)."""
     checks: list[GateCheck] = []
@@ -219,15 +239,20 @@ def evaluate_checks(report: Mapping[str, Any], gate: GateConfig) -> list[GateChe
             "lower_bound", low >= floor,
             f"lower bound {low:.5g} at cap {report.get('cap')} {verb} current estimate {value:.5g} "
             f"- tolerance {gate.tolerance:g} = {floor:.5g}"))
+    # ess and support come from the same verdict logic as every estimate (evaluators.verdict), so the gate names
+    # the reasons `recsys-rl evaluate` shows; the report's own numbers are judged, never its stored verdict.
+    from evaluators.verdict import verdict
+
+    judged = verdict(target, None, gate_verdict_policy(gate))
+    reasons = {r.code: r.text for r in judged.reasons}
     ess = _number(target.get("ess"))
-    checks.append(GateCheck("ess", ess is not None and ess >= gate.min_ess,
-                            f"effective sample size {ess if ess is None else round(ess, 1)} "
-                            f"{'>=' if ess is not None and ess >= gate.min_ess else '<'} {gate.min_ess:g}"))
+    checks.append(GateCheck("ess", "ess" not in reasons, f"{reasons['ess']} (gate.min_ess)" if "ess" in reasons
+                            else f"effective sample size {ess if ess is None else round(ess, 1)} >= {gate.min_ess:g}"))
     violations = target.get("support_violations")
-    ok = violations == 0
-    checks.append(GateCheck("support", ok, "no support violations" if ok
-                            else f"{violations} row(s) the cap-{report.get('cap')} policy can serve but the logging "
-                                 "policy could not"))
+    why = reasons.get("support_violations")
+    if why is not None and isinstance(violations, int):
+        why += f" row(s) the cap-{report.get('cap')} policy can serve but the logging policy could not"
+    checks.append(GateCheck("support", why is None, why or "no support violations"))
     return checks
 
 
@@ -249,9 +274,11 @@ def _estimate(table: Any, gate: GateConfig) -> dict[str, Any]:
     from evaluators import estimate
 
     row = estimate(table, [gate.estimator], ci=gate.ci, alpha=2 * gate.alpha, seed=gate.seed,
-                   n_bootstrap=gate.n_bootstrap, allow_support_violations=True).row(0, named=True)
+                   n_bootstrap=gate.n_bootstrap, allow_support_violations=True,
+                   verdict_policy=gate_verdict_policy(gate)).row(0, named=True)
+    # verdict/reasons are for the reader; the checks re-judge the numbers (evaluate_checks), never these fields.
     keep = ("estimator", "value", "ci_low", "ci_high", "ci_method", "ci_note", "n", "ess", "max_weight",
-            "support_violations")
+            "max_weight_share", "clipped_share", "support_violations", "verdict", "reasons")
     # JSON has no NaN or infinity (an unbounded Bernstein interval has ci_low = -inf): those become null.
     return {k: None if isinstance(row[k], float) and not math.isfinite(row[k]) else row[k] for k in keep}
 

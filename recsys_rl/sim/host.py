@@ -100,6 +100,9 @@ class RequestRecord:
     oracle_click_prob: float  # P(click) of the myopic oracle's slate on the same page view
     random_click_prob: float  # expected P(click) of a uniformly random slate on the same page view
     rank_latency_ms: float
+    # The page view itself (with its simulator-only truth), kept only with run_host(keep_page_views=True): what a
+    # counterfactual's truth is computed on (recsys_rl.sim.truth).
+    page_view: PageView | None = field(default=None, repr=False, compare=False)
 
     @property
     def clicked(self) -> bool:
@@ -190,6 +193,7 @@ def run_host(
     session_end_outcome_name: str = "session_end",
     request_id_prefix: str = "sim",
     timeout_s: float = 10.0,
+    keep_page_views: bool = False,
 ) -> HostStats:
     """Serve ``n_requests`` page views through ``stub``; days advance when today's sessions are over.
 
@@ -243,7 +247,7 @@ def run_host(
             clicked_item_id=response.clicked_item_id, clicked_position=response.clicked_position,
             dwell_seconds=response.dwell_seconds, session_ended=response.session_ended,
             served_click_prob=served_prob, oracle_click_prob=oracle, random_click_prob=random,
-            rank_latency_ms=latency_ms,
+            rank_latency_ms=latency_ms, page_view=page_view if keep_page_views else None,
         )
 
     def start_next_day() -> None:

@@ -17,7 +17,8 @@ import pytest
 from evaluators import estimate
 from evaluators.betting import betting_bounds, lower_bound
 from evaluators.cli import main
-from evaluators.intervals import AUTO_MIN_ESS, CI_METHODS
+from evaluators.intervals import CI_METHODS
+from evaluators.verdict import DEFAULT_POLICY, VerdictPolicy
 
 
 def _bernoulli_table(n: int, seed: int, *, p: float = 0.3) -> pl.DataFrame:
@@ -88,7 +89,7 @@ def test_rewards_outside_unit_range_need_a_declared_range() -> None:
     with pytest.raises(ValueError, match="'reward'.*reward_min"):
         estimate(table, "ips", ci="betting")
     row = estimate(table, "ips", ci="auto").row(0, named=True)   # auto falls back to normal and says why
-    assert row["ci_method"] == "normal (auto)" and "outside its regime" in row["ci_note"]
+    assert row["ci_method"] == "normal" and row["ci_note"].startswith("auto kept normal outside its regime")
 
 
 def test_monotone_in_alpha() -> None:
@@ -117,7 +118,8 @@ def test_coverage_where_normal_fails() -> None:
         table = _hard_table(n, 1000 + seed)
         auto = estimate(table, list(hits), ci="auto", seed=seed)
         for row in auto.iter_rows(named=True):
-            assert row["ci_method"] == "betting (auto)", row
+            assert row["ci_method"] == "betting" and row["ci_note"].startswith("auto chose betting"), row
+            assert "interval" not in row["reasons"]          # the verdict judges betting: no CLT-regime reason
             hits[row["estimator"]] += row["ci_low"] <= HARD_TRUTH <= row["ci_high"]
         normal = estimate(table, "ips", ci="normal").row(0, named=True)
         normal_hits += normal["ci_low"] <= HARD_TRUTH <= normal["ci_high"]
@@ -174,8 +176,9 @@ def test_estimators_without_betting_terms() -> None:
     assert np.isfinite(out.row(1, named=True)["ci_low"])
     hard = _hard_table(500, 0).with_columns(pl.lit(0.3).alias("q_hat"), pl.lit(0.3).alias("q_hat_target"))
     row = estimate(hard, "dr", ci="auto").row(0, named=True)
-    assert row["ci_method"] == "normal (auto)"
-    assert "outside its regime" in row["ci_note"] and f"< {AUTO_MIN_ESS:g}" in row["ci_note"]
+    assert row["ci_method"] == "normal" and "outside its regime" in row["ci_note"]
+    assert f"< {DEFAULT_POLICY.min_ess_clt:g}" in row["ci_note"]
+    assert row["verdict"] == "unreliable" and "interval: normal needs ESS" in row["reasons"]
 
 
 def test_unequal_events_need_zero_reward_floor_for_slates_and_equal_sizes_per_row() -> None:
@@ -192,9 +195,19 @@ def test_auto_uses_normal_in_the_easy_regime() -> None:
     table = _bernoulli_table(5000, 2)
     auto = estimate(table, "ips,snips", ci="auto")
     normal = estimate(table, "ips,snips", ci="normal")
-    assert auto["ci_method"].to_list() == ["normal (auto)"] * 2
+    assert auto["ci_method"].to_list() == ["normal"] * 2
     assert auto["ci_low"].to_list() == normal["ci_low"].to_list()
-    assert all("ESS >= 1000" in note for note in auto["ci_note"])
+    assert all(note.startswith("auto chose normal (ESS >= 1000") for note in auto["ci_note"])
+    assert auto["verdict"].to_list() == ["ok"] * 2
+
+
+def test_auto_follows_the_verdict_policy_clt_regime() -> None:
+    table = _hard_table(1000, 0)                    # ESS ~15, max weight share ~0.2
+    loose = VerdictPolicy(min_ess_clt=5, max_weight_share_clt=1.0)
+    assert estimate(table, "ips", ci="auto", verdict_policy=loose)["ci_method"][0] == "normal"
+    share_only = VerdictPolicy(min_ess_clt=5, max_weight_share_clt=0.01)
+    row = estimate(table, "ips", ci="auto", verdict_policy=share_only).row(0, named=True)
+    assert row["ci_method"] == "betting" and "max weight share" in row["ci_note"] and "ESS" not in row["ci_note"][:40]
 
 
 def test_count_weighted_rows_have_no_betting_interval() -> None:

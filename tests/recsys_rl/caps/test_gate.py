@@ -26,6 +26,7 @@ from recsys_rl.caps.gate import (
     EvidenceRefused,
     GateConfig,
     evaluate_checks,
+    gate_verdict_policy,
     key_path,
     load_key,
     run_gate,
@@ -145,6 +146,32 @@ def test_ess_check_alone(sim_dir: Path, passing: dict) -> None:
     assert _refused(json.dumps(passing), sim_dir, gate=strict) == {"ess"}
     report = run_gate(sim_dir, "default", 0.15, config=CONFIG, gate=strict)
     assert _failed(report) == {"ess"} and not report["passed"]
+
+
+def test_gate_checks_name_the_same_reasons_as_the_verdict(worse: dict) -> None:
+    from evaluators.verdict import split_reasons, verdict
+
+    target = worse["estimates"]["target"]
+    # The report's estimates carry the verdict under the gate's thresholds, for the reviewer ...
+    assert target["verdict"] == "unreliable" and split_reasons(target["reasons"])[0] == f"ess: {target['ess']:.4g} < 1000"
+    # ... and the refusing ess check states that same reason, recomputed from the numbers.
+    ess_check = next(c for c in worse["checks"] if c["name"] == "ess")
+    (reason,) = [r for r in verdict(target, None, gate_verdict_policy(GATE)).reasons if r.code == "ess"]
+    assert ess_check["reason"] == f"{reason.text} (gate.min_ess)"
+
+
+def test_gate_verdict_policy_follows_the_gate_config() -> None:
+    policy = gate_verdict_policy(GateConfig(min_ess=250))
+    assert (policy.min_ess, policy.min_ess_clt, policy.allow_support_violations) == (250, 250, False)
+    assert gate_verdict_policy(GateConfig(min_ess=0)).min_ess == 1     # the gate allows 0; any ESS with weight is >= 1
+    report = {"surface": "s", "cap": 0.3, "logs": {"events": 10},
+              "method": {"estimator": "rips", "ci": "bernstein", "alpha": 0.05},
+              "estimates": {"target": {"ci_low": 0.2, "ess": 249.99, "support_violations": 0},
+                            "current": {"value": 0.2}}}
+    checks = {c.name: c for c in evaluate_checks(report, GateConfig(min_ess=250))}
+    assert not checks["ess"].passed and checks["ess"].reason == "ess: 249.99 < 250 (gate.min_ess)"
+    report["estimates"]["target"]["ess"] = 250.0
+    assert {c.name: c for c in evaluate_checks(report, GateConfig(min_ess=250))}["ess"].passed
 
 
 def test_verify_refuses_edited_foreign_wrong_and_stale_reports(sim_dir: Path, passing: dict, tmp_path: Path) -> None:
