@@ -7,6 +7,7 @@ still below nominal − 2 points. Seeds are fixed, so each assertion either alwa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -102,13 +103,13 @@ def test_draws_are_reproducible_from_the_seed() -> None:
     (lambda: SlateProblem(n_events=10, target_temperature=float("nan")), "target_temperature"),
     (lambda: SlateProblem(n_events=10, n_items=30, slate_length=5), "n_items"),
 ])
-def test_bad_problem_parameters_name_the_option(make, option: str) -> None:
+def test_bad_problem_parameters_name_the_option(make: Callable[[], object], option: str) -> None:
     with pytest.raises(ValueError, match=f"'{option}"):
         make()
 
 
 def test_cells_span_the_ess_range() -> None:
-    """The grid reaches from ESS ~10 (extreme tail) to ~10,000 in expectation of the realised ESS's order."""
+    """The grid reaches from an expected ESS n / E[w²] below 10 (extreme tail) to above 5,000."""
     shares = {c.name: c.problem.expected_ess_share() * c.problem.n_events for c in CELLS}
     assert max(shares.values()) > 5_000 and min(shares.values()) < 10
 
@@ -127,7 +128,7 @@ def fast_normal() -> pl.DataFrame:
     return run_study(FAST_CELLS, ["normal"], runs=FAST_RUNS, show_progress=False).summary
 
 
-def _row(summary: pl.DataFrame, cell: str, estimator: str) -> dict:
+def _row(summary: pl.DataFrame, cell: str, estimator: str) -> dict[str, object]:
     return summary.filter((pl.col("cell") == cell) & (pl.col("estimator") == estimator)).row(0, named=True)
 
 
@@ -192,3 +193,15 @@ def test_doc_generator_runs_end_to_end(tmp_path: Path) -> None:
 def test_doc_generator_rejects_an_unknown_cell(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--cells", "nope", "--out", str(tmp_path)]) == 2
     assert "'--cells'" in capsys.readouterr().err
+
+
+def test_draws_follow_the_logging_policy() -> None:
+    """Empirical action frequencies per context match μ(a|x) (chi-square-sized tolerance: 5 SE per cell)."""
+    problem = ContextualProblem(n_events=400_000, n_actions=6, n_contexts=4, logging_temperature=0.5)
+    table = problem.draw(seed=5)
+    mu = problem.logging_policy
+    counts = table.group_by("action", "pscore").len()
+    for action, pscore, count in counts.iter_rows():
+        (contexts,) = np.nonzero(np.isclose(mu[:, action], pscore))
+        expected = problem.n_events / problem.n_contexts * pscore * contexts.size
+        assert abs(count - expected) < 5 * np.sqrt(expected) + 1, (action, pscore, count, expected)
