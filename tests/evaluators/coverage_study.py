@@ -124,10 +124,12 @@ def summarise(runs: pl.DataFrame) -> pl.DataFrame:
         pl.col("ok").sum().alias("n_ok"),
         pl.col("covered").filter(pl.col("ok")).mean().alias("coverage_ok"),
     )
+
     def se(share: str, count: str) -> pl.Expr:
         return (pl.col(share) * (1 - pl.col(share)) / pl.col(count)).sqrt()
 
-    return summary.with_columns(se("coverage", "runs").alias("coverage_se"), se("coverage_ok", "n_ok").alias("coverage_ok_se"))
+    return summary.with_columns(se("coverage", "runs").alias("coverage_se"),
+                                se("coverage_ok", "n_ok").alias("coverage_ok_se"))
 
 
 @dataclass
