@@ -135,7 +135,9 @@ def forest_figure(result: pl.DataFrame) -> Figure:
     has_ci = np.isfinite(low) & np.isfinite(high)
     bad = np.array([_unreliable(r) for r in rows], dtype=bool)
     good_ci, good_point = has_ci & ~bad, ~has_ci & ~bad
-    ax.errorbar(values[good_ci], y[good_ci], xerr=[values[good_ci] - low[good_ci], high[good_ci] - values[good_ci]],
+    # A finite-sample interval need not contain its point estimate (betting on a few huge weights): clip at 0.
+    ax.errorbar(values[good_ci], y[good_ci], xerr=[np.maximum(values[good_ci] - low[good_ci], 0.0),
+                                                   np.maximum(high[good_ci] - values[good_ci], 0.0)],
                 fmt="o", color=_OK_COLOUR, capsize=4)
     ax.plot(values[good_point], y[good_point], "o", color=_OK_COLOUR)
     bad_ci = has_ci & bad

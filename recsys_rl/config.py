@@ -45,7 +45,7 @@ DEFAULT_SURFACE = "default"
 DEFAULT_EXPLORATION_CAP = 0.1
 ALGORITHMS = ("epsilon_greedy", "softmax", "squarecb")
 # Interval methods whose lower bound the cap gate accepts: both hold without a normality assumption.
-GATE_CI_METHODS = ("bernstein", "bootstrap")
+GATE_CI_METHODS = ("bernstein", "bootstrap", "betting")
 
 
 class ConfigError(ValueError):
@@ -103,7 +103,7 @@ class GateConfig:
     min_ess: float = 1000.0  # smallest effective sample size of the cap-X importance weights
     max_age_hours: float = 24.0  # older reports are refused
     estimator: str = "rips"  # any evaluators estimator name; rips = cascade IPS
-    ci: str = "bernstein"  # bernstein | bootstrap
+    ci: str = "bernstein"  # bernstein | bootstrap | betting (finite-sample valid without an observed-range assumption)
     alpha: float = 0.05  # one-sided error probability of the lower bound
     n_bootstrap: int = 2000  # resamples when ci = "bootstrap"
     seed: int = 0  # bootstrap seed

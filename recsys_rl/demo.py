@@ -24,7 +24,7 @@ from recsys_rl.sim.host import HostStats, run_host
 from recsys_rl.sim import SimConfig, World
 
 
-CI_METHOD = "normal"  # the interval method of the counterfactual section
+CI_METHOD = "auto"  # betting (finite-sample) where weights are heavy or ESS small, normal elsewhere
 
 
 @dataclass(frozen=True)

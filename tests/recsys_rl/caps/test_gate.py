@@ -234,6 +234,16 @@ def test_current_cap_comes_from_the_cap_store_and_bootstrap_bound(sim_dir: Path,
     assert np.isfinite(report["estimates"]["target"]["ci_low"])
 
 
+def test_betting_lower_bound_is_a_gate_method(sim_dir: Path, passing: dict) -> None:
+    """The finite-sample betting interval can bound the gate's estimate: a finite lower bound below the estimate."""
+    gate = GateConfig(tolerance=0.05, min_ess=1000, ci="betting")
+    report = run_gate(sim_dir, "default", 0.15, config=CONFIG, gate=gate)
+    target = report["estimates"]["target"]
+    assert target["ci_method"] == "betting" and np.isfinite(target["ci_low"])
+    assert target["ci_low"] <= target["value"]
+    assert report["method"]["ci"] == "betting"
+
+
 def test_run_gate_bad_input_names_the_argument(sim_dir: Path, tmp_path: Path) -> None:
     cases = [
         (dict(data_dir=sim_dir, surface="nope", cap=0.2), "--surface"),
