@@ -25,25 +25,41 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/recsys_rl/ranking/v1/policy_admin_service.proto\x12\x14recsys_rl.ranking.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\x02\n\tCapChange\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12.\n\nchanged_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07surface\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0f\n\x07old_cap\x18\x05 \x01(\x01\x12\x0f\n\x07new_cap\x18\x06 \x01(\x01\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x17\n\x0f\x65vidence_digest\x18\x08 \x01(\t\x12\x37\n\x07outcome\x18\t \x01(\x0e\x32&.recsys_rl.ranking.v1.CapChangeOutcome\x12\x15\n\rfailed_checks\x18\n \x03(\t\";\n\x11GetSurfaceRequest\x12\x0f\n\x07surface\x18\x01 \x01(\t\x12\x15\n\rhistory_limit\x18\x02 \x01(\x05\"\xa0\x01\n\x12GetSurfaceResponse\x12\x0f\n\x07surface\x18\x01 \x01(\t\x12\x17\n\x0f\x65xploration_cap\x18\x02 \x01(\x01\x12\x16\n\x0e\x63onfigured_cap\x18\x03 \x01(\x01\x12\x16\n\x0epolicy_version\x18\x04 \x01(\t\x12\x30\n\x07history\x18\x05 \x03(\x0b\x32\x1f.recsys_rl.ranking.v1.CapChange\"v\n\x18SetExplorationCapRequest\x12\x0f\n\x07surface\x18\x01 \x01(\t\x12\x10\n\x03\x63\x61p\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08\x65vidence\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\tB\x06\n\x04_cap\"\x8e\x01\n\x19SetExplorationCapResponse\x12\x17\n\x0f\x65xploration_cap\x18\x01 \x01(\x01\x12\x0f\n\x07old_cap\x18\x02 \x01(\x01\x12\x16\n\x0epolicy_version\x18\x03 \x01(\t\x12/\n\x06\x63hange\x18\x04 \x01(\x0b\x32\x1f.recsys_rl.ranking.v1.CapChange*w\n\x10\x43\x61pChangeOutcome\x12\"\n\x1e\x43\x41P_CHANGE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43\x41P_CHANGE_OUTCOME_ACCEPTED\x10\x01\x12\x1e\n\x1a\x43\x41P_CHANGE_OUTCOME_REFUSED\x10\x02\x32\xeb\x01\n\x12PolicyAdminService\x12_\n\nGetSurface\x12\'.recsys_rl.ranking.v1.GetSurfaceRequest\x1a(.recsys_rl.ranking.v1.GetSurfaceResponse\x12t\n\x11SetExplorationCap\x12..recsys_rl.ranking.v1.SetExplorationCapRequest\x1a/.recsys_rl.ranking.v1.SetExplorationCapResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n/recsys_rl/ranking/v1/policy_admin_service.proto\x12\x14recsys_rl.ranking.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x02\n\x0eGuardrailState\x12\x18\n\x10\x63\x61nary_decisions\x18\x01 \x01(\x03\x12\x19\n\x11\x63ontrol_decisions\x18\x02 \x01(\x03\x12\x1a\n\x12\x63\x61nary_mean_reward\x18\x03 \x01(\x01\x12\x1b\n\x13\x63ontrol_mean_reward\x18\x04 \x01(\x01\x12\x16\n\x0e\x64ifference_low\x18\x05 \x01(\x01\x12\x17\n\x0f\x64ifference_high\x18\x06 \x01(\x01\x12\x11\n\ttolerance\x18\x07 \x01(\x01\x12\r\n\x05\x61lpha\x18\x08 \x01(\x01\x12\x1c\n\x14\x63\x61nary_fallback_rate\x18\t \x01(\x01\x12\x1d\n\x15\x63\x61nary_latency_p50_ms\x18\n \x01(\x01\x12\x0e\n\x06status\x18\x0b \x01(\t\"\x7f\n\x0bShadowStats\x12\x11\n\tdecisions\x18\x01 \x01(\x03\x12\x12\n\ntop1_match\x18\x02 \x01(\x01\x12\x14\n\x0coverlap_at_k\x18\x03 \x01(\x01\x12\x1c\n\x14\x61\x64\x64\x65\x64_latency_p50_ms\x18\x04 \x01(\x01\x12\x15\n\rfallback_rate\x18\x05 \x01(\x01\"\x9d\x03\n\rRolloutChange\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12.\n\nchanged_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07surface\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x35\n\told_stage\x18\x05 \x01(\x0e\x32\".recsys_rl.ranking.v1.RolloutStage\x12\x35\n\tnew_stage\x18\x06 \x01(\x0e\x32\".recsys_rl.ranking.v1.RolloutStage\x12\x18\n\x10old_canary_share\x18\x07 \x01(\x01\x12\x18\n\x10new_canary_share\x18\x08 \x01(\x01\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x37\n\x07outcome\x18\n \x01(\x0e\x32&.recsys_rl.ranking.v1.CapChangeOutcome\x12\x15\n\rfailed_checks\x18\x0b \x03(\t\x12\x11\n\tautomatic\x18\x0c \x01(\x08\x12\x15\n\revidence_json\x18\r \x01(\t\";\n\x11GetRolloutRequest\x12\x0f\n\x07surface\x18\x01 \x01(\t\x12\x15\n\rhistory_limit\x18\x02 \x01(\x05\"\xa2\x02\n\x12GetRolloutResponse\x12\x0f\n\x07surface\x18\x01 \x01(\t\x12\x31\n\x05stage\x18\x02 \x01(\x0e\x32\".recsys_rl.ranking.v1.RolloutStage\x12\x14\n\x0c\x63\x61nary_share\x18\x03 \x01(\x01\x12\x10\n\x08reverted\x18\x04 \x01(\x08\x12\x37\n\tguardrail\x18\x05 \x01(\x0b\x32$.recsys_rl.ranking.v1.GuardrailState\x12\x31\n\x06shadow\x18\x06 \x01(\x0b\x32!.recsys_rl.ranking.v1.ShadowStats\x12\x34\n\x07history\x18\x07 \x03(\x0b\x32#.recsys_rl.ranking.v1.RolloutChange\"\xa2\x01\n\x11SetRolloutRequest\x12\x0f\n\x07surface\x18\x01 \x01(\t\x12\x31\n\x05stage\x18\x02 \x01(\x0e\x32\".recsys_rl.ranking.v1.RolloutStage\x12\x19\n\x0c\x63\x61nary_share\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\tB\x0f\n\r_canary_share\"\x92\x01\n\x12SetRolloutResponse\x12\x31\n\x05stage\x18\x01 \x01(\x0e\x32\".recsys_rl.ranking.v1.RolloutStage\x12\x14\n\x0c\x63\x61nary_share\x18\x02 \x01(\x01\x12\x33\n\x06\x63hange\x18\x03 \x01(\x0b\x32#.recsys_rl.ranking.v1.RolloutChange\"\x88\x02\n\tCapChange\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12.\n\nchanged_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07surface\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0f\n\x07old_cap\x18\x05 \x01(\x01\x12\x0f\n\x07new_cap\x18\x06 \x01(\x01\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x17\n\x0f\x65vidence_digest\x18\x08 \x01(\t\x12\x37\n\x07outcome\x18\t \x01(\x0e\x32&.recsys_rl.ranking.v1.CapChangeOutcome\x12\x15\n\rfailed_checks\x18\n \x03(\t\";\n\x11GetSurfaceRequest\x12\x0f\n\x07surface\x18\x01 \x01(\t\x12\x15\n\rhistory_limit\x18\x02 \x01(\x05\"\xa0\x01\n\x12GetSurfaceResponse\x12\x0f\n\x07surface\x18\x01 \x01(\t\x12\x17\n\x0f\x65xploration_cap\x18\x02 \x01(\x01\x12\x16\n\x0e\x63onfigured_cap\x18\x03 \x01(\x01\x12\x16\n\x0epolicy_version\x18\x04 \x01(\t\x12\x30\n\x07history\x18\x05 \x03(\x0b\x32\x1f.recsys_rl.ranking.v1.CapChange\"v\n\x18SetExplorationCapRequest\x12\x0f\n\x07surface\x18\x01 \x01(\t\x12\x10\n\x03\x63\x61p\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08\x65vidence\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\tB\x06\n\x04_cap\"\x8e\x01\n\x19SetExplorationCapResponse\x12\x17\n\x0f\x65xploration_cap\x18\x01 \x01(\x01\x12\x0f\n\x07old_cap\x18\x02 \x01(\x01\x12\x16\n\x0epolicy_version\x18\x03 \x01(\t\x12/\n\x06\x63hange\x18\x04 \x01(\x0b\x32\x1f.recsys_rl.ranking.v1.CapChange*\x95\x01\n\x0cRolloutStage\x12\x1d\n\x19ROLLOUT_STAGE_UNSPECIFIED\x10\x00\x12\x1a\n\x16ROLLOUT_STAGE_BASELINE\x10\x01\x12\x18\n\x14ROLLOUT_STAGE_SHADOW\x10\x02\x12\x18\n\x14ROLLOUT_STAGE_CANARY\x10\x03\x12\x16\n\x12ROLLOUT_STAGE_LIVE\x10\x04*w\n\x10\x43\x61pChangeOutcome\x12\"\n\x1e\x43\x41P_CHANGE_OUTCOME_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43\x41P_CHANGE_OUTCOME_ACCEPTED\x10\x01\x12\x1e\n\x1a\x43\x41P_CHANGE_OUTCOME_REFUSED\x10\x02\x32\xad\x03\n\x12PolicyAdminService\x12_\n\nGetSurface\x12\'.recsys_rl.ranking.v1.GetSurfaceRequest\x1a(.recsys_rl.ranking.v1.GetSurfaceResponse\x12t\n\x11SetExplorationCap\x12..recsys_rl.ranking.v1.SetExplorationCapRequest\x1a/.recsys_rl.ranking.v1.SetExplorationCapResponse\x12_\n\nGetRollout\x12\'.recsys_rl.ranking.v1.GetRolloutRequest\x1a(.recsys_rl.ranking.v1.GetRolloutResponse\x12_\n\nSetRollout\x12\'.recsys_rl.ranking.v1.SetRolloutRequest\x1a(.recsys_rl.ranking.v1.SetRolloutResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys_rl.ranking.v1.policy_admin_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CAPCHANGEOUTCOME']._serialized_start=862
-  _globals['_CAPCHANGEOUTCOME']._serialized_end=981
-  _globals['_CAPCHANGE']._serialized_start=107
-  _globals['_CAPCHANGE']._serialized_end=371
-  _globals['_GETSURFACEREQUEST']._serialized_start=373
-  _globals['_GETSURFACEREQUEST']._serialized_end=432
-  _globals['_GETSURFACERESPONSE']._serialized_start=435
-  _globals['_GETSURFACERESPONSE']._serialized_end=595
-  _globals['_SETEXPLORATIONCAPREQUEST']._serialized_start=597
-  _globals['_SETEXPLORATIONCAPREQUEST']._serialized_end=715
-  _globals['_SETEXPLORATIONCAPRESPONSE']._serialized_start=718
-  _globals['_SETEXPLORATIONCAPRESPONSE']._serialized_end=860
-  _globals['_POLICYADMINSERVICE']._serialized_start=984
-  _globals['_POLICYADMINSERVICE']._serialized_end=1219
+  _globals['_ROLLOUTSTAGE']._serialized_start=2365
+  _globals['_ROLLOUTSTAGE']._serialized_end=2514
+  _globals['_CAPCHANGEOUTCOME']._serialized_start=2516
+  _globals['_CAPCHANGEOUTCOME']._serialized_end=2635
+  _globals['_GUARDRAILSTATE']._serialized_start=107
+  _globals['_GUARDRAILSTATE']._serialized_end=393
+  _globals['_SHADOWSTATS']._serialized_start=395
+  _globals['_SHADOWSTATS']._serialized_end=522
+  _globals['_ROLLOUTCHANGE']._serialized_start=525
+  _globals['_ROLLOUTCHANGE']._serialized_end=938
+  _globals['_GETROLLOUTREQUEST']._serialized_start=940
+  _globals['_GETROLLOUTREQUEST']._serialized_end=999
+  _globals['_GETROLLOUTRESPONSE']._serialized_start=1002
+  _globals['_GETROLLOUTRESPONSE']._serialized_end=1292
+  _globals['_SETROLLOUTREQUEST']._serialized_start=1295
+  _globals['_SETROLLOUTREQUEST']._serialized_end=1457
+  _globals['_SETROLLOUTRESPONSE']._serialized_start=1460
+  _globals['_SETROLLOUTRESPONSE']._serialized_end=1606
+  _globals['_CAPCHANGE']._serialized_start=1609
+  _globals['_CAPCHANGE']._serialized_end=1873
+  _globals['_GETSURFACEREQUEST']._serialized_start=1875
+  _globals['_GETSURFACEREQUEST']._serialized_end=1934
+  _globals['_GETSURFACERESPONSE']._serialized_start=1937
+  _globals['_GETSURFACERESPONSE']._serialized_end=2097
+  _globals['_SETEXPLORATIONCAPREQUEST']._serialized_start=2099
+  _globals['_SETEXPLORATIONCAPREQUEST']._serialized_end=2217
+  _globals['_SETEXPLORATIONCAPRESPONSE']._serialized_start=2220
+  _globals['_SETEXPLORATIONCAPRESPONSE']._serialized_end=2362
+  _globals['_POLICYADMINSERVICE']._serialized_start=2638
+  _globals['_POLICYADMINSERVICE']._serialized_end=3067
 # @@protoc_insertion_point(module_scope)

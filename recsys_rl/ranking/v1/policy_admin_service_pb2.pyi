@@ -10,14 +10,147 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RolloutStage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLLOUT_STAGE_UNSPECIFIED: _ClassVar[RolloutStage]
+    ROLLOUT_STAGE_BASELINE: _ClassVar[RolloutStage]
+    ROLLOUT_STAGE_SHADOW: _ClassVar[RolloutStage]
+    ROLLOUT_STAGE_CANARY: _ClassVar[RolloutStage]
+    ROLLOUT_STAGE_LIVE: _ClassVar[RolloutStage]
+
 class CapChangeOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     CAP_CHANGE_OUTCOME_UNSPECIFIED: _ClassVar[CapChangeOutcome]
     CAP_CHANGE_OUTCOME_ACCEPTED: _ClassVar[CapChangeOutcome]
     CAP_CHANGE_OUTCOME_REFUSED: _ClassVar[CapChangeOutcome]
+ROLLOUT_STAGE_UNSPECIFIED: RolloutStage
+ROLLOUT_STAGE_BASELINE: RolloutStage
+ROLLOUT_STAGE_SHADOW: RolloutStage
+ROLLOUT_STAGE_CANARY: RolloutStage
+ROLLOUT_STAGE_LIVE: RolloutStage
 CAP_CHANGE_OUTCOME_UNSPECIFIED: CapChangeOutcome
 CAP_CHANGE_OUTCOME_ACCEPTED: CapChangeOutcome
 CAP_CHANGE_OUTCOME_REFUSED: CapChangeOutcome
+
+class GuardrailState(_message.Message):
+    __slots__ = ("canary_decisions", "control_decisions", "canary_mean_reward", "control_mean_reward", "difference_low", "difference_high", "tolerance", "alpha", "canary_fallback_rate", "canary_latency_p50_ms", "status")
+    CANARY_DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    CANARY_MEAN_REWARD_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_MEAN_REWARD_FIELD_NUMBER: _ClassVar[int]
+    DIFFERENCE_LOW_FIELD_NUMBER: _ClassVar[int]
+    DIFFERENCE_HIGH_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FALLBACK_RATE_FIELD_NUMBER: _ClassVar[int]
+    CANARY_LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    canary_decisions: int
+    control_decisions: int
+    canary_mean_reward: float
+    control_mean_reward: float
+    difference_low: float
+    difference_high: float
+    tolerance: float
+    alpha: float
+    canary_fallback_rate: float
+    canary_latency_p50_ms: float
+    status: str
+    def __init__(self, canary_decisions: _Optional[int] = ..., control_decisions: _Optional[int] = ..., canary_mean_reward: _Optional[float] = ..., control_mean_reward: _Optional[float] = ..., difference_low: _Optional[float] = ..., difference_high: _Optional[float] = ..., tolerance: _Optional[float] = ..., alpha: _Optional[float] = ..., canary_fallback_rate: _Optional[float] = ..., canary_latency_p50_ms: _Optional[float] = ..., status: _Optional[str] = ...) -> None: ...
+
+class ShadowStats(_message.Message):
+    __slots__ = ("decisions", "top1_match", "overlap_at_k", "added_latency_p50_ms", "fallback_rate")
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    TOP1_MATCH_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_AT_K_FIELD_NUMBER: _ClassVar[int]
+    ADDED_LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_RATE_FIELD_NUMBER: _ClassVar[int]
+    decisions: int
+    top1_match: float
+    overlap_at_k: float
+    added_latency_p50_ms: float
+    fallback_rate: float
+    def __init__(self, decisions: _Optional[int] = ..., top1_match: _Optional[float] = ..., overlap_at_k: _Optional[float] = ..., added_latency_p50_ms: _Optional[float] = ..., fallback_rate: _Optional[float] = ...) -> None: ...
+
+class RolloutChange(_message.Message):
+    __slots__ = ("sequence", "changed_at", "surface", "actor", "old_stage", "new_stage", "old_canary_share", "new_canary_share", "reason", "outcome", "failed_checks", "automatic", "evidence_json")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    OLD_STAGE_FIELD_NUMBER: _ClassVar[int]
+    NEW_STAGE_FIELD_NUMBER: _ClassVar[int]
+    OLD_CANARY_SHARE_FIELD_NUMBER: _ClassVar[int]
+    NEW_CANARY_SHARE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    FAILED_CHECKS_FIELD_NUMBER: _ClassVar[int]
+    AUTOMATIC_FIELD_NUMBER: _ClassVar[int]
+    EVIDENCE_JSON_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    changed_at: _timestamp_pb2.Timestamp
+    surface: str
+    actor: str
+    old_stage: RolloutStage
+    new_stage: RolloutStage
+    old_canary_share: float
+    new_canary_share: float
+    reason: str
+    outcome: CapChangeOutcome
+    failed_checks: _containers.RepeatedScalarFieldContainer[str]
+    automatic: bool
+    evidence_json: str
+    def __init__(self, sequence: _Optional[int] = ..., changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., surface: _Optional[str] = ..., actor: _Optional[str] = ..., old_stage: _Optional[_Union[RolloutStage, str]] = ..., new_stage: _Optional[_Union[RolloutStage, str]] = ..., old_canary_share: _Optional[float] = ..., new_canary_share: _Optional[float] = ..., reason: _Optional[str] = ..., outcome: _Optional[_Union[CapChangeOutcome, str]] = ..., failed_checks: _Optional[_Iterable[str]] = ..., automatic: _Optional[bool] = ..., evidence_json: _Optional[str] = ...) -> None: ...
+
+class GetRolloutRequest(_message.Message):
+    __slots__ = ("surface", "history_limit")
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    surface: str
+    history_limit: int
+    def __init__(self, surface: _Optional[str] = ..., history_limit: _Optional[int] = ...) -> None: ...
+
+class GetRolloutResponse(_message.Message):
+    __slots__ = ("surface", "stage", "canary_share", "reverted", "guardrail", "shadow", "history")
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    CANARY_SHARE_FIELD_NUMBER: _ClassVar[int]
+    REVERTED_FIELD_NUMBER: _ClassVar[int]
+    GUARDRAIL_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    surface: str
+    stage: RolloutStage
+    canary_share: float
+    reverted: bool
+    guardrail: GuardrailState
+    shadow: ShadowStats
+    history: _containers.RepeatedCompositeFieldContainer[RolloutChange]
+    def __init__(self, surface: _Optional[str] = ..., stage: _Optional[_Union[RolloutStage, str]] = ..., canary_share: _Optional[float] = ..., reverted: _Optional[bool] = ..., guardrail: _Optional[_Union[GuardrailState, _Mapping]] = ..., shadow: _Optional[_Union[ShadowStats, _Mapping]] = ..., history: _Optional[_Iterable[_Union[RolloutChange, _Mapping]]] = ...) -> None: ...
+
+class SetRolloutRequest(_message.Message):
+    __slots__ = ("surface", "stage", "canary_share", "actor", "reason")
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    CANARY_SHARE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    surface: str
+    stage: RolloutStage
+    canary_share: float
+    actor: str
+    reason: str
+    def __init__(self, surface: _Optional[str] = ..., stage: _Optional[_Union[RolloutStage, str]] = ..., canary_share: _Optional[float] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SetRolloutResponse(_message.Message):
+    __slots__ = ("stage", "canary_share", "change")
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    CANARY_SHARE_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    stage: RolloutStage
+    canary_share: float
+    change: RolloutChange
+    def __init__(self, stage: _Optional[_Union[RolloutStage, str]] = ..., canary_share: _Optional[float] = ..., change: _Optional[_Union[RolloutChange, _Mapping]] = ...) -> None: ...
 
 class CapChange(_message.Message):
     __slots__ = ("sequence", "changed_at", "surface", "actor", "old_cap", "new_cap", "reason", "evidence_digest", "outcome", "failed_checks")

@@ -46,6 +46,16 @@ class PolicyAdminServiceStub:
                 request_serializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetExplorationCapRequest.SerializeToString,
                 response_deserializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetExplorationCapResponse.FromString,
                 _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/recsys_rl.ranking.v1.PolicyAdminService/GetRollout',
+                request_serializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.GetRolloutResponse.FromString,
+                _registered_method=True)
+        self.SetRollout = channel.unary_unary(
+                '/recsys_rl.ranking.v1.PolicyAdminService/SetRollout',
+                request_serializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetRolloutRequest.SerializeToString,
+                response_deserializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetRolloutResponse.FromString,
+                _registered_method=True)
 
 
 class PolicyAdminServiceServicer:
@@ -69,6 +79,21 @@ class PolicyAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRollout(self, request, context):
+        """The surface's rollout stage, canary share, guardrail and shadow statistics, and its rollout audit trail.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRollout(self, request, context):
+        """Moves a surface between rollout stages. Backward moves (toward baseline, a smaller share) are immediate;
+        forward moves need the guardrail's evidence (FAILED_PRECONDITION listing the failed checks otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +106,16 @@ def add_PolicyAdminServiceServicer_to_server(servicer, server):
                     servicer.SetExplorationCap,
                     request_deserializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetExplorationCapRequest.FromString,
                     response_serializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetExplorationCapResponse.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.GetRolloutRequest.FromString,
+                    response_serializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.GetRolloutResponse.SerializeToString,
+            ),
+            'SetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRollout,
+                    request_deserializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetRolloutRequest.FromString,
+                    response_serializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetRolloutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +174,60 @@ class PolicyAdminService:
             '/recsys_rl.ranking.v1.PolicyAdminService/SetExplorationCap',
             recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetExplorationCapRequest.SerializeToString,
             recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetExplorationCapResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys_rl.ranking.v1.PolicyAdminService/GetRollout',
+            recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.GetRolloutRequest.SerializeToString,
+            recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.GetRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys_rl.ranking.v1.PolicyAdminService/SetRollout',
+            recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetRolloutRequest.SerializeToString,
+            recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetRolloutResponse.FromString,
             options,
             channel_credentials,
             insecure,

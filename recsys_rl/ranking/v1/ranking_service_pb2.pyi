@@ -17,11 +17,13 @@ class ServingMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SERVING_MODE_BASELINE_FALLBACK: _ClassVar[ServingMode]
     SERVING_MODE_SHADOW: _ClassVar[ServingMode]
     SERVING_MODE_CANARY: _ClassVar[ServingMode]
+    SERVING_MODE_BASELINE: _ClassVar[ServingMode]
 SERVING_MODE_UNSPECIFIED: ServingMode
 SERVING_MODE_LEARNED: ServingMode
 SERVING_MODE_BASELINE_FALLBACK: ServingMode
 SERVING_MODE_SHADOW: ServingMode
 SERVING_MODE_CANARY: ServingMode
+SERVING_MODE_BASELINE: ServingMode
 
 class Features(_message.Message):
     __slots__ = ("numeric", "categorical", "tags")
