@@ -19,6 +19,9 @@ Example::
     [surfaces.home_feed.model]
     publish_every = 2000           # learned decisions between published model versions
 
+    [surfaces.home_feed.rollout]   # staged rollout: see recsys_rl/rollout/config.py
+    stage = "shadow"               # baseline | shadow | canary | live (default live)
+
 Reward (``logging_schema.rewards`` has the whole rule; online learning and the offline join both apply it):
 
 * ``aggregation``: how repeats of one outcome for one item add up. ``max`` (the default for every outcome) counts a
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from logging_schema.rewards import RewardDefinition
+from recsys_rl.rollout.config import RolloutConfig
 
 DEFAULT_SURFACE = "default"
 DEFAULT_EXPLORATION_CAP = 0.1
@@ -133,6 +137,7 @@ class SurfaceConfig:
     reward: RewardDefinition = field(default_factory=RewardDefinition)
     model: ModelConfig = field(default_factory=ModelConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     decision_budget_ms: float = 25.0
     max_candidates: int = 10_000
 
@@ -194,16 +199,18 @@ def parse_config(data: dict[str, Any], *, seed: int = 0) -> ServiceConfig:
         where = f"surfaces.{name}"
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: must be a table")
-        nested = {k: table[k] for k in ("exploration", "reward", "model", "gate") if k in table}
+        nested = {k: table[k] for k in ("exploration", "reward", "model", "gate", "rollout") if k in table}
         flat = {k: v for k, v in table.items() if k not in nested}
         exploration = _build(ExplorationConfig, _section(table, "exploration", where), f"{where}.exploration")
         reward = _build(RewardDefinition, _section(table, "reward", where), f"{where}.reward")
         model = _build(ModelConfig, _section(table, "model", where), f"{where}.model")
         gate = _build(GateConfig, _section(table, "gate", where), f"{where}.gate")
+        rollout = _build(RolloutConfig, _section(table, "rollout", where), f"{where}.rollout")
         if "name" in flat:
             raise ConfigError(f"{where}.name: the surface name is the table key")
         surfaces[name] = _build(
-            SurfaceConfig, flat, where, name=name, exploration=exploration, reward=reward, model=model, gate=gate
+            SurfaceConfig, flat, where, name=name, exploration=exploration, reward=reward, model=model, gate=gate,
+            rollout=rollout,
         )
     return ServiceConfig(surfaces=surfaces, seed=seed)
 
