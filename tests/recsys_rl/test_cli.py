@@ -49,6 +49,12 @@ def test_demo_then_export(tmp_path: Path) -> None:
     assert demo.returncode == 0, demo.stderr
     assert "decisions logged       300" in demo.stdout
     assert (tmp_path / "click_rate.png").stat().st_size > 0
+    # The counterfactual section: the far-off uniform target is flagged with its reason, beside its truth; the
+    # join's per-call INFO line is gone (one sentence instead).
+    uniform = [line for line in demo.stdout.splitlines() if line.startswith("uniform ")]
+    assert len(uniform) == 2 and all("UNRELIABLE: ess:" in line for line in uniform), demo.stdout
+    assert "truth = the simulator's exact click rate" in demo.stdout
+    assert "join_rewards" not in demo.stdout + demo.stderr
     out = tmp_path / "decisions.parquet"
     export = recsys_rl("logs", "export", "--data-dir", str(tmp_path), "--out", str(out))
     assert export.returncode == 0, export.stderr
