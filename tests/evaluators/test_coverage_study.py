@@ -147,13 +147,6 @@ def test_normal_undercovers_clearly_at_low_ess(fast_normal: pl.DataFrame, cell: 
     assert row["coverage"] + 3 * row["coverage_se"] < FLOOR, row
 
 
-def test_without_a_verdict_every_run_counts_as_ok(fast_normal: pl.DataFrame) -> None:
-    if "verdict" in estimate(EASY_CELL.problem.draw(0), "ips").columns:
-        pytest.skip("estimate() returns a verdict: the ok share is the verdict's, checked by the auto tests")
-    assert (fast_normal["ok_share"] == 1.0).all()
-    assert (fast_normal["coverage_ok"] == fast_normal["coverage"]).all()
-
-
 def _assert_auto_holds_where_ok(summary: pl.DataFrame) -> None:
     auto = summary.filter(pl.col("method") == "auto")
     # Not vacuous: the rule says nothing if the verdict never calls auto ok. Where auto is betting's interval
