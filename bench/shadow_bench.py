@@ -115,6 +115,10 @@ def markdown(results: list[dict[str, float]], args: Args = Args()) -> str:
         *rows,
         "",
         f"Median shadow/live p50 ratio = **{ratio:.3f}×** (goal ≤ 1.3×).",
+        "",
+        "Shadow costs about what live costs: live already runs the learned decision, shadow runs the same one and "
+        "serves the baseline order instead (a sort). Stage baseline (and a canary's control users) skips the model: "
+        "the request's features are still checked through the item cache, but nothing is predicted.",
     ])
 
 

@@ -16,6 +16,7 @@ from scipy import stats
 
 from evaluators.replay.run import replay
 from logging_schema.reader import read_log
+from logging_schema.tables import load_tables
 from recsys_rl.config import ExplorationConfig, ModelConfig, ServiceConfig, SurfaceConfig
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.rollout.assignment import in_canary
@@ -197,6 +198,11 @@ def test_replay_logged_reproduces_propensities_on_a_mixed_stage_log(start_server
     assert Counter(e.rollout_stage for e in events) == {"live": 40, "shadow": 40, "canary": 40, "baseline": 40}
     assert {pb.SERVING_MODE_LEARNED, pb.SERVING_MODE_SHADOW, pb.SERVING_MODE_CANARY,
             pb.SERVING_MODE_BASELINE} <= {e.serving_mode for e in events}
+    # The export carries the stage: a canary's control users (canary, baseline) apart from a stage-baseline surface.
+    decisions = load_tables(data_dir).decisions
+    assert set(decisions.select("rollout_stage", "serving_mode").unique().rows()) == {
+        ("live", "learned"), ("shadow", "shadow"), ("canary", "canary"), ("canary", "baseline"),
+        ("baseline", "baseline")}
     table = replay(data_dir, "logged", progress=False)
     assert table.height == len(events) * SLATE
     assert (table["target_pscore"] == table["pscore"]).all()
