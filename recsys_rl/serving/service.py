@@ -259,7 +259,8 @@ class DecisionService:
 
         The surface is resolved once here and the request checked by its rules (``requests``); ``deadline`` (a
         ``time.perf_counter()`` instant, e.g. the RPC's) and the surface's decision budget make the one deadline
-        the decision path sees.
+        the decision path sees. The surface's rollout (``rollout_state``) is read once per request and decides who
+        serves (``SurfacePolicy.rank``); at stage shadow the shadow's agreement and added time feed ``shadow_stats``.
         """
         if self._closed.is_set():
             raise NotReady("the service is shutting down")

@@ -21,8 +21,12 @@ from recsys_rl.config import ExplorationConfig, ModelConfig, ServiceConfig, Surf
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.rollout.assignment import in_canary
 from recsys_rl.rollout.config import RolloutConfig
+from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.bandit import VWBandit
+from recsys_rl.serving.learner import OnlineLearner
+from recsys_rl.serving.registry import ModelRegistry
 from recsys_rl.serving.decision import baseline_order
+from tests.conftest import RunningServer
 from tests.helpers import make_request
 
 N_CANDIDATES = 8
@@ -136,15 +140,28 @@ def test_shadow_draws_what_live_would_have_served(start_server) -> None:
         assert shadows[event.request_id].exploration.draw_key == event.exploration.draw_key
 
 
-def test_learner_learns_the_served_baseline_not_the_shadow(start_server) -> None:
-    """The learner's update is the logged slate with its logged propensity: at shadow, the baseline's, p = 1."""
+def test_learner_learns_the_served_baseline_not_the_shadow(start_server, tmp_path: Path) -> None:
+    """The learner's update is the logged slate with its logged propensity: at shadow, the baseline's, p = 1.
+
+    ``OnlineLearner`` does not look at the serving mode: every logged slot is one IPS label with its logged
+    propensity, so SHADOW and BASELINE decisions are learned as served (the shadow's slate reached no user).
+    """
     running = start_server(config("shadow"))
     running.stub.Rank(request("r1"), timeout=10)
     running.stop()
     (event,) = read_log(running.data_dir / "logs").decisions
     assert [s.item_id for s in event.slate] == BASELINE_ITEMS and {s.propensity for s in event.slate} == {1.0}
-    bandit = VWBandit(config("shadow").surfaces["default"].model.vw_args)
-    for _ in range(30):  # the served top item is clicked, the rest not
+    surface = config("shadow", learn=True).surfaces["default"]
+    bandit = VWBandit(surface.model.vw_args)
+    learner = OnlineLearner(surface, bandit, ModelRegistry(tmp_path / "models"), parent_version="v0")
+    learner.consume(events_pb2.LogRecord(decision=event))
+    click = events_pb2.OutcomeEvent(event_id=event.event_id, item_id=BASELINE_ITEMS[0], outcome="click", value=1.0,
+                                    surface="default", attributed=True)
+    click.occurred_at.FromNanoseconds(event.served_at.ToNanoseconds() + 1_000_000)
+    learner.consume(events_pb2.LogRecord(outcome=click))
+    learner.step(event.served_at.ToSeconds() + surface.reward.attribution_window_seconds + 60)
+    assert (learner.stats.learned_decisions, learner.stats.updates, learner.stats.outcomes_used) == (1, SLATE, 1)
+    for _ in range(30):  # more of the same: the served top item, clicked, becomes the model's best
         assert bandit.learn(event, [1.0] + [0.0] * (SLATE - 1)) == SLATE
     scores = bandit.score(request("r2"))
     assert f"item-{int(np.argmax(scores))}" == BASELINE_ITEMS[0]
@@ -154,7 +171,7 @@ N_USERS = 1_500
 SHARE = 0.3
 
 
-def _arms(running, users: list[str], prefix: str) -> dict[str, int]:
+def _arms(running: RunningServer, users: list[str], prefix: str) -> dict[str, int]:
     return {user: running.stub.Rank(request(f"{prefix}-{user}", user), timeout=10).serving_mode for user in users}
 
 
