@@ -6,8 +6,10 @@ no row):
     event_id, request_id, surface, user_id: str   served_at: datetime[us, UTC]   position: i32
     item_id: str   candidate_index: i32   propensity: f64 (P(item at position | earlier positions))
     slate_propensity: f64   score: f64   explored: bool   exploration_mass: f64   policy_version: str
-    serving_mode: str ("learned", "baseline_fallback", "shadow", "canary", "unspecified")
+    serving_mode: str ("learned", "baseline_fallback", "shadow", "canary", "baseline", "unspecified")
     exploration_cap: f64   algorithm: str   n_candidates: i32   slate_size: i32
+    rollout_stage: str ("live", "shadow", "canary", "baseline"; "" in logs from before staged rollout) - with
+    serving_mode it tells a canary's control users (canary, baseline) from a surface at stage baseline
 
 ``outcomes_frame`` columns: event_id, item_id ("" = whole slate), outcome, value: f64,
 occurred_at, received_at: datetime[us, UTC], surface, attributed: bool, outcome_id: str ("" = none). An
@@ -60,7 +62,7 @@ DECISION_SCHEMA: dict[str, pl.DataType] = {
     "propensity": pl.Float64(), "slate_propensity": pl.Float64(), "score": pl.Float64(),
     "explored": pl.Boolean(), "exploration_mass": pl.Float64(), "policy_version": pl.String(),
     "serving_mode": pl.String(), "exploration_cap": pl.Float64(), "algorithm": pl.String(),
-    "n_candidates": pl.Int32(), "slate_size": pl.Int32(),
+    "n_candidates": pl.Int32(), "slate_size": pl.Int32(), "rollout_stage": pl.String(),
 }  # fmt: skip
 OUTCOME_SCHEMA: dict[str, pl.DataType] = {
     "event_id": pl.String(), "item_id": pl.String(), "outcome": pl.String(), "value": pl.Float64(),
@@ -68,7 +70,8 @@ OUTCOME_SCHEMA: dict[str, pl.DataType] = {
     "outcome_id": pl.String(),
 }  # fmt: skip
 _PER_DECISION = ("event_id", "request_id", "surface", "user_id", "served_at", "slate_propensity",
-                 "policy_version", "serving_mode", "exploration_cap", "algorithm", "n_candidates", "slate_size")  # fmt: skip
+                 "policy_version", "serving_mode", "exploration_cap", "algorithm", "n_candidates", "slate_size",
+                 "rollout_stage")  # fmt: skip
 _PER_SLOT = ("position", "item_id", "candidate_index", "propensity", "score", "explored", "exploration_mass")
 # SERVING_MODE_BASELINE_FALLBACK -> "baseline_fallback"
 SERVING_MODE_NAMES: dict[int, str] = {
@@ -109,6 +112,7 @@ class _DecisionColumns:
         d["algorithm"].append(exploration.algorithm)
         d["n_candidates"].append(len(event.candidates))
         d["slate_size"].append(event.slate_size)
+        d["rollout_stage"].append(event.rollout_stage)
         s = self.slot
         slate = event.slate
         s["position"].extend([x.position for x in slate])

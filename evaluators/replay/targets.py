@@ -19,7 +19,7 @@ propensities come from the same code that scores and draws served slates:
   have earned at cap 0.2. A policy that keeps learning publishes many versions; comparing ``current`` (one
   version) with logs of many others gives tiny overlap (importance weights collapse), while ``logged`` with no
   override reproduces the logged propensities exactly, and with one changes only the exploration. Decisions the
-  baseline served (fallback) stay with the baseline.
+  baseline served (fallback, or by the rollout's choice: modes BASELINE and SHADOW) stay with the baseline.
 * ``baseline``: scores = baseline_score, explorer = Greedy: argmax with ties to the lowest index among the
   remaining candidates, exactly the order serving's baseline serves (``decision.baseline_order``).
   Target probability is 1 for the baseline's choice given the logged prefix, else 0.
@@ -188,6 +188,11 @@ class ModelTarget(TargetPolicy):
         return replace(self._policy, explorer=explorer, exploration=exploration, cap=cap)
 
 
+# Serving modes whose served slate is the baseline's (propensity 1): the model could not (fallback), or the rollout
+# chose the baseline (stage baseline, a control user, or stage shadow, where the learned slate was only logged).
+_BASELINE_SERVED = frozenset({pb.SERVING_MODE_BASELINE_FALLBACK, pb.SERVING_MODE_BASELINE, pb.SERVING_MODE_SHADOW})
+
+
 class LoggedTarget(TargetPolicy):
     """Each decision's own model version and logged exploration, with the spec's overrides (module docstring)."""
 
@@ -235,7 +240,7 @@ class LoggedTarget(TargetPolicy):
     def policy_for(self, event: object = None) -> DecisionPolicy:
         if event is None:
             raise ValueError("event: the logged target needs the logged decision")
-        if event.serving_mode == pb.SERVING_MODE_BASELINE_FALLBACK:  # type: ignore[attr-defined]
+        if event.serving_mode in _BASELINE_SERVED:  # type: ignore[attr-defined]
             return self._baseline.policy_for()
         model = self._model(event.policy_version)  # type: ignore[attr-defined]
         key = (model.policy_version, self._exploration_key(event.exploration))  # type: ignore[attr-defined]

@@ -84,6 +84,15 @@ class VWBandit:
             costs = workspace.predict(examples)
         return -np.asarray(costs, dtype=np.float64)
 
+    def validate(self, request: pb.RankRequest) -> None:
+        """Raises InvalidInput as ``score`` would, without predicting (a baseline served by the rollout's choice).
+
+        Goes through the item cache like ``score``, so a valid item's check is a cache hit next time too.
+        """
+        context_line(request.context)
+        with self._lock:
+            self.cache.items(request.candidates)
+
     def hot_items(self, limit: int = 10_000) -> list[tuple[bytes, str, str]]:
         """The cache's most recently used items, to warm a replacement model before it is swapped in."""
         with self._lock:

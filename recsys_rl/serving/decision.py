@@ -13,6 +13,11 @@ sampling, or the caller says the baseline must serve (e.g. the log cannot take t
 Greedy explorer over baseline scores, which is how replay scores the baseline. InvalidInput is never a fallback:
 it propagates so the server answers INVALID_ARGUMENT naming the field.
 
+Rollout stages (``SurfacePolicy.rank``) use the same functions: a canary user's slate is :func:`decide` with mode
+SERVING_MODE_CANARY; a baseline by the rollout's choice (stage baseline, a control user, the served slate at stage
+shadow) is :func:`decide_baseline`, which checks the request but does not score; the shadow's own decision is
+:func:`decide` with the same draw key live serving would use.
+
 The long-term value is computed from a :class:`LongTermInput` (model version and the user's click history). Serving
 passes none and gets back the input it used, which is logged with the decision; replay passes the logged one, so a
 λ > 0 surface replays with the model version and history it was served with.
@@ -133,6 +138,9 @@ class Decision:
     shield_rules_fired: list[str] = field(default_factory=list)
     long_term: LongTermInput | None = None  # set on surfaces that blend a long-term value (λ ≠ 0)
     long_term_weight: float = 0.0
+    rollout_stage: str = ""  # the surface's rollout stage when decided ("" outside serving, e.g. replay)
+    shadow: Decision | None = None  # stage shadow: the learned policy's own decision on the request (not served)
+    shadow_latency_us: int = 0  # what deciding the shadow added to the request
 
 
 @dataclass(frozen=True)
@@ -176,16 +184,18 @@ def score(policy: DecisionPolicy, request: pb.RankRequest, *, deadline: float | 
 
 
 def decide(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray, *, draw_key: int,
-           deadline: float | None = None, serve_baseline: str = "") -> Decision:
+           deadline: float | None = None, serve_baseline: str = "", mode: int = pb.SERVING_MODE_LEARNED) -> Decision:
     """Score and draw a slate; the baseline (with the reason) when scoring fails or ``serve_baseline`` says so.
 
-    The learned policy is scored even when ``serve_baseline`` is set: the request is validated the same way on
-    every path, and the scores are what shadow scoring compares with.
+    ``mode``: the serving mode of a drawn slate (SERVING_MODE_CANARY for a canary user; a fallback is always
+    SERVING_MODE_BASELINE_FALLBACK). The learned policy is scored even when ``serve_baseline`` is set: the request
+    is validated the same way on every path (a baseline by the rollout's choice is :func:`decide_baseline`).
     """
     scored = score(policy, request, deadline=deadline)
     reason = serve_baseline or scored.fallback_reason
     if reason or scored.scores is None:
-        return _baseline_decision(policy, request, baseline, reason, draw_key, scored.long_term)
+        return _baseline_decision(policy, request, baseline, reason, draw_key, scored.long_term,
+                                  pb.SERVING_MODE_BASELINE_FALLBACK)
     scores = scored.scores
     draw = sample_slate(scores, request.slate_size, policy.explorer, draw_key=draw_key)
     candidates = request.candidates
@@ -194,7 +204,40 @@ def decide(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray
                      s.exploration_mass, s.draw)
         for s in draw.slots
     ]
-    return _decision(policy, slots, draw.slate_propensity, pb.SERVING_MODE_LEARNED, "", draw_key, scored.long_term)
+    return _decision(policy, slots, draw.slate_propensity, mode, "", draw_key, scored.long_term)
+
+
+def check_request(policy: DecisionPolicy, request: pb.RankRequest) -> None:
+    """Raises InvalidInput for whatever the scorer would reject, without scoring when the scorer can check alone.
+
+    A baseline served by choice must refuse the same requests as the learned path (a host's request must not be
+    valid at one rollout stage and invalid at the next), and a bad feature value must never reach the log the
+    learner reads. ``VWBandit.validate`` checks features through its item cache without predicting; a scorer
+    without ``validate`` is scored and its result dropped.
+    """
+    validate = getattr(policy.scorer, "validate", None)
+    if validate is not None:
+        validate(request)
+        return
+    try:
+        policy.scorer.score(request)
+    except InvalidInput:
+        raise
+    except Exception:  # noqa: BLE001 - only validation is asked of it here; the baseline serves regardless
+        pass
+
+
+def decide_baseline(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray, *, draw_key: int,
+                    mode: int, check: bool = True) -> Decision:
+    """The baseline by the rollout's choice (``mode`` SERVING_MODE_BASELINE or _SHADOW), propensity 1.
+
+    The model is not scored: nothing needs its scores, and a surface reverted for a slow or failing model must not
+    keep paying for it. ``check``: validate the request first (:func:`check_request`); False only when the caller
+    runs the learned policy on the same request anyway (shadow), which validates it.
+    """
+    if check:
+        check_request(policy, request)
+    return _baseline_decision(policy, request, baseline, "", draw_key, None, mode)
 
 
 def baseline_order(baseline: np.ndarray, slate_size: int) -> np.ndarray:
@@ -204,13 +247,13 @@ def baseline_order(baseline: np.ndarray, slate_size: int) -> np.ndarray:
 
 
 def _baseline_decision(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray, reason: str,
-                       draw_key: int, long_term: LongTermInput | None) -> Decision:
+                       draw_key: int, long_term: LongTermInput | None, mode: int) -> Decision:
     candidates = request.candidates
     slots = [
         DecisionSlot(int(i), candidates[int(i)].item_id, 1.0, float(baseline[i]), False, 0.0, 0.0)
         for i in baseline_order(baseline, request.slate_size)
     ]
-    return _decision(policy, slots, 1.0, pb.SERVING_MODE_BASELINE_FALLBACK, reason, draw_key, long_term)
+    return _decision(policy, slots, 1.0, mode, reason, draw_key, long_term)
 
 
 def _decision(policy: DecisionPolicy, slots: list[DecisionSlot], slate_propensity: float, mode: int, reason: str,
@@ -256,5 +299,5 @@ def target_propensities(policy: DecisionPolicy, request: pb.RankRequest, logged_
 __all__ = [
     "BaselineScorer", "ConstantScorer", "Decision", "DecisionPolicy", "DecisionSlot", "LongTermInput",
     "LongTermValue", "NoLongTermValue", "Scored", "Scorer", "TargetScores", "baseline_order", "baseline_scores",
-    "decide", "score", "target_propensities", "target_scores",
+    "check_request", "decide", "decide_baseline", "score", "target_propensities", "target_scores",
 ]

@@ -8,6 +8,7 @@ request in flight finishes with the state it started with and the next one uses 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -16,11 +17,16 @@ from recsys_rl.config import SurfaceConfig
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.serving.bandit import VWBandit
+from recsys_rl.rollout.assignment import in_canary
+from recsys_rl.rollout.config import RolloutState, Stage
 from recsys_rl.serving.decision import (
-    Decision, DecisionPolicy, DecisionSlot, LongTermInput, LongTermValue, NoLongTermValue, decide,
+    Decision, DecisionPolicy, DecisionSlot, LongTermInput, LongTermValue, NoLongTermValue, decide, decide_baseline,
 )
 from recsys_rl.serving.exploration import draw_key, make_explorer
 from recsys_rl.serving.requests import validate_rank_request
+
+
+_LIVE = RolloutState(stage=Stage.LIVE)
 
 
 class SurfacePolicy:
@@ -84,18 +90,46 @@ class SurfacePolicy:
             self._state = replace(self._state, explorer=explorer, cap=cap)
 
     def rank(self, request: pb.RankRequest, *, deadline: float | None = None, baseline: np.ndarray | None = None,
-             serve_baseline: str = "") -> Decision:
-        """Decide a slate for ``request`` through the decision path.
+             serve_baseline: str = "", rollout: RolloutState = _LIVE) -> Decision:
+        """Decide a slate for ``request`` through the decision path, as the rollout stage says.
 
         ``deadline``: a ``time.perf_counter()`` instant past which the baseline serves (None: no deadline).
         ``baseline``: the baseline scores from ``validate_rank_request`` when the caller validated already.
         ``serve_baseline``: a reason to serve the baseline whatever the model says (e.g. "log_unavailable").
+        ``rollout``: the surface's rollout in force. live: the learned policy (SERVING_MODE_LEARNED); baseline:
+        the baseline (SERVING_MODE_BASELINE, the model is not scored); canary: canary users (stable hash,
+        ``recsys_rl.rollout.assignment``) get the learned policy (SERVING_MODE_CANARY), control users the
+        baseline (SERVING_MODE_BASELINE); shadow: the baseline is served (SERVING_MODE_SHADOW) and the learned
+        policy decides the same request with the draw key live serving would use, in ``Decision.shadow``.
         """
         if baseline is None:
             baseline = validate_rank_request(request, max_candidates=self.surface.max_candidates)
+        state = self._state  # one snapshot for the whole request, shadow included
         key = draw_key(self.server_seed, self.surface.name, request.request_id)
-        return decide(self._state, request, baseline, draw_key=key, deadline=deadline,
-                      serve_baseline=serve_baseline)
+        stage = rollout.stage
+        if serve_baseline or stage is Stage.LIVE:
+            decision = decide(state, request, baseline, draw_key=key, deadline=deadline,
+                              serve_baseline=serve_baseline)
+        elif stage is Stage.CANARY:
+            if in_canary(self.surface.name, request.user_id, rollout.canary_share):
+                decision = decide(state, request, baseline, draw_key=key, deadline=deadline,
+                                  mode=pb.SERVING_MODE_CANARY)
+            else:
+                decision = decide_baseline(state, request, baseline, draw_key=key, mode=pb.SERVING_MODE_BASELINE)
+        elif stage is Stage.SHADOW:
+            # The shadow first: it validates the request (InvalidInput before anything is served) and its time is
+            # what shadowing adds to Rank.
+            started_ns = time.perf_counter_ns()
+            shadow = decide(state, request, baseline, draw_key=key, deadline=deadline)
+            shadow_latency_us = (time.perf_counter_ns() - started_ns) // 1000
+            decision = decide_baseline(state, request, baseline, draw_key=key, mode=pb.SERVING_MODE_SHADOW,
+                                       check=False)
+            decision.shadow, decision.shadow_latency_us = shadow, shadow_latency_us
+            decision.long_term = shadow.long_term  # the event's long-term input is the shadow's, for its replay
+        else:
+            decision = decide_baseline(state, request, baseline, draw_key=key, mode=pb.SERVING_MODE_BASELINE)
+        decision.rollout_stage = stage.value
+        return decision
 
 
 def decision_to_event(
@@ -129,7 +163,22 @@ def decision_to_event(
         event.long_term.model_version = decision.long_term.model_version
         event.long_term.weight = decision.long_term_weight
         event.long_term.history.extend(decision.long_term.history)
-    exploration = event.exploration
+    event.rollout_stage = decision.rollout_stage
+    _fill_exploration(event.exploration, decision)
+    _add_slots(event.slate, decision.slots)
+    shadow = decision.shadow
+    if shadow is not None:
+        logged = event.shadow
+        logged.slate_propensity = shadow.slate_propensity
+        logged.policy_version = shadow.policy_version
+        logged.fallback_reason = shadow.fallback_reason
+        logged.latency_micros = int(decision.shadow_latency_us)
+        _fill_exploration(logged.exploration, shadow)
+        _add_slots(logged.slate, shadow.slots)
+    return event
+
+
+def _fill_exploration(exploration: events_pb2.ExplorationParams, decision: Decision) -> None:
     exploration.algorithm = decision.algorithm
     exploration.epsilon = decision.epsilon
     exploration.temperature = decision.temperature
@@ -137,8 +186,11 @@ def decision_to_event(
     exploration.cap = decision.cap
     exploration.server_seed = decision.server_seed & 0xFFFFFFFFFFFFFFFF
     exploration.draw_key = decision.draw_key
-    for position, slot in enumerate(decision.slots):
-        event.slate.add(
+
+
+def _add_slots(slate: object, slots: list[DecisionSlot]) -> None:
+    for position, slot in enumerate(slots):
+        slate.add(  # type: ignore[attr-defined]
             item_id=slot.item_id,
             position=position,
             propensity=slot.propensity,
@@ -148,7 +200,6 @@ def decision_to_event(
             exploration_mass=slot.exploration_mass,
             draw=slot.draw,
         )
-    return event
 
 
 def logged_long_term(event: events_pb2.DecisionEvent) -> LongTermInput | None:

@@ -27,6 +27,8 @@ from recsys_rl.serving.outcomes import OutcomeAck, OutcomeTracker
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.policy import Decision, LongTermValue, NoLongTermValue, SurfacePolicy, decision_to_event
 from recsys_rl.serving.requests import validate_outcome_request, validate_rank_request
+from recsys_rl.serving.shadow import ShadowStats, ShadowTracker
+from recsys_rl.rollout.config import RolloutState
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.serving.registry import Checkpoint, ModelRegistry
 from recsys_rl.serving.supervisor import LearnerSupervisor
@@ -42,6 +44,8 @@ class _Surface:
     config: SurfaceConfig
     policy: SurfacePolicy
     tracker: OutcomeTracker
+    rollout: RolloutState  # the configured rollout (``DecisionService.rollout_state``)
+    shadow: ShadowTracker
 
 
 class DecisionService:
@@ -143,6 +147,17 @@ class DecisionService:
             log.info("recovered %d decisions with open attribution windows (and %d outcome ids) from the log",
                      recovered, restored)
 
+    def rollout_state(self, surface: str) -> RolloutState:
+        """The rollout in force for ``surface``, read on every Rank (one attribute load: keep it cheap).
+
+        For now the configured one (``SurfaceConfig.rollout``); the rollout store replaces this body.
+        """
+        return self._entry(surface).rollout
+
+    def shadow_stats(self, surface: str) -> ShadowStats:
+        """Agreement, added latency and fallback rate of ``surface``'s shadow decisions since the server started."""
+        return self._entry(surface).shadow.snapshot()
+
     def cap(self, surface: str) -> float:
         """The exploration cap in force for ``surface``."""
         return self._entry(surface).policy.cap
@@ -195,7 +210,8 @@ class DecisionService:
         long_term = self._long_term if surface.model.long_term_weight > 0 and self._long_term else NoLongTermValue()
         policy = SurfacePolicy(surface, serving, checkpoint.version, server_seed=self.config.seed,
                                long_term=long_term)
-        return _Surface(surface, policy, OutcomeTracker(surface))
+        rollout = RolloutState(stage=surface.rollout.initial_stage, canary_share=surface.rollout.canary_share)
+        return _Surface(surface, policy, OutcomeTracker(surface), rollout, ShadowTracker())
 
     def refresh_models(self) -> list[str]:
         """Loads every surface's newest published version if it is not the one serving; returns the swaps."""
@@ -243,7 +259,8 @@ class DecisionService:
 
         The surface is resolved once here and the request checked by its rules (``requests``); ``deadline`` (a
         ``time.perf_counter()`` instant, e.g. the RPC's) and the surface's decision budget make the one deadline
-        the decision path sees.
+        the decision path sees. The surface's rollout (``rollout_state``) is read once per request and decides who
+        serves (``SurfacePolicy.rank``); at stage shadow the shadow's agreement and added time feed ``shadow_stats``.
         """
         if self._closed.is_set():
             raise NotReady("the service is shutting down")
@@ -252,10 +269,11 @@ class DecisionService:
         baseline = validate_rank_request(request, max_candidates=entry.config.max_candidates)
         budget_deadline = started_ns / 1e9 + entry.config.decision_budget_ms / 1000.0
         deadline = budget_deadline if deadline is None else min(deadline, budget_deadline)
+        rollout = self.rollout_state(request.surface)
         if not self.log_guard.ready():  # never a learned or explored slate without its event queued
             return self.log_guard.unlogged(entry.policy.rank(request, deadline=deadline, baseline=baseline,
-                                                             serve_baseline=LOG_UNAVAILABLE))
-        decision = entry.policy.rank(request, deadline=deadline, baseline=baseline)
+                                                             serve_baseline=LOG_UNAVAILABLE, rollout=rollout))
+        decision = entry.policy.rank(request, deadline=deadline, baseline=baseline, rollout=rollout)
         event_id = uuid.uuid4().hex
         served_at_ns = time.time_ns()
         window_s = entry.config.reward.attribution_window_seconds
@@ -274,7 +292,9 @@ class DecisionService:
             raise Overloaded(f"decision log queue is full: {exc}") from exc
         except LogUnavailable:  # the disk failed since ready(): this decision is not served, the baseline is
             return self.log_guard.unlogged(entry.policy.rank(request, deadline=deadline, baseline=baseline,
-                                                             serve_baseline=LOG_UNAVAILABLE))
+                                                             serve_baseline=LOG_UNAVAILABLE, rollout=rollout))
+        if decision.shadow is not None:
+            entry.shadow.record(decision, decision.shadow, decision.shadow_latency_us)
         entry.tracker.track(event_id, served_at_ns // 1000, [slot.item_id for slot in decision.slots],
                             request=request if self._long_term is not None else None)
         return decision, event_id
