@@ -221,7 +221,7 @@ class RolloutStore:
         self._approved, self._sequence = self._load()
         for name in sorted(set(self._approved) - set(self._configs)):
             log.warning("rollout state of surface %r ignored: the surface is not configured", name)
-        in_force = dict(self._approved)
+        in_force: dict[str, RolloutState] = {}
         for name, rollout in self._configs.items():
             configured = RolloutState(rollout.initial_stage, rollout.canary_share)
             approved = self._approved.get(name)
@@ -260,7 +260,7 @@ class RolloutStore:
         with self._locked():
             old = self._current(surface)
             new = RolloutState(old.stage if stage is None else stage, old.canary_share if share is None else share)
-            judged = NO_EVIDENCE
+            judged: GuardrailEvidence | None = None  # a backward move is judged on nothing
             if is_forward(old, new.stage, new.canary_share):
                 judged = evidence() if evidence is not None else NO_EVIDENCE
                 if not judged.passed:
@@ -272,7 +272,7 @@ class RolloutStore:
                         f"to {new.stage.value} (share {new.canary_share:g}) refused by the guardrail: "
                         + "; ".join(entry.failed_checks), entry)
             return self._record(surface, actor=actor, kind="set", old=old, new=new, reason=reason,
-                                outcome="accepted", evidence_json=judged.to_json() if judged.checks else "")
+                                outcome="accepted", evidence_json="" if judged is None else judged.to_json())
 
     def revert(self, surface: str, *, reason: str, evidence_json: str = "") -> RolloutAuditEntry | None:
         """The guardrail's automatic move to baseline (``reverted``); None when the surface is at baseline already."""
