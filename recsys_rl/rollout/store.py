@@ -181,6 +181,7 @@ class RolloutStore:
             self._approved, self._sequence = self._load()
         # What serves: replaced whole (never mutated) so ``state`` reads it without a lock.
         self._in_force: dict[str, RolloutState] = dict(self._approved)
+        self._seen_audit = self._audit_stamp()
 
     # --- reading (serving reads ``state`` on every request) ---------------------------------------------------
 
@@ -204,6 +205,15 @@ class RolloutStore:
         entries = [e for e in self._read_audit() if surface is None or e.surface == surface]
         return entries[-limit:] if limit > 0 else entries
 
+    def refresh(self) -> bool:
+        """Adopts changes other processes on this data dir recorded (e.g. another worker's revert); cheap when
+        there are none (one stat). Returns whether the trail had changed. Call it periodically."""
+        if self._audit_stamp() == self._seen_audit:
+            return False
+        with self._locked():
+            self._adopt()
+        return True
+
     # --- start ---------------------------------------------------------------------------------------------
 
     def apply_config(self, surfaces: Mapping[str, SurfaceConfig]) -> None:
@@ -219,6 +229,7 @@ class RolloutStore:
 
     def _apply_config(self) -> None:
         self._approved, self._sequence = self._load()
+        self._seen_audit = self._audit_stamp()
         for name in sorted(set(self._approved) - set(self._configs)):
             log.warning("rollout state of surface %r ignored: the surface is not configured", name)
         in_force: dict[str, RolloutState] = {}
@@ -307,13 +318,24 @@ class RolloutStore:
 
     def _current(self, surface: str) -> RolloutState:
         """Under the lock: adopt changes another process made since we last looked, then our state in force."""
+        self._adopt()
+        return self.state(surface)
+
+    def _adopt(self) -> None:
         approved, self._sequence = self._load()
         in_force = dict(self._in_force)
         for name, state in approved.items():
             if self._approved.get(name) != state:
                 in_force[name] = state
         self._approved, self._in_force = approved, in_force
-        return self.state(surface)
+        self._seen_audit = self._audit_stamp()
+
+    def _audit_stamp(self) -> tuple[int, int]:
+        try:
+            stat = self.audit_path.stat()
+        except FileNotFoundError:
+            return (0, 0)
+        return stat.st_size, stat.st_mtime_ns
 
     def _record(self, surface: str, *, actor: str, kind: Kind, old: RolloutState, new: RolloutState, reason: str,
                 outcome: Outcome, failed: list[str] | None = None, automatic: bool = False,
@@ -328,6 +350,7 @@ class RolloutStore:
         )
         self._append(entry)
         self._sequence = entry.sequence
+        self._seen_audit = self._audit_stamp()
         if entry.accepted:
             self._approved = {**self._approved, surface: entry.state}
             self._write_snapshot()

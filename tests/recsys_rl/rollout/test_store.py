@@ -197,3 +197,14 @@ def test_surfaces_in_the_store_but_not_configured_are_ignored(tmp_path: Path) ->
     assert store.state("other").stage is Stage.SHADOW
     with pytest.raises(InvalidInput):
         store.state("home")
+
+
+def test_refresh_adopts_another_processs_revert(tmp_path: Path) -> None:
+    serving = _open(tmp_path, "canary", 0.05)
+    guardrail = _open(tmp_path, "canary", 0.05)  # e.g. the worker whose guardrail fired
+    assert serving.refresh() is False  # nothing new: one stat, no reload
+    guardrail.revert("home", reason="canary worse")
+    assert serving.state("home").stage is Stage.CANARY  # its own copy until it looks
+    assert serving.refresh() is True
+    assert serving.state("home") == RolloutState(Stage.BASELINE, 0.05, True, 2)
+    assert serving.refresh() is False
