@@ -1,4 +1,4 @@
-"""PolicyAdminService servicer: exploration caps behind the gate, with an audit trail.
+"""PolicyAdminService servicer: exploration caps behind the gate and rollout stages behind the guardrail, audited.
 
 Thin on purpose: the rules live in the core — ``recsys_rl.caps.gate`` (is this evidence enough to raise?) and
 ``recsys_rl.caps.store`` (durable caps and audit log) — and this layer decodes, calls them in the right order and
@@ -9,15 +9,20 @@ encodes. The order matters for the invariants:
    audited and the RPC fails with FAILED_PRECONDITION listing each failed check;
 3. append the audit entry and persist the cap (both fsynced), then put the cap in force: a change is never
    in force without its audit line, and it applies from the next Rank on.
+
+Rollout (GetRollout/SetRollout) follows the same order, with ``recsys_rl.rollout.store`` holding the rules: a
+backward move is accepted at once, a forward one needs the guardrail's evidence (``service.rollout_evidence``);
+a refusal is audited and fails with FAILED_PRECONDITION, the failed checks in the same trailing metadata as caps.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
@@ -27,6 +32,8 @@ from recsys_rl.errors import InvalidInput, PreconditionFailed
 from recsys_rl.caps.gate import FAILED_CHECKS_METADATA, EvidenceRefused, GateConfig, GateVerifier, evidence_digest
 from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
+from recsys_rl.rollout.config import Stage
+from recsys_rl.rollout.store import NO_EVIDENCE, GuardrailEvidence, RolloutAuditEntry, RolloutRefused, check_share
 from recsys_rl.serving.service import DecisionService
 
 ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["PolicyAdminService"].full_name
@@ -49,6 +56,33 @@ def _change(entry: AuditEntry) -> admin_pb.CapChange:
     )
     change.changed_at.FromNanoseconds(int(entry.time_unix * 1e9))
     return change
+
+
+_STAGE_PB = {
+    Stage.BASELINE: admin_pb.ROLLOUT_STAGE_BASELINE, Stage.SHADOW: admin_pb.ROLLOUT_STAGE_SHADOW,
+    Stage.CANARY: admin_pb.ROLLOUT_STAGE_CANARY, Stage.LIVE: admin_pb.ROLLOUT_STAGE_LIVE,
+}
+_STAGE_OF = {value: stage for stage, value in _STAGE_PB.items()}
+
+
+def _rollout_change(entry: RolloutAuditEntry) -> admin_pb.RolloutChange:
+    change = admin_pb.RolloutChange(
+        sequence=entry.sequence, surface=entry.surface, actor=entry.actor, old_stage=_STAGE_PB[entry.old_stage],
+        new_stage=_STAGE_PB[entry.new_stage], old_canary_share=entry.old_canary_share,
+        new_canary_share=entry.new_canary_share, reason=entry.reason, outcome=_OUTCOMES[entry.outcome],
+        failed_checks=entry.failed_checks, automatic=entry.automatic, evidence_json=entry.evidence_json,
+    )
+    change.changed_at.FromNanoseconds(int(entry.time_unix * 1e9))
+    return change
+
+
+def _fields(found: object | None, message: type) -> dict[str, Any]:
+    """A hook's answer (dataclass or mapping, None = nothing yet) as keyword arguments of ``message``."""
+    if found is None:
+        return {}
+    values = dataclasses.asdict(found) if dataclasses.is_dataclass(found) else dict(found)  # type: ignore[arg-type]
+    known = message.DESCRIPTOR.fields_by_name  # type: ignore[attr-defined]
+    return {name: value for name, value in values.items() if name in known}
 
 
 class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
@@ -125,6 +159,63 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
             exploration_cap=cap, old_cap=old, policy_version=self.service.policy_version(surface),
             change=_change(entry),
         )
+
+
+    # --- rollout ---------------------------------------------------------------------------------------------
+
+    @map_errors
+    def GetRollout(  # noqa: N802
+        self, request: admin_pb.GetRolloutRequest, context: grpc.ServicerContext
+    ) -> admin_pb.GetRolloutResponse:
+        surface = self._surface(request.surface)
+        if request.history_limit < 0:
+            raise InvalidInput("history_limit", f"must be >= 0, got {request.history_limit}")
+        state = self.service.rollout_state(surface)
+        return admin_pb.GetRolloutResponse(
+            surface=surface, stage=_STAGE_PB[state.stage], canary_share=state.canary_share, reverted=state.reverted,
+            guardrail=admin_pb.GuardrailState(**_fields(self.service.guardrail_state(surface), admin_pb.GuardrailState)),
+            shadow=admin_pb.ShadowStats(**_fields(self.service.shadow_stats(surface), admin_pb.ShadowStats)),
+            history=[_rollout_change(e) for e in self.service.rollout.history(surface, limit=request.history_limit)],
+        )
+
+    @map_errors
+    def SetRollout(  # noqa: N802
+        self, request: admin_pb.SetRolloutRequest, context: grpc.ServicerContext
+    ) -> admin_pb.SetRolloutResponse:
+        """Stage UNSPECIFIED keeps the current stage, an absent canary_share the current share (one is needed)."""
+        surface = self._surface(request.surface)
+        if request.stage != admin_pb.ROLLOUT_STAGE_UNSPECIFIED and request.stage not in _STAGE_OF:
+            raise InvalidInput("stage", f"unknown RolloutStage value {request.stage}")
+        stage = _STAGE_OF.get(request.stage)
+        share = check_share(request.canary_share) if request.HasField("canary_share") else None
+        if stage is None and share is None:
+            raise InvalidInput("stage", "give a stage, a canary_share, or both")
+        actor = self._actor(request.actor, request.reason)
+        current = self.service.rollout_state(surface)
+
+        def evidence() -> GuardrailEvidence:  # the store asks only for a forward move
+            target = current.stage if stage is None else stage
+            found = self.service.rollout_evidence(surface, target, current.canary_share if share is None else share)
+            return NO_EVIDENCE if found is None else found
+
+        try:
+            entry = self.service.rollout.set(surface, stage, share, actor=actor, reason=request.reason,
+                                             evidence=evidence)
+        except RolloutRefused as refused:
+            context.set_trailing_metadata(((FAILED_CHECKS_METADATA, json.dumps(refused.failed_checks).encode()),))
+            raise
+        return admin_pb.SetRolloutResponse(stage=_STAGE_PB[entry.new_stage], canary_share=entry.new_canary_share,
+                                           change=_rollout_change(entry))
+
+    def _actor(self, actor: str, reason: str) -> str:
+        actor = actor.strip()
+        if not actor:
+            raise InvalidInput("actor", "must not be empty (who asks is recorded in the audit log)")
+        if len(actor) > MAX_ACTOR_CHARS:
+            raise InvalidInput("actor", f"longer than {MAX_ACTOR_CHARS} characters")
+        if len(reason) > MAX_REASON_CHARS:
+            raise InvalidInput("reason", f"longer than {MAX_REASON_CHARS} characters")
+        return actor
 
 
 def add_admin_servicer(grpc_server: grpc.Server, service: DecisionService, data_dir: Path | str, *,

@@ -20,6 +20,8 @@ from logging_schema.writer import DeferredRecord, LogQueueFull, LogUnavailable, 
 from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.caps.store import CapStore, effective_cap
 from recsys_rl.config import ServiceConfig, SurfaceConfig
+from recsys_rl.rollout.config import RolloutState, Stage
+from recsys_rl.rollout.store import GuardrailEvidence, RolloutStore
 from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
 from recsys_rl.serving.learner import ModelWatcher
 from recsys_rl.serving.log_guard import LOG_UNAVAILABLE, LogGuard
@@ -68,6 +70,8 @@ class DecisionService:
             self._surfaces[name] = self._load_surface(surface)
         self.caps = CapStore(self.data_dir)
         self._apply_approved_caps()
+        self.rollout = RolloutStore(self.data_dir)  # stages survive restarts; config cannot pass the approved one
+        self.rollout.apply_config(config.surfaces)
         self._recover_open_decisions()
         self.writer = LogWriter(self.data_dir / "logs")
         self.log_guard = LogGuard(self.writer)  # a log that cannot take records: baseline, unlogged, counted
@@ -354,6 +358,23 @@ class DecisionService:
 
     def set_cap(self, surface: str, cap: float) -> None:
         self._entry(surface).policy.set_cap(cap)
+
+    def rollout_state(self, surface: str) -> RolloutState:
+        """The rollout stage and canary share in force for ``surface`` (lock-free: read on every Rank)."""
+        return self.rollout.state(surface)
+
+    # Rollout hooks PolicyAdminService reads; the guardrail and shadow parts fill them in (None: nothing yet).
+    def guardrail_state(self, surface: str) -> object | None:
+        """The canary − control comparison (GuardrailState's fields, as a dataclass or mapping), or None."""
+        return None
+
+    def shadow_stats(self, surface: str) -> object | None:
+        """The shadow policy against the served baseline (ShadowStats' fields), or None."""
+        return None
+
+    def rollout_evidence(self, surface: str, stage: Stage, canary_share: float) -> GuardrailEvidence | None:
+        """The guardrail's evidence for moving ``surface`` forward to (stage, canary_share); None: none yet."""
+        return None
 
     def tracker(self, surface: str) -> OutcomeTracker:
         return self._entry(surface).tracker

@@ -1,0 +1,162 @@
+"""``recsys-rl rollout show|set``: a running server's rollout stage, canary share, guardrail and audit trail.
+
+``register(subparsers)`` adds the commands to ``recsys_rl.cli``'s top-level subparsers. Exit codes: 0 success;
+3 a forward move refused by the guardrail (the failed checks on stderr); bad usage raises
+``recsys_rl.errors.InvalidInput`` (exit 2, one line); an unreachable server or another RPC error exits 1.
+Like ``caps``, the client speaks gRPC through the generated stubs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from recsys_rl.caps.cli import EXIT_REFUSED, _failed_checks, _login_name, _rpc_error, _stub
+from recsys_rl.errors import InvalidInput
+from recsys_rl.rollout.config import STAGES
+
+__all__ = ["register", "run_rollout_set", "run_rollout_show"]
+
+_DEFAULT_TIMEOUT_S = 30.0
+
+
+def share_argument(text: str) -> float:
+    """argparse type for a canary share in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Adds ``rollout {show,set}`` to the ``recsys-rl`` subcommands."""
+    rollout = subparsers.add_parser("rollout", help="rollout stage of a surface on a running server")
+    sub = rollout.add_subparsers(dest="rollout_command", required=True, parser_class=type(rollout))
+    show = sub.add_parser("show", help="stage, canary share, guardrail, shadow statistics and the audit trail")
+    show.add_argument("--server", required=True, help="HOST:PORT")
+    show.add_argument("--surface", default="default")
+    show.add_argument("--limit", type=int, default=20, help="most recent audit entries (0 = all)")
+    show.add_argument("--format", choices=("table", "json"), default="table")
+    show.add_argument("--timeout", type=float, default=_DEFAULT_TIMEOUT_S, help="seconds")
+    show.set_defaults(run=run_rollout_show)
+
+    set_ = sub.add_parser("set", help="move back at once, or forward when the guardrail's evidence holds")
+    set_.add_argument("--server", required=True, help="HOST:PORT")
+    set_.add_argument("--surface", default="default")
+    set_.add_argument("--stage", choices=STAGES, help="default: keep the current stage")
+    set_.add_argument("--canary-share", type=share_argument, help="share of users in the canary (default: keep)")
+    set_.add_argument("--actor", help="who asks (default: the login name)")
+    set_.add_argument("--reason", default="", help="why, for the audit trail")
+    set_.add_argument("--timeout", type=float, default=_DEFAULT_TIMEOUT_S, help="seconds")
+    set_.set_defaults(run=run_rollout_set)
+
+
+def _stage_name(value: int) -> str:
+    from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
+
+    return admin_pb.RolloutStage.Name(value).removeprefix("ROLLOUT_STAGE_").lower()
+
+
+def _change_dict(change: Any) -> dict[str, Any]:
+    from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
+
+    return {
+        "sequence": change.sequence, "changed_at": change.changed_at.ToJsonString(), "actor": change.actor,
+        "old_stage": _stage_name(change.old_stage), "new_stage": _stage_name(change.new_stage),
+        "old_canary_share": change.old_canary_share, "new_canary_share": change.new_canary_share,
+        "reason": change.reason,
+        "outcome": admin_pb.CapChangeOutcome.Name(change.outcome).removeprefix("CAP_CHANGE_OUTCOME_").lower(),
+        "failed_checks": list(change.failed_checks), "automatic": change.automatic,
+        "evidence": json.loads(change.evidence_json) if change.evidence_json else None,
+    }
+
+
+def _message_dict(message: Any) -> dict[str, Any]:
+    """Every field of a flat message, defaults included (0 decisions is an answer, not a missing key)."""
+    return {f.name: getattr(message, f.name) for f in message.DESCRIPTOR.fields}
+
+
+def run_rollout_show(args: argparse.Namespace) -> int:
+    import grpc
+
+    from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
+
+    if args.limit < 0:
+        raise InvalidInput("--limit", f"must be >= 0, got {args.limit}")
+    channel, stub = _stub(args.server)
+    try:
+        reply = stub.GetRollout(admin_pb.GetRolloutRequest(surface=args.surface, history_limit=args.limit),
+                                timeout=args.timeout)
+    except grpc.RpcError as exc:
+        return _rpc_error(exc, args.server)
+    finally:
+        channel.close()
+    shown = {"surface": reply.surface, "stage": _stage_name(reply.stage), "canary_share": reply.canary_share,
+             "reverted": reply.reverted, "guardrail": _message_dict(reply.guardrail),
+             "shadow": _message_dict(reply.shadow), "history": [_change_dict(c) for c in reply.history]}
+    if args.format == "json":
+        print(json.dumps(shown, indent=2))
+        return 0
+    reverted = " (reverted by the guardrail; re-arm with `rollout set`)" if shown["reverted"] else ""
+    print(f"surface {shown['surface']}: stage {shown['stage']}, canary share {shown['canary_share']:g}{reverted}")
+    guard = shown["guardrail"]
+    print(f"guardrail {guard['status'] or 'off'}: canary {guard['canary_mean_reward']:.4g} over "
+          f"{guard['canary_decisions']} decisions, control {guard['control_mean_reward']:.4g} over "
+          f"{guard['control_decisions']}; difference in [{guard['difference_low']:.4g}, "
+          f"{guard['difference_high']:.4g}] (tolerance {guard['tolerance']:g}, alpha {guard['alpha']:g})")
+    shadow = shown["shadow"]
+    print(f"shadow: {shadow['decisions']} decisions, top-1 match {shadow['top1_match']:.3f}, overlap@k "
+          f"{shadow['overlap_at_k']:.3f}, added latency p50 {shadow['added_latency_p50_ms']:.3g} ms, fallback rate "
+          f"{shadow['fallback_rate']:.3g}")
+    if not shown["history"]:
+        print("no rollout changes recorded")
+    for entry in shown["history"]:
+        by = f"{entry['actor']} (automatic)" if entry["automatic"] else entry["actor"]
+        print(f"#{entry['sequence']} {entry['changed_at']} {entry['outcome']:8} {entry['old_stage']} "
+              f"{entry['old_canary_share']:g} -> {entry['new_stage']} {entry['new_canary_share']:g} by {by}: "
+              f"{entry['reason'] or '(no reason given)'}")
+        for check in entry["failed_checks"]:
+            print(f"    failed {check}")
+    return 0
+
+
+def run_rollout_set(args: argparse.Namespace) -> int:
+    import grpc
+
+    from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
+
+    if args.stage is None and args.canary_share is None:
+        raise InvalidInput("--stage", "give --stage, --canary-share, or both")
+    actor = args.actor if args.actor is not None else _login_name()
+    if not actor.strip():
+        raise InvalidInput("--actor", "must not be empty")
+    request = admin_pb.SetRolloutRequest(surface=args.surface, actor=actor, reason=args.reason)
+    if args.stage is not None:
+        request.stage = admin_pb.RolloutStage.Value(f"ROLLOUT_STAGE_{args.stage.upper()}")
+    if args.canary_share is not None:
+        request.canary_share = args.canary_share
+    channel, stub = _stub(args.server)
+    try:
+        reply = stub.SetRollout(request, timeout=args.timeout)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+            return _rpc_error(exc, args.server)
+        checks = _failed_checks(exc)
+        if not checks:  # a server without the metadata: its message still lists the checks
+            print(f"refused: {exc.details()}", file=sys.stderr)
+        else:
+            print(f"refused: the guardrail did not allow moving surface {args.surface!r} forward", file=sys.stderr)
+        for check in checks:
+            print(f"failed check {check}", file=sys.stderr)
+        return EXIT_REFUSED
+    finally:
+        channel.close()
+    change = reply.change
+    print(f"surface {args.surface}: {_stage_name(change.old_stage)} {change.old_canary_share:g} -> "
+          f"{_stage_name(reply.stage)} {reply.canary_share:g} (audit #{change.sequence})")
+    return 0
