@@ -30,7 +30,6 @@ from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.policy import Decision, LongTermValue, NoLongTermValue, SurfacePolicy, decision_to_event
 from recsys_rl.serving.requests import validate_outcome_request, validate_rank_request
 from recsys_rl.serving.shadow import ShadowStats, ShadowTracker
-from recsys_rl.rollout.config import RolloutState
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.serving.registry import Checkpoint, ModelRegistry
 from recsys_rl.serving.supervisor import LearnerSupervisor
@@ -46,7 +45,6 @@ class _Surface:
     config: SurfaceConfig
     policy: SurfacePolicy
     tracker: OutcomeTracker
-    rollout: RolloutState  # the configured rollout (``DecisionService.rollout_state``)
     shadow: ShadowTracker
 
 
@@ -151,13 +149,6 @@ class DecisionService:
             log.info("recovered %d decisions with open attribution windows (and %d outcome ids) from the log",
                      recovered, restored)
 
-    def rollout_state(self, surface: str) -> RolloutState:
-        """The rollout in force for ``surface``, read on every Rank (one attribute load: keep it cheap).
-
-        For now the configured one (``SurfaceConfig.rollout``); the rollout store replaces this body.
-        """
-        return self._entry(surface).rollout
-
     def shadow_stats(self, surface: str) -> ShadowStats:
         """Agreement, added latency and fallback rate of ``surface``'s shadow decisions since the server started."""
         return self._entry(surface).shadow.snapshot()
@@ -214,11 +205,13 @@ class DecisionService:
         long_term = self._long_term if surface.model.long_term_weight > 0 and self._long_term else NoLongTermValue()
         policy = SurfacePolicy(surface, serving, checkpoint.version, server_seed=self.config.seed,
                                long_term=long_term)
-        rollout = RolloutState(stage=surface.rollout.initial_stage, canary_share=surface.rollout.canary_share)
-        return _Surface(surface, policy, OutcomeTracker(surface), rollout, ShadowTracker())
+        return _Surface(surface, policy, OutcomeTracker(surface), ShadowTracker())
 
     def refresh_models(self) -> list[str]:
-        """Loads every surface's newest published version if it is not the one serving; returns the swaps."""
+        """Loads every surface's newest published version if it is not the one serving; returns the swaps.
+
+        On the same tick the rollout store re-reads a state another process changed (cheap when nothing did)."""
+        self.rollout.refresh()
         swapped = []
         for name, entry in self._surfaces.items():
             pointer = self.registry.latest_version(name)
@@ -363,13 +356,9 @@ class DecisionService:
         """The rollout stage and canary share in force for ``surface`` (lock-free: read on every Rank)."""
         return self.rollout.state(surface)
 
-    # Rollout hooks PolicyAdminService reads; the guardrail and shadow parts fill them in (None: nothing yet).
+    # Rollout hooks PolicyAdminService reads; the guardrail fills them in (None: nothing yet).
     def guardrail_state(self, surface: str) -> object | None:
         """The canary − control comparison (GuardrailState's fields, as a dataclass or mapping), or None."""
-        return None
-
-    def shadow_stats(self, surface: str) -> object | None:
-        """The shadow policy against the served baseline (ShadowStats' fields), or None."""
         return None
 
     def rollout_evidence(self, surface: str, stage: Stage, canary_share: float) -> GuardrailEvidence | None:
