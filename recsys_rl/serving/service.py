@@ -24,6 +24,10 @@ from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
 from recsys_rl.serving.learner import ModelWatcher
 from recsys_rl.serving.log_guard import LOG_UNAVAILABLE, LogGuard
 from recsys_rl.serving.outcomes import OutcomeAck, OutcomeTracker
+from recsys_rl.rollout.config import RolloutState, Stage
+from recsys_rl.rollout.evidence import GuardrailEvidence
+from recsys_rl.rollout.guardrail import GuardrailSnapshot
+from recsys_rl.rollout.monitor import RolloutMonitor, evidence_json
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.policy import Decision, LongTermValue, NoLongTermValue, SurfacePolicy, decision_to_event
 from recsys_rl.serving.requests import validate_outcome_request, validate_rank_request
@@ -70,6 +74,9 @@ class DecisionService:
         # Supervised: a learner that dies is logged and restarted with backoff while serving goes on.
         self._learner = None if learner == "off" else LearnerSupervisor.for_mode(learner, config, self.data_dir)
         self._watcher = ModelWatcher(self.refresh_models).start() if watch_models else None
+        # The canary's guardrails: fed as attribution windows close, revert a failing surface by themselves.
+        self.monitor = RolloutMonitor(self.surfaces, self._revert_rollout,
+                                      trackers=lambda: {n: e.tracker for n, e in self._surfaces.items()}).start()
 
     def _apply_approved_caps(self) -> None:
         """Caps survive restarts, and a configuration cannot raise one past what was approved (invariant 2).
@@ -275,8 +282,10 @@ class DecisionService:
         except LogUnavailable:  # the disk failed since ready(): this decision is not served, the baseline is
             return self.log_guard.unlogged(entry.policy.rank(request, deadline=deadline, baseline=baseline,
                                                              serve_baseline=LOG_UNAVAILABLE))
+        tag = self.monitor.decided(request.surface, self.rollout_state(request.surface).stage,
+                                   decision.serving_mode, latency_ms=latency_us / 1000)
         entry.tracker.track(event_id, served_at_ns // 1000, [slot.item_id for slot in decision.slots],
-                            request=request if self._long_term is not None else None)
+                            request=request if self._long_term is not None else None, reward_tag=tag)
         return decision, event_id
 
     def report_outcome(self, request: pb.ReportOutcomeRequest) -> OutcomeAck:
@@ -318,6 +327,9 @@ class DecisionService:
             raise self.log_guard.refuse_outcome() from exc
         # Only once the outcome is queued: a retry after a refusal above is then counted exactly once.
         entry.tracker.remember(request.event_id, request.outcome_id, ack.attributed)
+        if ack.attributed:  # a canary-stage decision's reward for the guardrail (no-op for unwatched ones)
+            entry.tracker.count_reward(request.event_id, request.item_id, request.outcome, request.value,
+                                       occurred_ns // 1000, request.outcome_id)
         if ack.attributed and request.item_id and self._long_term is not None and request.value > 0:
             served = entry.tracker.request_of(request.event_id)
             if served is not None:  # the slate-RL user state follows what the user engaged with
@@ -335,6 +347,26 @@ class DecisionService:
     def set_cap(self, surface: str, cap: float) -> None:
         self._entry(surface).policy.set_cap(cap)
 
+    def rollout_state(self, surface: str) -> RolloutState:
+        """The rollout in force (the store helper's accessor replaces this body: keep theirs when merging)."""
+        config = self._entry(surface).config.rollout
+        return RolloutState(stage=Stage(config.stage), canary_share=config.canary_share)
+
+    def guardrail_state(self, surface: str) -> GuardrailSnapshot | None:
+        """The canary guardrail's current estimates (None when the surface has none running)."""
+        self._entry(surface)
+        guardrail = self.monitor.guardrail(surface)
+        return guardrail.state() if guardrail is not None else None
+
+    def guardrail_evidence(self, surface: str, for_move: Stage) -> GuardrailEvidence | None:
+        """The forward-move evidence for the rollout store (None without a running canary guardrail)."""
+        guardrail = self.monitor.guardrail(surface)
+        return guardrail.evidence(for_move) if guardrail is not None else None
+
+    def _revert_rollout(self, surface: str, snapshot: GuardrailSnapshot) -> None:
+        """The guardrail's automatic move to stage baseline, audited with its estimates (the rollout store's)."""
+        self.rollout.revert(surface, reason=snapshot.reason, evidence_json=evidence_json(snapshot))
+
     def tracker(self, surface: str) -> OutcomeTracker:
         return self._entry(surface).tracker
 
@@ -346,5 +378,6 @@ class DecisionService:
         self.log_guard.close()  # writes a pending gap record, gives up on a failing disk in bounded time
         if self._watcher is not None:
             self._watcher.stop()
+        self.monitor.stop()
         if self._learner is not None:
             self._learner.stop(LEARNER_STOP_S)
