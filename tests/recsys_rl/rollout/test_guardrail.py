@@ -133,7 +133,7 @@ def test_evidence_names_the_checks_a_forward_move_needs() -> None:
         guardrail.observe("control", float(rng.random() < 0.5))
         guardrail.observe_decision("canary", False, 2.0)
     evidence = guardrail.evidence("canary")
-    assert evidence.passed, evidence.failed_checks
+    assert evidence.passed, evidence.failed_checks()
     assert guardrail.state().status == "holding"
     assert evidence.estimates["canary_decisions"] == 200 and "difference_high" in evidence.estimates
     # means are reported in the reward's own units, not the rescaled [0, 1]
