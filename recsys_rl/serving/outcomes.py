@@ -17,7 +17,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from logging_schema.rewards import OutcomeValueError, RewardDefinition, UnknownOutcomeError
+from logging_schema.rewards import DecisionRewards, OutcomeValueError, RewardDefinition, UnknownOutcomeError
 from recsys_rl.config import SurfaceConfig
 from recsys_rl.errors import InvalidInput, NotFound
 
@@ -45,6 +45,16 @@ def check_outcome_id(outcome_id: str) -> None:
                                          f"got {len(outcome_id.encode('utf-8', 'surrogatepass'))}")
 
 
+def decision_reward(rewards: DecisionRewards) -> float:
+    """One decision's reward for the canary's guardrail: the mean slot reward under the reward rule.
+
+    The same per-slot rewards the learner learns from (``DecisionRewards``); their mean stays inside the declared
+    range [low, high]. Whole-slate outcomes are not in it: they belong to the slate-level model, as in learning.
+    """
+    slots = rewards.slot_rewards()
+    return sum(slots) / len(slots) if slots else 0.0
+
+
 @dataclass(frozen=True)
 class OutcomeAck:
     """ReportOutcome's answer: whether the outcome counts, and whether it repeats an acknowledged outcome_id."""
@@ -60,6 +70,9 @@ class _Tracked:
     position_of: dict[str, int]
     request: object | None  # the RankRequest, kept only when a long-term model observes clicks
     seen: dict[str, bool] = field(default_factory=dict)  # outcome_id -> the first answer's ``attributed``
+    # Only for decisions someone watches (the canary's guardrail): the reward rule applied as outcomes arrive.
+    rewards: DecisionRewards | None = None
+    reward_tag: object | None = None
 
 
 class OutcomeTracker:
@@ -75,16 +88,25 @@ class OutcomeTracker:
         # Closed decisions keep their seen ids (usually none), so a retry just after the window still gets the
         # first answer rather than being logged again as "late".
         self._closed: OrderedDict[str, dict[str, bool]] = OrderedDict()
+        # (reward_tag, reward) of watched decisions whose windows closed, until drain_closed_rewards() takes them.
+        self._closed_rewards: deque[tuple[object, float]] = deque()
         self.attributed = 0
         self.late = 0
         self.duplicates = 0
 
     def track(self, event_id: str, served_at_us: int, slate_item_ids: list[str], *,
-              request: object | None = None) -> None:
-        """Starts tracking a decision served at ``served_at_us`` (integer µs, as its DecisionEvent logs it)."""
+              request: object | None = None, reward_tag: object | None = None) -> None:
+        """Starts tracking a decision served at ``served_at_us`` (integer µs, as its DecisionEvent logs it).
+
+        ``reward_tag`` (not None): also compute the decision's reward (``decision_reward``) and hand it out with
+        the tag through ``drain_closed_rewards`` once the window closes.
+        """
         deadline_s = (served_at_us + self.reward.window_us) / 1e6
         tracked = _Tracked(served_at_us, deadline_s,
                            {item_id: position for position, item_id in enumerate(slate_item_ids)}, request)
+        if reward_tag is not None:
+            tracked.rewards = DecisionRewards(self.reward, served_at_us, slate_item_ids)
+            tracked.reward_tag = reward_tag
         with self._lock:
             self._open[event_id] = tracked
             self._order.append((deadline_s, event_id))
@@ -96,8 +118,30 @@ class OutcomeTracker:
             tracked = self._open.pop(event_id, None)
             if tracked is not None:
                 self._closed[event_id] = tracked.seen
+                if tracked.rewards is not None:
+                    self._closed_rewards.append((tracked.reward_tag, decision_reward(tracked.rewards)))
         while len(self._closed) > _CLOSED_MEMORY:
             self._closed.popitem(last=False)
+
+    def expire(self) -> None:
+        """Closes the windows that are over now (``track`` does it too, but traffic may stop)."""
+        with self._lock:
+            self._expire(self._clock())
+
+    def drain_closed_rewards(self) -> list[tuple[object, float]]:
+        """(reward_tag, reward) of the watched decisions closed since the last call, in closing order."""
+        with self._lock:
+            drained = list(self._closed_rewards)
+            self._closed_rewards.clear()
+            return drained
+
+    def count_reward(self, event_id: str, item_id: str, outcome: str, value: float, occurred_at_us: int,
+                     outcome_id: str = "") -> None:
+        """Adds an acknowledged (queued) outcome to a watched decision's reward. No-op for others."""
+        with self._lock:
+            tracked = self._open.get(event_id)
+            if tracked is not None and tracked.rewards is not None:
+                tracked.rewards.add(item_id, outcome, value, occurred_at_us, outcome_id)
 
     def request_of(self, event_id: str) -> object | None:
         """The tracked RankRequest of an open decision (None when not kept or already closed)."""

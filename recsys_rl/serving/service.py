@@ -7,6 +7,7 @@ the log writer's queue, track it for outcome attribution, and only then return (
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -26,6 +27,8 @@ from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
 from recsys_rl.serving.learner import ModelWatcher
 from recsys_rl.serving.log_guard import LOG_UNAVAILABLE, LogGuard
 from recsys_rl.serving.outcomes import OutcomeAck, OutcomeTracker
+from recsys_rl.rollout.guardrail import GuardrailSnapshot
+from recsys_rl.rollout.monitor import RolloutMonitor, evidence_json
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.policy import Decision, LongTermValue, NoLongTermValue, SurfacePolicy, decision_to_event
 from recsys_rl.serving.requests import validate_outcome_request, validate_rank_request
@@ -76,6 +79,9 @@ class DecisionService:
         # Supervised: a learner that dies is logged and restarted with backoff while serving goes on.
         self._learner = None if learner == "off" else LearnerSupervisor.for_mode(learner, config, self.data_dir)
         self._watcher = ModelWatcher(self.refresh_models).start() if watch_models else None
+        # The canary's guardrails: fed as attribution windows close, revert a failing surface by themselves.
+        self.monitor = RolloutMonitor(self.surfaces, self._revert_rollout,
+                                      trackers=lambda: {n: e.tracker for n, e in self._surfaces.items()}).start()
 
     def _apply_approved_caps(self) -> None:
         """Caps survive restarts, and a configuration cannot raise one past what was approved (invariant 2).
@@ -292,8 +298,9 @@ class DecisionService:
                                                              serve_baseline=LOG_UNAVAILABLE, rollout=rollout))
         if decision.shadow is not None:
             entry.shadow.record(decision, decision.shadow, decision.shadow_latency_us)
+        tag = self.monitor.decided(request.surface, rollout.stage, decision.serving_mode, latency_ms=latency_us / 1000)
         entry.tracker.track(event_id, served_at_ns // 1000, [slot.item_id for slot in decision.slots],
-                            request=request if self._long_term is not None else None)
+                            request=request if self._long_term is not None else None, reward_tag=tag)
         return decision, event_id
 
     def report_outcome(self, request: pb.ReportOutcomeRequest) -> OutcomeAck:
@@ -335,6 +342,9 @@ class DecisionService:
             raise self.log_guard.refuse_outcome() from exc
         # Only once the outcome is queued: a retry after a refusal above is then counted exactly once.
         entry.tracker.remember(request.event_id, request.outcome_id, ack.attributed)
+        if ack.attributed:  # a canary-stage decision's reward for the guardrail (no-op for unwatched ones)
+            entry.tracker.count_reward(request.event_id, request.item_id, request.outcome, request.value,
+                                       occurred_ns // 1000, request.outcome_id)
         if ack.attributed and request.item_id and self._long_term is not None and request.value > 0:
             served = entry.tracker.request_of(request.event_id)
             if served is not None:  # the slate-RL user state follows what the user engaged with
@@ -356,14 +366,43 @@ class DecisionService:
         """The rollout stage and canary share in force for ``surface`` (lock-free: read on every Rank)."""
         return self.rollout.state(surface)
 
-    # Rollout hooks PolicyAdminService reads; the guardrail fills them in (None: nothing yet).
-    def guardrail_state(self, surface: str) -> object | None:
-        """The canary − control comparison (GuardrailState's fields, as a dataclass or mapping), or None."""
-        return None
+    def guardrail_state(self, surface: str) -> GuardrailSnapshot | None:
+        """The canary guardrail's current estimates (None when the surface has none running)."""
+        self._entry(surface)
+        guardrail = self.monitor.guardrail(surface)
+        return guardrail.state() if guardrail is not None else None
+
+    def guardrail_evidence(self, surface: str, for_move: Stage) -> GuardrailEvidence | None:
+        """The forward-move evidence of the running canary guardrail (None without one)."""
+        guardrail = self.monitor.guardrail(surface)
+        return guardrail.evidence(for_move) if guardrail is not None else None
 
     def rollout_evidence(self, surface: str, stage: Stage, canary_share: float) -> GuardrailEvidence | None:
-        """The guardrail's evidence for moving ``surface`` forward to (stage, canary_share); None: none yet."""
+        """What a forward move of ``surface`` to (stage, canary_share) is judged on (None: no evidence exists).
+
+        baseline → shadow changes nothing users see; shadow → canary needs ``min_decisions`` shadow decisions and a
+        shadow fallback rate within ``max_fallback_rate``; a larger share or live needs the canary guardrail's
+        checks. Anything else (e.g. baseline → canary) has no evidence and is refused: go through the stages.
+        """
+        current = self.rollout_state(surface).stage
+        config = self._entry(surface).config.rollout
+        if stage is Stage.SHADOW and current is Stage.BASELINE:
+            return GuardrailEvidence([("users_keep_the_baseline", True, "shadow serves the baseline order")])
+        if stage is Stage.CANARY and current is Stage.SHADOW:
+            shadow = self.shadow_stats(surface)
+            return GuardrailEvidence([
+                ("shadow_decisions", shadow.decisions >= config.min_decisions,
+                 f"{shadow.decisions} of {config.min_decisions}"),
+                ("shadow_fallback_rate", shadow.fallback_rate <= config.max_fallback_rate,
+                 f"{shadow.fallback_rate:.4f} (max {config.max_fallback_rate:g})"),
+            ], {"shadow": dataclasses.asdict(shadow)})
+        if current is Stage.CANARY:
+            return self.guardrail_evidence(surface, stage)
         return None
+
+    def _revert_rollout(self, surface: str, snapshot: GuardrailSnapshot) -> None:
+        """The guardrail's automatic move to stage baseline, audited with its estimates (the rollout store's)."""
+        self.rollout.revert(surface, reason=snapshot.reason, evidence_json=evidence_json(snapshot))
 
     def tracker(self, surface: str) -> OutcomeTracker:
         return self._entry(surface).tracker
@@ -376,5 +415,6 @@ class DecisionService:
         self.log_guard.close()  # writes a pending gap record, gives up on a failing disk in bounded time
         if self._watcher is not None:
             self._watcher.stop()
+        self.monitor.stop()
         if self._learner is not None:
             self._learner.stop(LEARNER_STOP_S)

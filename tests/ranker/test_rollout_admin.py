@@ -1,7 +1,8 @@
 """GetRollout/SetRollout and ``recsys-rl rollout show|set`` on a real server (127.0.0.1:0).
 
-Until the guardrail part lands, ``DecisionService.rollout_evidence`` returns None, so every forward move is
-refused; tests that need an accepted forward move give the service a simple evidence function.
+``DecisionService.rollout_evidence`` judges forward moves (baseline → shadow always; shadow → canary on the shadow's
+statistics; out of the canary on the guardrail); tests that need a particular verdict give the service a simple
+evidence function.
 """
 
 from __future__ import annotations
@@ -198,3 +199,27 @@ def test_cli_refused_forward_move_exits_3_with_the_failed_checks(start) -> None:
     assert done.returncode == 3, done.stderr
     assert "failed check guardrail: no guardrail evidence is available" in done.stderr
     assert _get(running).stage == admin_pb.ROLLOUT_STAGE_CANARY
+
+
+def test_the_stages_in_order_on_the_services_own_evidence(start) -> None:
+    """baseline → canary is refused (no evidence skips the shadow); baseline → shadow is accepted; shadow → canary is
+    refused until min_decisions shadow decisions, then accepted; canary → live needs the guardrail's decisions."""
+    config = ServiceConfig(surfaces={name: replace(s, rollout=RolloutConfig(stage="baseline", min_decisions=20))
+                                     for name, s in default_config().surfaces.items()})
+    running = start(config)
+    with pytest.raises(grpc.RpcError) as refused:
+        _set(running, admin_pb.ROLLOUT_STAGE_CANARY, 0.5)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert _set(running, admin_pb.ROLLOUT_STAGE_SHADOW).stage == admin_pb.ROLLOUT_STAGE_SHADOW
+    with pytest.raises(grpc.RpcError) as early:
+        _set(running, admin_pb.ROLLOUT_STAGE_CANARY, 0.5)
+    assert early.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "shadow_decisions" in early.value.details()
+    stub = pb_grpc.RankingServiceStub(running.channel)
+    for i in range(20):
+        stub.Rank(make_request(request_id=f"s{i}", user_id=f"u{i}"), timeout=10)
+    assert _get(running).shadow.decisions == 20
+    assert _set(running, admin_pb.ROLLOUT_STAGE_CANARY, 0.5).stage == admin_pb.ROLLOUT_STAGE_CANARY
+    with pytest.raises(grpc.RpcError) as no_guardrail_yet:
+        _set(running, admin_pb.ROLLOUT_STAGE_LIVE)
+    assert no_guardrail_yet.value.code() == grpc.StatusCode.FAILED_PRECONDITION
