@@ -12,7 +12,9 @@ Arms: SERVING_MODE_CANARY → canary; SERVING_MODE_BASELINE_FALLBACK at stage ca
 served the baseline without the model, so a fallback is a canary user's: intent to treat); SERVING_MODE_BASELINE
 → control. A new guardrail starts whenever a surface enters the canary stage again (after a revert, a person's
 re-arm); a ramp within the canary keeps it (the two-sample comparison does not depend on the share). Guardrail
-state lives in memory: after a restart it starts collecting again.
+state lives in memory: after a restart it starts collecting again. With ``auto_advance`` on, a surface whose
+guardrail holds moves one ``ramp`` step (``on_advance``: the rollout store judges the guardrail's evidence) each
+time ``min_decisions`` more canary decisions have come in since the last step; after the last step it is live.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from recsys_rl.serving.outcomes import OutcomeTracker
 log = logging.getLogger(__name__)
 
 OnRevert = Callable[[str, GuardrailSnapshot], None]
+# Called for a surface whose auto_advance is on once its guardrail has held for min_decisions more canary decisions
+# since the last step; True when the surface moved one ramp step (the rollout store judges the guardrail's evidence).
+OnAdvance = Callable[[str, Guardrail], bool]
 
 _ARM_OF_MODE = {
     pb.SERVING_MODE_CANARY: Arm.CANARY,
@@ -54,7 +59,7 @@ class RolloutMonitor:
 
     def __init__(self, surfaces: Mapping[str, SurfaceConfig], on_revert: OnRevert, *,
                  trackers: Callable[[], Mapping[str, OutcomeTracker]], interval_s: float = 0.1,
-                 min_health_decisions: int = 100) -> None:
+                 min_health_decisions: int = 100, on_advance: OnAdvance | None = None) -> None:
         self._surfaces = dict(surfaces)
         self._on_revert = on_revert
         self._trackers = trackers
@@ -63,6 +68,8 @@ class RolloutMonitor:
         self._lock = threading.Lock()
         self._guardrails: dict[str, Guardrail] = {}  # the guardrail in force per surface at stage canary
         self._reverted: set[int] = set()  # id() of guardrails whose failure was acted on
+        self._on_advance = on_advance
+        self._advanced_at: dict[int, int] = {}  # id() of a guardrail -> its canary decisions at the last ramp step
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="rollout-monitor", daemon=True)
 
@@ -118,7 +125,26 @@ class RolloutMonitor:
             except Exception:  # noqa: BLE001 - serving goes on; the failure stays visible in state()
                 log.exception("surface %s: the automatic revert failed", surface)
             reverted.append(surface)
+        self._advance_held()
         return reverted
+
+    def _advance_held(self) -> None:
+        """auto_advance: one ramp step per min_decisions canary decisions the guardrail has held for."""
+        if self._on_advance is None:
+            return
+        for surface, guardrail in list(self._guardrails.items()):
+            config = self._surfaces[surface].rollout
+            if not config.auto_advance or id(guardrail) in self._reverted:
+                continue
+            snapshot = guardrail.state()
+            since = self._advanced_at.get(id(guardrail), 0)
+            if snapshot.status != "holding" or snapshot.canary_decisions - since < config.min_decisions:
+                continue
+            try:
+                if self._on_advance(surface, guardrail):
+                    self._advanced_at[id(guardrail)] = snapshot.canary_decisions
+            except Exception:  # noqa: BLE001 - serving goes on; the next tick asks again
+                log.exception("surface %s: the automatic advance failed", surface)
 
     def start(self) -> RolloutMonitor:
         self._thread.start()
@@ -142,4 +168,4 @@ def evidence_json(snapshot: GuardrailSnapshot) -> str:
     return json.dumps(snapshot.to_dict(), sort_keys=True)
 
 
-__all__ = ["OnRevert", "RewardTag", "RolloutMonitor", "evidence_json"]
+__all__ = ["OnAdvance", "OnRevert", "RewardTag", "RolloutMonitor", "evidence_json"]

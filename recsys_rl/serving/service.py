@@ -27,7 +27,7 @@ from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
 from recsys_rl.serving.learner import ModelWatcher
 from recsys_rl.serving.log_guard import LOG_UNAVAILABLE, LogGuard
 from recsys_rl.serving.outcomes import OutcomeAck, OutcomeTracker
-from recsys_rl.rollout.guardrail import GuardrailSnapshot
+from recsys_rl.rollout.guardrail import Guardrail, GuardrailSnapshot
 from recsys_rl.rollout.monitor import RolloutMonitor, evidence_json
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.policy import Decision, LongTermValue, NoLongTermValue, SurfacePolicy, decision_to_event
@@ -81,7 +81,8 @@ class DecisionService:
         self._watcher = ModelWatcher(self.refresh_models).start() if watch_models else None
         # The canary's guardrails: fed as attribution windows close, revert a failing surface by themselves.
         self.monitor = RolloutMonitor(self.surfaces, self._revert_rollout,
-                                      trackers=lambda: {n: e.tracker for n, e in self._surfaces.items()}).start()
+                                      trackers=lambda: {n: e.tracker for n, e in self._surfaces.items()},
+                                      on_advance=self._advance_rollout).start()
 
     def _apply_approved_caps(self) -> None:
         """Caps survive restarts, and a configuration cannot raise one past what was approved (invariant 2).
@@ -399,6 +400,15 @@ class DecisionService:
         if current is Stage.CANARY:
             return self.guardrail_evidence(surface, stage)
         return None
+
+    def _advance_rollout(self, surface: str, guardrail: Guardrail) -> bool:
+        """auto_advance: one ramp step, audited by the rollout store when the guardrail's evidence passes."""
+        entry = self.rollout.advance(surface, evidence=lambda: guardrail.evidence(Stage.LIVE))
+        if entry is not None:
+            state = self.rollout.state(surface)
+            log.info("surface %s: the guardrail held; rollout advanced to %s (canary share %g)", surface,
+                     state.stage.value, state.canary_share)
+        return entry is not None
 
     def _revert_rollout(self, surface: str, snapshot: GuardrailSnapshot) -> None:
         """The guardrail's automatic move to stage baseline, audited with its estimates (the rollout store's)."""

@@ -83,3 +83,32 @@ def test_guardrail_state_is_reported_while_collecting(start_server) -> None:
     assert state.stage == admin_pb.ROLLOUT_STAGE_CANARY
     assert state.guardrail.status == "collecting" and state.guardrail.alpha == 0.05
     assert state.guardrail.tolerance == 0.01
+
+
+def test_a_holding_canary_advances_by_itself_with_auto_advance(start_server) -> None:
+    """auto_advance over a real server: equal click odds in both arms, so the guardrail holds; after min_decisions
+    per arm the surface takes the ramp's next step (here: live), audited as automatic with the guardrail's checks."""
+    config = parse_config({"surfaces": {"feed": {
+        "reward": {"attribution_window_seconds": 0.2},
+        "rollout": {"stage": "canary", "canary_share": 0.5, "min_decisions": 50, "tolerance": 0.2,
+                    "auto_advance": True, "ramp": [0.5, 1.0]},
+    }}})
+    running = start_server(config)
+    admin = admin_grpc.PolicyAdminServiceStub(running.channel)
+    rng = random.Random(23)
+    deadline = time.monotonic() + 45
+    n = 0
+    state = admin.GetRollout(admin_pb.GetRolloutRequest(surface="feed"), timeout=5)
+    while time.monotonic() < deadline and state.stage != admin_pb.ROLLOUT_STAGE_LIVE:
+        n += 1
+        response = running.stub.Rank(_page_view(rng, n), timeout=5)
+        if rng.random() < 0.3:  # the same odds whoever served: an A/A canary
+            running.stub.ReportOutcome(pb.ReportOutcomeRequest(
+                event_id=response.event_id, item_id=response.slate[0].item_id, outcome="click", value=1.0), timeout=5)
+        if n % 25 == 0:
+            state = admin.GetRollout(admin_pb.GetRolloutRequest(surface="feed", history_limit=10), timeout=5)
+        time.sleep(0.002)  # host pacing, as above
+    assert state.stage == admin_pb.ROLLOUT_STAGE_LIVE, f"still {state.stage} after {n} page views"
+    advance = [c for c in state.history if c.automatic and c.new_stage == admin_pb.ROLLOUT_STAGE_LIVE]
+    assert advance and "canary_decisions" in advance[-1].evidence_json and not state.reverted
+    assert running.stub.Rank(_page_view(rng, n + 1), timeout=5).serving_mode == pb.SERVING_MODE_LEARNED

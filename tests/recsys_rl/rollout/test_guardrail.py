@@ -216,3 +216,45 @@ def test_monitor_ignores_other_stages_and_modes() -> None:
     fallback = monitor.decided("feed", Stage.CANARY, pb.SERVING_MODE_BASELINE_FALLBACK, latency_ms=1.0)
     assert fallback is not None and fallback.arm.value == "canary"  # intent to treat
     assert fallback.guardrail.state().canary_fallback_rate == 1.0
+
+
+def test_monitor_auto_advances_one_ramp_step_per_min_decisions_held() -> None:
+    """auto_advance: a holding guardrail asks for a step each time min_decisions more canary decisions came in;
+    a guardrail still collecting, or a surface without auto_advance, never does."""
+    rollout = RolloutConfig(stage="canary", canary_share=0.5, min_decisions=40, tolerance=0.05, auto_advance=True)
+    surface = replace(SurfaceConfig(name="feed"), rollout=rollout)
+    clock = _Clock()
+    tracker = OutcomeTracker(surface, clock=clock)
+    steps: list[int] = []
+
+    def advance(name: str, guardrail: Guardrail) -> bool:
+        steps.append(guardrail.state().canary_decisions)
+        return True
+
+    monitor = RolloutMonitor({"feed": surface}, lambda s, snap: None, trackers=lambda: {"feed": tracker},
+                             on_advance=advance)
+    rng = random.Random(9)
+    for n in range(1, 601):
+        canary = n % 2 == 0
+        tag = monitor.decided("feed", Stage.CANARY, pb.SERVING_MODE_CANARY if canary else pb.SERVING_MODE_BASELINE,
+                              latency_ms=1.0)
+        served_us = int(clock.now * 1e6)
+        tracker.track(f"e{n}", served_us, ["a"], reward_tag=tag)
+        if rng.random() < 0.3:  # equal click rates in both arms: the guardrail holds
+            tracker.count_reward(f"e{n}", "a", "click", 1.0, served_us + 1000)
+        clock.now += 0.05
+        if n % 20 == 0:
+            monitor.poll()
+    clock.now += 10
+    monitor.poll()
+    assert steps, "a holding guardrail never asked to advance"
+    assert steps[0] >= 40 and all(b - a >= 40 for a, b in zip(steps, steps[1:]))
+    assert monitor.guardrail("feed").state().status == "holding"
+
+    off = replace(SurfaceConfig(name="feed"), rollout=replace(rollout, auto_advance=False))
+    quiet = RolloutMonitor({"feed": off}, lambda s, snap: None, trackers=dict, on_advance=advance)
+    steps.clear()
+    for _ in range(200):
+        quiet.decided("feed", Stage.CANARY, pb.SERVING_MODE_CANARY, latency_ms=1.0)
+    quiet.poll()
+    assert steps == []
