@@ -184,7 +184,7 @@ class Guardrail:
         self._lock = threading.Lock()
         delta = config.alpha / 2.0  # two one-sided events per bound on Δ: the union bound gives α
         # Bets tuned for min_decisions per arm: the bounds are tightest where a team reads them (any horizon is
-        # valid; measured in docs/rollout-guardrail.md, 300-1000 detect fastest, 1 (pure t·log t) ~1.5x slower).
+        # valid; measured in docs/rollout.md, 300-1000 detect fastest, 1 (pure t·log t) ~1.5x slower).
         horizon = config.min_decisions
         self._rewards = {Arm.CANARY: MeanConfidenceSequence(delta, horizon=horizon),
                          Arm.CONTROL: MeanConfidenceSequence(delta, horizon=horizon)}
