@@ -22,6 +22,7 @@ OUT = REPO / "docs" / "benchmarks.md"
 BENCHES: list[tuple[str, str, str]] = [
     ("rank", "bench.rank_bench", "Rank latency vs grpc.health Check (issue 2)"),
     ("decision_path", "bench.decision_path_bench", "Rank before and after the single decision path (issue 7)"),
+    ("guardrail", "bench.guardrail_bench", "Canary guardrail: detection delay and false reverts (issue 9)"),
     ("shadow", "bench.shadow_bench", "Rank at rollout stage shadow vs live (issue 9)"),
     ("long_term", "bench.long_term_bench", "Slate-RL inference inside Rank (issue 4)"),
     ("slateq_train", "bench.slateq_train_bench", "Slate-RL offline training (issue 4)"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 import sys
 from typing import Any
 
@@ -42,6 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     show.add_argument("--surface", default="default")
     show.add_argument("--limit", type=int, default=20, help="most recent audit entries (0 = all)")
     show.add_argument("--format", choices=("table", "json"), default="table")
+    show.add_argument("--data-dir", help="the server's data dir: also estimate the learned policy's value from its logs "
+                                         "(replay `current`, standard IPS and RIPS, --ci auto, with verdicts)")
+    show.add_argument("--config", help="TOML surface configuration of the server (with --data-dir; default: embedded)")
     show.add_argument("--timeout", type=float, default=_DEFAULT_TIMEOUT_S, help="seconds")
     show.set_defaults(run=run_rollout_show)
 
@@ -99,6 +103,8 @@ def run_rollout_show(args: argparse.Namespace) -> int:
     shown = {"surface": reply.surface, "stage": _stage_name(reply.stage), "canary_share": reply.canary_share,
              "reverted": reply.reverted, "guardrail": _message_dict(reply.guardrail),
              "shadow": _message_dict(reply.shadow), "history": [_change_dict(c) for c in reply.history]}
+    if args.data_dir:
+        shown["counterfactual"] = counterfactual_value(Path(args.data_dir), args.surface, args.config)
     if args.format == "json":
         print(json.dumps(shown, indent=2))
         return 0
@@ -113,6 +119,10 @@ def run_rollout_show(args: argparse.Namespace) -> int:
     print(f"shadow: {shadow['decisions']} decisions, top-1 match {shadow['top1_match']:.3f}, overlap@k "
           f"{shadow['overlap_at_k']:.3f}, added latency p50 {shadow['added_latency_p50_ms']:.3g} ms, fallback rate "
           f"{shadow['fallback_rate']:.3g}")
+    for row in shown.get("counterfactual", []):
+        verdict = "ok" if row["verdict"] == "ok" else f"UNRELIABLE: {'; '.join(row['reasons'])}"
+        print(f"learned policy (replay current) {row['estimator']}: {row['value']:.4g} [{row['ci_low']:.4g}, "
+              f"{row['ci_high']:.4g}] {row['ci_method']}, ESS {row['ess']:.0f} - {verdict}")
     if not shown["history"]:
         print("no rollout changes recorded")
     for entry in shown["history"]:
@@ -123,6 +133,28 @@ def run_rollout_show(args: argparse.Namespace) -> int:
         for check in entry["failed_checks"]:
             print(f"    failed {check}")
     return 0
+
+
+def counterfactual_value(data_dir: Path, surface: str, config_path: str | None) -> list[dict[str, Any]]:
+    """The learned policy's (the registry's latest version) value on the surface's logs: replay + estimate with
+    ``auto`` intervals and verdicts - at stage shadow the logs are the baseline's, so the verdict says whether they
+    can answer. Raises InvalidInput (exit 2) for a bad data dir or config."""
+    from evaluators import estimate
+    from evaluators.replay.run import replay
+    from recsys_rl.config import ConfigError, default_config, load_config
+
+    try:
+        config = load_config(config_path) if config_path else default_config()
+    except ConfigError as exc:
+        key, _, reason = str(exc).partition(": ")
+        raise InvalidInput(key, reason) from exc
+    table = replay(data_dir, "current", surface=surface, config=config, progress=False)
+    result = estimate(table, ["standard_ips", "rips"], ci="auto")
+    rows = []
+    for row in result.iter_rows(named=True):
+        rows.append({key: row[key] for key in ("estimator", "value", "ci_low", "ci_high", "ci_method", "ess",
+                                               "verdict")} | {"reasons": [r for r in row["reasons"].split("; ") if r]})
+    return rows
 
 
 def run_rollout_set(args: argparse.Namespace) -> int:

@@ -223,3 +223,27 @@ def test_the_stages_in_order_on_the_services_own_evidence(start) -> None:
     with pytest.raises(grpc.RpcError) as no_guardrail_yet:
         _set(running, admin_pb.ROLLOUT_STAGE_LIVE)
     assert no_guardrail_yet.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_cli_show_with_the_data_dir_estimates_the_learned_policy_with_verdicts(
+        start, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`rollout show --data-dir`: the learned policy's value replayed from the shadow's logs, with auto intervals and
+    verdicts (on 60 baseline-served decisions: a wide finite-sample interval)."""
+    config = ServiceConfig(surfaces={name: replace(s, rollout=RolloutConfig(stage="shadow"))
+                                     for name, s in default_config().surfaces.items()})
+    running = start(config)
+    stub = pb_grpc.RankingServiceStub(running.channel)
+    for i in range(60):
+        stub.Rank(make_request(request_id=f"c{i}", user_id=f"u{i}"), timeout=10)
+    assert running.service.writer.flush(timeout=10)
+    server = ["--server", running.address, "--surface", "default"]
+    assert main(["rollout", "show", *server, "--format", "json", "--data-dir", str(tmp_path / "data")]) == 0
+    rows = json.loads(capsys.readouterr().out)["counterfactual"]
+    assert [r["estimator"] for r in rows] == ["standard_ips", "rips"]
+    for row in rows:  # few decisions: auto bounds with the finite-sample betting interval, and a verdict is given
+        assert row["ci_method"] == "betting" and row["ci_low"] <= row["value"] <= row["ci_high"]
+        assert row["verdict"] in ("ok", "unreliable") and isinstance(row["reasons"], list)
+    assert main(["rollout", "show", *server, "--data-dir", str(tmp_path / "data")]) == 0
+    assert "learned policy (replay current) standard_ips" in capsys.readouterr().out
+    assert main(["rollout", "show", *server, "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert "data_dir" in capsys.readouterr().err
