@@ -178,9 +178,13 @@ def test_failed_truncate_abandons_the_segment_and_nothing_is_lost(
     writer = LogWriter(tmp_path)
     writer.submit(decision_record("e0"))
     assert writer.flush(timeout=WAIT_S)  # a segment is open and holds a record
+    disk.release.clear()
     disk.failing.set()
-    for i in range(1, 6):
+    writer.submit(decision_record("e1"))
+    assert disk.entered.wait(WAIT_S)  # the writer is inside the failing disk: the rest are accepted, not refused
+    for i in range(2, 6):
         writer.submit(decision_record(f"e{i}"))
+    disk.release.set()
     _wait_until(lambda: not writer.available)
     disk.failing.clear()
     _wait_until(lambda: writer.available)
@@ -208,13 +212,19 @@ def test_a_build_that_raises_is_skipped_counted_and_logging_goes_on(tmp_path: Pa
 
 
 def test_close_on_a_disk_that_never_recovers_returns_in_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    all_submitted = threading.Event()
+
     def full_disk(fd: int, data: bytes) -> int:
+        # The first write fails only once all ten are accepted: otherwise a writer thread faster than this loop
+        # would turn unavailable half way and refuse the rest (a race, not the contract under test).
+        all_submitted.wait(10)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(writer_module, "_write", full_disk)
     writer = LogWriter(tmp_path)
     for i in range(10):
         writer.submit(decision_record(f"e{i}"))
+    all_submitted.set()
     _wait_until(lambda: not writer.available)
     started = time.monotonic()
     with pytest.raises(LogRecordsLost, match="10 accepted records could not be written") as info:
