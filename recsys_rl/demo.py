@@ -194,7 +194,8 @@ def rollout_section(data_dir: Path, requests: int, seed: int) -> None:
     model = train_model(data_dir / "rollout-bad-train", requests=requests // 10, click_weight=-1.0, seed=seed)
     result = run_bad(bad, data_dir / "rollout-bad", model)
     if result.revert_entry is not None:
-        print("The guardrail's automatic revert, as the audit trail has it:")
+        at = next(at for at, label in result.marks if label == "automatic revert")
+        print(f"reverted automatically after {at:,} page views of the canary; the audit entry:")
         print(format_revert(result.revert_entry))
     else:
         print(f"not reverted within {bad.requests:,} page views (final stage {result.final_stage})")

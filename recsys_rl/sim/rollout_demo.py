@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import shutil
 import signal
 import subprocess
@@ -236,6 +235,7 @@ def run_good(args: ScenarioArgs, data_dir: Path, model_dir: Path | None) -> Scen
         walk = _Walk(result, address)
         walk.say(f"Scenario 1: a learned policy that beats the baseline, walked forward ({args.requests:,} page views "
                  f"at most; min_decisions {args.min_decisions}, canary share {args.canary_share:g}).")
+        walk.show()
         walk.traffic(args.chunk)
         walk.cli("set", "--surface", SURFACE, "--stage", "shadow", "--actor", "demo",
                  "--reason", "start the apprentice", mark="shadow")
@@ -272,6 +272,7 @@ def run_bad(args: ScenarioArgs, data_dir: Path, model_dir: Path) -> ScenarioResu
         walk.say(f"Scenario 2: a canary of a model that prefers what users do not click ({args.requests:,} page views "
                  f"at most; canary share {args.canary_share:g}, tolerance {args.tolerance:g}).")
         result.marks.append((0, "canary"))
+        walk.show()
         reverted = walk.traffic(args.requests - 3 * args.chunk, lambda r: r.reverted)
         if reverted:
             result.marks.append((walk.sent, "automatic revert"))
@@ -291,7 +292,7 @@ def format_revert(entry: dict[str, Any]) -> str:
     """The automatic audit entry: who, why, and the guardrail's estimates at the time."""
     evidence = entry.get("evidence") or {}
     keys = ("canary_decisions", "canary_mean_reward", "control_decisions", "control_mean_reward", "difference_low",
-            "difference_high", "tolerance", "alpha")
+            "difference_high", "tolerance", "alpha", "canary_fallback_rate", "canary_latency_p50_ms")
     estimates = ", ".join(f"{k} {evidence[k]:.4g}" if isinstance(evidence.get(k), float) else f"{k} {evidence.get(k)}"
                           for k in keys if k in evidence)
     return "\n".join([
@@ -299,7 +300,7 @@ def format_revert(entry: dict[str, Any]) -> str:
         f"{entry['actor']} (automatic={entry['automatic']})",
         f"  reason: {entry['reason']}",
         f"  estimates: {estimates}",
-        f"  evidence_json: {json.dumps(evidence, sort_keys=True)[:400]}",
+        f"  failed checks: {'; '.join(evidence.get('failed_checks') or []) or '-'}",
     ])
 
 
