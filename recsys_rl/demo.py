@@ -168,6 +168,42 @@ def counterfactual_report(data_dir: Path, stats: HostStats, world: World, *, sin
     return "\n".join(lines)
 
 
+def rollout_section(data_dir: Path, requests: int, seed: int) -> None:
+    """The staged rollout (``recsys_rl.sim.rollout_demo``) on a budget proportional to the demo's: the policy the
+    learning phase trained walks baseline → shadow → canary → live; then a bad canary is reverted by the guardrail.
+    Each scenario has its own server and data dir (``rollout-*`` under the demo's)."""
+    from recsys_rl.sim.rollout_demo import ScenarioArgs, format_revert, plot_scenario, run_bad, run_good, train_model
+
+    chunk = max(25, min(100, requests // 100))
+    good = ScenarioArgs(requests=requests // 4, seed=seed, chunk=chunk)
+    result = run_good(good, data_dir / "rollout-good", data_dir / "models" / "default")
+    if result.too_little_traffic:
+        print(f"too little traffic to leave {result.too_little_traffic}: the demo's --requests {requests:,} gives "
+              f"this scenario {good.requests:,} page views; the walk stops there.")
+    print(f"final stage: {result.final_stage}")
+    plot = data_dir / "rollout-good.png"
+    plot_scenario(result, plot, title="Staged rollout of a learned policy that beats the baseline")
+    print(f"plot: {plot}")
+    print()
+    bad = ScenarioArgs(requests=requests // 5, seed=seed, chunk=chunk)
+    if bad.requests < 4 * bad.min_decisions:
+        print(f"Scenario 2 (automatic revert) skipped: it needs at least {4 * bad.min_decisions:,} page views "
+              f"(--requests {20 * bad.min_decisions:,}), --requests {requests:,} gives it {bad.requests:,}.")
+        return
+    print(f"Training the bad model: {requests // 10:,} page views on a surface that rewards a click with -1 ...")
+    model = train_model(data_dir / "rollout-bad-train", requests=requests // 10, click_weight=-1.0, seed=seed)
+    result = run_bad(bad, data_dir / "rollout-bad", model)
+    if result.revert_entry is not None:
+        at = next(at for at, label in result.marks if label == "automatic revert")
+        print(f"reverted automatically after {at:,} page views of the canary; the audit entry:")
+        print(format_revert(result.revert_entry))
+    else:
+        print(f"not reverted within {bad.requests:,} page views (final stage {result.final_stage})")
+    plot = data_dir / "rollout-bad.png"
+    plot_scenario(result, plot, title="A canary worse than control, reverted by the guardrail")
+    print(f"plot: {plot}")
+
+
 def _mode_name(mode: int) -> str:
     from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 
@@ -221,5 +257,11 @@ def run_demo(args: DemoArgs) -> int:
                                 first_request=replay_from["request"]))
     print()
     print(f"plot: {plot}")
+    print()
+    print("Staged rollout (recsys-rl rollout show|set against a real server; data in rollout-* dirs):")
+    rollout_started = time.perf_counter()
+    rollout_section(data_dir, args.requests, args.seed)
+    print(f"staged rollout section: {time.perf_counter() - rollout_started:.0f} s")
+    print()
     print(f"{args.requests:,} requests in {elapsed:.0f} s ({args.requests / elapsed:.0f} req/s end to end)")
     return 0

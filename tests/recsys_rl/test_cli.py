@@ -55,6 +55,17 @@ def test_demo_then_export(tmp_path: Path) -> None:
     assert len(uniform) == 2 and all("UNRELIABLE: ess:" in line for line in uniform), demo.stdout
     assert "truth = the simulator's exact click rate" in demo.stdout
     assert "join_rewards" not in demo.stdout + demo.stderr
+    # The staged rollout section: the real admin path moves the surface to shadow; 300 requests are too few to
+    # leave it (the canary move is refused with exit 3 and the demo says why), and the walk is plotted.
+    section = demo.stdout.split("Staged rollout", 1)[1]
+    assert "$ recsys-rl rollout set --surface default --stage shadow" in section
+    assert "baseline 0.5 -> shadow 0.5 (audit #2)" in section
+    assert "shadow: " in section and "top-1 match" in section  # what `rollout show` reports
+    assert "failed check shadow_decisions:" in section and "# exit 3" in section
+    assert "too little traffic to leave shadow" in section
+    assert "final stage: shadow" in section
+    assert (tmp_path / "rollout-good.png").stat().st_size > 0
+    assert "Scenario 2 (automatic revert) skipped" in section
     out = tmp_path / "decisions.parquet"
     export = recsys_rl("logs", "export", "--data-dir", str(tmp_path), "--out", str(out))
     assert export.returncode == 0, export.stderr

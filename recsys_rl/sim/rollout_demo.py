@@ -1,0 +1,371 @@
+"""The demo's staged rollout: simulated traffic through a real ``recsys-rl serve`` whose surface is moved through
+the stages by the real admin path (``recsys-rl rollout show|set``, run through the CLI entry point), and a second
+scenario in which the guardrail reverts a bad canary by itself.
+
+* ``good``: a policy that beats the host's baseline (the demo's learning phase trains it; its registry folder is
+  copied into this scenario's data dir) goes baseline → shadow → canary → live. Each forward move asks for the
+  evidence the server judges (shadow decisions; the canary guardrail's decisions per arm and bounds).
+* ``bad``: a model trained to prefer what users do *not* click (a short training run whose surface rewards a click
+  with −1) starts as a canary against control; the guardrail's confidence sequence on canary − control crosses
+  −tolerance and the server moves the surface to baseline, audited as automatic with its estimates.
+
+Traffic is bounded by each scenario's ``requests``; with too little traffic a scenario says which step it could not
+take and stops there (the demo must not fail on a small budget). Every ``chunk`` page views the scenario polls
+``GetRollout``: those snapshots (the guardrail's counts, means and bounds) are what the plots draw.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
+from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
+from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
+from recsys_rl.sim.config import SimConfig
+from recsys_rl.sim.host import RequestRecord, run_host
+from recsys_rl.sim.world import World
+
+SURFACE = "default"
+
+
+@dataclass(frozen=True)
+class ScenarioArgs:
+    """One scenario's knobs; the rollout settings go to the server's ``[surfaces.default.rollout]``."""
+
+    requests: int  # simulated page views this scenario may send in all (training runs excluded)
+    seed: int = 7  # seeds the simulated world and the server's draws
+    min_decisions: int = 500  # rollout.min_decisions: shadow decisions, and rewarded decisions per canary arm
+    canary_share: float = 0.5  # share of users in the canary
+    tolerance: float = 0.002  # revert when canary − control < −tolerance (mean slot reward: clicks / slate size)
+    alpha: float = 0.05
+    attribution_window_s: float = 0.5  # short: simulated page views come ~200 a second, rewards must keep up
+    chunk: int = 100  # page views between two GetRollout polls (the plot's resolution)
+    quiet: bool = False  # True: print nothing (tests)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One GetRollout poll after ``request`` page views of the scenario."""
+
+    request: int
+    stage: str
+    canary_decisions: int
+    control_decisions: int
+    canary_mean: float
+    control_mean: float
+    difference_low: float
+    difference_high: float
+    status: str
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    args: ScenarioArgs
+    snapshots: list[Snapshot] = field(default_factory=list)
+    marks: list[tuple[int, str]] = field(default_factory=list)  # (page views so far, what happened)
+    records: list[tuple[int, RequestRecord]] = field(default_factory=list)  # (page view index, record)
+    commands: list[tuple[str, int]] = field(default_factory=list)  # CLI commands run and their exit codes
+    final_stage: str = ""
+    reverted: bool = False
+    revert_entry: dict[str, Any] | None = None  # the automatic audit entry (rollout show --format json)
+    too_little_traffic: str = ""  # the step the budget did not reach, if any
+
+
+def config_toml(args: ScenarioArgs, *, stage: str, click_weight: float = 1.0, learn: bool = True,
+                exploration_cap: float = 0.1) -> str:
+    reward_range = "[0.0, 1.0]" if click_weight > 0 else "[-1.0, 0.0]"
+    return f"""[surfaces.{SURFACE}]
+exploration_cap = {exploration_cap}
+
+[surfaces.{SURFACE}.reward]
+weights = {{ click = {click_weight} }}
+attribution_window_seconds = {args.attribution_window_s}
+range = {reward_range}
+
+[surfaces.{SURFACE}.model]
+learn = {str(learn).lower()}
+
+[surfaces.{SURFACE}.rollout]
+stage = "{stage}"
+canary_share = {args.canary_share}
+min_decisions = {args.min_decisions}
+tolerance = {args.tolerance}
+alpha = {args.alpha}
+"""
+
+
+@contextlib.contextmanager
+def serving(data_dir: Path, config: str, *, seed: int):  # noqa: ANN201 - yields the server's HOST:PORT
+    """A real ``recsys-rl serve`` subprocess on ``data_dir`` with ``config`` (TOML text); stopped with SIGTERM."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "config.toml").write_text(config)
+    with open(data_dir / "server.log", "w") as server_log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "recsys_rl.cli", "serve", "--port", "0", "--data-dir", str(data_dir),
+             "--config", str(data_dir / "config.toml"), "--seed", str(seed)],
+            stdout=subprocess.PIPE, stderr=server_log, text=True)
+        try:
+            line = server.stdout.readline() if server.stdout else ""
+            if not line.startswith("serving on "):
+                raise RuntimeError(f"the server did not start; see {data_dir / 'server.log'}")
+            yield line.split()[-1]
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+
+def train_model(data_dir: Path, *, requests: int, click_weight: float, seed: int) -> Path:
+    """Trains a model online on ``requests`` simulated page views at stage live; returns its registry folder.
+
+    ``click_weight`` −1 trains a model that prefers what users do not click (the bad canary); exploration is wide
+    (cap 0.3) so it sees enough of the catalog in a short run.
+    """
+    args = ScenarioArgs(requests=requests, seed=seed)
+    with serving(data_dir, config_toml(args, stage="live", click_weight=click_weight, exploration_cap=0.3),
+                 seed=seed) as address:
+        with grpc.insecure_channel(address) as channel:
+            # The scenario's own world seed: a model knows items by id, and the catalog follows the seed.
+            run_host(pb_grpc.RankingServiceStub(channel), World(SimConfig(), seed=seed),
+                     n_requests=requests, request_id_prefix="train")
+    return data_dir / "models" / SURFACE
+
+
+class _Walk:
+    """Drives one scenario's server: traffic in chunks, GetRollout polls, and ``recsys-rl rollout`` commands."""
+
+    def __init__(self, result: ScenarioResult, address: str) -> None:
+        self.result = result
+        self.args = result.args
+        self.address = address
+        self.channel = grpc.insecure_channel(address)
+        self.ranking = pb_grpc.RankingServiceStub(self.channel)
+        self.admin = admin_grpc.PolicyAdminServiceStub(self.channel)
+        self.world = World(SimConfig(), seed=self.args.seed)
+        self.sent = 0
+
+    def say(self, text: str = "") -> None:
+        if not self.args.quiet:
+            print(text)
+
+    @property
+    def left(self) -> int:
+        return self.args.requests - self.sent
+
+    def rollout(self) -> admin_pb.GetRolloutResponse:
+        return self.admin.GetRollout(admin_pb.GetRolloutRequest(surface=SURFACE, history_limit=0), timeout=10)
+
+    def traffic(self, limit: int, until: Callable[[admin_pb.GetRolloutResponse], bool] | None = None) -> bool:
+        """Sends up to ``limit`` page views (within the budget) in chunks; True once ``until`` holds after a chunk."""
+        stop = self.sent + min(limit, self.left)
+        while self.sent < stop:
+            n = min(self.args.chunk, stop - self.sent)
+            stats = run_host(self.ranking, self.world, n_requests=n, surface=SURFACE,
+                             request_id_prefix=f"{self.result.name}-{self.sent}")
+            self.result.records.extend((self.sent + i, r) for i, r in enumerate(stats.records))
+            self.sent += n
+            reply = self.rollout()
+            g = reply.guardrail
+            self.result.snapshots.append(Snapshot(
+                request=self.sent, stage=admin_pb.RolloutStage.Name(reply.stage).removeprefix("ROLLOUT_STAGE_").lower(),
+                canary_decisions=g.canary_decisions, control_decisions=g.control_decisions,
+                canary_mean=g.canary_mean_reward, control_mean=g.control_mean_reward,
+                difference_low=g.difference_low, difference_high=g.difference_high, status=g.status))
+            if until is not None and until(reply):
+                return True
+        return until is None
+
+    def cli(self, *argv: str, mark: str | None = None) -> int:
+        """Runs ``recsys-rl rollout ARGV --server ADDRESS`` through the CLI entry point and shows what it printed."""
+        from recsys_rl.cli import main
+
+        command = ["rollout", *argv, "--server", self.address]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(command)
+        shown = " ".join(f'"{a}"' if " " in a else a for a in command)
+        self.say(f"  $ recsys-rl {shown}" + (f"    # exit {code}" if code else ""))
+        for line in (out.getvalue() + err.getvalue()).splitlines():
+            self.say(f"    {line}")
+        self.result.commands.append((shown, code))
+        if mark is not None and code == 0:
+            self.result.marks.append((self.sent, mark))
+        return code
+
+    def show(self) -> int:
+        return self.cli("show", "--surface", SURFACE, "--limit", "2")
+
+    def finish(self) -> None:
+        reply = self.rollout()
+        self.result.final_stage = admin_pb.RolloutStage.Name(reply.stage).removeprefix("ROLLOUT_STAGE_").lower()
+        self.result.reverted = reply.reverted
+        self.channel.close()
+
+
+def _shadow_ready(reply: admin_pb.GetRolloutResponse, need: int) -> bool:
+    return reply.shadow.decisions >= need
+
+
+def _arms_ready(reply: admin_pb.GetRolloutResponse, need: int) -> bool:
+    return min(reply.guardrail.canary_decisions, reply.guardrail.control_decisions) >= need
+
+
+def run_good(args: ScenarioArgs, data_dir: Path, model_dir: Path | None) -> ScenarioResult:
+    """baseline → shadow → canary → live for a policy that beats the baseline; a step the budget cannot reach is
+    reported in ``too_little_traffic`` and the walk stops there."""
+    result = ScenarioResult("good", args)
+    if model_dir is not None and model_dir.is_dir():  # the warm policy: the server loads the newest version
+        shutil.copytree(model_dir, data_dir / "models" / SURFACE, dirs_exist_ok=True)
+    with serving(data_dir, config_toml(args, stage="baseline"), seed=args.seed) as address:
+        walk = _Walk(result, address)
+        walk.say(f"Scenario 1: a learned policy that beats the baseline, walked forward ({args.requests:,} page views "
+                 f"at most; min_decisions {args.min_decisions}, canary share {args.canary_share:g}).")
+        walk.show()
+        walk.traffic(args.chunk)
+        walk.cli("set", "--surface", SURFACE, "--stage", "shadow", "--actor", "demo",
+                 "--reason", "start the apprentice", mark="shadow")
+        # Shadow takes at most a third of the budget; the canary needs the rest for two arms.
+        if not walk.traffic(args.requests // 3, lambda r: _shadow_ready(r, args.min_decisions)):
+            result.too_little_traffic = f"shadow (fewer than {args.min_decisions} shadow decisions)"
+        walk.show()
+        code = walk.cli("set", "--surface", SURFACE, "--stage", "canary", "--canary-share", str(args.canary_share),
+                        "--actor", "demo", "--reason", "shadow agrees, fallbacks low", mark="canary")
+        if code == 0:
+            walk.traffic(args.chunk)
+            walk.cli("set", "--surface", SURFACE, "--stage", "live", "--actor", "demo",
+                     "--reason", "too early: shows the gate")  # refused (exit 3): the arms lack decisions
+            # Most of the rest to the canary (the guardrail's bound narrows), the last sixth to live.
+            walk.traffic(walk.left - max(args.requests // 6, args.chunk))
+            enough = _arms_ready(walk.rollout(), args.min_decisions)
+            walk.show()
+            if walk.cli("set", "--surface", SURFACE, "--stage", "live", "--actor", "demo",
+                        "--reason", "guardrail held", mark="live") == 0:
+                walk.traffic(walk.left)
+                walk.show()
+            elif not enough:
+                result.too_little_traffic = f"canary (fewer than {args.min_decisions} rewarded decisions per arm)"
+        walk.finish()
+    return result
+
+
+def run_bad(args: ScenarioArgs, data_dir: Path, model_dir: Path) -> ScenarioResult:
+    """A canary of a bad model against control, until the guardrail reverts it (or the budget runs out)."""
+    result = ScenarioResult("bad", args)
+    shutil.copytree(model_dir, data_dir / "models" / SURFACE, dirs_exist_ok=True)
+    with serving(data_dir, config_toml(args, stage="canary"), seed=args.seed) as address:
+        walk = _Walk(result, address)
+        walk.say(f"Scenario 2: a canary of a model that prefers what users do not click ({args.requests:,} page views "
+                 f"at most; canary share {args.canary_share:g}, tolerance {args.tolerance:g}).")
+        result.marks.append((0, "canary"))
+        walk.show()
+        reverted = walk.traffic(args.requests - 3 * args.chunk, lambda r: r.reverted)
+        if reverted:
+            result.marks.append((walk.sent, "automatic revert"))
+            walk.traffic(3 * args.chunk)  # hosts keep getting slates: control's baseline for everyone now
+        walk.show()
+        reply = walk.rollout()
+        automatic = [c for c in reply.history if c.automatic]
+        if automatic:
+            from recsys_rl.rollout.cli import _change_dict
+
+            result.revert_entry = _change_dict(automatic[-1])
+        walk.finish()
+    return result
+
+
+def format_revert(entry: dict[str, Any]) -> str:
+    """The automatic audit entry: who, why, and the guardrail's estimates at the time."""
+    evidence = entry.get("evidence") or {}
+    keys = ("canary_decisions", "canary_mean_reward", "control_decisions", "control_mean_reward", "difference_low",
+            "difference_high", "tolerance", "alpha", "canary_fallback_rate", "canary_latency_p50_ms")
+    estimates = ", ".join(f"{k} {evidence[k]:.4g}" if isinstance(evidence.get(k), float) else f"{k} {evidence.get(k)}"
+                          for k in keys if k in evidence)
+    return "\n".join([
+        f"  audit #{entry['sequence']} at {entry['changed_at']}: {entry['old_stage']} -> {entry['new_stage']} by "
+        f"{entry['actor']} (automatic={entry['automatic']})",
+        f"  reason: {entry['reason']}",
+        f"  estimates: {estimates}",
+        f"  failed checks: {'; '.join(evidence.get('failed_checks') or []) or '-'}",
+    ])
+
+
+_LEARNED_MODES = ("SERVING_MODE_CANARY", "SERVING_MODE_LEARNED")
+
+
+def plot_scenario(result: ScenarioResult, out: Path, *, title: str) -> None:
+    """Top: the click rate of page views served by the learned policy vs the baseline (the simulator's exact click
+    probability of each served slate, per window); bottom: the guardrail's canary − control estimate and its
+    confidence-sequence bounds as GetRollout reported them, with −tolerance. Stage changes are vertical lines."""
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    window = 2 * result.args.chunk
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.6), sharex=True, height_ratios=(1, 1.2))
+    for label, learned, style in (("learned policy (canary, live)", True, "o-"), ("baseline (control, shadow)", False, "s-")):
+        xs, ys = [], []
+        for start in range(0, len(result.records), window):
+            chunk = [r for _, r in result.records[start:start + window]
+                     if (r.serving_mode in _LEARNED_MODES) == learned]
+            if len(chunk) >= 10:
+                xs.append(start + window / 2)
+                ys.append(sum(r.served_click_prob for r in chunk) / len(chunk))
+        top.plot(xs, ys, style, ms=3, label=label)
+    top.set_ylabel("click rate per slate")
+    top.legend(loc="lower right", fontsize=8)
+    top.grid(alpha=0.3)
+    shots = [s for s in result.snapshots if s.stage == "canary" and min(s.canary_decisions, s.control_decisions) > 0
+             and math.isfinite(s.difference_low) and math.isfinite(s.difference_high)]
+    points = [(s.request, s.canary_mean - s.control_mean, s.difference_low, s.difference_high) for s in shots]
+    entry = result.revert_entry
+    if entry and entry.get("evidence") and result.marks:
+        ev = entry["evidence"]
+        at = next((m for m, label in result.marks if label == "automatic revert"), None)
+        if at is not None and all(isinstance(ev.get(k), float) for k in ("difference_low", "difference_high")):
+            points.append((at, ev["canary_mean_reward"] - ev["control_mean_reward"], ev["difference_low"],
+                           ev["difference_high"]))
+    if points:
+        x, est, low, high = zip(*points)
+        bottom.fill_between(x, low, high, alpha=0.25, step="post",
+                            label=f"confidence sequence (1 − α = {1 - result.args.alpha:g})")
+        bottom.plot(x, est, "k.-", ms=3, label="canary − control (guardrail)")
+        # Zoomed on the final bound: the first bounds are as wide as the reward range and would flatten the rest.
+        span = max(0.02, 3 * max(abs(low[-1]), abs(high[-1])), 4 * result.args.tolerance)
+        bottom.set_ylim(-span, span)
+    bottom.axhline(0.0, color="grey", lw=0.8)
+    bottom.axhline(-result.args.tolerance, color="red", ls="--", lw=1, label="−tolerance (revert below)")
+    bottom.set_ylabel("reward per slot, canary − control")
+    bottom.set_xlabel("simulated page views in this scenario")
+    bottom.grid(alpha=0.3)
+    bottom.legend(loc="lower right", fontsize=8)
+    for at, label in result.marks:
+        for ax in (top, bottom):
+            ax.axvline(at, color="red" if "revert" in label else "tab:green", lw=1, alpha=0.7)
+        top.annotate(label, (at, 1.0), xycoords=("data", "axes fraction"), rotation=90, va="top", ha="right",
+                     fontsize=8)
+    top.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+__all__ = ["ScenarioArgs", "ScenarioResult", "Snapshot", "config_toml", "format_revert", "plot_scenario", "run_bad", "run_good",
+           "serving", "train_model"]
