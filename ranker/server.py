@@ -10,11 +10,16 @@ lets in-flight ones finish (grace period), then learners publish and the log wri
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import os
 import signal
+import sys
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -30,6 +35,8 @@ from recsys_rl.serving.service import DecisionService
 log = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 1.5
+# SIGTERM → exit, whatever happens (the watchdog below): the operator's contract is 10 s.
+SHUTDOWN_DEADLINE_S = 9.5
 RANKING_SERVICE = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
 
 
@@ -89,8 +96,9 @@ class RankingServer:
 
 
 def serve_forever(config: ServiceConfig, data_dir: Path, *, host: str, port: int, port_file: Path | None = None,
-                  reuse_port: bool = False) -> int:
-    """Runs until SIGTERM/SIGINT, then shuts down gracefully. Returns the exit code."""
+                  reuse_port: bool = False) -> NoReturn:
+    """Runs until SIGTERM/SIGINT, shuts down gracefully and exits the process: status 0, or 1 when the shutdown
+    outlasts SHUTDOWN_DEADLINE_S (the watchdog then dumps every thread's stack to stderr)."""
     service = DecisionService(config, data_dir)
     server = RankingServer(service, host=host, port=port, reuse_port=reuse_port).start()
     if port_file is not None:
@@ -105,8 +113,32 @@ def serve_forever(config: ServiceConfig, data_dir: Path, *, host: str, port: int
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     log.info("shutting down: draining in-flight calls and flushing logs")
+    _exit_by(time.monotonic() + SHUTDOWN_DEADLINE_S)
     # One budget for SIGTERM → exit, within 10 s even on a failing disk: in-flight RPCs get SHUTDOWN_GRACE_S (a
     # Rank's own decision budget is tens of ms), then the log writer (log_guard.CLOSE_TIMEOUT_S) and the learner
     # (LEARNER_STOP_S, then killed) get theirs.
     server.stop(grace_s=SHUTDOWN_GRACE_S)
-    return 0
+    log.info("shutdown complete")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything acknowledged is written and fsynced, the learner has published and stopped: leave now rather than
+    # through interpreter teardown, which joins every non-daemon thread (gRPC's and the thread pools') and runs
+    # atexit hooks - a handler thread stuck in a native call would hold the exit past the deadline.
+    os._exit(0)
+
+
+def _exit_by(deadline: float) -> None:
+    """A watchdog for the shutdown budget: past ``deadline`` it dumps every thread's stack to stderr (what hung)
+    and exits with status 1, so SIGTERM never outlasts its budget whatever is stuck."""
+
+    def watch() -> None:
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)  # the whole point of this thread: wake at the deadline
+        print(f"shutdown exceeded its {SHUTDOWN_DEADLINE_S:g} s budget; exiting now. Threads:", file=sys.stderr,
+              flush=True)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="shutdown-watchdog", daemon=True).start()
