@@ -4,6 +4,7 @@ Grammar::
 
     SPEC     = BASE ("@" KEY "=" VALUE)*
     BASE     = "current" | "logged" | "baseline" | "uniform" | <version, e.g. v000012-abcdef12> | <version dir>
+             | "baseline@" <version of <surface>.baseline: a LambdaRank baseline, Greedy, recsys_rl.baseline>
     KEY      = "cap" | "algorithm" | "epsilon" | "temperature" | "gamma"     (model policies only)
 
 Every target resolves, for each logged decision, to a :class:`recsys_rl.serving.decision.DecisionPolicy` - the
@@ -77,6 +78,8 @@ def parse_policy_spec(spec: str) -> PolicySpec:
     if not isinstance(spec, str) or not spec.strip():
         raise InvalidInput("policy", "must not be empty")
     base, *suffixes = spec.strip().split("@")
+    if base == "baseline" and len(suffixes) == 1 and _VERSION_RE.match(suffixes[0]):
+        return PolicySpec(text=spec, kind="baseline", version=suffixes[0])  # a published LambdaRank baseline
     overrides: dict[str, float | str] = {}
     for suffix in suffixes:
         part = f"@{suffix}"
@@ -140,11 +143,15 @@ def _fixed_policy(surface: SurfaceConfig, version: str, scorer: Scorer, explorer
 
 
 class BaselineTarget(TargetPolicy):
+    """The host's baseline_score, or (``baseline@VERSION``) a published LambdaRank baseline, with Greedy."""
+
     name = "baseline"
     policy_version = "baseline"
 
-    def __init__(self, surface: SurfaceConfig) -> None:
-        self._policy = _fixed_policy(surface, "baseline", BaselineScorer(), Greedy())
+    def __init__(self, surface: SurfaceConfig, scorer: Scorer | None = None, version: str = "") -> None:
+        if version:
+            self.name = self.policy_version = f"baseline@{version}"
+        self._policy = _fixed_policy(surface, self.policy_version, scorer or BaselineScorer(), Greedy())
 
     def policy_for(self, event: object = None) -> DecisionPolicy:
         return self._policy
@@ -288,7 +295,7 @@ def resolve_policy(spec: PolicySpec, data_dir: Path, surface: SurfaceConfig, *,
     Reads the registry but never writes to it (no directory is created, LATEST is not touched).
     """
     if spec.kind == "baseline":
-        return BaselineTarget(surface)
+        return BaselineTarget(surface) if spec.version is None else _learned_baseline(spec, Path(data_dir), surface)
     if spec.kind == "uniform":
         return UniformTarget(surface)
     if spec.kind == "logged":
@@ -308,6 +315,18 @@ def resolve_policy(spec: PolicySpec, data_dir: Path, surface: SurfaceConfig, *,
         raise _error(spec.text, f"model {version} does not load: {exc}") from exc
     return ModelTarget(spec.text, version, bandit, make_explorer(exploration, cap), surface,
                        exploration=exploration, cap=cap, long_term=long_term)
+
+
+def _learned_baseline(spec: PolicySpec, data_dir: Path, surface: SurfaceConfig) -> BaselineTarget:
+    from recsys_rl.baseline import baseline_surface  # noqa: PLC0415
+    from recsys_rl.baseline.model import LambdaRankBaseline  # noqa: PLC0415 - lightgbm only for this target
+
+    version, model = _load_registry_version(spec, data_dir, baseline_surface(surface.name))
+    try:
+        scorer = LambdaRankBaseline(model, version=version)
+    except Exception as exc:  # noqa: BLE001 - a bad model surfaces as JSON or LightGBM errors of assorted types
+        raise _error(spec.text, f"baseline {version} does not load: {exc}") from exc
+    return BaselineTarget(surface, scorer, version)
 
 
 def _load_registry_version(spec: PolicySpec, data_dir: Path, surface: str) -> tuple[str, bytes]:

@@ -1,0 +1,243 @@
+"""``recsys-rl train baseline``: a LightGBM LambdaRank baseline learned from the logged decisions.
+
+Data. One streaming pass over ``<data-dir>/logs`` keeps, per decision of the surface with a non-empty slate,
+one feature row per *served* item (``model.FeatureSpec``: baseline_score, context and candidate features; names
+and vocabularies fixed from the first ``spec_sample`` decisions). Rewards are the surface's reward definition
+joined by ``logging_schema.tables.join_rewards``; an item's relevance label is 1 when its per-slot reward is > 0
+(a click for the default definition), else 0. A query is one decision.
+
+Bias correction (logging policy's selection and position). Each served row gets the LightGBM sample weight
+
+    w = min(1 / p_k, clip) / mean_train(min(1 / p_k, clip))
+
+with p_k the logged per-slot propensity of that item at its position k (the exact conditional probability the
+explorer drew it with). LambdaRank multiplies each row's gradient by its weight, so an item the logging policy
+rarely put in a slot (a rare exploration draw) counts as much as the many times it would have been shown
+uniformly; items served greedily (p = 1) get weight 1 before normalising. ``clip`` (default 20) bounds the
+variance of rare draws. Baseline-served decisions (p = 1 everywhere) carry no exploration and are still used.
+
+Report. A held-out split by decision (``holdout`` share, seeded): NDCG@k of the served items ordered by the model,
+by the host's baseline_score and as logged; the logged click rate per decision; and top-1 hit rate (the clicked
+item ranked first among the served items) for model vs baseline_score.
+
+Bad data (no decisions, too few, no rewards, one class) raises InvalidInput naming the problem before anything is
+published.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from tqdm import tqdm
+
+from logging_schema.reader import ReadStats, iter_records
+from logging_schema.tables import decisions_frame, join_rewards, outcomes_frame
+from recsys_rl.baseline import baseline_surface
+from recsys_rl.baseline.model import FeatureSpec, serialize
+from recsys_rl.config import SurfaceConfig
+from recsys_rl.errors import InvalidInput
+from recsys_rl.logging.v1.events_pb2 import LogRecord
+from recsys_rl.serving.registry import Checkpoint, ModelRegistry
+
+__all__ = ["BaselineData", "TrainConfig", "TrainResult", "load_data", "train", "train_from_data_dir"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters (all recorded in the manifest)."""
+
+    num_rounds: int = 200
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_data_in_leaf: int = 20
+    clip: float = 20.0  # max inverse-propensity weight
+    holdout: float = 0.2  # share of decisions held out for the report
+    ndcg_k: int = 5
+    min_decisions: int = 100
+    spec_sample: int = 1000  # decisions whose feature names and vocabularies fix the layout
+    seed: int = 0
+    threads: int = 0  # LightGBM threads (0 = OpenMP default)
+
+    def __post_init__(self) -> None:
+        for name in ("num_rounds", "num_leaves", "min_data_in_leaf", "ndcg_k", "min_decisions", "spec_sample"):
+            if getattr(self, name) < 1:
+                raise InvalidInput(name, f"must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.learning_rate <= 1:
+            raise InvalidInput("learning_rate", f"must be in (0, 1], got {self.learning_rate}")
+        if not self.clip >= 1:
+            raise InvalidInput("clip", f"must be >= 1, got {self.clip}")
+        if not 0 < self.holdout < 1:
+            raise InvalidInput("holdout", f"must be in (0, 1), got {self.holdout}")
+
+
+@dataclass
+class BaselineData:
+    """Row-aligned served items: x [R, d], label [R] int, propensity [R], baseline [R]; group [N] rows per decision."""
+
+    spec: FeatureSpec
+    x: np.ndarray
+    label: np.ndarray
+    propensity: np.ndarray
+    baseline: np.ndarray
+    group: np.ndarray
+    data_range: dict[str, Any]
+
+
+def load_data(log_dir: Path, surface: SurfaceConfig, *, since: float | None = None, spec_sample: int = 1000,
+              progress: bool = False) -> BaselineData:
+    events: list[Any] = []  # the spec's sample, then one chunk at a time
+    outcomes: list[Any] = []
+    frames: list[pl.DataFrame] = []
+    rows: list[np.ndarray] = []
+    spec: FeatureSpec | None = None
+
+    def flush() -> None:
+        nonlocal spec
+        if not events:
+            return
+        if spec is None:
+            spec = FeatureSpec.fit([e.context for e in events],
+                                   [e.candidates[s.candidate_index] for e in events for s in e.slate])
+        for e in events:
+            rows.append(spec.matrix(e.context, [e.candidates[s.candidate_index] for s in e.slate]))
+            del e.candidates[:]  # the frame below needs the slate only
+        frames.append(decisions_frame(events))
+        events.clear()
+
+    read = ReadStats()
+    with tqdm(unit=" decisions", desc="train baseline: read", disable=not progress, mininterval=0.5) as bar:
+        for record in iter_records(log_dir, stats=read, record_type=LogRecord):
+            kind = record.WhichOneof("event")
+            if kind == "outcome":
+                if record.outcome.surface in (surface.name, ""):
+                    outcomes.append(record.outcome)
+            elif kind == "decision":
+                event = record.decision
+                if event.surface != surface.name or not event.slate:
+                    continue
+                if since is not None and event.served_at.seconds + event.served_at.nanos * 1e-9 < since:
+                    continue
+                events.append(event)
+                bar.update()
+                if len(events) >= spec_sample:
+                    flush()
+        flush()
+    if not frames:
+        raise InvalidInput("data", f"no decisions of surface {surface.name!r} with a served slate in {log_dir}")
+    decisions = pl.concat(frames, rechunk=True)
+    joined = join_rewards(decisions, outcomes_frame(outcomes), {surface.name: surface.reward})
+    served = joined.get_column("served_at")
+    group = joined.group_by("event_id", maintain_order=True).len().get_column("len").to_numpy()
+    return BaselineData(
+        spec=spec, x=np.concatenate(rows), label=(joined.get_column("reward").fill_null(0.0).to_numpy() > 0)
+        .astype(np.int32), propensity=joined.get_column("propensity").to_numpy(),
+        baseline=np.concatenate([r[:, 0] for r in rows]), group=group,
+        data_range={"from": str(served.min()), "to": str(served.max()), "decisions": int(group.size),
+                    "rows": int(joined.height), "outcomes": len(outcomes)},
+    )  # type: ignore[arg-type]
+
+
+@dataclass
+class TrainResult:
+    model: bytes
+    report: dict[str, Any]
+    train_seconds: float
+    load_seconds: float = 0.0
+
+
+def _check(data: BaselineData, config: TrainConfig) -> None:
+    if data.group.size < config.min_decisions:
+        raise InvalidInput("data", f"too few decisions: {data.group.size} < {config.min_decisions}")
+    if data.data_range.get("outcomes", 1) == 0 or not data.label.any():
+        raise InvalidInput("data", f"no rewards: none of {data.group.size} decisions has a positive reward")
+    if data.label.all():
+        raise InvalidInput("data", "one class: every served item has a positive reward (nothing to rank)")
+
+
+def _ndcg_and_hits(scores: np.ndarray, label: np.ndarray, group: np.ndarray, k: int) -> tuple[float, float]:
+    """Mean NDCG@k over decisions with a positive label, and the share of them whose top-scored item is positive."""
+    ndcgs, hits, start = [], [], 0
+    discount = 1.0 / np.log2(np.arange(2, k + 2))
+    for size in group.tolist():
+        y, s = label[start:start + size], scores[start:start + size]
+        start += size
+        if not y.any():
+            continue
+        order = np.lexsort((np.arange(size), -s))  # ties by logged position, as baseline_order breaks them
+        m = min(k, size)
+        dcg = float(((2.0 ** y[order[:m]] - 1) * discount[:m]).sum())
+        ideal = float(((2.0 ** np.sort(y)[::-1][:m] - 1) * discount[:m]).sum())
+        ndcgs.append(dcg / ideal)
+        hits.append(bool(y[order[0]]))
+    return (float(np.mean(ndcgs)) if ndcgs else float("nan"), float(np.mean(hits)) if hits else float("nan"))
+
+
+def train(data: BaselineData, config: TrainConfig, *, progress: bool = False) -> TrainResult:
+    import lightgbm as lgb  # noqa: PLC0415
+
+    _check(data, config)
+    n = data.group.size
+    held = np.zeros(n, bool)
+    held[np.random.default_rng(config.seed).permutation(n)[: max(1, int(round(config.holdout * n)))]] = True
+    row_held = np.repeat(held, data.group)
+    weight = np.minimum(1.0 / np.maximum(data.propensity, 1e-12), config.clip)
+    weight = weight / weight[~row_held].mean()
+    train_set = lgb.Dataset(data.x[~row_held], label=data.label[~row_held], group=data.group[~held],
+                            weight=weight[~row_held], feature_name=data.spec.names,
+                            categorical_feature=data.spec.categorical_columns, free_raw_data=True)
+    params = {
+        "objective": "lambdarank", "learning_rate": config.learning_rate, "num_leaves": config.num_leaves,
+        "min_data_in_leaf": config.min_data_in_leaf, "lambdarank_truncation_level": max(config.ndcg_k, 10),
+        "seed": config.seed, "deterministic": True, "num_threads": config.threads, "verbosity": -1,
+    }
+    bar = tqdm(total=config.num_rounds, desc="train baseline: boost", disable=not progress, mininterval=0.5)
+    started = time.perf_counter()
+    with bar:
+        booster = lgb.train(params, train_set, num_boost_round=config.num_rounds,
+                            callbacks=[lambda env: bar.update()])
+    train_seconds = time.perf_counter() - started
+    rows = np.flatnonzero(row_held)
+    model_scores = booster.predict(data.x[rows], num_threads=config.threads)
+    held_group = data.group[held]
+    label, baseline = data.label[rows], data.baseline[rows]
+    k = config.ndcg_k
+    ndcg_model, hit_model = _ndcg_and_hits(model_scores, label, held_group, k)
+    ndcg_base, hit_base = _ndcg_and_hits(baseline, label, held_group, k)
+    ndcg_logged, _ = _ndcg_and_hits(-np.concatenate([np.arange(g) for g in held_group]).astype(float),
+                                    label, held_group, k)
+    held_starts = np.concatenate([[0], np.cumsum(held_group)[:-1]]).astype(np.int64)
+    clicked = np.add.reduceat(label, held_starts) > 0
+    report = {
+        "decisions": int(n), "train_decisions": int((~held).sum()), "heldout_decisions": int(held.sum()),
+        f"ndcg@{k}": {"model": ndcg_model, "baseline_score": ndcg_base, "logged_order": ndcg_logged},
+        "top1_hit_rate": {"model": hit_model, "baseline_score": hit_base},
+        "heldout_click_rate": float(clicked.mean()) if clicked.size else float("nan"),
+        "weights": {"max": float(weight.max()), "clipped_rows": int((1.0 / data.propensity > config.clip).sum())},
+    }
+    return TrainResult(serialize(data.spec, booster.model_to_string()), report, train_seconds)
+
+
+def train_from_data_dir(data_dir: Path, surface: SurfaceConfig, config: TrainConfig, *, since: float | None = None,
+                        progress: bool = False) -> tuple[TrainResult, Checkpoint]:
+    """Load, train, publish to ``<data-dir>/models/<surface>.baseline``; nothing is published on an error."""
+    log_dir = Path(data_dir) / "logs"
+    if not log_dir.is_dir():
+        raise InvalidInput("--data-dir", f"{log_dir} does not exist (has the server written any log?)")
+    started = time.perf_counter()
+    data = load_data(log_dir, surface, since=since, spec_sample=config.spec_sample, progress=progress)
+    load_seconds = time.perf_counter() - started
+    result = train(data, config, progress=progress)
+    result.load_seconds = load_seconds
+    registry = ModelRegistry(Path(data_dir) / "models")
+    name = baseline_surface(surface.name)
+    checkpoint = registry.publish(
+        name, result.model, parent=registry.latest_version(name), data_range=data.data_range,
+        parameters={**asdict(config), "format": "lambdarank-v1", "report": result.report,
+                    "features": data.spec.names},
+    )
+    return result, checkpoint
