@@ -44,6 +44,7 @@ from typing import Any
 
 from logging_schema.rewards import RewardDefinition
 from recsys_rl.rollout.config import RolloutConfig
+from recsys_rl.shield.rules import NO_SHIELD, ShieldConfigError, ShieldRules, parse_shield
 
 DEFAULT_SURFACE = "default"
 DEFAULT_EXPLORATION_CAP = 0.1
@@ -138,6 +139,7 @@ class SurfaceConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    shield: ShieldRules = NO_SHIELD  # [surfaces.NAME.shield]: business rules (recsys_rl/shield/rules.py)
     decision_budget_ms: float = 25.0
     max_candidates: int = 10_000
 
@@ -190,7 +192,8 @@ def _build(cls: type, values: dict[str, Any], where: str, **extra: Any) -> Any:
         raise ConfigError(f"{where}: {message}") from exc
 
 
-def parse_config(data: dict[str, Any], *, seed: int = 0) -> ServiceConfig:
+def parse_config(data: dict[str, Any], *, seed: int = 0, base_dir: Path | None = None) -> ServiceConfig:
+    """``base_dir``: where relative paths (shield.blocked_items_file) resolve: the config file's directory."""
     surfaces_table = _section(data, "surfaces", "config")
     if not surfaces_table:
         raise ConfigError("config.surfaces: at least one surface is required")
@@ -199,18 +202,24 @@ def parse_config(data: dict[str, Any], *, seed: int = 0) -> ServiceConfig:
         where = f"surfaces.{name}"
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: must be a table")
-        nested = {k: table[k] for k in ("exploration", "reward", "model", "gate", "rollout") if k in table}
+        nested = {k: table[k] for k in ("exploration", "reward", "model", "gate", "rollout", "shield") if k in table}
         flat = {k: v for k, v in table.items() if k not in nested}
         exploration = _build(ExplorationConfig, _section(table, "exploration", where), f"{where}.exploration")
         reward = _build(RewardDefinition, _section(table, "reward", where), f"{where}.reward")
         model = _build(ModelConfig, _section(table, "model", where), f"{where}.model")
         gate = _build(GateConfig, _section(table, "gate", where), f"{where}.gate")
         rollout = _build(RolloutConfig, _section(table, "rollout", where), f"{where}.rollout")
+        shield = NO_SHIELD
+        if "shield" in table:
+            try:
+                shield = parse_shield(_section(table, "shield", where), base_dir=base_dir)
+            except ShieldConfigError as exc:
+                raise ConfigError(f"{where}.{exc}") from exc
         if "name" in flat:
             raise ConfigError(f"{where}.name: the surface name is the table key")
         surfaces[name] = _build(
             SurfaceConfig, flat, where, name=name, exploration=exploration, reward=reward, model=model, gate=gate,
-            rollout=rollout,
+            rollout=rollout, shield=shield,
         )
     return ServiceConfig(surfaces=surfaces, seed=seed)
 
@@ -222,4 +231,4 @@ def load_config(path: str | Path, *, seed: int = 0) -> ServiceConfig:
         raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from exc
-    return parse_config(data, seed=seed)
+    return parse_config(data, seed=seed, base_dir=Path(path).parent)

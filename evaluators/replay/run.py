@@ -256,7 +256,13 @@ def _replay_pass(
                 continue
             request = rank_request(event)
             logged = _logged_indices(event, request)
-            probabilities, scored = target_propensities(target.policy_for(event), request, logged,
+            policy = target.policy_for(event)
+            if event.shield_version != policy.shield.version:
+                # The rules this round come from the surface config: a decision served under other rules cannot be
+                # replayed exactly (its feasible sets, hence its propensities, differ).
+                raise InvalidInput("shield_version", f"event {event.event_id}: logged {event.shield_version!r}, the "
+                                   f"config's surface {surface!r} has {policy.shield.version!r}")
+            probabilities, scored = target_propensities(policy, request, logged,
                                                         long_term_input=logged_long_term(event))
             fell_back = scored.fell_back
             if candidates is not None:

@@ -139,7 +139,7 @@ class TargetPolicy:
 
 def _fixed_policy(surface: SurfaceConfig, version: str, scorer: Scorer, explorer: Explorer) -> DecisionPolicy:
     return DecisionPolicy(surface=surface.name, policy_version=version, scorer=scorer, explorer=explorer,
-                          exploration=surface.exploration, cap=0.0)
+                          exploration=surface.exploration, cap=0.0, shield=surface.shield)
 
 
 class BaselineTarget(TargetPolicy):
@@ -181,7 +181,7 @@ class ModelTarget(TargetPolicy):
             surface=surface.name, policy_version=policy_version, scorer=bandit, explorer=explorer,
             exploration=exploration or surface.exploration,
             cap=surface.exploration_cap if cap is None else cap, long_term=long_term,
-            long_term_weight=surface.model.long_term_weight,
+            long_term_weight=surface.model.long_term_weight, shield=surface.shield,
         )
 
     @property

@@ -35,6 +35,7 @@ from recsys_rl.config import ExplorationConfig
 from recsys_rl.errors import InvalidInput
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.serving.exploration import Explorer, Greedy, effective_epsilon, sample_slate, slate_propensities
+from recsys_rl.shield.rules import NO_SHIELD, RequestShield, ShieldRules
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class DecisionPolicy:
     server_seed: int = 0
     long_term: LongTermValue = field(default_factory=NoLongTermValue)
     long_term_weight: float = 0.0
+    shield: ShieldRules = NO_SHIELD  # the surface's business rules (recsys_rl.shield); every path obeys them
 
     @property
     def epsilon(self) -> float:
@@ -136,6 +138,7 @@ class Decision:
     server_seed: int
     draw_key: int
     shield_rules_fired: list[str] = field(default_factory=list)
+    shield_version: str = ""
     long_term: LongTermInput | None = None  # set on surfaces that blend a long-term value (λ ≠ 0)
     long_term_weight: float = 0.0
     rollout_stage: str = ""  # the surface's rollout stage when decided ("" outside serving, e.g. replay)
@@ -191,20 +194,21 @@ def decide(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray
     SERVING_MODE_BASELINE_FALLBACK). The learned policy is scored even when ``serve_baseline`` is set: the request
     is validated the same way on every path (a baseline by the rollout's choice is :func:`decide_baseline`).
     """
+    shield = policy.shield.for_request(request)  # ShieldInfeasible (FAILED_PRECONDITION) before anything is scored
     scored = score(policy, request, deadline=deadline)
     reason = serve_baseline or scored.fallback_reason
     if reason or scored.scores is None:
         return _baseline_decision(policy, request, baseline, reason, draw_key, scored.long_term,
-                                  pb.SERVING_MODE_BASELINE_FALLBACK)
+                                  pb.SERVING_MODE_BASELINE_FALLBACK, shield)
     scores = scored.scores
-    draw = sample_slate(scores, request.slate_size, policy.explorer, draw_key=draw_key)
+    draw = sample_slate(scores, request.slate_size, policy.explorer, draw_key=draw_key, feasibility=shield)
     candidates = request.candidates
     slots = [
         DecisionSlot(s.index, candidates[s.index].item_id, s.propensity, float(scores[s.index]), s.explored,
                      s.exploration_mass, s.draw)
         for s in draw.slots
     ]
-    return _decision(policy, slots, draw.slate_propensity, mode, "", draw_key, scored.long_term)
+    return _decision(policy, slots, draw.slate_propensity, mode, "", draw_key, scored.long_term, shield)
 
 
 def check_request(policy: DecisionPolicy, request: pb.RankRequest) -> None:
@@ -235,36 +239,46 @@ def decide_baseline(policy: DecisionPolicy, request: pb.RankRequest, baseline: n
     keep paying for it. ``check``: validate the request first (:func:`check_request`); False only when the caller
     runs the learned policy on the same request anyway (shadow), which validates it.
     """
+    shield = policy.shield.for_request(request)
     if check:
         check_request(policy, request)
-    return _baseline_decision(policy, request, baseline, "", draw_key, None, mode)
+    return _baseline_decision(policy, request, baseline, "", draw_key, None, mode, shield)
 
 
-def baseline_order(baseline: np.ndarray, slate_size: int) -> np.ndarray:
-    """Baseline descending, ties by the lower index: the Greedy explorer's order over baseline scores."""
+def baseline_order(baseline: np.ndarray, slate_size: int, shield: RequestShield | None = None) -> np.ndarray:
+    """Baseline descending, ties by the lower index: the Greedy explorer's order over baseline scores.
+
+    With a shield: the Greedy explorer slot by slot over the feasible candidates (pins in place), so the baseline
+    obeys the same rules as the learned policy and replays the same way.
+    """
+    if shield is not None:
+        return np.asarray(sample_slate(baseline, slate_size, _GREEDY, draw_key=0, feasibility=shield).indices,
+                          dtype=np.int64)
     # lexsort's last key is primary.
     return np.lexsort((np.arange(baseline.size), -baseline))[: min(slate_size, baseline.size)]
 
 
 def _baseline_decision(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray, reason: str,
-                       draw_key: int, long_term: LongTermInput | None, mode: int) -> Decision:
+                       draw_key: int, long_term: LongTermInput | None, mode: int,
+                       shield: RequestShield | None = None) -> Decision:
     candidates = request.candidates
     slots = [
         DecisionSlot(int(i), candidates[int(i)].item_id, 1.0, float(baseline[i]), False, 0.0, 0.0)
-        for i in baseline_order(baseline, request.slate_size)
+        for i in baseline_order(baseline, request.slate_size, shield)
     ]
-    return _decision(policy, slots, 1.0, mode, reason, draw_key, long_term)
+    return _decision(policy, slots, 1.0, mode, reason, draw_key, long_term, shield)
 
 
 def _decision(policy: DecisionPolicy, slots: list[DecisionSlot], slate_propensity: float, mode: int, reason: str,
-              draw_key: int, long_term: LongTermInput | None) -> Decision:
+              draw_key: int, long_term: LongTermInput | None, shield: RequestShield | None = None) -> Decision:
     cfg = policy.exploration
+    fired = shield.explain([s.candidate_index for s in slots]) if shield is not None else []
     return Decision(
         slots=slots, slate_propensity=slate_propensity, policy_version=policy.policy_version, serving_mode=mode,
         fallback_reason=reason, surface=policy.surface, algorithm=cfg.algorithm, epsilon=policy.epsilon,
         temperature=cfg.temperature, gamma=cfg.gamma, cap=policy.cap, server_seed=policy.server_seed,
         draw_key=draw_key, long_term=long_term if policy.long_term_weight != 0.0 else None,
-        long_term_weight=policy.long_term_weight,
+        long_term_weight=policy.long_term_weight, shield_rules_fired=fired, shield_version=policy.shield.version,
     )
 
 
@@ -293,7 +307,8 @@ def target_propensities(policy: DecisionPolicy, request: pb.RankRequest, logged_
                         long_term_input: LongTermInput | None = None) -> tuple[np.ndarray, TargetScores]:
     """P(logged slot k | context, logged slots < k) under ``policy``, for every k, bit for bit as drawn."""
     target = target_scores(policy, request, long_term_input=long_term_input)
-    return slate_propensities(target.scores, logged_indices, target.explorer), target
+    shield = policy.shield.for_request(request)  # the same feasibility serving drew with
+    return slate_propensities(target.scores, logged_indices, target.explorer, feasibility=shield), target
 
 
 __all__ = [

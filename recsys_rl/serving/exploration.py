@@ -287,12 +287,69 @@ def _check_slate_size(n: int, slate_size: int) -> int:
     return min(slate_size, n)
 
 
-def sample_slate(scores: np.ndarray, slate_size: int, explorer: Explorer, *, draw_key: int) -> SlateDraw:
-    """Draw min(slate_size, n) distinct candidates slot by slot (see the module docstring)."""
+@runtime_checkable
+class SlotFeasibility(Protocol):
+    """Which candidates may fill the next slot given those placed before it (``recsys_rl.shield.RequestShield``).
+
+    ``pinned_at``: the candidate that takes slot k outright (propensity 1, not drawn), or None; ``mask``: which of
+    ``remaining`` (candidate indices not yet placed) the explorer may draw from at the next slot.
+    """
+
+    def pinned_at(self, slot: int, placed: Sequence[int]) -> int | None: ...
+
+    def mask(self, remaining: np.ndarray, placed: Sequence[int]) -> np.ndarray: ...
+
+
+def _feasible_at(feasibility: SlotFeasibility, remaining: np.ndarray, k: int,
+                 placed: list[int]) -> tuple[int | None, np.ndarray]:
+    """(pinned candidate, None-equivalent empty) or (None, feasible candidate indices) at slot k: the ONE place
+    sampling and replay learn the feasible set, so both see the same array and the same probabilities."""
+    pin = feasibility.pinned_at(k, placed)
+    if pin is not None:
+        return pin, remaining[:0]
+    return None, remaining[feasibility.mask(remaining, placed)]
+
+
+def _sample_feasible(scores: np.ndarray, k_max: int, explorer: Explorer, draw_key: int,
+                     feasibility: SlotFeasibility) -> SlateDraw:
+    remaining = np.arange(scores.size)
+    placed: list[int] = []
+    slots: list[SlotDraw] = []
+    slate_propensity = 1.0
+    for k in range(k_max):
+        u = uniform(draw_key, k)
+        pin, feasible = _feasible_at(feasibility, remaining, k, placed)
+        if pin is not None:
+            slots.append(SlotDraw(pin, 1.0, False, 0.0, u, pin))
+            index = pin
+        else:
+            if feasible.size == 0:
+                break  # nothing feasible at this slot: a shorter slate (docs/shield.md)
+            p, g, mass = _slot_distribution(explorer, scores[feasible])
+            i = _inverse_cdf(p, u)
+            propensity = float(p[i])
+            index = int(feasible[i])
+            slots.append(SlotDraw(index, propensity, i != g, mass, u, int(feasible[g])))
+            slate_propensity *= propensity
+        placed.append(index)
+        remaining = remaining[remaining != index]
+    return SlateDraw(tuple(slots), slate_propensity)
+
+
+def sample_slate(scores: np.ndarray, slate_size: int, explorer: Explorer, *, draw_key: int,
+                 feasibility: SlotFeasibility | None = None) -> SlateDraw:
+    """Draw min(slate_size, n) distinct candidates slot by slot (see the module docstring).
+
+    ``feasibility`` (the shield): each slot draws only among the candidates feasible given the earlier slots, the
+    propensity is the exact probability within that set, and the cap bounds that set's exploration mass; a pinned
+    slot has propensity 1. The slate is shorter when a slot has no feasible candidate.
+    """
     scores = _check_scores(scores)
     if not np.isfinite(scores).all():
         raise ValueError("scores: must be finite")
     k_max = _check_slate_size(scores.size, slate_size)
+    if feasibility is not None:
+        return _sample_feasible(scores, k_max, explorer, draw_key, feasibility)
     remaining = np.arange(scores.size)
     remaining_scores = scores
     slots: list[SlotDraw] = []
@@ -319,12 +376,16 @@ def sample_slate(scores: np.ndarray, slate_size: int, explorer: Explorer, *, dra
     return SlateDraw(tuple(slots), slate_propensity)
 
 
-def slate_propensities(scores: np.ndarray, slate_indices: Sequence[int], explorer: Explorer) -> np.ndarray:
+def slate_propensities(scores: np.ndarray, slate_indices: Sequence[int], explorer: Explorer, *,
+                       feasibility: SlotFeasibility | None = None) -> np.ndarray:
     """P(slate_indices[k] at slot k | slate_indices[:k]) under ``explorer``, for every k.
 
-    Identical (bit for bit) to the propensities :func:`sample_slate` logs for the same slate.
+    Identical (bit for bit) to the propensities :func:`sample_slate` logs for the same slate and feasibility; an
+    item infeasible at its slot (or another item where one is pinned) has probability 0.
     """
     scores = _check_scores(scores)
+    if feasibility is not None:
+        return _propensities_feasible(scores, slate_indices, explorer, feasibility)
     remaining = np.arange(scores.size)
     remaining_scores = scores
     out = np.empty(len(slate_indices))
@@ -337,4 +398,28 @@ def slate_propensities(scores: np.ndarray, slate_indices: Sequence[int], explore
         out[k] = p[i]
         remaining = _remove(remaining, i)
         remaining_scores = scores[remaining]
+    return out
+
+
+def _propensities_feasible(scores: np.ndarray, slate_indices: Sequence[int], explorer: Explorer,
+                           feasibility: SlotFeasibility) -> np.ndarray:
+    remaining = np.arange(scores.size)
+    placed: list[int] = []
+    out = np.empty(len(slate_indices))
+    for k, index in enumerate(slate_indices):
+        index = int(index)
+        if not (remaining == index).any():
+            raise ValueError(f"slate_indices[{k}]: {index} is out of range or repeated")
+        pin, feasible = _feasible_at(feasibility, remaining, k, placed)
+        if pin is not None:
+            out[k] = 1.0 if index == pin else 0.0
+        else:
+            where = np.flatnonzero(feasible == index)
+            if where.size == 0:
+                out[k] = 0.0
+            else:
+                p, _, _ = _slot_distribution(explorer, scores[feasible])
+                out[k] = p[int(where[0])]
+        placed.append(index)
+        remaining = remaining[remaining != index]
     return out

@@ -48,7 +48,7 @@ class SurfacePolicy:
             surface=surface.name, policy_version=policy_version, scorer=bandit,
             explorer=make_explorer(surface.exploration, surface.exploration_cap), exploration=surface.exploration,
             cap=surface.exploration_cap, server_seed=server_seed, long_term=long_term,
-            long_term_weight=surface.model.long_term_weight,
+            long_term_weight=surface.model.long_term_weight, shield=surface.shield,
         )
 
     @property
@@ -159,6 +159,7 @@ def decision_to_event(
     event.context.CopyFrom(request.context)
     event.candidates.extend(request.candidates)
     event.shield_rules_fired.extend(decision.shield_rules_fired)
+    event.shield_version = decision.shield_version
     if decision.long_term is not None:
         event.long_term.model_version = decision.long_term.model_version
         event.long_term.weight = decision.long_term_weight

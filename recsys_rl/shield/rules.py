@@ -1,0 +1,213 @@
+"""Shield rules of one surface (TOML ``[surfaces.NAME.shield]``) and their per-request feasibility.
+
+Rules, each keyed by a candidate's ``features.categorical`` name where a feature is involved:
+
+* ``blocked_items = ["id", ...]`` and ``blocked_items_file = "path"`` (one id per line): never served.
+* ``blocked_values = { category = ["adult"] }``: a candidate whose feature has a listed value is never served.
+* ``max_per_value = { creator = 1 }``: at most N items with the same value of that feature per slate; a candidate
+  without the feature is not limited.
+* ``pinned = { "item-id" = 0 }``: the item takes that slot (propensity 1, not drawn) when it is a candidate and
+  feasible there; it is never drawn at another slot of the slate.
+* ``min_feasible = N`` (default 1): fewer candidates than N left after the static rules → the request is refused
+  (:class:`ShieldInfeasible`, gRPC FAILED_PRECONDITION).
+
+``version`` is a content hash of the rules (the blocked file by its ids, not its path), logged in
+``DecisionEvent.shield_version``; replay checks it. Blocked ids live in a Python frozenset: a membership test per
+candidate costs ~50 ns whatever the set's size (bench/shield_bench.py measures Rank with 1M ids).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys_rl.errors import PreconditionFailed
+from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+
+_KEYS = ("blocked_items", "blocked_items_file", "blocked_values", "max_per_value", "pinned", "min_feasible")
+
+
+class ShieldInfeasible(PreconditionFailed):
+    """Too few candidates survive the shield for this request (FAILED_PRECONDITION)."""
+
+
+class ShieldConfigError(ValueError):
+    """An invalid shield key; the message names it (relative to the shield section)."""
+
+
+@dataclass(frozen=True)
+class ShieldRules:
+    blocked_items: frozenset[str] = frozenset()
+    blocked_values: tuple[tuple[str, frozenset[str]], ...] = ()
+    max_per_value: tuple[tuple[str, int], ...] = ()
+    pinned: tuple[tuple[str, int], ...] = ()
+    min_feasible: int = 1
+    version: str = ""
+
+    @property
+    def active(self) -> bool:
+        return bool(self.version)
+
+    def for_request(self, request: pb.RankRequest) -> RequestShield | None:
+        """The request's feasibility (None when the surface has no shield: the unshielded fast path).
+
+        Raises ShieldInfeasible when fewer than ``min_feasible`` (at least 1) candidates pass the static rules.
+        """
+        if not self.active:
+            return None
+        return RequestShield(self, request)
+
+
+def NoShield() -> ShieldRules:  # noqa: N802 - the null object's name, as the other null objects read
+    """A surface without a shield: no rules, version ""."""
+    return NO_SHIELD
+
+
+NO_SHIELD = ShieldRules()
+
+
+class RequestShield:
+    """Per-request feasibility, used slot by slot by ``exploration.sample_slate``/``slate_propensities``.
+
+    Static rules (blocked items/values) are one boolean per candidate; ``max_per_value`` depends on the items
+    already placed, so :meth:`mask` takes them.
+    """
+
+    def __init__(self, rules: ShieldRules, request: pb.RankRequest) -> None:
+        candidates = request.candidates
+        n = len(candidates)
+        ok = np.ones(n, dtype=bool)
+        self.fired: list[str] = []
+        blocked = rules.blocked_items
+        for i, c in enumerate(candidates):
+            if c.item_id in blocked:
+                ok[i] = False
+                self.fired.append(f"blocked_items:{c.item_id}")
+        for key, values in rules.blocked_values:
+            for i, c in enumerate(candidates):
+                if ok[i] and c.features.categorical.get(key) in values:
+                    ok[i] = False
+                    self.fired.append(f"blocked_values[{key}]:{c.item_id}")
+        feasible = int(ok.sum())
+        need = max(1, rules.min_feasible)
+        if feasible < need:
+            raise ShieldInfeasible(f"shield: no feasible candidates (min_feasible {need}, {feasible} of {n} "
+                                   f"candidates pass the rules)")
+        self.ok = ok
+        self.item_ids = [c.item_id for c in candidates]
+        # max_per_value: per key, an integer code per candidate (-1: no value, never limited) and the cap.
+        self._caps: list[tuple[str, np.ndarray, int, int]] = []
+        for key, cap in rules.max_per_value:
+            codes: dict[str, int] = {}
+            arr = np.fromiter((codes.setdefault(v, len(codes)) if (v := c.features.categorical.get(key)) is not None
+                               else -1 for c in candidates), np.int64, n)
+            self._caps.append((key, arr, cap, len(codes)))
+        # Pins: slot -> candidate index (first candidate with the id); pinned items are drawn nowhere else.
+        self.pins: dict[int, int] = {}
+        index_of = {}
+        for i, c in enumerate(candidates):
+            index_of.setdefault(c.item_id, i)
+        for item, slot in rules.pinned:
+            if item in index_of and ok[index_of[item]]:
+                self.pins[slot] = index_of[item]
+        self._pinned = np.zeros(n, dtype=bool)
+        self._pinned[list(self.pins.values())] = True
+
+    def _cap_ok(self, remaining: np.ndarray, placed: Sequence[int]) -> np.ndarray:
+        mask = np.ones(remaining.size, dtype=bool)
+        if not placed:
+            return mask  # every cap is >= 1
+        at = np.asarray(placed, dtype=np.int64)
+        for _key, codes, cap, n_codes in self._caps:
+            placed_codes = codes[at]
+            used = np.bincount(placed_codes[placed_codes >= 0], minlength=n_codes)
+            c = codes[remaining]
+            mask &= (c < 0) | (used[np.maximum(c, 0)] < cap)
+        return mask
+
+    def pinned_at(self, slot: int, placed: Sequence[int]) -> int | None:
+        """The candidate pinned to ``slot`` when it is feasible there given ``placed``, else None."""
+        i = self.pins.get(slot)
+        if i is None or i in placed or not self._cap_ok(np.array([i]), placed)[0]:
+            return None
+        return i
+
+    def mask(self, remaining: np.ndarray, placed: Sequence[int]) -> np.ndarray:
+        """Which of ``remaining`` may be drawn at the next slot given the items ``placed`` before it."""
+        return self.ok[remaining] & ~self._pinned[remaining] & self._cap_ok(remaining, placed)
+
+    def explain(self, slate: Sequence[int]) -> list[str]:
+        """shield_rules_fired for a decided slate: static removals, then per slot the items a cap removed."""
+        fired = list(self.fired)
+        for key, codes, cap, n_codes in self._caps:
+            for k in range(len(slate)):
+                placed = [int(i) for i in slate[:k]]
+                used = np.bincount(codes[placed][codes[placed] >= 0], minlength=n_codes)
+                for i in np.flatnonzero(self.ok & (codes >= 0)):
+                    if int(i) not in placed and used[codes[i]] >= cap:
+                        fired.append(f"max_per_value[{key}]:{self.item_ids[i]}@slot{k}")
+        return fired
+
+
+def _read_blocked_file(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ShieldConfigError(f"shield.blocked_items_file: cannot read {path}: {exc.strerror}") from exc
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _str_list(value: Any, key: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ShieldConfigError(f"shield.{key}: must be a list of strings")
+    return value
+
+
+def _int(value: Any, key: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ShieldConfigError(f"shield.{key}: must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def parse_shield(table: dict[str, Any], *, base_dir: Path | None = None) -> ShieldRules:
+    """ShieldRules from a ``[surfaces.NAME.shield]`` table; errors name the key (``shield.KEY``)."""
+    for key in table:
+        if key not in _KEYS:
+            raise ShieldConfigError(f"shield.{key}: unknown key")
+    blocked = list(_str_list(table.get("blocked_items", []), "blocked_items"))
+    if "blocked_items_file" in table:
+        path = table["blocked_items_file"]
+        if not isinstance(path, str) or not path:
+            raise ShieldConfigError("shield.blocked_items_file: must be a path")
+        if base_dir is not None and not Path(path).is_absolute():
+            path = str(base_dir / path)
+        blocked += _read_blocked_file(path)
+
+    def _table(key: str) -> dict[str, Any]:
+        value = table.get(key, {})
+        if not isinstance(value, dict):
+            raise ShieldConfigError(f"shield.{key}: must be a table")
+        return value
+
+    blocked_values = tuple(sorted((k, frozenset(_str_list(v, f"blocked_values.{k}")))
+                                  for k, v in _table("blocked_values").items()))
+    max_per_value = tuple(sorted((k, _int(v, f"max_per_value.{k}", 1)) for k, v in _table("max_per_value").items()))
+    pinned = tuple(sorted((k, _int(v, f"pinned.{k}", 0)) for k, v in _table("pinned").items()))
+    slots = [s for _, s in pinned]
+    if len(set(slots)) != len(slots):
+        raise ShieldConfigError("shield.pinned: two items pinned to the same slot")
+    min_feasible = _int(table.get("min_feasible", 1), "min_feasible", 1)
+    h = hashlib.blake2b(digest_size=8)
+    h.update(json.dumps({"blocked_values": [(k, sorted(v)) for k, v in blocked_values],
+                         "max_per_value": max_per_value, "pinned": pinned, "min_feasible": min_feasible},
+                        sort_keys=True).encode())
+    for item in sorted(set(blocked)):
+        h.update(item.encode() + b"\n")
+    return ShieldRules(frozenset(blocked), blocked_values, max_per_value, pinned, min_feasible,
+                       "shield-" + h.hexdigest())
