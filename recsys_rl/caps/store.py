@@ -18,25 +18,24 @@ and a configuration can lower a cap but never raise it past the approved one.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import math
-import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Literal
+
+from recsys_rl.caps.durable import admin_lock, append_line, read_lines, write_json_atomically
 
 log = logging.getLogger(__name__)
 
 ADMIN_DIR = "admin"
 CAPS_FILE = "caps.json"
 AUDIT_FILE = "audit.jsonl"
-_LOCK_FILE = ".lock"
 
 Outcome = Literal["accepted", "refused"]
 
@@ -85,13 +84,6 @@ def check_cap(cap: float, field_name: str = "cap") -> float:
         raise ValueError(f"{field_name}: must be a number in [0, 1], got {cap!r}")
     return value
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class CapStore:
@@ -150,15 +142,8 @@ class CapStore:
 
     # --- internals -----------------------------------------------------------------------------------------
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._lock:
-            fd = os.open(self.admin_dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)  # closing releases the flock
+    def _locked(self) -> AbstractContextManager[None]:
+        return admin_lock(self.admin_dir, self._lock)
 
     def _load(self) -> tuple[dict[str, float], int]:
         caps: dict[str, float] = {}
@@ -180,49 +165,15 @@ class CapStore:
         return caps, sequence
 
     def _read_audit(self) -> list[AuditEntry]:
-        try:
-            lines = self.audit_path.read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        entries: list[AuditEntry] = []
-        torn = 0
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                entries.append(AuditEntry.from_dict(json.loads(line)))
-            except (ValueError, KeyError, TypeError) as exc:
-                torn += 1
-                log.warning("%s line %d skipped: %s", self.audit_path, number, exc)
-        self.torn_audit_lines = torn
+        entries, self.torn_audit_lines = read_lines(self.audit_path, AuditEntry.from_dict)
         return entries
 
     def _append(self, entry: AuditEntry) -> None:
-        line = entry.to_json().encode() + b"\n"
-        fd = os.open(self.audit_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            # A crash mid-append can leave a line without its newline: start ours on a fresh line.
-            if os.fstat(fd).st_size > 0:
-                with open(self.audit_path, "rb") as existing:
-                    existing.seek(-1, os.SEEK_END)
-                    if existing.read(1) != b"\n":
-                        line = b"\n" + line
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fsync_dir(self.admin_dir)
+        append_line(self.audit_path, entry.to_json())
 
     def _write_snapshot(self) -> None:
-        data = {"audit_sequence": self._sequence, "caps": dict(sorted(self._caps.items()))}
-        tmp = self.caps_path.with_name(f".{CAPS_FILE}.tmp-{os.getpid()}")
-        with open(tmp, "w") as out:
-            json.dump(data, out, indent=2, sort_keys=True)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.caps_path)
-        _fsync_dir(self.admin_dir)
+        write_json_atomically(self.caps_path, {"audit_sequence": self._sequence,
+                                               "caps": dict(sorted(self._caps.items()))})
 
 
 def effective_cap(configured: float, approved: float | None) -> float:

@@ -21,18 +21,18 @@ can hold a surface back but never move it past what was approved (``recsys-rl ro
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import math
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
+
+from recsys_rl.caps.durable import admin_lock, append_line, read_lines, write_json_atomically
 
 from recsys_rl.errors import InvalidInput, PreconditionFailed
 from recsys_rl.rollout.config import RolloutConfig, RolloutState, Stage, parse_stage
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 ADMIN_DIR = "admin"
 ROLLOUT_FILE = "rollout.json"
 AUDIT_FILE = "rollout-audit.jsonl"
-_LOCK_FILE = ".lock"
 SERVER_ACTOR = "recsys-rl serve"
 GUARDRAIL_ACTOR = "recsys-rl guardrail"
 
@@ -357,15 +356,8 @@ class RolloutStore:
             self._in_force = {**self._in_force, surface: entry.state}
         return entry
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._lock:
-            fd = os.open(self.admin_dir / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)  # closing releases the flock
+    def _locked(self) -> AbstractContextManager[None]:
+        return admin_lock(self.admin_dir, self._lock)
 
     def _load(self) -> tuple[dict[str, RolloutState], int]:
         states: dict[str, RolloutState] = {}
@@ -390,56 +382,17 @@ class RolloutStore:
         return states, sequence
 
     def _read_audit(self) -> list[RolloutAuditEntry]:
-        try:
-            lines = self.audit_path.read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        entries: list[RolloutAuditEntry] = []
-        torn = 0
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                entries.append(RolloutAuditEntry.from_dict(json.loads(line)))
-            except (ValueError, KeyError, TypeError) as exc:
-                torn += 1
-                log.warning("%s line %d skipped: %s", self.audit_path, number, exc)
-        self.torn_audit_lines = torn
+        entries, self.torn_audit_lines = read_lines(self.audit_path, RolloutAuditEntry.from_dict)
         return entries
 
     def _append(self, entry: RolloutAuditEntry) -> None:
-        line = entry.to_json().encode() + b"\n"
-        fd = os.open(self.audit_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            # A crash mid-append can leave a line without its newline: start ours on a fresh line.
-            size = os.fstat(fd).st_size
-            if size > 0 and os.pread(fd, 1, size - 1) != b"\n":
-                line = b"\n" + line
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _fsync_dir(self.admin_dir)
+        append_line(self.audit_path, entry.to_json())
 
     def _write_snapshot(self) -> None:
         surfaces = {name: {"stage": s.stage.value, "canary_share": s.canary_share, "reverted": s.reverted,
                            "sequence": s.sequence} for name, s in sorted(self._approved.items())}
-        tmp = self.state_path.with_name(f".{ROLLOUT_FILE}.tmp-{os.getpid()}")
-        with open(tmp, "w") as out:
-            json.dump({"audit_sequence": self._sequence, "surfaces": surfaces}, out, indent=2, sort_keys=True)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.state_path)
-        _fsync_dir(self.admin_dir)
+        write_json_atomically(self.state_path, {"audit_sequence": self._sequence, "surfaces": surfaces})
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["AUDIT_FILE", "GuardrailEvidence", "NO_EVIDENCE", "ROLLOUT_FILE", "RolloutAuditEntry", "RolloutRefused",
