@@ -131,6 +131,37 @@ def _rpc_error(exc: Any, server: str) -> int:
     return 1
 
 
+def call_admin(server: str, method: str, request: Any, *, timeout: float, refused: str = "") -> Any:
+    """``PolicyAdminService.<method>(request)`` on ``server``: the reply, or the exit code (an int) once the failure is
+    reported - FAILED_PRECONDITION with ``refused`` set: "refused: ..." and each failed check on stderr, exit 3;
+    INVALID_ARGUMENT: InvalidInput naming the option (exit 2); anything else: one line, exit 1. Shared by
+    ``caps`` and ``rollout``."""
+    import grpc
+
+    channel, stub = _stub(server)
+    try:
+        return getattr(stub, method)(request, timeout=timeout)
+    except grpc.RpcError as exc:
+        if not refused or exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+            return _rpc_error(exc, server)
+        checks = _failed_checks(exc)
+        # A server without the metadata: its message still lists the checks.
+        print(f"refused: {refused}" if checks else f"refused: {exc.details()}", file=sys.stderr)
+        for check in checks:
+            print(f"failed check {check}", file=sys.stderr)
+        return EXIT_REFUSED
+    finally:
+        channel.close()
+
+
+def actor_of(args: argparse.Namespace) -> str:
+    """``--actor``, or the login name; never empty (the audit trail names who asked)."""
+    actor = args.actor if args.actor is not None else _login_name()
+    if not actor.strip():
+        raise InvalidInput("--actor", "must not be empty")
+    return actor
+
+
 def _change_dict(change: Any) -> dict[str, Any]:
     from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 
@@ -144,20 +175,15 @@ def _change_dict(change: Any) -> dict[str, Any]:
 
 
 def run_caps_show(args: argparse.Namespace) -> int:
-    import grpc
-
     from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 
     if args.limit < 0:
         raise InvalidInput("--limit", f"must be >= 0, got {args.limit}")
-    channel, stub = _stub(args.server)
-    try:
-        reply = stub.GetSurface(admin_pb.GetSurfaceRequest(surface=args.surface, history_limit=args.limit),
-                                timeout=args.timeout)
-    except grpc.RpcError as exc:
-        return _rpc_error(exc, args.server)
-    finally:
-        channel.close()
+    reply = call_admin(args.server, "GetSurface", admin_pb.GetSurfaceRequest(surface=args.surface,
+                                                                             history_limit=args.limit),
+                       timeout=args.timeout)
+    if isinstance(reply, int):
+        return reply
     history = [_change_dict(c) for c in reply.history]
     if args.format == "json":
         print(json.dumps({"surface": reply.surface, "exploration_cap": reply.exploration_cap,
@@ -178,8 +204,6 @@ def run_caps_show(args: argparse.Namespace) -> int:
 
 
 def run_caps_set(args: argparse.Namespace) -> int:
-    import grpc
-
     from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 
     evidence = ""
@@ -188,28 +212,12 @@ def run_caps_set(args: argparse.Namespace) -> int:
             evidence = Path(args.evidence).read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidInput("--evidence", f"cannot read {args.evidence}: {exc}") from None
-    actor = args.actor if args.actor is not None else _login_name()
-    if not actor.strip():
-        raise InvalidInput("--actor", "must not be empty")
     request = admin_pb.SetExplorationCapRequest(surface=args.surface, cap=args.cap, evidence=evidence,
-                                                actor=actor, reason=args.reason)
-    channel, stub = _stub(args.server)
-    try:
-        reply = stub.SetExplorationCap(request, timeout=args.timeout)
-    except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
-            return _rpc_error(exc, args.server)
-        checks = _failed_checks(exc)
-        if not checks:  # a server without the metadata: its message still lists the checks
-            print(f"refused: {exc.details()}", file=sys.stderr)
-        else:
-            print(f"refused: the gate did not allow raising surface {args.surface!r} to cap {args.cap:g}",
-                  file=sys.stderr)
-        for check in checks:
-            print(f"failed check {check}", file=sys.stderr)
-        return EXIT_REFUSED
-    finally:
-        channel.close()
+                                                actor=actor_of(args), reason=args.reason)
+    reply = call_admin(args.server, "SetExplorationCap", request, timeout=args.timeout,
+                       refused=f"the gate did not allow raising surface {args.surface!r} to cap {args.cap:g}")
+    if isinstance(reply, int):
+        return reply
     print(f"surface {args.surface}: exploration cap {reply.old_cap:g} -> {reply.exploration_cap:g} "
           f"(audit #{reply.change.sequence}, policy {reply.policy_version})")
     return 0

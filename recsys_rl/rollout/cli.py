@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-import sys
 from typing import Any
 
-from recsys_rl.caps.cli import EXIT_REFUSED, _failed_checks, _login_name, _rpc_error, _stub
+from recsys_rl.caps.cli import actor_of, call_admin
 from recsys_rl.errors import InvalidInput
 from recsys_rl.rollout.config import STAGES
 
@@ -86,20 +85,15 @@ def _message_dict(message: Any) -> dict[str, Any]:
 
 
 def run_rollout_show(args: argparse.Namespace) -> int:
-    import grpc
-
     from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 
     if args.limit < 0:
         raise InvalidInput("--limit", f"must be >= 0, got {args.limit}")
-    channel, stub = _stub(args.server)
-    try:
-        reply = stub.GetRollout(admin_pb.GetRolloutRequest(surface=args.surface, history_limit=args.limit),
-                                timeout=args.timeout)
-    except grpc.RpcError as exc:
-        return _rpc_error(exc, args.server)
-    finally:
-        channel.close()
+    reply = call_admin(args.server, "GetRollout", admin_pb.GetRolloutRequest(surface=args.surface,
+                                                                             history_limit=args.limit),
+                       timeout=args.timeout)
+    if isinstance(reply, int):
+        return reply
     shown = {"surface": reply.surface, "stage": _stage_name(reply.stage), "canary_share": reply.canary_share,
              "reverted": reply.reverted, "guardrail": _message_dict(reply.guardrail),
              "shadow": _message_dict(reply.shadow), "history": [_change_dict(c) for c in reply.history]}
@@ -158,36 +152,19 @@ def counterfactual_value(data_dir: Path, surface: str, config_path: str | None) 
 
 
 def run_rollout_set(args: argparse.Namespace) -> int:
-    import grpc
-
     from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 
     if args.stage is None and args.canary_share is None:
         raise InvalidInput("--stage", "give --stage, --canary-share, or both")
-    actor = args.actor if args.actor is not None else _login_name()
-    if not actor.strip():
-        raise InvalidInput("--actor", "must not be empty")
-    request = admin_pb.SetRolloutRequest(surface=args.surface, actor=actor, reason=args.reason)
+    request = admin_pb.SetRolloutRequest(surface=args.surface, actor=actor_of(args), reason=args.reason)
     if args.stage is not None:
         request.stage = admin_pb.RolloutStage.Value(f"ROLLOUT_STAGE_{args.stage.upper()}")
     if args.canary_share is not None:
         request.canary_share = args.canary_share
-    channel, stub = _stub(args.server)
-    try:
-        reply = stub.SetRollout(request, timeout=args.timeout)
-    except grpc.RpcError as exc:
-        if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
-            return _rpc_error(exc, args.server)
-        checks = _failed_checks(exc)
-        if not checks:  # a server without the metadata: its message still lists the checks
-            print(f"refused: {exc.details()}", file=sys.stderr)
-        else:
-            print(f"refused: the guardrail did not allow moving surface {args.surface!r} forward", file=sys.stderr)
-        for check in checks:
-            print(f"failed check {check}", file=sys.stderr)
-        return EXIT_REFUSED
-    finally:
-        channel.close()
+    reply = call_admin(args.server, "SetRollout", request, timeout=args.timeout,
+                       refused=f"the guardrail did not allow moving surface {args.surface!r} forward")
+    if isinstance(reply, int):
+        return reply
     change = reply.change
     print(f"surface {args.surface}: {_stage_name(change.old_stage)} {change.old_canary_share:g} -> "
           f"{_stage_name(reply.stage)} {reply.canary_share:g} (audit #{change.sequence})")

@@ -19,10 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
-import signal
-import subprocess
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ import grpc
 from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
+from recsys_rl.sim.compare import serving as compare_serving
 from recsys_rl.sim.config import SimConfig
 from recsys_rl.sim.host import RequestRecord, run_host
 from recsys_rl.sim.world import World
@@ -107,27 +105,13 @@ alpha = {args.alpha}
 
 
 @contextlib.contextmanager
-def serving(data_dir: Path, config: str, *, seed: int):  # noqa: ANN201 - yields the server's HOST:PORT
-    """A real ``recsys-rl serve`` subprocess on ``data_dir`` with ``config`` (TOML text); stopped with SIGTERM."""
+def serving(data_dir: Path, config: str, *, seed: int) -> Iterator[str]:
+    """``sim.compare.serving`` (a real ``recsys-rl serve`` subprocess, SIGTERM on exit) with ``config`` as TOML text,
+    written to ``data_dir/config.toml``; yields the server's HOST:PORT."""
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "config.toml").write_text(config)
-    with open(data_dir / "server.log", "w") as server_log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "recsys_rl.cli", "serve", "--port", "0", "--data-dir", str(data_dir),
-             "--config", str(data_dir / "config.toml"), "--seed", str(seed)],
-            stdout=subprocess.PIPE, stderr=server_log, text=True)
-        try:
-            line = server.stdout.readline() if server.stdout else ""
-            if not line.startswith("serving on "):
-                raise RuntimeError(f"the server did not start; see {data_dir / 'server.log'}")
-            yield line.split()[-1]
-        finally:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+    with compare_serving(data_dir, data_dir / "config.toml", seed) as address:
+        yield address
 
 
 def train_model(data_dir: Path, *, requests: int, click_weight: float, seed: int) -> Path:
