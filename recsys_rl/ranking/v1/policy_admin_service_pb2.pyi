@@ -32,6 +32,123 @@ CAP_CHANGE_OUTCOME_UNSPECIFIED: CapChangeOutcome
 CAP_CHANGE_OUTCOME_ACCEPTED: CapChangeOutcome
 CAP_CHANGE_OUTCOME_REFUSED: CapChangeOutcome
 
+class BlockedValues(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ShieldRuleSet(_message.Message):
+    __slots__ = ("blocked_items", "blocked_items_file", "blocked_values", "max_per_value", "pinned", "min_feasible", "blocked_items_count")
+    class BlockedValuesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: BlockedValues
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[BlockedValues, _Mapping]] = ...) -> None: ...
+    class MaxPerValueEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class PinnedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    BLOCKED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_ITEMS_FILE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_VALUES_FIELD_NUMBER: _ClassVar[int]
+    MAX_PER_VALUE_FIELD_NUMBER: _ClassVar[int]
+    PINNED_FIELD_NUMBER: _ClassVar[int]
+    MIN_FEASIBLE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_ITEMS_COUNT_FIELD_NUMBER: _ClassVar[int]
+    blocked_items: _containers.RepeatedScalarFieldContainer[str]
+    blocked_items_file: str
+    blocked_values: _containers.MessageMap[str, BlockedValues]
+    max_per_value: _containers.ScalarMap[str, int]
+    pinned: _containers.ScalarMap[str, int]
+    min_feasible: int
+    blocked_items_count: int
+    def __init__(self, blocked_items: _Optional[_Iterable[str]] = ..., blocked_items_file: _Optional[str] = ..., blocked_values: _Optional[_Mapping[str, BlockedValues]] = ..., max_per_value: _Optional[_Mapping[str, int]] = ..., pinned: _Optional[_Mapping[str, int]] = ..., min_feasible: _Optional[int] = ..., blocked_items_count: _Optional[int] = ...) -> None: ...
+
+class ShieldChange(_message.Message):
+    __slots__ = ("sequence", "changed_at", "surface", "actor", "old_version", "new_version", "reason", "summary")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_AT_FIELD_NUMBER: _ClassVar[int]
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    OLD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NEW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    changed_at: _timestamp_pb2.Timestamp
+    surface: str
+    actor: str
+    old_version: str
+    new_version: str
+    reason: str
+    summary: str
+    def __init__(self, sequence: _Optional[int] = ..., changed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., surface: _Optional[str] = ..., actor: _Optional[str] = ..., old_version: _Optional[str] = ..., new_version: _Optional[str] = ..., reason: _Optional[str] = ..., summary: _Optional[str] = ...) -> None: ...
+
+class GetShieldRequest(_message.Message):
+    __slots__ = ("surface", "history_limit", "include_blocked_items")
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_BLOCKED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    surface: str
+    history_limit: int
+    include_blocked_items: bool
+    def __init__(self, surface: _Optional[str] = ..., history_limit: _Optional[int] = ..., include_blocked_items: _Optional[bool] = ...) -> None: ...
+
+class GetShieldResponse(_message.Message):
+    __slots__ = ("surface", "version", "rules", "history")
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    surface: str
+    version: str
+    rules: ShieldRuleSet
+    history: _containers.RepeatedCompositeFieldContainer[ShieldChange]
+    def __init__(self, surface: _Optional[str] = ..., version: _Optional[str] = ..., rules: _Optional[_Union[ShieldRuleSet, _Mapping]] = ..., history: _Optional[_Iterable[_Union[ShieldChange, _Mapping]]] = ...) -> None: ...
+
+class SetShieldRequest(_message.Message):
+    __slots__ = ("surface", "rules", "replace_rules", "block_items", "unblock_items", "expected_version", "actor", "reason")
+    SURFACE_FIELD_NUMBER: _ClassVar[int]
+    RULES_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_RULES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    UNBLOCK_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    surface: str
+    rules: ShieldRuleSet
+    replace_rules: bool
+    block_items: _containers.RepeatedScalarFieldContainer[str]
+    unblock_items: _containers.RepeatedScalarFieldContainer[str]
+    expected_version: str
+    actor: str
+    reason: str
+    def __init__(self, surface: _Optional[str] = ..., rules: _Optional[_Union[ShieldRuleSet, _Mapping]] = ..., replace_rules: _Optional[bool] = ..., block_items: _Optional[_Iterable[str]] = ..., unblock_items: _Optional[_Iterable[str]] = ..., expected_version: _Optional[str] = ..., actor: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SetShieldResponse(_message.Message):
+    __slots__ = ("version", "old_version", "change")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    OLD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    old_version: str
+    change: ShieldChange
+    def __init__(self, version: _Optional[str] = ..., old_version: _Optional[str] = ..., change: _Optional[_Union[ShieldChange, _Mapping]] = ...) -> None: ...
+
 class GuardrailState(_message.Message):
     __slots__ = ("canary_decisions", "control_decisions", "canary_mean_reward", "control_mean_reward", "difference_low", "difference_high", "tolerance", "alpha", "canary_fallback_rate", "canary_latency_p50_ms", "status")
     CANARY_DECISIONS_FIELD_NUMBER: _ClassVar[int]
@@ -185,18 +302,20 @@ class GetSurfaceRequest(_message.Message):
     def __init__(self, surface: _Optional[str] = ..., history_limit: _Optional[int] = ...) -> None: ...
 
 class GetSurfaceResponse(_message.Message):
-    __slots__ = ("surface", "exploration_cap", "configured_cap", "policy_version", "history")
+    __slots__ = ("surface", "exploration_cap", "configured_cap", "policy_version", "history", "baseline_version")
     SURFACE_FIELD_NUMBER: _ClassVar[int]
     EXPLORATION_CAP_FIELD_NUMBER: _ClassVar[int]
     CONFIGURED_CAP_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
     surface: str
     exploration_cap: float
     configured_cap: float
     policy_version: str
     history: _containers.RepeatedCompositeFieldContainer[CapChange]
-    def __init__(self, surface: _Optional[str] = ..., exploration_cap: _Optional[float] = ..., configured_cap: _Optional[float] = ..., policy_version: _Optional[str] = ..., history: _Optional[_Iterable[_Union[CapChange, _Mapping]]] = ...) -> None: ...
+    baseline_version: str
+    def __init__(self, surface: _Optional[str] = ..., exploration_cap: _Optional[float] = ..., configured_cap: _Optional[float] = ..., policy_version: _Optional[str] = ..., history: _Optional[_Iterable[_Union[CapChange, _Mapping]]] = ..., baseline_version: _Optional[str] = ...) -> None: ...
 
 class SetExplorationCapRequest(_message.Message):
     __slots__ = ("surface", "cap", "evidence", "actor", "reason")

@@ -56,6 +56,16 @@ class PolicyAdminServiceStub:
                 request_serializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetRolloutRequest.SerializeToString,
                 response_deserializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetRolloutResponse.FromString,
                 _registered_method=True)
+        self.GetShield = channel.unary_unary(
+                '/recsys_rl.ranking.v1.PolicyAdminService/GetShield',
+                request_serializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.GetShieldRequest.SerializeToString,
+                response_deserializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.GetShieldResponse.FromString,
+                _registered_method=True)
+        self.SetShield = channel.unary_unary(
+                '/recsys_rl.ranking.v1.PolicyAdminService/SetShield',
+                request_serializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetShieldRequest.SerializeToString,
+                response_deserializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetShieldResponse.FromString,
+                _registered_method=True)
 
 
 class PolicyAdminServiceServicer:
@@ -94,6 +104,22 @@ class PolicyAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetShield(self, request, context):
+        """The surface's shield rules in force, their version and the shield audit trail.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetShield(self, request, context):
+        """Replaces the surface's shield rules, or edits the rules in force (block / unblock items). Audited and persisted
+        before it applies; in force from the next Rank. Errors: INVALID_ARGUMENT naming the field (unknown surface,
+        empty actor, an invalid rule); ABORTED when expected_version is set and another change came first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PolicyAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -116,6 +142,16 @@ def add_PolicyAdminServiceServicer_to_server(servicer, server):
                     servicer.SetRollout,
                     request_deserializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetRolloutRequest.FromString,
                     response_serializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetRolloutResponse.SerializeToString,
+            ),
+            'GetShield': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShield,
+                    request_deserializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.GetShieldRequest.FromString,
+                    response_serializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.GetShieldResponse.SerializeToString,
+            ),
+            'SetShield': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetShield,
+                    request_deserializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetShieldRequest.FromString,
+                    response_serializer=recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetShieldResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +264,60 @@ class PolicyAdminService:
             '/recsys_rl.ranking.v1.PolicyAdminService/SetRollout',
             recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetRolloutRequest.SerializeToString,
             recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetRolloutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetShield(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys_rl.ranking.v1.PolicyAdminService/GetShield',
+            recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.GetShieldRequest.SerializeToString,
+            recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.GetShieldResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetShield(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys_rl.ranking.v1.PolicyAdminService/SetShield',
+            recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetShieldRequest.SerializeToString,
+            recsys__rl_dot_ranking_dot_v1_dot_policy__admin__service__pb2.SetShieldResponse.FromString,
             options,
             channel_credentials,
             insecure,
