@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from ranker.admin import ADMIN_SERVICE, add_admin_servicer
 from ranker.servicer import RankingServicer
 from recsys_rl.config import ServiceConfig
+from recsys_rl.metrics.hooks import NO_METRICS
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
 from recsys_rl.serving.service import DecisionService
@@ -96,11 +97,28 @@ class RankingServer:
 
 
 def serve_forever(config: ServiceConfig, data_dir: Path, *, host: str, port: int, port_file: Path | None = None,
-                  reuse_port: bool = False) -> NoReturn:
+                  reuse_port: bool = False, metrics_port: int | None = None) -> NoReturn:
     """Runs until SIGTERM/SIGINT, shuts down gracefully and exits the process: status 0, or 1 when the shutdown
-    outlasts SHUTDOWN_DEADLINE_S (the watchdog then dumps every thread's stack to stderr)."""
-    service = DecisionService(config, data_dir)
+    outlasts SHUTDOWN_DEADLINE_S (the watchdog then dumps every thread's stack to stderr).
+
+    ``metrics_port``: serve Prometheus metrics on ``host:metrics_port`` (0: a free port, printed on stdout as
+    ``metrics on HOST:PORT``); None: metrics off, and prometheus_client is never imported."""
+    metrics = None
+    if metrics_port is not None:
+        from recsys_rl.metrics.exporter import configure_multiprocess
+
+        configure_multiprocess(data_dir)  # before prometheus_client is imported (below)
+        from recsys_rl.metrics.definitions import ServingMetrics
+
+        metrics = ServingMetrics(list(config.surfaces))
+    service = DecisionService(config, data_dir, metrics=metrics if metrics is not None else NO_METRICS)
     server = RankingServer(service, host=host, port=port, reuse_port=reuse_port).start()
+    if metrics is not None:
+        from recsys_rl.metrics.exporter import start_exporter
+        from recsys_rl.metrics.sampler import StateSampler
+
+        sampler = StateSampler(service, metrics).start()
+        exporter = start_exporter(host, metrics_port, refresh=sampler.sample)
     if port_file is not None:
         tmp = port_file.with_suffix(".tmp")
         tmp.write_text(str(server.port))
@@ -108,6 +126,9 @@ def serve_forever(config: ServiceConfig, data_dir: Path, *, host: str, port: int
     log.info("serving %s on %s (data dir %s)", ", ".join(config.surfaces), server.address, data_dir)
     # One machine-readable line on stdout, so supervisors and tests learn the bound port without polling.
     print(f"serving on {server.address}", flush=True)
+    if metrics is not None:  # a second line, after the first that supervisors already read
+        log.info("metrics on %s:%d", host, exporter.port)
+        print(f"metrics on {host}:{exporter.port}", flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

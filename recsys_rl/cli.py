@@ -62,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     with lock:
         return serve_forever(
             config, Path(args.data_dir), host=args.host, port=args.port,
-            port_file=Path(args.port_file) if args.port_file else None,
+            port_file=Path(args.port_file) if args.port_file else None, metrics_port=args.metrics_port,
         )
 
 
@@ -108,6 +108,8 @@ def build_parser(*, full: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--exploration-cap", type=cap_argument, help="override every surface's exploration cap")
     serve.add_argument("--seed", type=int, default=0, help="server seed of the random draws")
     serve.add_argument("--port-file", help="write the bound port here once serving")
+    serve.add_argument("--metrics-port", type=port_argument, default=None,
+                       help="serve Prometheus metrics on this port (0 picks a free one; default: metrics off)")
     serve.set_defaults(run=_serve)
 
     demo = sub.add_parser("demo", help="simulated host traffic through the real server, learning, report")

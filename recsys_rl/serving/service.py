@@ -25,6 +25,7 @@ from recsys_rl.rollout.config import RolloutState, Stage
 from recsys_rl.rollout.store import GuardrailEvidence, RolloutStore
 from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
 from recsys_rl.serving.learner import ModelWatcher
+from recsys_rl.metrics.hooks import NO_METRICS, ServingHooks
 from recsys_rl.serving.log_guard import LOG_UNAVAILABLE, LogGuard
 from recsys_rl.serving.outcomes import OutcomeAck, OutcomeTracker
 from recsys_rl.rollout.guardrail import Guardrail, GuardrailSnapshot
@@ -55,10 +56,13 @@ class DecisionService:
     """Owns everything a running server decides with. Thread-safe: Rank/ReportOutcome run on a thread pool."""
 
     def __init__(self, config: ServiceConfig, data_dir: Path, *,
-                 learner: Literal["process", "thread", "off"] = "process", watch_models: bool = True) -> None:
+                 learner: Literal["process", "thread", "off"] = "process", watch_models: bool = True,
+                 metrics: ServingHooks = NO_METRICS) -> None:
         """``learner``: "process" (production: learning never holds this process's GIL), "thread" (tests),
-        "off". ``watch_models``: poll the registry and hot-swap newly published versions."""
+        "off". ``watch_models``: poll the registry and hot-swap newly published versions. ``metrics``: the
+        request-path hooks (recsys_rl.metrics; the servicer calls them too), a no-op unless metrics are on."""
         self.config = config
+        self.metrics = metrics
         self.data_dir = Path(data_dir)
         self.registry = ModelRegistry(self.data_dir / "models")
         self._surfaces: dict[str, _Surface] = {}
@@ -323,6 +327,7 @@ class DecisionService:
         ack = entry.tracker.attribute(request.event_id, request.item_id, request.outcome, request.value,
                                       occurred_ns // 1000, request.outcome_id)
         if ack.duplicate:
+            self.metrics.outcome_attributed(entry.config.name, ack)
             return ack
         outcome = events_pb2.OutcomeEvent(
             event_id=request.event_id,
@@ -343,6 +348,7 @@ class DecisionService:
             raise self.log_guard.refuse_outcome() from exc
         # Only once the outcome is queued: a retry after a refusal above is then counted exactly once.
         entry.tracker.remember(request.event_id, request.outcome_id, ack.attributed)
+        self.metrics.outcome_attributed(entry.config.name, ack)
         if ack.attributed:  # a canary-stage decision's reward for the guardrail (no-op for unwatched ones)
             entry.tracker.count_reward(request.event_id, request.item_id, request.outcome, request.value,
                                        occurred_ns // 1000, request.outcome_id)
