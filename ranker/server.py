@@ -17,7 +17,6 @@ import signal
 import sys
 import threading
 import time
-from concurrent import futures
 from pathlib import Path
 from typing import NoReturn
 
@@ -26,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ranker.admin import ADMIN_SERVICE, add_admin_servicer
+from ranker.admission import StampingExecutor
 from ranker.servicer import RankingServicer
 from recsys_rl.config import ServiceConfig
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 1.5
 # SIGTERM → exit, whatever happens (the watchdog below): the operator's contract is 10 s.
 SHUTDOWN_DEADLINE_S = 9.5
+# Handler threads. VW holds the GIL, so more threads than this only interleave decisions (each takes longer) and
+# hide the wait from the queue stamp; see docs/benchmarks.md "Rank under overload" for the measurement.
+DEFAULT_MAX_WORKERS = 8
+# A Rank that waited longer than this in the queue is refused (RESOURCE_EXHAUSTED), not served late.
+DEFAULT_MAX_QUEUE_WAIT_MS = 200.0
 RANKING_SERVICE = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
 
 
@@ -49,18 +54,24 @@ class RankingServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        max_workers: int = 8,
+        max_workers: int = DEFAULT_MAX_WORKERS,
         max_concurrent_rpcs: int = 512,
+        max_queue_wait_ms: float | None = DEFAULT_MAX_QUEUE_WAIT_MS,
         reuse_port: bool = False,
     ) -> None:
         self.service = service
+        # Stamps each RPC's arrival so a Rank knows how long it queued (ranker.admission): past its surface's
+        # decision budget it gets the baseline at once, past ``max_queue_wait_ms`` RESOURCE_EXHAUSTED.
+        self.executor = StampingExecutor(max_workers, thread_name_prefix="rpc")
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+            self.executor,
             # Past this many RPCs in flight gRPC answers RESOURCE_EXHAUSTED instead of queueing without bound.
             maximum_concurrent_rpcs=max_concurrent_rpcs,
             options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
         )
-        pb_grpc.add_RankingServiceServicer_to_server(RankingServicer(service), self._server)
+        max_queue_wait_s = None if max_queue_wait_ms is None else max_queue_wait_ms / 1000.0
+        pb_grpc.add_RankingServiceServicer_to_server(RankingServicer(service, max_queue_wait_s=max_queue_wait_s),
+                                                     self._server)
         # The service applied the approved caps at construction; the admin servicer only changes them.
         add_admin_servicer(self._server, service, service.data_dir)
         self.health = health.HealthServicer(experimental_non_blocking=True)

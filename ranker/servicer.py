@@ -6,6 +6,7 @@ import time
 
 import grpc
 
+from ranker.admission import queued_since
 from ranker.errors import map_errors
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
@@ -13,14 +14,30 @@ from recsys_rl.serving.service import DecisionService
 
 
 class RankingServicer(pb_grpc.RankingServiceServicer):
-    def __init__(self, service: DecisionService) -> None:
+    """``max_queue_wait_s``: a Rank that waited longer than this in the server's queue is refused
+    (RESOURCE_EXHAUSTED) rather than served late; so is one whose caller's deadline passed while it waited."""
+
+    def __init__(self, service: DecisionService, *, max_queue_wait_s: float | None = None) -> None:
         self.service = service
+        self.max_queue_wait_s = max_queue_wait_s
 
     @map_errors
     def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse:  # noqa: N802
+        now = time.perf_counter()
         remaining = context.time_remaining()  # None when the client set no deadline
-        deadline = None if remaining is None else time.perf_counter() + remaining
-        decision, event_id = self.service.rank(request, deadline=deadline)
+        deadline = None if remaining is None else now + remaining
+        arrived = queued_since()  # None when not run by the server's StampingExecutor
+        if arrived is not None:
+            waited_ms = (now - arrived) * 1e3
+            if self.max_queue_wait_s is not None and now - arrived > self.max_queue_wait_s:
+                raise self.service.refuse_overloaded(
+                    f"overloaded: waited {waited_ms:.1f} ms in the server's queue (limit "
+                    f"{self.max_queue_wait_s * 1e3:g} ms); nothing was decided or logged")
+            if remaining is not None and remaining <= 0:
+                raise self.service.refuse_overloaded(
+                    f"overloaded: the caller's deadline passed while waiting {waited_ms:.1f} ms in the server's "
+                    "queue; nothing was decided or logged")
+        decision, event_id = self.service.rank(request, deadline=deadline, queued_since=arrived)
         response = pb.RankResponse(
             event_id=event_id,
             slate_propensity=decision.slate_propensity,
