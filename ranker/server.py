@@ -37,11 +37,13 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 1.5
 # SIGTERM → exit, whatever happens (the watchdog below): the operator's contract is 10 s.
 SHUTDOWN_DEADLINE_S = 9.5
-# Handler threads. VW holds the GIL, so more threads than this only interleave decisions (each takes longer) and
-# hide the wait from the queue stamp; see docs/benchmarks.md "Rank under overload" for the measurement.
-DEFAULT_MAX_WORKERS = 8
-# A Rank that waited longer than this in the queue is refused (RESOURCE_EXHAUSTED), not served late.
-DEFAULT_MAX_QUEUE_WAIT_MS = 200.0
+# Handler threads. VW and the per-candidate Python work hold the GIL, so more threads only interleave decisions
+# (each takes longer, a wait the queue stamp cannot see); one thread serialises the hand-offs through gRPC's polling
+# thread. Two measured best (docs/benchmarks.md, "Rank under overload").
+DEFAULT_MAX_WORKERS = 2
+# A Rank that waited longer than this in the queue is refused (RESOURCE_EXHAUSTED), not served late: 2x the default
+# decision budget, the tail a host can plan for. A surface's budget (shorter) turns waits past it into the baseline.
+DEFAULT_MAX_QUEUE_WAIT_MS = 50.0
 RANKING_SERVICE = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
 
 
@@ -70,7 +72,8 @@ class RankingServer:
             options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
         )
         max_queue_wait_s = None if max_queue_wait_ms is None else max_queue_wait_ms / 1000.0
-        pb_grpc.add_RankingServiceServicer_to_server(RankingServicer(service, max_queue_wait_s=max_queue_wait_s),
+        pb_grpc.add_RankingServiceServicer_to_server(RankingServicer(
+            service, max_queue_wait_s=max_queue_wait_s, backlog=lambda: self.executor.queue_depth),
                                                      self._server)
         # The service applied the approved caps at construction; the admin servicer only changes them.
         add_admin_servicer(self._server, service, service.data_dir)
@@ -107,11 +110,13 @@ class RankingServer:
 
 
 def serve_forever(config: ServiceConfig, data_dir: Path, *, host: str, port: int, port_file: Path | None = None,
-                  reuse_port: bool = False) -> NoReturn:
+                  reuse_port: bool = False, max_workers: int = DEFAULT_MAX_WORKERS,
+                  max_queue_wait_ms: float | None = DEFAULT_MAX_QUEUE_WAIT_MS) -> NoReturn:
     """Runs until SIGTERM/SIGINT, shuts down gracefully and exits the process: status 0, or 1 when the shutdown
     outlasts SHUTDOWN_DEADLINE_S (the watchdog then dumps every thread's stack to stderr)."""
     service = DecisionService(config, data_dir)
-    server = RankingServer(service, host=host, port=port, reuse_port=reuse_port).start()
+    server = RankingServer(service, host=host, port=port, reuse_port=reuse_port, max_workers=max_workers,
+                           max_queue_wait_ms=max_queue_wait_ms).start()
     if port_file is not None:
         tmp = port_file.with_suffix(".tmp")
         tmp.write_text(str(server.port))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -14,12 +15,16 @@ from recsys_rl.serving.service import DecisionService
 
 
 class RankingServicer(pb_grpc.RankingServiceServicer):
-    """``max_queue_wait_s``: a Rank that waited longer than this in the server's queue is refused
-    (RESOURCE_EXHAUSTED) rather than served late; so is one whose caller's deadline passed while it waited."""
+    """``max_queue_wait_s``: a Rank that waited longer than this in the server's queue while others still wait
+    behind it (``backlog()`` > 0) is refused (RESOURCE_EXHAUSTED) rather than served late: refusing is what drains
+    a backlog. One with nobody behind it (a lone stall: a cold start, a GC pause) costs no one else anything and
+    gets the baseline instead. A Rank whose caller's deadline passed while it waited is refused either way."""
 
-    def __init__(self, service: DecisionService, *, max_queue_wait_s: float | None = None) -> None:
+    def __init__(self, service: DecisionService, *, max_queue_wait_s: float | None = None,
+                 backlog: Callable[[], int] = lambda: 0) -> None:
         self.service = service
         self.max_queue_wait_s = max_queue_wait_s
+        self.backlog = backlog
 
     @map_errors
     def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse:  # noqa: N802
@@ -29,7 +34,7 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
         arrived = queued_since()  # None when not run by the server's StampingExecutor
         if arrived is not None:
             waited_ms = (now - arrived) * 1e3
-            if self.max_queue_wait_s is not None and now - arrived > self.max_queue_wait_s:
+            if self.max_queue_wait_s is not None and now - arrived > self.max_queue_wait_s and self.backlog() > 0:
                 raise self.service.refuse_overloaded(
                     f"overloaded: waited {waited_ms:.1f} ms in the server's queue (limit "
                     f"{self.max_queue_wait_s * 1e3:g} ms); nothing was decided or logged")

@@ -1,5 +1,6 @@
 """Overload: a Rank that waited past its decision budget gets the baseline at once (logged as served); past the
-server's queue limit it is refused RESOURCE_EXHAUSTED and nothing is logged; the server keeps serving after.
+server's queue limit, with others waiting behind it, it is refused RESOURCE_EXHAUSTED and nothing is logged; the
+server keeps serving after.
 
 The queue is forced, not hoped for: one handler thread, and a scorer that blocks the first request until the
 others are in the executor's queue (``StampingExecutor.queue_depth``) and have waited the time under test.
@@ -141,19 +142,24 @@ def test_past_the_queue_limit_requests_are_refused_and_nothing_is_logged(serve: 
     served: Served = serve(max_queue_wait_ms=3 * BUDGET_MS)  # type: ignore[operator]
     first, queued = _force_queue(served, wait_s=4 * BUDGET_MS / 1000)
     first_response = first.result()
-    for future in queued:
+    *refused_futures, last = queued  # one handler thread: they run in submit order
+    for future in refused_futures:  # others still waited behind each of these: refused, the backlog drains
         with pytest.raises(grpc.RpcError) as refused:
             future.result()
         assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "in the server's queue" in refused.value.details()
-    assert served.service.overload_refused == QUEUED
-    assert served.service.overload_baseline == 0
+    # Nobody waited behind the last one: refusing it would drain nothing, so it gets the baseline at once.
+    last_response = last.result()
+    assert last_response.serving_mode == pb.SERVING_MODE_BASELINE_FALLBACK
+    assert served.service.overload_refused == QUEUED - 1
+    assert served.service.overload_baseline == 1
 
     after = served.stub.Rank(make_request(request_id="after"), timeout=TIMEOUT_S)  # the server keeps serving
     assert after.serving_mode == pb.SERVING_MODE_LEARNED
     served.server.stop(grace_s=5.0)
     logged = {event.event_id for event in read_log(served.data_dir / "logs").decisions}
-    assert logged == {first_response.event_id, after.event_id}  # the refused decided nothing, logged nothing
+    # The refused decided nothing and logged nothing.
+    assert logged == {first_response.event_id, last_response.event_id, after.event_id}
 
 
 def test_a_request_whose_caller_gave_up_while_queued_is_not_decided(serve: object) -> None:
