@@ -30,6 +30,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("slateq_train", "bench.slateq_train_bench", "Slate-RL offline training (issue 4)"),
     ("logging", "bench.logging_bench", "Decision log writer and reader"),
     ("disk_full", "bench.disk_full_bench", "Rank through a full disk (issue 7)"),
+    ("overload", "bench.overload_bench", "Rank under overload: queue-aware admission (issue 11)"),
     ("sim", "bench.sim_bench", "Simulator speed without the server"),
     ("replay", "bench.replay_bench", "Replay vs serving the same decisions (issue 3)"),
     ("evaluators", "bench.evaluators_bench", "Estimators on a 10M-row table (issue 3)"),

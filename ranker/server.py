@@ -17,7 +17,6 @@ import signal
 import sys
 import threading
 import time
-from concurrent import futures
 from pathlib import Path
 from typing import NoReturn
 
@@ -26,6 +25,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ranker.admin import ADMIN_SERVICE, add_admin_servicer
+from ranker.admission import StampingExecutor
 from ranker.servicer import RankingServicer
 from recsys_rl.config import ServiceConfig
 from recsys_rl.metrics.hooks import NO_METRICS
@@ -38,6 +38,13 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 1.5
 # SIGTERM → exit, whatever happens (the watchdog below): the operator's contract is 10 s.
 SHUTDOWN_DEADLINE_S = 9.5
+# Handler threads. VW and the per-candidate Python work hold the GIL, so more threads only interleave decisions
+# (each takes longer, a wait the queue stamp cannot see); one thread serialises the hand-offs through gRPC's polling
+# thread. Two measured best (docs/benchmarks.md, "Rank under overload").
+DEFAULT_MAX_WORKERS = 2
+# A Rank that waited longer than this in the queue is refused (RESOURCE_EXHAUSTED), not served late: 2x the default
+# decision budget, the tail a host can plan for. A surface's budget (shorter) turns waits past it into the baseline.
+DEFAULT_MAX_QUEUE_WAIT_MS = 50.0
 RANKING_SERVICE = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
 
 
@@ -50,18 +57,25 @@ class RankingServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        max_workers: int = 8,
+        max_workers: int = DEFAULT_MAX_WORKERS,
         max_concurrent_rpcs: int = 512,
+        max_queue_wait_ms: float | None = DEFAULT_MAX_QUEUE_WAIT_MS,
         reuse_port: bool = False,
     ) -> None:
         self.service = service
+        # Stamps each RPC's arrival so a Rank knows how long it queued (ranker.admission): past its surface's
+        # decision budget it gets the baseline at once, past ``max_queue_wait_ms`` RESOURCE_EXHAUSTED.
+        self.executor = StampingExecutor(max_workers, thread_name_prefix="rpc")
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+            self.executor,
             # Past this many RPCs in flight gRPC answers RESOURCE_EXHAUSTED instead of queueing without bound.
             maximum_concurrent_rpcs=max_concurrent_rpcs,
             options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
         )
-        pb_grpc.add_RankingServiceServicer_to_server(RankingServicer(service), self._server)
+        max_queue_wait_s = None if max_queue_wait_ms is None else max_queue_wait_ms / 1000.0
+        pb_grpc.add_RankingServiceServicer_to_server(RankingServicer(
+            service, max_queue_wait_s=max_queue_wait_s, backlog=lambda: self.executor.queue_depth),
+                                                     self._server)
         # The service applied the approved caps at construction; the admin servicer only changes them.
         add_admin_servicer(self._server, service, service.data_dir)
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -97,7 +111,9 @@ class RankingServer:
 
 
 def serve_forever(config: ServiceConfig, data_dir: Path, *, host: str, port: int, port_file: Path | None = None,
-                  reuse_port: bool = False, metrics_port: int | None = None) -> NoReturn:
+                  reuse_port: bool = False, metrics_port: int | None = None,
+                  max_workers: int = DEFAULT_MAX_WORKERS,
+                  max_queue_wait_ms: float | None = DEFAULT_MAX_QUEUE_WAIT_MS) -> NoReturn:
     """Runs until SIGTERM/SIGINT, shuts down gracefully and exits the process: status 0, or 1 when the shutdown
     outlasts SHUTDOWN_DEADLINE_S (the watchdog then dumps every thread's stack to stderr).
 
@@ -112,7 +128,8 @@ def serve_forever(config: ServiceConfig, data_dir: Path, *, host: str, port: int
 
         metrics = ServingMetrics(list(config.surfaces))
     service = DecisionService(config, data_dir, metrics=metrics if metrics is not None else NO_METRICS)
-    server = RankingServer(service, host=host, port=port, reuse_port=reuse_port).start()
+    server = RankingServer(service, host=host, port=port, reuse_port=reuse_port, max_workers=max_workers,
+                           max_queue_wait_ms=max_queue_wait_ms).start()
     if metrics is not None:
         from recsys_rl.metrics.exporter import start_exporter
         from recsys_rl.metrics.sampler import StateSampler

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import grpc
 
+from ranker.admission import queued_since
 from ranker.errors import map_errors, status_for
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
@@ -13,17 +15,29 @@ from recsys_rl.serving.service import DecisionService
 
 
 class RankingServicer(pb_grpc.RankingServiceServicer):
-    def __init__(self, service: DecisionService) -> None:
+    """``max_queue_wait_s``: a Rank that waited longer than this in the server's queue while others still wait
+    behind it (``backlog()`` > 0) is refused (RESOURCE_EXHAUSTED) rather than served late: refusing is what drains
+    a backlog. One with nobody behind it (a lone stall: a cold start, a GC pause) costs no one else anything and
+    gets the baseline instead. A Rank whose caller's deadline passed while it waited is refused either way."""
+
+    def __init__(self, service: DecisionService, *, max_queue_wait_s: float | None = None,
+                 backlog: Callable[[], int] = lambda: 0) -> None:
         self.service = service
         self.metrics = service.metrics  # recsys_rl.metrics hooks: a no-op unless `serve --metrics-port`
+        self.max_queue_wait_s = max_queue_wait_s
+        self.backlog = backlog
 
     @map_errors
     def Rank(self, request: pb.RankRequest, context: grpc.ServicerContext) -> pb.RankResponse:  # noqa: N802
-        started = time.perf_counter()
+        now = time.perf_counter()
         remaining = context.time_remaining()  # None when the client set no deadline
-        deadline = None if remaining is None else started + remaining
+        deadline = None if remaining is None else now + remaining
+        arrived = queued_since()  # None when not run by the server's StampingExecutor
+        started = now if arrived is None else arrived  # the latency a host sees includes the queue wait
         try:
-            decision, event_id = self.service.rank(request, deadline=deadline)
+            if arrived is not None:
+                self._admit(now, arrived, remaining)
+            decision, event_id = self.service.rank(request, deadline=deadline, queued_since=arrived)
         except Exception as exc:
             self.metrics.rank_failed(request.surface, status_for(exc).name, time.perf_counter() - started)
             raise
@@ -44,6 +58,18 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
             )
         self.metrics.ranked(decision, time.perf_counter() - started)
         return response
+
+    def _admit(self, now: float, arrived: float, remaining: float | None) -> None:
+        """Raises Overloaded (RESOURCE_EXHAUSTED) for a Rank that must not be decided at all."""
+        waited_ms = (now - arrived) * 1e3
+        if self.max_queue_wait_s is not None and now - arrived > self.max_queue_wait_s and self.backlog() > 0:
+            raise self.service.refuse_overloaded(
+                f"overloaded: waited {waited_ms:.1f} ms in the server's queue (limit "
+                f"{self.max_queue_wait_s * 1e3:g} ms); nothing was decided or logged")
+        if remaining is not None and remaining <= 0:
+            raise self.service.refuse_overloaded(
+                f"overloaded: the caller's deadline passed while waiting {waited_ms:.1f} ms in the server's "
+                "queue; nothing was decided or logged")
 
     @map_errors
     def ReportOutcome(  # noqa: N802

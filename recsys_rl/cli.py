@@ -63,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
         return serve_forever(
             config, Path(args.data_dir), host=args.host, port=args.port,
             port_file=Path(args.port_file) if args.port_file else None, metrics_port=args.metrics_port,
+            max_workers=args.max_workers, max_queue_wait_ms=args.max_queue_wait_ms or None,
         )
 
 
@@ -110,6 +111,10 @@ def build_parser(*, full: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--port-file", help="write the bound port here once serving")
     serve.add_argument("--metrics-port", type=port_argument, default=None,
                        help="serve Prometheus metrics on this port (0 picks a free one; default: metrics off)")
+    serve.add_argument("--max-workers", type=int, default=2,
+                       help="RPC handler threads (VW holds the GIL: more threads only interleave decisions)")
+    serve.add_argument("--max-queue-wait-ms", type=float, default=50.0,
+                       help="refuse a Rank (RESOURCE_EXHAUSTED) that queued longer than this; 0 = no limit")
     serve.set_defaults(run=_serve)
 
     demo = sub.add_parser("demo", help="simulated host traffic through the real server, learning, report")

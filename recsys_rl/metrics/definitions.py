@@ -27,7 +27,7 @@ from recsys_rl.serving.outcomes import OutcomeAck
 
 # The prefixes of Decision.fallback_reason (recsys_rl.serving.decision, .log_guard); anything else counts as "other".
 # A new kind of fallback (e.g. load shedding) adds its prefix here so its alert can name it.
-FALLBACK_REASONS = frozenset({"model_error", "long_term_error", "deadline", "log_unavailable", "overloaded"})
+FALLBACK_REASONS = frozenset({"model_error", "long_term_error", "deadline", "log_unavailable", "queued"})
 UNKNOWN_SURFACE = "unknown"
 GUARDRAIL_STATUSES = ("none", "collecting", "holding", "failed")  # "none": no canary guardrail running
 
@@ -60,7 +60,7 @@ class ServingMetrics:
         self.newest_logged: dict[str, float] = {}
         r = registry
         self.rank_seconds = Histogram(
-            "recsys_rl_rank_seconds", "Rank latency inside the server (decode to encode), by outcome",
+            "recsys_rl_rank_seconds", "Rank latency inside the server (arrival in its queue to encode), by outcome",
             ["surface", "mode", "code"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.report_outcome_seconds = Histogram(
             "recsys_rl_report_outcome_seconds", "ReportOutcome latency inside the server, by status code",

@@ -232,17 +232,19 @@ def check_request(policy: DecisionPolicy, request: pb.RankRequest) -> None:
 
 
 def decide_baseline(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray, *, draw_key: int,
-                    mode: int, check: bool = True) -> Decision:
-    """The baseline by the rollout's choice (``mode`` SERVING_MODE_BASELINE or _SHADOW), propensity 1.
+                    mode: int, check: bool = True, reason: str = "") -> Decision:
+    """The baseline by the rollout's choice (``mode`` SERVING_MODE_BASELINE or _SHADOW), propensity 1; or, with a
+    ``reason`` and SERVING_MODE_BASELINE_FALLBACK, the baseline at once for a request with no time left to score.
 
-    The model is not scored: nothing needs its scores, and a surface reverted for a slow or failing model must not
-    keep paying for it. ``check``: validate the request first (:func:`check_request`); False only when the caller
-    runs the learned policy on the same request anyway (shadow), which validates it.
+    The model is not scored: nothing needs its scores, and a surface reverted for a slow or failing model (or a
+    process past its capacity) must not keep paying for it. ``check``: validate the request first
+    (:func:`check_request`); False only when the caller runs the learned policy on the same request anyway
+    (shadow), which validates it.
     """
     shield = policy.shield.for_request(request)
     if check:
         check_request(policy, request)
-    return _baseline_decision(policy, request, baseline, "", draw_key, None, mode, shield)
+    return _baseline_decision(policy, request, baseline, reason, draw_key, None, mode, shield)
 
 
 def baseline_order(baseline: np.ndarray, slate_size: int, shield: RequestShield | None = None) -> np.ndarray:

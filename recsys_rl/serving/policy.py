@@ -90,7 +90,7 @@ class SurfacePolicy:
             self._state = replace(self._state, explorer=explorer, cap=cap)
 
     def rank(self, request: pb.RankRequest, *, deadline: float | None = None, baseline: np.ndarray | None = None,
-             serve_baseline: str = "", rollout: RolloutState = _LIVE) -> Decision:
+             serve_baseline: str = "", rollout: RolloutState = _LIVE, late: str = "") -> Decision:
         """Decide a slate for ``request`` through the decision path, as the rollout stage says.
 
         ``deadline``: a ``time.perf_counter()`` instant past which the baseline serves (None: no deadline).
@@ -101,17 +101,25 @@ class SurfacePolicy:
         ``recsys_rl.rollout.assignment``) get the learned policy (SERVING_MODE_CANARY), control users the
         baseline (SERVING_MODE_BASELINE); shadow: the baseline is served (SERVING_MODE_SHADOW) and the learned
         policy decides the same request with the draw key live serving would use, in ``Decision.shadow``.
+        ``late``: the request has no time left to score (e.g. "queued: waited 31.2 ms"): wherever the learned
+        policy would be scored (live, a canary user, the shadow) the baseline serves at once with this reason
+        (SERVING_MODE_BASELINE_FALLBACK, the model not scored; ``serve_baseline``'s reason first when both are set);
+        a baseline by the rollout's choice is unchanged.
         """
         if baseline is None:
             baseline = validate_rank_request(request, max_candidates=self.surface.max_candidates)
         state = self._state  # one snapshot for the whole request, shadow included
         key = draw_key(self.server_seed, self.surface.name, request.request_id)
         stage = rollout.stage
-        if serve_baseline or stage is Stage.LIVE:
+        canary_user = stage is Stage.CANARY and in_canary(self.surface.name, request.user_id, rollout.canary_share)
+        if late and (serve_baseline or stage in (Stage.LIVE, Stage.SHADOW) or canary_user):
+            decision = decide_baseline(state, request, baseline, draw_key=key,
+                                       mode=pb.SERVING_MODE_BASELINE_FALLBACK, reason=serve_baseline or late)
+        elif serve_baseline or stage is Stage.LIVE:
             decision = decide(state, request, baseline, draw_key=key, deadline=deadline,
                               serve_baseline=serve_baseline)
         elif stage is Stage.CANARY:
-            if in_canary(self.surface.name, request.user_id, rollout.canary_share):
+            if canary_user:
                 decision = decide(state, request, baseline, draw_key=key, deadline=deadline,
                                   mode=pb.SERVING_MODE_CANARY)
             else:

@@ -67,6 +67,11 @@ class DecisionService:
         self.registry = ModelRegistry(self.data_dir / "models")
         self._surfaces: dict[str, _Surface] = {}
         self._closed = threading.Event()
+        # Overload counters (for the metrics): Rank requests that waited past their decision budget and got the
+        # baseline at once, and those refused RESOURCE_EXHAUSTED (``refuse_overloaded``, e.g. by the server).
+        self._overload_lock = threading.Lock()
+        self.overload_baseline = 0
+        self.overload_refused = 0
         self._long_term = self._load_long_term(config)
         self._refused_long_term: set[str] = set()
         # Versions that failed to load, per surface: refused once (logged), never retried every watcher tick.
@@ -262,26 +267,35 @@ class DecisionService:
             raise InvalidInput(field, f"unknown surface {surface!r} (configured: {known})")
         return entry
 
-    def rank(self, request: pb.RankRequest, *, deadline: float | None = None) -> tuple[Decision, str]:
+    def rank(self, request: pb.RankRequest, *, deadline: float | None = None,
+             queued_since: float | None = None) -> tuple[Decision, str]:
         """Decides, logs (enqueues) and tracks one request. Returns the decision and its event id.
 
         The surface is resolved once here and the request checked by its rules (``requests``); ``deadline`` (a
         ``time.perf_counter()`` instant, e.g. the RPC's) and the surface's decision budget make the one deadline
         the decision path sees. The surface's rollout (``rollout_state``) is read once per request and decides who
         serves (``SurfacePolicy.rank``); at stage shadow the shadow's agreement and added time feed ``shadow_stats``.
+
+        ``queued_since``: the ``perf_counter()`` instant the request arrived in this process (``ranker.admission``);
+        the decision budget runs from then, and a request already past it (or past ``deadline``) gets the baseline
+        at once, without scoring (reason "queued: waited X ms", counted in ``overload_baseline``).
         """
         if self._closed.is_set():
             raise NotReady("the service is shutting down")
         started_ns = time.perf_counter_ns()
         entry = self._entry(request.surface)
         baseline = validate_rank_request(request, max_candidates=entry.config.max_candidates)
-        budget_deadline = started_ns / 1e9 + entry.config.decision_budget_ms / 1000.0
+        now = started_ns / 1e9
+        arrived = now if queued_since is None else min(queued_since, now)
+        budget_deadline = arrived + entry.config.decision_budget_ms / 1000.0
         deadline = budget_deadline if deadline is None else min(deadline, budget_deadline)
+        late = f"queued: waited {(now - arrived) * 1e3:.1f} ms" if now >= deadline else ""
         rollout = self.rollout_state(request.surface)
         if not self.log_guard.ready():  # never a learned or explored slate without its event queued
             return self.log_guard.unlogged(entry.policy.rank(request, deadline=deadline, baseline=baseline,
-                                                             serve_baseline=LOG_UNAVAILABLE, rollout=rollout))
-        decision = entry.policy.rank(request, deadline=deadline, baseline=baseline, rollout=rollout)
+                                                             serve_baseline=LOG_UNAVAILABLE, rollout=rollout,
+                                                             late=late))
+        decision = entry.policy.rank(request, deadline=deadline, baseline=baseline, rollout=rollout, late=late)
         event_id = uuid.uuid4().hex
         served_at_ns = time.time_ns()
         window_s = entry.config.reward.attribution_window_seconds
@@ -301,12 +315,22 @@ class DecisionService:
         except LogUnavailable:  # the disk failed since ready(): this decision is not served, the baseline is
             return self.log_guard.unlogged(entry.policy.rank(request, deadline=deadline, baseline=baseline,
                                                              serve_baseline=LOG_UNAVAILABLE, rollout=rollout))
+        if late and decision.fallback_reason == late:
+            with self._overload_lock:
+                self.overload_baseline += 1
         if decision.shadow is not None:
             entry.shadow.record(decision, decision.shadow, decision.shadow_latency_us)
         tag = self.monitor.decided(request.surface, rollout.stage, decision.serving_mode, latency_ms=latency_us / 1000)
         entry.tracker.track(event_id, served_at_ns // 1000, [slot.item_id for slot in decision.slots],
                             request=request if self._long_term is not None else None, reward_tag=tag)
         return decision, event_id
+
+    def refuse_overloaded(self, reason: str) -> Overloaded:
+        """Counts a Rank refused because even the baseline cannot be served in time; returns the error to raise
+        (RESOURCE_EXHAUSTED: nothing was decided or logged, the host serves its own order or retries)."""
+        with self._overload_lock:
+            self.overload_refused += 1
+        return Overloaded(reason)
 
     def report_outcome(self, request: pb.ReportOutcomeRequest) -> OutcomeAck:
         """Attributes and logs one outcome: whether it counts, and whether it repeats an acknowledged outcome_id.
