@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recsys_rl.errors import InvalidInput
-from recsys_rl.shield.rules import ShieldConfigError, ShieldRules, rules_from_dict, rules_to_dict
+from recsys_rl.shield.rules import ShieldConfigError, ShieldRules, read_blocked_file, rules_from_dict, rules_to_dict
 
 MAX_EDIT_ITEMS = 100_000  # ids per request edit list; more go through blocked_items_file
 
@@ -43,13 +43,16 @@ class ShieldEdit:
     def apply(self, current: ShieldRules) -> tuple[ShieldRules, str]:
         """(the new rules, a summary in words) from the rules in force."""
         base = _build(self.replacement) if self.replacement is not None else current
-        table = rules_to_dict(base)
-        blocked = set(table["blocked_items"])
+        table = rules_to_dict(base, blocked_items=False)  # the ids as a set: sorting a million ids costs ~1 s
+        blocked = set(base.blocked_items)
         if self.blocked_items_file:
-            blocked |= _build({"blocked_items_file": self.blocked_items_file}, prefix="rules").blocked_items
+            try:
+                blocked.update(read_blocked_file(self.blocked_items_file))
+            except ShieldConfigError as exc:
+                raise InvalidInput("rules.blocked_items_file", str(exc).partition(": ")[2]) from None
         blocked |= set(self.block)
         blocked -= set(self.unblock)
-        table["blocked_items"] = sorted(blocked)
+        table["blocked_items"] = list(blocked)
         rules = _build(table)
         summary = diff(current, rules)
         if self.replacement is not None:

@@ -193,10 +193,12 @@ def rules_from_dict(table: dict[str, Any], *, base_dir: Path | None = None) -> S
         if base_dir is not None and not Path(path).is_absolute():
             path = str(base_dir / path)
         blocked += _read_blocked_file(path)
-    for item in blocked:
-        # The store keeps blocked ids one per line: an id must be one line (and not blank) to round-trip.
-        if not item.strip() or "\n" in item or "\r" in item:
-            raise ShieldConfigError(f"shield.blocked_items: {item!r} is not an item id (blank or a line break)")
+    # The store keeps blocked ids one per line: an id must be one non-empty line to round-trip. Checked on the
+    # joined ids (a million of them: one scan in C, not a Python loop); the loop only finds the culprit.
+    joined = "\n".join(blocked)
+    if "\r" in joined or joined.count("\n") != max(0, len(blocked) - 1) or "" in blocked:
+        bad = next(item for item in blocked if not item or "\n" in item or "\r" in item)
+        raise ShieldConfigError(f"shield.blocked_items: {bad!r} is not an item id (empty or a line break)")
 
     def _table(key: str) -> dict[str, Any]:
         value = table.get(key, {})
@@ -217,10 +219,20 @@ def rules_from_dict(table: dict[str, Any], *, base_dir: Path | None = None) -> S
                          "max_per_value": max_per_value, "pinned": pinned, "min_feasible": min_feasible},
                         sort_keys=True).encode())
     unique = frozenset(blocked)
-    # One update of "id\n" per sorted id, joined first: the same digest as hashing them one by one, ~5x faster
-    # for a million ids.
-    h.update("".join(item + "\n" for item in sorted(unique)).encode())
+    # "id\n" per sorted id, joined first: the same digest as hashing them one by one, much faster for a million.
+    h.update(blocked_file_bytes(unique))
     return ShieldRules(unique, blocked_values, max_per_value, pinned, min_feasible, "shield-" + h.hexdigest())
+
+
+def blocked_file_bytes(blocked: frozenset[str] | set[str]) -> bytes:
+    """The blocked ids sorted, one per line (each line ends in a newline): what the version hashes and the store
+    keeps."""
+    return ("\n".join(sorted(blocked)) + "\n").encode() if blocked else b""
+
+
+def read_blocked_file(path: str) -> list[str]:
+    """The ids of a blocked-items file (one per line, blank lines skipped); ShieldConfigError naming the key."""
+    return _read_blocked_file(path)
 
 
 def parse_shield(table: dict[str, Any], *, base_dir: Path | None = None) -> ShieldRules:

@@ -38,7 +38,9 @@ from typing import Any, Literal
 from recsys_rl.caps.durable import admin_lock, append_line, fsync_dir, read_lines, write_json_atomically
 from recsys_rl.errors import Aborted, InvalidInput, NotFound
 from recsys_rl.shield.edits import describe, diff
-from recsys_rl.shield.rules import NO_SHIELD, ShieldConfigError, ShieldRules, rules_from_dict, rules_to_dict
+from recsys_rl.shield.rules import (
+    NO_SHIELD, ShieldConfigError, ShieldRules, blocked_file_bytes, rules_from_dict, rules_to_dict,
+)
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +237,7 @@ class ShieldStore:
             return
         rules_path, blocked_path = _version_paths(self.versions_dir, rules.version)
         if not rules_path.exists():
-            _write_file(blocked_path, "".join(item + "\n" for item in sorted(rules.blocked_items)).encode())
+            _write_file(blocked_path, blocked_file_bytes(rules.blocked_items))
             table = rules_to_dict(rules, blocked_items=False) | {"blocked_items_count": len(rules.blocked_items)}
             _write_file(rules_path, (json.dumps(table, indent=2, sort_keys=True) + "\n").encode())
             fsync_dir(self.versions_dir)
