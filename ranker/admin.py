@@ -13,6 +13,10 @@ encodes. The order matters for the invariants:
 Rollout (GetRollout/SetRollout) follows the same order, with ``recsys_rl.rollout.store`` holding the rules: a
 backward move is accepted at once, a forward one needs the guardrail's evidence (``service.rollout_evidence``);
 a refusal is audited and fails with FAILED_PRECONDITION, the failed checks in the same trailing metadata as caps.
+
+Shield (GetShield/SetShield): validate (INVALID_ARGUMENT naming the field, e.g. ``rules.max_per_value.creator``),
+then under the shield store's lock check ``expected_version`` (ABORTED when another change came first), write the
+version files, append the audit line, and put the rules in force for the next Rank (``DecisionService.set_shield``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
 from recsys_rl.rollout.config import Stage
 from recsys_rl.rollout.store import NO_EVIDENCE, GuardrailEvidence, RolloutAuditEntry, RolloutRefused, check_share
 from recsys_rl.serving.service import DecisionService
+from recsys_rl.shield.edits import ShieldEdit
+from recsys_rl.shield.rules import rules_to_dict
+from recsys_rl.shield.store import ShieldAuditEntry
 
 ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["PolicyAdminService"].full_name
 MAX_ACTOR_CHARS = 200
@@ -216,6 +223,75 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
         if len(reason) > MAX_REASON_CHARS:
             raise InvalidInput("reason", f"longer than {MAX_REASON_CHARS} characters")
         return actor
+
+
+    # --- shield ---------------------------------------------------------------------------------------------
+
+    @map_errors
+    def GetShield(  # noqa: N802
+        self, request: admin_pb.GetShieldRequest, context: grpc.ServicerContext
+    ) -> admin_pb.GetShieldResponse:
+        surface = self._surface(request.surface)
+        if request.history_limit < 0:
+            raise InvalidInput("history_limit", f"must be >= 0, got {request.history_limit}")
+        rules = self.service.shield(surface)
+        table = rules_to_dict(rules, blocked_items=request.include_blocked_items)
+        ruleset = admin_pb.ShieldRuleSet(
+            blocked_items=table.get("blocked_items", []), max_per_value=table["max_per_value"],
+            pinned=table["pinned"], min_feasible=table["min_feasible"] if rules.active else 0,
+            blocked_items_count=len(rules.blocked_items),
+        )
+        for key, values in table["blocked_values"].items():
+            ruleset.blocked_values[key].values.extend(values)
+        history = self.service.shields.history(surface, limit=request.history_limit)
+        return admin_pb.GetShieldResponse(surface=surface, version=rules.version, rules=ruleset,
+                                          history=[_shield_change(e) for e in history])
+
+    @map_errors
+    def SetShield(  # noqa: N802
+        self, request: admin_pb.SetShieldRequest, context: grpc.ServicerContext
+    ) -> admin_pb.SetShieldResponse:
+        """replace_rules: ``rules`` whole; otherwise ``rules`` may carry only blocked ids / a blocked file to add."""
+        surface = self._surface(request.surface)
+        actor = self._actor(request.actor, request.reason)
+        rules = request.rules
+        replacement = _rules_table(rules) if request.replace_rules else None
+        if not request.replace_rules:
+            for name in ("blocked_values", "max_per_value", "pinned"):
+                if len(getattr(rules, name)):
+                    raise InvalidInput(f"rules.{name}", "set replace_rules to replace the rules (without it only "
+                                                         "blocked_items, blocked_items_file and the edits apply)")
+            if rules.min_feasible:
+                raise InvalidInput("rules.min_feasible", "set replace_rules to replace the rules")
+        edit = ShieldEdit(replacement=replacement,
+                          block=[*request.block_items, *([] if request.replace_rules else rules.blocked_items)],
+                          unblock=list(request.unblock_items),
+                          blocked_items_file="" if request.replace_rules else rules.blocked_items_file)
+        entry = self.service.set_shield(surface, edit, actor=actor, reason=request.reason,
+                                        expected_version=request.expected_version)
+        return admin_pb.SetShieldResponse(version=entry.new_version, old_version=entry.old_version,
+                                          change=_shield_change(entry))
+
+
+def _rules_table(rules: admin_pb.ShieldRuleSet) -> dict[str, Any]:
+    """A ShieldRuleSet as the TOML-named rules dict (min_feasible 0 means 1)."""
+    table: dict[str, Any] = {
+        "blocked_items": list(rules.blocked_items),
+        "blocked_values": {key: list(values.values) for key, values in rules.blocked_values.items()},
+        "max_per_value": dict(rules.max_per_value), "pinned": dict(rules.pinned),
+        "min_feasible": rules.min_feasible or 1,
+    }
+    if rules.blocked_items_file:
+        table["blocked_items_file"] = rules.blocked_items_file
+    return table
+
+
+def _shield_change(entry: ShieldAuditEntry) -> admin_pb.ShieldChange:
+    change = admin_pb.ShieldChange(sequence=entry.sequence, surface=entry.surface, actor=entry.actor,
+                                   old_version=entry.old_version, new_version=entry.new_version, reason=entry.reason,
+                                   summary=entry.summary)
+    change.changed_at.FromNanoseconds(int(entry.time_unix * 1e9))
+    return change
 
 
 def add_admin_servicer(grpc_server: grpc.Server, service: DecisionService, data_dir: Path | str, *,

@@ -26,3 +26,8 @@ class Overloaded(RuntimeError):
 
 class PreconditionFailed(RuntimeError):
     """An operation's precondition (e.g. the cap gate's checks) does not hold."""
+
+
+class Aborted(RuntimeError):
+    """A conditional change lost a race (e.g. SetShield's expected_version is no longer in force); retry after
+    reading the current state."""

@@ -50,6 +50,8 @@ from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.decision import LongTermInput, LongTermValue, NoLongTermValue, target_propensities
 from recsys_rl.serving.exploration import Explorer
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+from evaluators.replay.shield import ReplayShield, what_if_rules
+from recsys_rl.shield.rules import ShieldRules
 from evaluators.replay.targets import PolicySpec, TargetPolicy, parse_policy_spec, resolve_policy
 
 CHUNK_DECISIONS = 20_000  # decisions turned into a DataFrame chunk at a time (bounds Python-object memory)
@@ -176,12 +178,15 @@ def replay(
     progress: bool = True,
     stats: ReplayStats | None = None,
     since: float | None = None,
+    shield: str | ShieldRules | None = None,
 ) -> pl.DataFrame:
     """The bandit-feedback table of ``spec`` on the logs under ``data_dir/logs`` (columns: module docstring).
 
     Reads the log once, streaming: every ``CHUNK_DECISIONS`` decisions become a DataFrame chunk, so memory holds
     the output table, the outcomes and one chunk of protobufs. ``since`` (unix seconds) keeps only decisions
-    served from then on, e.g. once the logging policy settled. Raises InvalidInput for a bad spec, surface or
+    served from then on, e.g. once the logging policy settled. ``shield``: a what-if applied to every decision
+(``none``, a rules TOML, a stored version, or ShieldRules); default: each decision's logged rules version
+(:mod:`evaluators.replay.shield`). Raises InvalidInput for a bad spec, surface or
     data dir. Pass ``stats`` to get the counts (fallbacks, skipped decisions, damaged records, join counts).
     """
     stats = stats if stats is not None else ReplayStats()
@@ -190,11 +195,13 @@ def replay(
     log_dir = Path(data_dir) / "logs"
     if not log_dir.is_dir():
         raise InvalidInput("data_dir", f"{log_dir} does not exist (has a server written any log there?)")
+    what_if = what_if_rules(shield, Path(data_dir)) if isinstance(shield, str) else shield
+    shields = ReplayShield(Path(data_dir), surface_config, what_if)
     target = resolve_policy(parsed, Path(data_dir), surface_config, long_term=replay_long_term(Path(data_dir), surface_config))
 
     with tempfile.TemporaryDirectory(prefix="recsys_rl_replay_") as scratch:
         candidates = CandidateRows(Path(scratch)) if reward_model else None
-        decisions, outcomes = _replay_pass(log_dir, surface, target, stats, candidates, progress, since)
+        decisions, outcomes = _replay_pass(log_dir, surface, target, stats, candidates, progress, since, shields)
         if not decisions:
             raise InvalidInput("surface", f"no decision of surface {surface!r} with a non-empty slate in {log_dir}")
         joined = join_rewards(pl.concat(decisions, rechunk=True), pl.concat(outcomes, how="vertical"),
@@ -209,7 +216,7 @@ def replay(
 
 def _replay_pass(
     log_dir: Path, surface: str, target: TargetPolicy, stats: ReplayStats, candidates: CandidateRows | None,
-    progress: bool, since_s: float | None = None,
+    progress: bool, since_s: float | None, shields: ReplayShield,
 ) -> tuple[list[pl.DataFrame], list[pl.DataFrame]]:
     decision_chunks: list[pl.DataFrame] = []
     outcome_chunks: list[pl.DataFrame] = [outcomes_frame([])]
@@ -256,12 +263,8 @@ def _replay_pass(
                 continue
             request = rank_request(event)
             logged = _logged_indices(event, request)
-            policy = target.policy_for(event)
-            if event.shield_version != policy.shield.version:
-                # The rules this round come from the surface config: a decision served under other rules cannot be
-                # replayed exactly (its feasible sets, hence its propensities, differ).
-                raise InvalidInput("shield_version", f"event {event.event_id}: logged {event.shield_version!r}, the "
-                                   f"config's surface {surface!r} has {policy.shield.version!r}")
+            # The rules the decision was served under (its logged version), or the what-if's.
+            policy = shields.policy(target.policy_for(event), event.event_id, event.shield_version)
             probabilities, scored = target_propensities(policy, request, logged,
                                                         long_term_input=logged_long_term(event))
             fell_back = scored.fell_back
@@ -463,6 +466,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="add q_hat and q_hat_target from a cross-fitted LightGBM reward model")
     parser.add_argument("--since", help="only decisions served at or after this time (ISO 8601, or unix seconds)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--shield", help="what-if: replay every decision under these shield rules (a stored "
+                                         "VERSION, none, or a rules FILE.toml); default: each decision's own rules")
     parser.set_defaults(run=run_replay)
     return parser
 
@@ -494,7 +499,7 @@ def run_replay(args: argparse.Namespace) -> int:
     stats = ReplayStats()
     table = replay(Path(args.data_dir), args.policy, surface=args.surface, config=config,
                    reward_model=args.reward_model, progress=not args.no_progress, stats=stats,
-                   since=_since_seconds(args.since))
+                   since=_since_seconds(args.since), shield=args.shield)
     out = write_table(table, args.out)
     print(f"replay {args.policy}: {stats.rows} rows from {stats.decisions} decisions -> {out} "
           f"(target fallbacks {stats.target_fallbacks}, support violations {stats.support_violations}, "

@@ -24,6 +24,7 @@ from recsys_rl.serving.decision import (
 )
 from recsys_rl.serving.exploration import draw_key, make_explorer
 from recsys_rl.serving.requests import validate_rank_request
+from recsys_rl.shield.rules import ShieldRules
 
 
 _LIVE = RolloutState(stage=Stage.LIVE)
@@ -88,6 +89,11 @@ class SurfacePolicy:
         explorer = make_explorer(self.surface.exploration, cap)
         with self._lock:
             self._state = replace(self._state, explorer=explorer, cap=cap)
+
+    def set_shield(self, rules: ShieldRules) -> None:
+        """The shield rules in force from the next rank on (validated and audited by the caller's store)."""
+        with self._lock:
+            self._state = replace(self._state, shield=rules)
 
     def rank(self, request: pb.RankRequest, *, deadline: float | None = None, baseline: np.ndarray | None = None,
              serve_baseline: str = "", rollout: RolloutState = _LIVE, late: str = "") -> Decision:

@@ -37,6 +37,9 @@ from recsys_rl.serving.shadow import ShadowStats, ShadowTracker
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.serving.registry import Checkpoint, ModelRegistry
 from recsys_rl.serving.supervisor import LearnerSupervisor
+from recsys_rl.shield.edits import ShieldEdit
+from recsys_rl.shield.rules import ShieldRules
+from recsys_rl.shield.store import ShieldAuditEntry, ShieldStore
 
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,10 @@ class DecisionService:
         self._apply_approved_caps()
         self.rollout = RolloutStore(self.data_dir)  # stages survive restarts; config cannot pass the approved one
         self.rollout.apply_config(config.surfaces)
+        # Shield rules survive restarts; a TOML whose rules changed since the last start is an audited change.
+        self.shields = ShieldStore(self.data_dir, on_change=self._put_shield_in_force)
+        for name, rules in self.shields.apply_config({n: s.shield for n, s in config.surfaces.items()}).items():
+            self._surfaces[name].policy.set_shield(rules)
         self._recover_open_decisions()
         self.writer = LogWriter(self.data_dir / "logs")
         self.log_guard = LogGuard(self.writer)  # a log that cannot take records: baseline, unlogged, counted
@@ -228,6 +235,7 @@ class DecisionService:
 
         On the same tick the rollout store re-reads a state another process changed (cheap when nothing did)."""
         self.rollout.refresh()
+        self.shields.refresh()  # another process's SetShield, put in force through _put_shield_in_force
         swapped = []
         for name, entry in self._surfaces.items():
             pointer = self.registry.latest_version(name)
@@ -392,6 +400,25 @@ class DecisionService:
 
     def set_cap(self, surface: str, cap: float) -> None:
         self._entry(surface).policy.set_cap(cap)
+
+    def shield(self, surface: str) -> ShieldRules:
+        """The shield rules in force for ``surface``."""
+        return self._entry(surface).policy.state.shield
+
+    def set_shield(self, surface: str, edit: ShieldEdit, *, actor: str, reason: str = "",
+                   expected_version: str = "") -> ShieldAuditEntry:
+        """Validates ``edit``, records the new version (version files, then the audit line) and puts it in force
+        from the next Rank. Aborted when ``expected_version`` is set and not in force."""
+        self._entry(surface)
+        edit.validate()
+        change, _ = self.shields.set(surface, edit.apply, actor=actor, reason=reason,
+                                     expected_version=expected_version)
+        return change
+
+    def _put_shield_in_force(self, surface: str, rules: ShieldRules) -> None:
+        entry = self._surfaces.get(surface)
+        if entry is not None:  # the trail may name surfaces this configuration does not serve
+            entry.policy.set_shield(rules)
 
     def rollout_state(self, surface: str) -> RolloutState:
         """The rollout stage and canary share in force for ``surface`` (lock-free: read on every Rank)."""
