@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from recsys_rl.errors import PreconditionFailed
+from recsys_rl.shield import bulk
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 
 _KEYS = ("blocked_items", "blocked_items_file", "blocked_values", "max_per_value", "pinned", "min_feasible")
@@ -157,10 +159,9 @@ class RequestShield:
 
 def _read_blocked_file(path: str) -> list[str]:
     try:
-        text = Path(path).read_text()
+        return bulk.read_text_lines(path)  # in pieces: one splitlines() of a million lines holds the GIL ~0.1 s
     except OSError as exc:
         raise ShieldConfigError(f"shield.blocked_items_file: cannot read {path}: {exc.strerror}") from exc
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _str_list(value: Any, key: str) -> list[str]:
@@ -194,11 +195,12 @@ def rules_from_dict(table: dict[str, Any], *, base_dir: Path | None = None) -> S
             path = str(base_dir / path)
         blocked += _read_blocked_file(path)
     # The store keeps blocked ids one per line: an id must be one non-empty line to round-trip. Checked on the
-    # joined ids (a million of them: one scan in C, not a Python loop); the loop only finds the culprit.
-    joined = "\n".join(blocked)
-    if "\r" in joined or joined.count("\n") != max(0, len(blocked) - 1) or "" in blocked:
-        bad = next(item for item in blocked if not item or "\n" in item or "\r" in item)
-        raise ShieldConfigError(f"shield.blocked_items: {bad!r} is not an item id (empty or a line break)")
+    # joined ids of a chunk (a scan in C, not a Python loop; per chunk so Rank threads get the GIL in between).
+    for part in bulk.chunks(blocked):
+        joined = "\n".join(part)
+        if "\r" in joined or joined.count("\n") != len(part) - 1 or "" in part:
+            bad = next(item for item in part if not item or "\n" in item or "\r" in item)
+            raise ShieldConfigError(f"shield.blocked_items: {bad!r} is not an item id (empty or a line break)")
 
     def _table(key: str) -> dict[str, Any]:
         value = table.get(key, {})
@@ -218,16 +220,48 @@ def rules_from_dict(table: dict[str, Any], *, base_dir: Path | None = None) -> S
     h.update(json.dumps({"blocked_values": [(k, sorted(v)) for k, v in blocked_values],
                          "max_per_value": max_per_value, "pinned": pinned, "min_feasible": min_feasible},
                         sort_keys=True).encode())
-    unique = frozenset(blocked)
-    # "id\n" per sorted id, joined first: the same digest as hashing them one by one, much faster for a million.
-    h.update(blocked_file_bytes(unique))
+    # Already sorted without duplicates (a stored version, an edit of one): no sort, only a chunked check.
+    if bulk.is_strictly_sorted(blocked):
+        unique = bulk.to_frozenset(blocked)
+        ordered = blocked
+    else:
+        unique = bulk.to_frozenset(blocked)
+        ordered = bulk.sort_unique(bulk.to_list(unique))
+    # "id\n" per sorted id, a chunk per update: the digest of the whole file's bytes (blocked_file_bytes).
+    for data in bulk.line_chunks(ordered):
+        h.update(data)
+    _remember_sorted(unique, ordered)
     return ShieldRules(unique, blocked_values, max_per_value, pinned, min_feasible, "shield-" + h.hexdigest())
+
+
+# The sorted ids of a rules object's frozenset, kept while the frozenset lives: writing the version file, the admin
+# API's listing and the next edit then need no re-sort (~1 s of GIL for a million ids). Keyed by id() and checked
+# by identity; the weakref's callback drops the entry with the set.
+_SORTED: dict[int, tuple[weakref.ref[frozenset[str]], list[str]]] = {}
+
+
+def _remember_sorted(blocked: frozenset[str], ordered: list[str]) -> None:
+    if not blocked:
+        return
+    key = id(blocked)
+    _SORTED[key] = (weakref.ref(blocked, lambda _ref: _SORTED.pop(key, None)), ordered)
+
+
+def sorted_blocked(blocked: frozenset[str] | set[str]) -> list[str]:
+    """The ids sorted (Python's order); do not mutate the list: it may be the one kept for the rules."""
+    found = _SORTED.get(id(blocked))
+    if found is not None and found[0]() is blocked:
+        return found[1]
+    ordered = bulk.sort_unique(bulk.to_list(blocked))
+    if isinstance(blocked, frozenset):
+        _remember_sorted(blocked, ordered)
+    return ordered
 
 
 def blocked_file_bytes(blocked: frozenset[str] | set[str]) -> bytes:
     """The blocked ids sorted, one per line (each line ends in a newline): what the version hashes and the store
     keeps."""
-    return ("\n".join(sorted(blocked)) + "\n").encode() if blocked else b""
+    return b"".join(bulk.line_chunks(sorted_blocked(blocked))) if blocked else b""
 
 
 def read_blocked_file(path: str) -> list[str]:
@@ -252,5 +286,5 @@ def rules_to_dict(rules: ShieldRules, *, blocked_items: bool = True) -> dict[str
         "min_feasible": rules.min_feasible,
     }
     if blocked_items:
-        data["blocked_items"] = sorted(rules.blocked_items)
+        data["blocked_items"] = list(sorted_blocked(rules.blocked_items))
     return data
