@@ -23,6 +23,7 @@ import json
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,8 @@ def _read_blocked_file(path: str) -> list[str]:
 
 
 def _str_list(value: Any, key: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    # A chunk per C call (a generator over a million ids is ~0.5 s of Python on a busy machine).
+    if not isinstance(value, list) or not all(all(map(isinstance, part, repeat(str))) for part in bulk.chunks(value)):
         raise ShieldConfigError(f"shield.{key}: must be a list of strings")
     return value
 
