@@ -9,6 +9,7 @@ same version, measured in the same run as the in-run reference.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import random
 import statistics
@@ -48,6 +49,7 @@ class _Decisions:
     def during(self, phase: str, work: object) -> float:
         """Runs ``work()`` on this thread while decisions run on another; returns work's seconds."""
         out = self.phases.setdefault(phase, [])
+        gc.collect()  # each phase starts without the bench's own garbage; what the work allocates counts
         stop = threading.Event()
         thread = threading.Thread(target=self._loop, args=(stop, out))
         thread.start()

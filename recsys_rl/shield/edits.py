@@ -55,32 +55,34 @@ class ShieldEdit:
             # A few ids on top of a sorted list: bisect them in; rules_from_dict sees a sorted list, sorts nothing.
             table["blocked_items"] = bulk.edit_sorted(ordered, self.block, self.unblock)
         else:
-            blocked: set[str] = set()
-            for part in bulk.chunks(ordered):
-                blocked.update(part)
+            # One list of all the ids (duplicates too: rules_from_dict's sort drops them), no set: each big
+            # temporary container is one more garbage-collector pass over a million ids under the GIL.
+            extra: list[str] = []
             if self.blocked_items_file:
                 try:
                     extra = read_blocked_file(self.blocked_items_file)
                 except ShieldConfigError as exc:
                     raise InvalidInput("rules.blocked_items_file", str(exc).partition(": ")[2]) from None
-                for part in bulk.chunks(extra):
-                    blocked.update(part)
-            blocked.update(self.block)  # at most MAX_EDIT_ITEMS each
-            blocked.difference_update(self.unblock)
-            table["blocked_items"] = bulk.to_list(blocked)
-        rules = _build(table)
+            items: list[str] = []
+            unblock = frozenset(self.unblock)
+            for source in (ordered, extra, self.block):
+                for part in bulk.chunks(source):
+                    items += [i for i in part if i not in unblock] if unblock else part
+            del extra
+            table["blocked_items"] = items
+        rules = _build(table, owned=True)  # its id list was built above for this call only
         summary = diff(current, rules)
         if self.replacement is not None:
             summary = f"replaced the rules ({summary})"
         return rules, summary
 
 
-def _build(table: dict[str, Any], *, read_files: bool = True, prefix: str = "rules") -> ShieldRules:
+def _build(table: dict[str, Any], *, read_files: bool = True, prefix: str = "rules", owned: bool = False) -> ShieldRules:
     """rules_from_dict with its ``shield.KEY`` errors renamed to the request field ``rules.KEY``."""
     if not read_files:
         table = {k: v for k, v in table.items() if k != "blocked_items_file"}
     try:
-        return rules_from_dict(table)
+        return rules_from_dict(table, owned=owned)
     except ShieldConfigError as exc:
         key, _, reason = str(exc).partition(": ")
         raise InvalidInput(prefix + key.removeprefix("shield"), reason) from None

@@ -178,24 +178,26 @@ def _int(value: Any, key: str, low: int) -> int:
     return value
 
 
-def rules_from_dict(table: dict[str, Any], *, base_dir: Path | None = None) -> ShieldRules:
+def rules_from_dict(table: dict[str, Any], *, base_dir: Path | None = None, owned: bool = False) -> ShieldRules:
     """ShieldRules and their version from a rules dict (the TOML table's keys); errors name the key (``shield.KEY``).
 
     The one builder: TOML parsing (:func:`parse_shield`), the admin API and the shield store all go through it, so
     a rule set has one version whichever way it arrived. ``blocked_items_file`` is read here (relative paths from
-    ``base_dir``); the version hashes the blocked ids, not the file's path.
+    ``base_dir``); the version hashes the blocked ids, not the file's path. ``owned``: the caller hands its
+    ``blocked_items`` list over (never changes it again), so a sorted one is kept with the rules without a copy.
     """
     for key in table:
         if key not in _KEYS:
             raise ShieldConfigError(f"shield.{key}: unknown key")
-    blocked = list(_str_list(table.get("blocked_items", []), "blocked_items"))
+    # Not copied (a copy of a million ids is one more container for the garbage collector to walk); only read.
+    blocked = _str_list(table.get("blocked_items", []), "blocked_items")
     if "blocked_items_file" in table:
         path = table["blocked_items_file"]
         if not isinstance(path, str) or not path:
             raise ShieldConfigError("shield.blocked_items_file: must be a path")
         if base_dir is not None and not Path(path).is_absolute():
             path = str(base_dir / path)
-        blocked += _read_blocked_file(path)
+        blocked = blocked + _read_blocked_file(path)
     # The store keeps blocked ids one per line: an id must be one non-empty line to round-trip. Checked on the
     # joined ids of a chunk (a scan in C, not a Python loop; per chunk so Rank threads get the GIL in between).
     for part in bulk.chunks(blocked):
@@ -223,12 +225,10 @@ def rules_from_dict(table: dict[str, Any], *, base_dir: Path | None = None) -> S
                          "max_per_value": max_per_value, "pinned": pinned, "min_feasible": min_feasible},
                         sort_keys=True).encode())
     # Already sorted without duplicates (a stored version, an edit of one): no sort, only a chunked check.
-    if bulk.is_strictly_sorted(blocked):
-        unique = bulk.to_frozenset(blocked)
-        ordered = blocked
-    else:
-        unique = bulk.to_frozenset(blocked)
-        ordered = bulk.sort_unique(bulk.to_list(unique))
+    ordered = blocked if bulk.is_strictly_sorted(blocked) else bulk.sorted_unique(blocked)
+    if not owned and ordered is table.get("blocked_items"):
+        ordered = ordered.copy()  # kept with the rules (_remember_sorted): not the caller's list, which may change
+    unique = bulk.to_frozenset(ordered)
     # "id\n" per sorted id, a chunk per update: the digest of the whole file's bytes (blocked_file_bytes).
     for data in bulk.line_chunks(ordered):
         h.update(data)
@@ -254,7 +254,7 @@ def sorted_blocked(blocked: frozenset[str] | set[str]) -> list[str]:
     found = _SORTED.get(id(blocked))
     if found is not None and found[0]() is blocked:
         return found[1]
-    ordered = bulk.sort_unique(bulk.to_list(blocked))
+    ordered = bulk.sorted_unique(bulk.to_list(blocked))
     if isinstance(blocked, frozenset):
         _remember_sorted(blocked, ordered)
     return ordered

@@ -112,7 +112,7 @@ def load_rules(data_dir: Path | str, version: str) -> ShieldRules:
         # Chunked split (one split() of a million lines holds the GIL ~0.1 s); the file is sorted, so
         # rules_from_dict only checks that and re-hashes, a chunk at a time, without sorting.
         table["blocked_items"] = bulk.split_lines(blocked_path.read_bytes()) if blocked_path.exists() else []
-        rules = rules_from_dict(table)
+        rules = rules_from_dict(table, owned=True)
     except (OSError, ValueError, ShieldConfigError) as exc:
         raise ShieldStoreError(f"shield rules version {version} in {versions_dir} is unreadable: {exc}") from exc
     if rules.version != version:

@@ -38,10 +38,10 @@ def _old_version(table: dict) -> str:
 
 
 @pytest.mark.parametrize("long_or_nul", ["", "x" * 100, "nul\0"])
-def test_sort_unique_is_pythons_order(long_or_nul: str) -> None:
+def test_sorted_unique_is_pythons_order(long_or_nul: str) -> None:
     ids = _ids(random.Random(1)) + ([long_or_nul, long_or_nul[:-1] or "n"] if long_or_nul else [])
+    assert bulk.sorted_unique(ids + ids[::7]) == sorted(set(ids))  # numpy path, the merge path (long ids, a NUL)
     ids = list(dict.fromkeys(ids))
-    assert bulk.sort_unique(ids) == sorted(ids)  # numpy path, and the merge path (long ids, a NUL)
     assert bulk.is_strictly_sorted(sorted(ids)) and not bulk.is_strictly_sorted(ids)
     ordered = sorted(ids)
     # A duplicate or an inversion exactly at a chunk boundary is found.
@@ -58,6 +58,10 @@ def test_version_and_file_bytes_are_the_old_ones() -> None:
     assert blocked_file_bytes(set(ids)) == blocked_file_bytes(rules.blocked_items)  # no cache: sorts
     assert rules_to_dict(rules)["blocked_items"] == sorted(ids)
     assert rules_from_dict({"blocked_items": sorted(ids), "max_per_value": {"c": 2}}) == rules  # sorted fast path
+    mine = sorted(ids)
+    kept = rules_from_dict({"blocked_items": mine})
+    mine[0] = "changed"  # the caller's list is not the one kept with the rules
+    assert blocked_file_bytes(kept.blocked_items) == ("\n".join(sorted(ids)) + "\n").encode()
     with pytest.raises(ValueError, match="is not an item id"):
         rules_from_dict({"blocked_items": ids[:bulk.CHUNK + 5] + ["bad\rid"]})
 
