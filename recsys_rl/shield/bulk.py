@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import islice
 from operator import lt
@@ -18,20 +19,42 @@ from operator import lt
 import numpy as np
 
 CHUNK = 10_000  # ids per C call: ~1–3 ms on the bench machine, below the 5 ms GIL switch interval
+PAUSE_S = 0.0005  # slept before each chunk, see _breathe
 _MAX_NUMPY_WIDTH = 64  # longer ids would make the fixed-width array too big: sorted chunks + a k-way merge instead
 
 
+def _breathe() -> None:
+    # A sleep releases the GIL: a Rank thread waiting for it runs at once instead of after the 5 ms switch interval,
+    # and keeps it while it needs it (the bulk work then waits for the interval). Chunking alone still had decisions
+    # on other threads at p99 3-6x idle (bench/shield_store_bench.py); the pauses cost ~50 ms per million ids.
+    time.sleep(PAUSE_S)
+
+
 def chunks(items: Sequence[str], size: int = CHUNK) -> Iterator[Sequence[str]]:
+    """Slices of ``items``, with a pause (GIL released) before each."""
     for start in range(0, len(items), size):
+        _breathe()
         yield items[start:start + size]
+
+
+def _islices(items: Iterable[str]) -> Iterator[list[str]]:
+    """Lists of ``CHUNK`` items of any iterable (e.g. a frozenset), with a pause before each."""
+    it = iter(items)
+    while True:
+        _breathe()
+        part = list(islice(it, CHUNK))
+        if not part:
+            return
+        yield part
 
 
 def _each(items: Iterable[str]) -> Iterator[str]:
     # A Python generator: a C consumer (frozenset(), list()) resumes it per item, and the loop's backward jump is a
     # point where the interpreter may switch threads, so the consumer no longer holds the GIL for the whole input.
     # Not ``yield from``: CPython 3.11 does not check for a pending switch when it resumes a delegating generator.
-    for item in items:  # noqa: UP028 - see above
-        yield item
+    for part in _islices(items):
+        for item in part:  # noqa: UP028 - see above
+            yield item
 
 
 def to_frozenset(items: Iterable[str]) -> frozenset[str]:
@@ -41,9 +64,8 @@ def to_frozenset(items: Iterable[str]) -> frozenset[str]:
 
 def to_list(items: Iterable[str]) -> list[str]:
     """``list(items)`` (e.g. of a frozenset), a chunk per C call."""
-    it = iter(items)
     out: list[str] = []
-    while part := list(islice(it, CHUNK)):
+    for part in _islices(items):
         out += part
     return out
 
@@ -51,6 +73,7 @@ def to_list(items: Iterable[str]) -> list[str]:
 def is_strictly_sorted(ids: Sequence[str]) -> bool:
     """Sorted (Python's code-point order) and without duplicates, checked a chunk per C call."""
     for start in range(0, len(ids) - 1, CHUNK):
+        _breathe()
         part = ids[start:start + CHUNK + 1]  # overlaps the next chunk by one id: the boundary pair is compared too
         if not all(map(lt, part, islice(part, 1, None))):
             return False
@@ -79,10 +102,11 @@ def sorted_unique(ids: Sequence[str]) -> list[str]:
         return _drop_repeats(heapq.merge(*(sorted(part) for part in chunks(ids))))
     array = np.empty(n, dtype=f"U{width}")
     for start in range(0, n, CHUNK):
+        _breathe()
         array[start:start + CHUNK] = ids[start:start + CHUNK]
     order = np.argsort(array, kind="stable")
     del array
-    return _drop_repeats(ids[i] for start in range(0, n, CHUNK) for i in order[start:start + CHUNK].tolist())
+    return _drop_repeats(ids[i] for part in chunks(order) for i in part.tolist())  # type: ignore[union-attr]
 
 
 def _drop_repeats(ordered: Iterable[str]) -> list[str]:
@@ -121,9 +145,8 @@ def line_chunks(ordered: Sequence[str]) -> Iterator[bytes]:
 
 def count_missing(items: Iterable[str], within: frozenset[str]) -> int:
     """``len(set(items) - within)`` for duplicate-free ``items``, a chunk per C call."""
-    it = iter(items)
     missing = 0
-    while part := list(islice(it, CHUNK)):
+    for part in _islices(items):
         missing += len(part) - sum(map(within.__contains__, part))
     return missing
 
@@ -136,6 +159,7 @@ def split_lines(data: bytes) -> list[str]:
     end = data.rfind(b"\n") + 1
     data[end:].decode()  # the dropped tail still has to be UTF-8, as when the whole text was decoded
     while start < end:
+        _breathe()
         cut = data.find(b"\n", min(start + step, end - 1)) + 1
         out += data[start:cut - 1].decode().split("\n")
         start = cut
@@ -143,7 +167,7 @@ def split_lines(data: bytes) -> list[str]:
 
 
 def read_text_lines(path: str) -> list[str]:
-    """``[line.strip() for line in open(path).read().splitlines() if line.strip()]``, read 1 MB at a time.
+    """``[line.strip() for line in open(path).read().splitlines() if line.strip()]``, read 0.5 MB at a time.
 
     Text mode as ``Path.read_text`` (same decoding and newline translation). The text is cut only after a "\\n",
     which always ends a line, so the pieces' ``splitlines`` are the whole text's.
@@ -151,7 +175,8 @@ def read_text_lines(path: str) -> list[str]:
     out: list[str] = []
     carry = ""
     with open(path) as f:  # noqa: PTH123 - the text-mode defaults of Path.read_text, read in pieces
-        while block := f.read(1 << 20):
+        while block := f.read(1 << 19):
+            _breathe()
             text = carry + block
             cut = text.rfind("\n") + 1
             carry = text[cut:]
