@@ -145,6 +145,8 @@ def line_chunks(ordered: Sequence[str]) -> Iterator[bytes]:
 
 def count_missing(items: Iterable[str], within: frozenset[str]) -> int:
     """``len(set(items) - within)`` for duplicate-free ``items``, a chunk per C call."""
+    if not within:
+        return sum(1 for _ in _each(items)) if not isinstance(items, (set, frozenset, list)) else len(items)
     missing = 0
     for part in _islices(items):
         missing += len(part) - sum(map(within.__contains__, part))
