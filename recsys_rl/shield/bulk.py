@@ -18,8 +18,8 @@ from operator import lt
 
 import numpy as np
 
-CHUNK = 10_000  # ids per C call: ~1–3 ms on the bench machine, below the 5 ms GIL switch interval
-PAUSE_S = 0.0005  # slept before each chunk, see _breathe
+CHUNK = 2_500  # ids per C call: well under 1 ms, the longest a Rank thread waits for a chunk to end
+PAUSE_S = 0.0002  # slept before each chunk, see _breathe
 _MAX_NUMPY_WIDTH = 64  # longer ids would make the fixed-width array too big: sorted chunks + a k-way merge instead
 
 
