@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from itertools import islice
 from operator import lt
 
@@ -106,7 +106,14 @@ def sorted_unique(ids: Sequence[str]) -> list[str]:
         array[start:start + CHUNK] = ids[start:start + CHUNK]
     order = np.argsort(array, kind="stable")
     del array
-    return _drop_repeats(ids[i] for part in chunks(order) for i in part.tolist())  # type: ignore[union-attr]
+    return _drop_repeats(_in_order(ids, order))
+
+
+def _in_order(ids: Sequence[str], order: np.ndarray) -> Iterator[str]:
+    for start in range(0, len(order), CHUNK):
+        _breathe()
+        for i in order[start:start + CHUNK].tolist():
+            yield ids[i]
 
 
 def _drop_repeats(ordered: Iterable[str]) -> list[str]:
@@ -143,10 +150,10 @@ def line_chunks(ordered: Sequence[str]) -> Iterator[bytes]:
         yield ("\n".join(part) + "\n").encode()
 
 
-def count_missing(items: Iterable[str], within: frozenset[str]) -> int:
+def count_missing(items: Collection[str], within: frozenset[str]) -> int:
     """``len(set(items) - within)`` for duplicate-free ``items``, a chunk per C call."""
     if not within:
-        return sum(1 for _ in _each(items)) if not isinstance(items, (set, frozenset, list)) else len(items)
+        return len(items)
     missing = 0
     for part in _islices(items):
         missing += len(part) - sum(map(within.__contains__, part))
