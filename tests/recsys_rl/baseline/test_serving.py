@@ -64,6 +64,7 @@ def _requests(surface: str, n: int, seed: int = 7) -> list[pb.RankRequest]:
 
 def _surfaces(version: dict[str, str]) -> dict[str, SurfaceConfig]:
     def surface(name: str, **options: object) -> SurfaceConfig:
+        options.setdefault("decision_budget_ms", 60_000.0)  # a loaded test machine must not turn canary into fallback
         return SurfaceConfig(name=name, exploration_cap=0.2,
                              model=ModelConfig(learn=False, baseline=version[name]), **options)  # type: ignore[arg-type]
 
