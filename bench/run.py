@@ -25,6 +25,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("guardrail", "bench.guardrail_bench", "Canary guardrail: detection delay and false reverts (issue 9)"),
     ("shadow", "bench.shadow_bench", "Rank at rollout stage shadow vs live (issue 9)"),
     ("shield", "bench.shield_bench", "Decision path with the shield on vs off (issue 10)"),
+    ("baseline", "bench.baseline_bench", "LambdaRank baseline: serving cost, forced-fallback Rank, training (issue 10)"),
     ("long_term", "bench.long_term_bench", "Slate-RL inference inside Rank (issue 4)"),
     ("slateq_train", "bench.slateq_train_bench", "Slate-RL offline training (issue 4)"),
     ("logging", "bench.logging_bench", "Decision log writer and reader"),
