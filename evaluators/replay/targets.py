@@ -223,6 +223,8 @@ class LoggedTarget(TargetPolicy):
         self._models: dict[str, ModelTarget] = {}
         self._policies: dict[tuple[str, tuple[str, float, float, float, float]], DecisionPolicy] = {}
         self._baselines: dict[str, BaselineTarget] = {"": BaselineTarget(surface)}  # by logged baseline_version
+        # What a model that fails in replay falls back to: the surface's configured baseline, as in serving.
+        self._fallback = _learned_baseline(PolicySpec(text="baseline", kind="baseline"), self.data_dir, surface)
 
     def _model(self, version: str) -> ModelTarget:
         model = self._models.pop(version, None)
@@ -231,7 +233,7 @@ class LoggedTarget(TargetPolicy):
 
             _, weights = _load_registry_version(replace(self.spec, version=version), self.data_dir, self.surface.name)
             model = ModelTarget(self.name, version, VWBandit(self.surface.model.vw_args, model=weights), Greedy(),
-                                self.surface, long_term=self.long_term)
+                                self.surface, long_term=self.long_term, baseline=self._fallback)
             while len(self._models) >= self._MAX_MODELS:
                 evicted = self._models.pop(next(iter(self._models)))
                 self._policies = {k: v for k, v in self._policies.items() if k[0] != evicted.policy_version}
