@@ -197,10 +197,11 @@ class RequestShield:
             placed = np.zeros(self.ok.size, dtype=bool)
             used = [0] * n_codes
             any_removed = False
+            ids = self.item_ids
             for k, j in enumerate(slate):
-                if any_removed:
-                    ids = self.item_ids
-                    fired.extend(f"max_per_value[{key}]:{ids[i]}@slot{k}" for i in np.flatnonzero(removed & ~placed))
+                if any_removed:  # a skewed slate fires dozens of these: Python ints index the id list fastest
+                    removed_now = (removed & ~placed).nonzero()[0].tolist()
+                    fired += [f"max_per_value[{key}]:{ids[i]}@slot{k}" for i in removed_now]
                 placed[j] = True
                 c = code_list[j]
                 if c >= 0:
