@@ -86,21 +86,24 @@ class RequestShield:
     def __init__(self, rules: ShieldRules, request: pb.RankRequest) -> None:
         candidates = request.candidates
         n = len(candidates)
-        self.item_ids: list[str] = [c.item_id for c in candidates]
+        # Every categorical value a rule needs, read in the same pass over the candidates as the ids (one pass
+        # builds each candidate's wrapper once; None: the candidate lacks the feature).
+        keys = sorted({key for key, _ in rules.blocked_values} | {key for key, _ in rules.max_per_value})
+        values: dict[str, list[str | None]] = {}
+        if keys:
+            pairs = list(map(_id_and_categorical, candidates))
+            self.item_ids: list[str] = [item for item, _ in pairs]
+            maps = [categorical for _, categorical in pairs]
+            values = {key: list(map(operator.methodcaller("get", key), maps)) for key in keys}
+        else:
+            self.item_ids = [c.item_id for c in candidates]
         ok = np.ones(n, dtype=bool)
         self.fired: list[str] = []
         blocked = rules.blocked_items
         if blocked and not blocked.isdisjoint(self.item_ids):
-            for i, item in enumerate(self.item_ids):
-                if item in blocked:
-                    ok[i] = False
-                    self.fired.append(f"blocked_items:{item}")
-        # Every categorical value a rule needs, read once per candidate (None: the candidate lacks the feature).
-        keys = sorted({key for key, _ in rules.blocked_values} | {key for key, _ in rules.max_per_value})
-        values: dict[str, list[str | None]] = {}
-        if keys:
-            maps = list(map(_categorical, candidates))
-            values = {key: list(map(operator.methodcaller("get", key), maps)) for key in keys}
+            hits = [i for i, item in enumerate(self.item_ids) if item in blocked]
+            ok[hits] = False
+            self.fired += [f"blocked_items:{self.item_ids[i]}" for i in hits]
         for key, blocked_set in rules.blocked_values:
             if blocked_set.isdisjoint(values[key]):
                 continue
@@ -196,23 +199,26 @@ class RequestShield:
             removed = np.zeros(self.ok.size, dtype=bool)  # eligible candidates whose value reached the cap
             placed = np.zeros(self.ok.size, dtype=bool)
             used = [0] * n_codes
-            any_removed = False
-            ids = self.item_ids
+            # A skewed slate fires dozens of these per key: each removed candidate's "max_per_value[KEY]:ID" is
+            # built once, when its value reaches the cap, and only "@slotK" is appended per slot.
+            names: dict[int, str] = {}
             for k, j in enumerate(slate):
-                if any_removed:  # a skewed slate fires dozens of these: Python ints index the id list fastest
-                    removed_now = (removed & ~placed).nonzero()[0].tolist()
-                    fired += [f"max_per_value[{key}]:{ids[i]}@slot{k}" for i in removed_now]
+                if names:
+                    suffix = f"@slot{k}"
+                    fired += [names[i] + suffix for i in (removed & ~placed).nonzero()[0].tolist()]
                 placed[j] = True
                 c = code_list[j]
                 if c >= 0:
                     used[c] += 1
                     if used[c] == cap:
-                        removed |= eligible & (codes == c)
-                        any_removed = True
+                        reached = eligible & (codes == c)
+                        removed |= reached
+                        names.update((i, f"max_per_value[{key}]:{self.item_ids[i]}")
+                                     for i in reached.nonzero()[0].tolist())
         return fired
 
 
-_categorical = operator.attrgetter("features.categorical")
+_id_and_categorical = operator.attrgetter("item_id", "features.categorical")
 
 
 def _codes(values: list[str | None]) -> tuple[list[int], int]:
