@@ -79,11 +79,20 @@ def _serve(config: Path, data_dir: str) -> subprocess.Popen[str]:
                             stderr=subprocess.DEVNULL, text=True)
 
 
-def _fired_shares(data_dir: str) -> dict[str, float]:
-    """Share of logged decisions in which each kind of rule fired (from the decision log the server wrote)."""
+def _logged(data_dir: str) -> list:
     from logging_schema.reader import read_log
 
-    events = read_log(Path(data_dir) / "logs").decisions
+    return list(read_log(Path(data_dir) / "logs").decisions)
+
+
+def _server_us(data_dir: str) -> float:
+    """Median DecisionEvent.latency_micros: the server's own time from validation to the decision (no gRPC)."""
+    return statistics.median(e.latency_micros for e in _logged(data_dir))
+
+
+def _fired_shares(data_dir: str) -> dict[str, float]:
+    """Share of logged decisions in which each kind of rule fired (from the decision log the server wrote)."""
+    events = _logged(data_dir)
     kinds = ("blocked_items", "max_per_value")
     counts = dict.fromkeys(kinds, 0)
     for event in events:
@@ -120,6 +129,7 @@ def one_round(work: Path, configs: dict[str, Path], args: Args, seed: int) -> di
     result.update({f"{name}_p99_ms": percentile(times[name], 99) for name in SHIELDS})
     result["ratio"] = result["on_p50_ms"] / result["off_p50_ms"]
     result.update({f"fired_{k}": v for k, v in _fired_shares(data_dirs["on"]).items()})
+    result.update({f"{name}_server_us": _server_us(data_dirs[name]) for name in SHIELDS})
     return result
 
 
@@ -151,17 +161,20 @@ def in_process(configs: dict[str, Path], args: Args) -> dict[str, float]:
 
 def markdown(rounds: list[dict[str, float]], local: dict[str, float], args: Args = Args()) -> str:
     rows = [f"| {i + 1} | {r['off_p50_ms']:.3f} | {r['on_p50_ms']:.3f} | **{r['ratio']:.3f}** | {r['off_p99_ms']:.3f} "
-            f"| {r['on_p99_ms']:.3f} | {r['fired_blocked_items']:.0%} / {r['fired_max_per_value']:.0%} |" for i, r in enumerate(rounds)]
+            f"| {r['on_p99_ms']:.3f} | {r['off_server_us']:.0f} | {r['on_server_us']:.0f} "
+            f"| {r['fired_blocked_items']:.0%} / {r['fired_max_per_value']:.0%} |" for i, r in enumerate(rounds)]
     ratio = statistics.median(r["ratio"] for r in rounds)
     return "\n".join([
         f"Rank over gRPC, 100 candidates, slate 10 (bench.rank_bench's requests plus a skewed `creator` feature); two servers from this checkout whose `--config` differ only in the shield: *on* = "
         f"{args.blocked_ids:,} blocked ids from a file plus every {args.blocked_every}th catalog item and "
         f"`max_per_value = {{ creator = {args.creator_cap} }}`; *off* = none. Same requests to both, alternating who goes first, {args.calls} timed calls each per round after "
         f"{args.warmup} warm-up. *fired* = share of the on server's logged decisions in which that rule removed "
-        f"something (blocked_items / max_per_value).",
+        f"something (blocked_items / max_per_value); *server µs* = median logged `DecisionEvent.latency_micros` "
+        "(inside the server, validation to decision, no gRPC or log write).",
         "",
-        "| round | off p50 ms | on p50 ms | on/off p50 | off p99 ms | on p99 ms | fired |",
-        "|---|---|---|---|---|---|---|",
+        "| round | off p50 ms | on p50 ms | on/off p50 | off p99 ms | on p99 ms | off server µs | on server µs | "
+        "fired |",
+        "|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         f"Median on/off Rank p50 ratio = **{ratio:.3f}×** (goal ≤ 1.15×).",
@@ -175,12 +188,17 @@ def markdown(rounds: list[dict[str, float]], local: dict[str, float], args: Args
 
 
 if __name__ == "__main__":
+    # --in-process-only: just the decide() line, e.g. to time another checkout's shield with these same requests
+    # (PYTHONPATH=OTHER_CHECKOUT python bench/shield_bench.py --in-process-only).
     bench_args = Args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         shield_configs = write_config(Path(tmp), bench_args)
         print("in process ...", file=sys.stderr, flush=True)
         local_result = in_process(shield_configs, bench_args)
+        if "--in-process-only" in sys.argv[1:]:
+            print({k: round(v, 2) for k, v in local_result.items()})
+            sys.exit(0)
         for rnd in range(bench_args.rounds):
             print(f"round {rnd + 1}/{bench_args.rounds} ...", file=sys.stderr, flush=True)
             results.append(one_round(Path(tmp), shield_configs, bench_args, seed=rnd))

@@ -142,8 +142,7 @@ class RequestShield:
         self._placed: list[int] = []
         self._used: list[list[int]] = [[0] * n_codes for _, _, _, _, n_codes in self._caps]
         self._cap_free = np.ones(self.ok.size, dtype=bool)  # False: a cap is reached for one of its values
-        self._drawable_now = self._drawable.copy()  # static rules, pins and caps: mask()
-        self._open_now = self._drawable.copy()  # the same, and not placed yet: feasible()
+        self._open_now = self._drawable.copy()  # static rules, pins, caps, and not placed yet: feasible()
 
     def _advance(self, placed: Sequence[int]) -> None:
         """Bring the cap state to ``placed``: add the new items when the state holds a prefix of it (sampling and
@@ -163,7 +162,6 @@ class RequestShield:
                     if used[c] == cap:  # this value just reached its cap: its other candidates are out
                         reached = codes == c
                         self._cap_free[reached] = False
-                        self._drawable_now[reached] = False
                         self._open_now[reached] = False
 
     def pinned_at(self, slot: int, placed: Sequence[int]) -> int | None:
@@ -177,7 +175,7 @@ class RequestShield:
     def mask(self, remaining: np.ndarray, placed: Sequence[int]) -> np.ndarray:
         """Which of ``remaining`` may be drawn at the next slot given the items ``placed`` before it."""
         self._advance(placed)
-        return self._drawable_now[remaining]
+        return self._drawable[remaining] & self._cap_free[remaining]
 
     def feasible(self, placed: Sequence[int]) -> np.ndarray:
         """The candidates (ascending indices) that may be drawn at the next slot given ``placed``: the same array as
