@@ -81,6 +81,8 @@ class RequestShield:
     touch each candidate's protobuf fields once (item id and the rules' categorical values, read in one pass into
     Python lists: a map read costs ~0.6 µs, more than the numpy work of a slot) and to keep the ``max_per_value``
     counts incrementally as slots are placed (:meth:`_advance`) instead of recounting the prefix at every slot.
+    The cap state makes an instance stateful: one request's decision (or replay) at a time, as the decision path
+    uses it (``ShieldRules.for_request`` per call).
     """
 
     def __init__(self, rules: ShieldRules, request: pb.RankRequest) -> None:
@@ -100,10 +102,10 @@ class RequestShield:
         ok = np.ones(n, dtype=bool)
         self.fired: list[str] = []
         blocked = rules.blocked_items
-        if blocked and not blocked.isdisjoint(self.item_ids):
-            hits = [i for i, item in enumerate(self.item_ids) if item in blocked]
-            ok[hits] = False
-            self.fired += [f"blocked_items:{self.item_ids[i]}" for i in hits]
+        if blocked:  # one C-level pass of O(1) look-ups, whatever the set's size
+            is_blocked = np.fromiter(map(blocked.__contains__, self.item_ids), dtype=bool, count=n)
+            ok &= ~is_blocked
+            self.fired += [f"blocked_items:{self.item_ids[i]}" for i in is_blocked.nonzero()[0].tolist()]
         for key, blocked_set in rules.blocked_values:
             if blocked_set.isdisjoint(values[key]):
                 continue
@@ -117,12 +119,13 @@ class RequestShield:
             raise ShieldInfeasible(f"shield: no feasible candidates (min_feasible {need}, {feasible} of {n} "
                                    f"candidates pass the rules)")
         self.ok = ok
-        # max_per_value: per key, an integer code per candidate (-1: no value, never limited) as a numpy array (for
-        # the masks) and a list (scalar reads of placed items are ~10x cheaper from a list), and the cap.
-        self._caps: list[tuple[str, np.ndarray, list[int], int, int]] = []
+        # max_per_value: per key, the candidates' values as a list (scalar reads of placed items) and an object
+        # array (`values == v`: which candidates a value reaching its cap removes; None never matches), and the cap.
+        self._caps: list[tuple[str, list[str | None], np.ndarray, int]] = []
         for key, cap in rules.max_per_value:
-            code_list, n_codes = _codes(values[key])
-            self._caps.append((key, np.array(code_list, dtype=np.int64), code_list, cap, n_codes))
+            as_array = np.empty(n, dtype=object)
+            as_array[:] = values[key]
+            self._caps.append((key, values[key], as_array, cap))
         # Pins: slot -> candidate index (first candidate with the id); pinned items are drawn nowhere else.
         self.pins: dict[int, int] = {}
         for item, slot in rules.pinned:
@@ -132,15 +135,16 @@ class RequestShield:
                 continue  # not a candidate of this request
             if ok[i]:
                 self.pins[slot] = i
-        pinned = np.zeros(n, dtype=bool)
-        pinned[list(self.pins.values())] = True
-        self._drawable = ok & ~pinned  # static rules and pins; the caps are applied on top, per placed prefix
+        self._drawable = ok  # static rules and pins; the caps are applied on top, per placed prefix
+        if self.pins:
+            self._drawable = ok.copy()
+            self._drawable[list(self.pins.values())] = False
         self._reset()
 
     def _reset(self) -> None:
         """Forget the placed prefix: no item placed, no cap reached."""
         self._placed: list[int] = []
-        self._used: list[list[int]] = [[0] * n_codes for _, _, _, _, n_codes in self._caps]
+        self._used: list[dict[str, int]] = [{} for _ in self._caps]  # per key: value -> items placed with it
         self._cap_free = np.ones(self.ok.size, dtype=bool)  # False: a cap is reached for one of its values
         self._open_now = self._drawable.copy()  # static rules, pins, caps, and not placed yet: feasible()
 
@@ -155,12 +159,12 @@ class RequestShield:
             j = int(j)
             self._placed.append(j)
             self._open_now[j] = False
-            for (_key, codes, code_list, cap, _n), used in zip(self._caps, self._used):
-                c = code_list[j]
-                if c >= 0:
-                    used[c] += 1
-                    if used[c] == cap:  # this value just reached its cap: its other candidates are out
-                        reached = codes == c
+            for (_key, value_list, value_array, cap), used in zip(self._caps, self._used):
+                v = value_list[j]
+                if v is not None:
+                    used[v] = count = used.get(v, 0) + 1
+                    if count == cap:  # this value just reached its cap: its other candidates are out
+                        reached = value_array == v
                         self._cap_free[reached] = False
                         self._open_now[reached] = False
 
@@ -192,11 +196,10 @@ class RequestShield:
         """
         fired = list(self.fired)
         slate = [int(i) for i in slate]
-        for key, codes, code_list, cap, n_codes in self._caps:
-            eligible = self.ok & (codes >= 0)
+        for key, value_list, value_array, cap in self._caps:
             removed = np.zeros(self.ok.size, dtype=bool)  # eligible candidates whose value reached the cap
             placed = np.zeros(self.ok.size, dtype=bool)
-            used = [0] * n_codes
+            used: dict[str, int] = {}
             # A skewed slate fires dozens of these per key: each removed candidate's "max_per_value[KEY]:ID" is
             # built once, when its value reaches the cap, and only "@slotK" is appended per slot.
             names: dict[int, str] = {}
@@ -205,11 +208,11 @@ class RequestShield:
                     suffix = f"@slot{k}"
                     fired += [names[i] + suffix for i in (removed & ~placed).nonzero()[0].tolist()]
                 placed[j] = True
-                c = code_list[j]
-                if c >= 0:
-                    used[c] += 1
-                    if used[c] == cap:
-                        reached = eligible & (codes == c)
+                v = value_list[j]
+                if v is not None:
+                    used[v] = count = used.get(v, 0) + 1
+                    if count == cap:
+                        reached = self.ok & (value_array == v)
                         removed |= reached
                         names.update((i, f"max_per_value[{key}]:{self.item_ids[i]}")
                                      for i in reached.nonzero()[0].tolist())
@@ -217,16 +220,6 @@ class RequestShield:
 
 
 _id_and_categorical = operator.attrgetter("item_id", "features.categorical")
-
-
-def _codes(values: list[str | None]) -> tuple[list[int], int]:
-    """(a code per value in order of first appearance, -1 for None; the number of distinct values), built with
-    C-level dict/map calls rather than a Python loop per candidate."""
-    first_seen = dict.fromkeys(values)
-    first_seen.pop(None, None)
-    code_of: dict[str | None, int] = dict(zip(first_seen, range(len(first_seen))))
-    code_of[None] = -1
-    return list(map(code_of.__getitem__, values)), len(first_seen)
 
 
 def _read_blocked_file(path: str) -> list[str]:
