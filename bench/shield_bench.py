@@ -193,8 +193,9 @@ def markdown(rounds: list[dict[str, float]], local: dict[str, float], args: Args
         "part), the frozenset look-ups (the 1M ids cost nothing extra: O(1) membership), the slot-by-slot feasible "
         "sets (incremental cap counts, one numpy step per slot), and `shield_rules_fired`: with this skewed creator "
         "mix the cap removes the remaining items of a saturated creator at every later slot, ~70 "
-        "`max_per_value[creator]:ID@slotK` entries per decision, which are built and then logged with the event "
-        "(the server-side gap above exceeds the in-process one partly for that).",
+        "`max_per_value[creator]:ID@slotK` entries per decision, built with it and logged with its event. Inside "
+        "the server (*server µs*) the shield adds more than in process; on this shared 2-core machine (see the load "
+        "average) that gap is not explained yet.",
         "",
         f"In process (`decision.decide`, constant scorer, the same rules, {args.in_process_calls} requests each, "
         f"interleaved): p50 off {local['off_p50_us']:.1f} µs, on {local['on_p50_us']:.1f} µs (shield adds "
@@ -203,7 +204,8 @@ def markdown(rounds: list[dict[str, float]], local: dict[str, float], args: Args
         "rule change, not per request).",
         *([] if before is None else [
             "",
-            f"The same in-process measurement with the code of `{before[0]}` (a separate process right before this "
+            f"The same in-process measurement with the code of `{Path(before[0]).name}` (a separate process right "
+            f"before this "
             f"run's): p50 off {before[1]['off_p50_us']:.1f} µs, on {before[1]['on_p50_us']:.1f} µs (shield adds "
             f"{before[1]['on_p50_us'] - before[1]['off_p50_us']:.1f} µs); p99 on {before[1]['on_p99_us']:.1f} µs."]),
     ])
@@ -229,5 +231,8 @@ if __name__ == "__main__":
         with tempfile.TemporaryDirectory() as work_dir:
             print({k: round(v, 2) for k, v in in_process(write_config(Path(work_dir), Args()), Args()).items()})
     else:
-        # SHIELD_BENCH_BEFORE=DIR (a checkout, e.g. `git archive REV | tar -x -C DIR`): also time its decide().
-        print(markdown(*run(Args(), os.environ.pop("SHIELD_BENCH_BEFORE", ""))))
+        # SHIELD_BENCH_BEFORE=DIR (a checkout named after its commit, e.g. `git archive REV | tar -x -C
+        # /tmp/before-REV`): also time its decide().
+        bench_args = Args()
+        by_round, local_result, before_result = run(bench_args, os.environ.pop("SHIELD_BENCH_BEFORE", ""))
+        print(markdown(by_round, local_result, bench_args, before_result))
