@@ -69,11 +69,13 @@ class _ReferenceShield:
     def explain(self, slate: Sequence[int]) -> list[str]:
         fired = list(self.fired)
         for key, values, cap in self.caps:
+            listed: set[int] = set()  # each removed candidate once, at the first slot it is out
             for k in range(len(slate)):
                 placed = [int(i) for i in slate[:k]]
                 for i in range(len(values)):
-                    if (self.ok[i] and values[i] is not None and i not in placed
+                    if (self.ok[i] and values[i] is not None and i not in placed and i not in listed
                             and sum(values[j] == values[i] for j in placed) >= cap):
+                        listed.add(i)
                         fired.append(f"max_per_value[{key}]:{self.item_ids[i]}@slot{k}")
         return fired
 
