@@ -38,7 +38,7 @@ _VIEWS: dict[str, tuple[Descriptor, tuple[str, ...], frozenset[str]]] = {
     "DecisionEvent": (events_pb2.DecisionEvent.DESCRIPTOR, (
         "event_id", "request_id", "surface", "user_id", "served_at", "context", "candidates", "slate_size", "slate",
         "slate_propensity", "policy_version", "serving_mode", "exploration", "long_term", "rollout_stage",
-        "shield_version",
+        "shield_version", "baseline_version",
     ), frozenset({"context", "candidates", "long_term"})),  # Features, Candidate, LongTermState: unparsed
     "OutcomeEvent": (events_pb2.OutcomeEvent.DESCRIPTOR, (
         "event_id", "item_id", "outcome", "value", "occurred_at", "received_at", "surface", "attributed",

@@ -119,6 +119,7 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
             surface=surface, exploration_cap=self.service.cap(surface),
             configured_cap=self.service.surfaces[surface].exploration_cap,
             policy_version=self.service.policy_version(surface), history=[_change(e) for e in history],
+            baseline_version=self.service.baseline_version(surface),
         )
 
     @map_errors

@@ -18,6 +18,7 @@ Example::
 
     [surfaces.home_feed.model]
     publish_every = 2000           # learned decisions between published model versions
+    baseline = "v000003-1a2b3c4d"  # a published LambdaRank baseline orders the baseline ("" = baseline_score)
 
     [surfaces.home_feed.rollout]   # staged rollout: see recsys_rl/rollout/config.py
     stage = "shadow"               # baseline | shadow | canary | live (default live)
@@ -37,6 +38,7 @@ Reward (``logging_schema.rewards`` has the whole rule; online learning and the o
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,6 +53,7 @@ DEFAULT_EXPLORATION_CAP = 0.1
 ALGORITHMS = ("epsilon_greedy", "softmax", "squarecb")
 # Interval methods whose lower bound the cap gate accepts: both hold without a normality assumption.
 GATE_CI_METHODS = ("bernstein", "bootstrap", "betting")
+_VERSION_RE = re.compile(r"^v\d{6}-[0-9a-f]{8}$")  # as recsys_rl.serving.registry names versions
 
 
 class ConfigError(ValueError):
@@ -92,12 +95,19 @@ class ModelConfig:
     learn: bool = True
     # Weight λ of the slate-RL long-term value in the blended score (0 = bandit only).
     long_term_weight: float = 0.0
+    # The baseline (fallback, stage baseline, shadow's served slate, canary control): "" = the host's
+    # baseline_score; else a published LambdaRank version of "<surface>.baseline" (docs/baseline.md). An explicit
+    # version, never "latest": what the fallback is changes only when the configuration says so.
+    baseline: str = ""
 
     def __post_init__(self) -> None:
         if self.publish_every <= 0:
             raise ConfigError(f"model.publish_every: must be positive, got {self.publish_every}")
         if not math.isfinite(self.long_term_weight) or self.long_term_weight < 0:
             raise ConfigError(f"model.long_term_weight: must be >= 0, got {self.long_term_weight}")
+        if self.baseline and not _VERSION_RE.match(self.baseline):
+            raise ConfigError(f"model.baseline: must be a published LambdaRank version (e.g. v000003-1a2b3c4d) or "
+                              f"\"\" for the host's baseline_score, got {self.baseline!r}")
 
 
 @dataclass(frozen=True)

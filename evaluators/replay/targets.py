@@ -23,7 +23,10 @@ propensities come from the same code that scores and draws served slates:
   baseline served (fallback, or by the rollout's choice: modes BASELINE and SHADOW) stay with the baseline.
 * ``baseline``: scores = baseline_score, explorer = Greedy: argmax with ties to the lowest index among the
   remaining candidates, exactly the order serving's baseline serves (``decision.baseline_order``).
-  Target probability is 1 for the baseline's choice given the logged prefix, else 0.
+  Target probability is 1 for the baseline's choice given the logged prefix, else 0. On a surface whose
+  configuration names a learned baseline (``model.baseline``) it is that LambdaRank version, as serving's.
+  ``logged`` replays each baseline-served decision with the baseline that ordered it (the event's
+  ``baseline_version``), and a model target falls back to the surface's configured baseline, as serving does.
 * ``uniform``: EpsilonGreedy(1) over the remaining candidates: 1/(n − k) at slot k.
 """
 
@@ -149,6 +152,7 @@ class BaselineTarget(TargetPolicy):
     policy_version = "baseline"
 
     def __init__(self, surface: SurfaceConfig, scorer: Scorer | None = None, version: str = "") -> None:
+        self.version = version
         if version:
             self.name = self.policy_version = f"baseline@{version}"
         self._policy = _fixed_policy(surface, self.policy_version, scorer or BaselineScorer(), Greedy())
@@ -174,14 +178,17 @@ class ModelTarget(TargetPolicy):
 
     def __init__(self, name: str, policy_version: str, bandit: Scorer, explorer: Explorer, surface: SurfaceConfig,
                  *, exploration: ExplorationConfig | None = None, cap: float | None = None,
-                 long_term: LongTermValue = NoLongTermValue()) -> None:
+                 long_term: LongTermValue = NoLongTermValue(), baseline: BaselineTarget | None = None) -> None:
+        """``baseline``: the surface's learned baseline, which stands in when the model fails (default host)."""
         self.name = name
         self.policy_version = policy_version
+        fallback = {} if baseline is None else {"baseline": baseline.policy_for().scorer,
+                                                 "baseline_version": baseline.version}
         self._policy = DecisionPolicy(
             surface=surface.name, policy_version=policy_version, scorer=bandit, explorer=explorer,
             exploration=exploration or surface.exploration,
             cap=surface.exploration_cap if cap is None else cap, long_term=long_term,
-            long_term_weight=surface.model.long_term_weight, shield=surface.shield,
+            long_term_weight=surface.model.long_term_weight, shield=surface.shield, **fallback,
         )
 
     @property
@@ -215,7 +222,9 @@ class LoggedTarget(TargetPolicy):
         self.long_term = long_term
         self._models: dict[str, ModelTarget] = {}
         self._policies: dict[tuple[str, tuple[str, float, float, float, float]], DecisionPolicy] = {}
-        self._baseline = BaselineTarget(surface)
+        self._baselines: dict[str, BaselineTarget] = {"": BaselineTarget(surface)}  # by logged baseline_version
+        # What a model that fails in replay falls back to: the surface's configured baseline, as in serving.
+        self._fallback = _learned_baseline(PolicySpec(text="baseline", kind="baseline"), self.data_dir, surface)
 
     def _model(self, version: str) -> ModelTarget:
         model = self._models.pop(version, None)
@@ -224,7 +233,7 @@ class LoggedTarget(TargetPolicy):
 
             _, weights = _load_registry_version(replace(self.spec, version=version), self.data_dir, self.surface.name)
             model = ModelTarget(self.name, version, VWBandit(self.surface.model.vw_args, model=weights), Greedy(),
-                                self.surface, long_term=self.long_term)
+                                self.surface, long_term=self.long_term, baseline=self._fallback)
             while len(self._models) >= self._MAX_MODELS:
                 evicted = self._models.pop(next(iter(self._models)))
                 self._policies = {k: v for k, v in self._policies.items() if k[0] != evicted.policy_version}
@@ -248,7 +257,12 @@ class LoggedTarget(TargetPolicy):
         if event is None:
             raise ValueError("event: the logged target needs the logged decision")
         if event.serving_mode in _BASELINE_SERVED:  # type: ignore[attr-defined]
-            return self._baseline.policy_for()
+            version = event.baseline_version  # type: ignore[attr-defined]
+            baseline = self._baselines.get(version)
+            if baseline is None:
+                spec = PolicySpec(text=f"baseline@{version}", kind="baseline", version=version)
+                baseline = self._baselines[version] = _learned_baseline(spec, self.data_dir, self.surface)
+            return baseline.policy_for()
         model = self._model(event.policy_version)  # type: ignore[attr-defined]
         key = (model.policy_version, self._exploration_key(event.exploration))  # type: ignore[attr-defined]
         policy = self._policies.get(key)
@@ -295,7 +309,7 @@ def resolve_policy(spec: PolicySpec, data_dir: Path, surface: SurfaceConfig, *,
     Reads the registry but never writes to it (no directory is created, LATEST is not touched).
     """
     if spec.kind == "baseline":
-        return BaselineTarget(surface) if spec.version is None else _learned_baseline(spec, Path(data_dir), surface)
+        return _learned_baseline(spec, Path(data_dir), surface) or BaselineTarget(surface)
     if spec.kind == "uniform":
         return UniformTarget(surface)
     if spec.kind == "logged":
@@ -314,13 +328,19 @@ def resolve_policy(spec: PolicySpec, data_dir: Path, surface: SurfaceConfig, *,
     except Exception as exc:  # noqa: BLE001 - VW reports a bad model file with assorted exception types
         raise _error(spec.text, f"model {version} does not load: {exc}") from exc
     return ModelTarget(spec.text, version, bandit, make_explorer(exploration, cap), surface,
-                       exploration=exploration, cap=cap, long_term=long_term)
+                       exploration=exploration, cap=cap, long_term=long_term,
+                       baseline=_learned_baseline(PolicySpec(text="baseline", kind="baseline"), Path(data_dir), surface))
 
 
-def _learned_baseline(spec: PolicySpec, data_dir: Path, surface: SurfaceConfig) -> BaselineTarget:
+def _learned_baseline(spec: PolicySpec, data_dir: Path, surface: SurfaceConfig) -> BaselineTarget | None:
+    """The LambdaRank baseline ``spec`` names, else the surface's configured one (``model.baseline``), else None."""
     from recsys_rl.baseline import baseline_surface  # noqa: PLC0415
     from recsys_rl.baseline.model import LambdaRankBaseline  # noqa: PLC0415 - lightgbm only for this target
 
+    if spec.version is None:
+        if not surface.model.baseline:
+            return None
+        spec = replace(spec, version=surface.model.baseline)
     version, model = _load_registry_version(spec, data_dir, baseline_surface(surface.name))
     try:
         scorer = LambdaRankBaseline(model, version=version)

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+from recsys_rl.serving.features import item_key
 
 FORMAT = "lambdarank-v1"
 _NAN = math.nan
@@ -79,16 +82,20 @@ class FeatureSpec:
         row += [vocab.get(categorical.get(n, ""), _NAN) for n, vocab in self.item_categorical.items()]
         return row
 
-    def matrix(self, context: pb.Features, candidates: Any) -> np.ndarray:
-        """[n, d] float64 for ``candidates`` (a sequence of pb.Candidate) under ``context``."""
+    def matrix(self, context: pb.Features, candidates: Any, cache: ItemRowCache | None = None) -> np.ndarray:
+        """[n, d] float64 for ``candidates`` (a sequence of pb.Candidate) under ``context``.
+
+        ``cache``: the candidates' item parts from an :class:`ItemRowCache` of this spec (read from the protobuf
+        maps only on a miss)."""
         n = len(candidates)
         ctx = self.context_row(context)
-        x = np.empty((n, 1 + len(ctx) + len(self.item_numeric) + len(self.item_categorical)), np.float64)
-        x[:, 1:1 + len(ctx)] = ctx  # the context part once, broadcast over the candidates
         item_start = 1 + len(ctx)
-        for i, candidate in enumerate(candidates):
-            x[i, 0] = candidate.baseline_score
-            x[i, item_start:] = self.candidate_row(candidate)
+        x = np.empty((n, item_start + len(self.item_numeric) + len(self.item_categorical)), np.float64)
+        x[:, 0] = np.fromiter((c.baseline_score for c in candidates), np.float64, n)
+        x[:, 1:item_start] = ctx  # the context part once, broadcast over the candidates
+        if n and x.shape[1] > item_start:
+            x[:, item_start:] = cache.rows(candidates) if cache is not None else [
+                self.candidate_row(c) for c in candidates]
         return x
 
     def to_json(self) -> dict[str, Any]:
@@ -101,6 +108,42 @@ class FeatureSpec:
                    dict(data["item_categorical"]))
 
 
+class ItemRowCache:
+    """Bounded LRU of candidates' item parts (``FeatureSpec.candidate_row``), keyed like the VW bandit's item cache
+    (``serving.features.item_key``: the candidate's bytes without its per-request baseline_score), so a hit reads
+    no protobuf map. Thread-safe (Rank runs on a thread pool); ~1 µs of key per candidate."""
+
+    def __init__(self, spec: FeatureSpec, max_items: int = 100_000) -> None:
+        if max_items <= 0:
+            raise ValueError(f"max_items: must be positive, got {max_items}")
+        self.spec = spec
+        self.max_items = max_items
+        self._rows: OrderedDict[bytes, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def rows(self, candidates: Any) -> list[list[float]]:
+        keys = [item_key(c) for c in candidates]
+        out: list[list[float]] = []
+        with self._lock:
+            get, move_to_end = self._rows.get, self._rows.move_to_end
+            for key, candidate in zip(keys, candidates):
+                row = get(key)
+                if row is None:
+                    self.misses += 1
+                    row = self._rows[key] = self.spec.candidate_row(candidate)
+                    if len(self._rows) > self.max_items:
+                        self._rows.popitem(last=False)
+                else:
+                    self.hits += 1
+                    move_to_end(key)
+                out.append(row)
+        return out
+
+
 def serialize(spec: FeatureSpec, booster_text: str) -> bytes:
     return json.dumps({"format": FORMAT, "features": spec.to_json(), "booster": booster_text}).encode()
 
@@ -108,7 +151,7 @@ def serialize(spec: FeatureSpec, booster_text: str) -> bytes:
 class LambdaRankBaseline:
     """The decision path's Scorer for a published LambdaRank baseline (higher = rank first)."""
 
-    def __init__(self, model: bytes, *, version: str = "") -> None:
+    def __init__(self, model: bytes, *, version: str = "", cache_items: int = 100_000) -> None:
         import lightgbm as lgb  # noqa: PLC0415 - only surfaces/replays that use a learned baseline pay for it
 
         data = json.loads(model)
@@ -117,11 +160,12 @@ class LambdaRankBaseline:
         self.version = version
         self.features = FeatureSpec.from_json(data["features"])
         self.booster = lgb.Booster(model_str=data["booster"])
+        self.cache = ItemRowCache(self.features, cache_items)
 
     def score(self, request: pb.RankRequest) -> np.ndarray:
-        x = self.features.matrix(request.context, request.candidates)
+        x = self.features.matrix(request.context, request.candidates, self.cache)
         # One thread: a request is ~100 rows, where OpenMP start-up would cost more than the trees.
         return np.asarray(self.booster.predict(x, num_threads=1), dtype=np.float64)
 
 
-__all__ = ["FORMAT", "FeatureSpec", "LambdaRankBaseline", "serialize"]
+__all__ = ["FORMAT", "FeatureSpec", "ItemRowCache", "LambdaRankBaseline", "serialize"]

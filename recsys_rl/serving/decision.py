@@ -9,8 +9,10 @@ The slate is drawn by :func:`recsys_rl.serving.exploration.sample_slate` with th
 force and the draw key blake2b(server_seed, surface, request_id), so a decision is reproducible from its event
 (invariant 5). When the model raises or returns non-finite or misshapen scores, or the deadline passes before
 sampling, or the caller says the baseline must serve (e.g. the log cannot take the event), the baseline serves
-(invariant 4): candidates by baseline_score descending, ties by index, each slot with propensity 1 — exactly the
-Greedy explorer over baseline scores, which is how replay scores the baseline. InvalidInput is never a fallback:
+(invariant 4): candidates by baseline score descending, ties by index, each slot with propensity 1 — exactly the
+Greedy explorer over baseline scores, which is how replay scores the baseline. The baseline score is the host's
+baseline_score, or a surface's learned LambdaRank baseline (``DecisionPolicy.baseline``, scored only when the
+baseline serves; the host's score stands in if it fails — :func:`policy_baseline`). InvalidInput is never a fallback:
 it propagates so the server answers INVALID_ARGUMENT naming the field.
 
 Rollout stages (``SurfacePolicy.rank``) use the same functions: a canary user's slate is :func:`decide` with mode
@@ -103,6 +105,10 @@ class DecisionPolicy:
     long_term: LongTermValue = field(default_factory=NoLongTermValue)
     long_term_weight: float = 0.0
     shield: ShieldRules = NO_SHIELD  # the surface's business rules (recsys_rl.shield); every path obeys them
+    # What orders the baseline (fallback, stage baseline, shadow's served slate, canary control): the host's score,
+    # or a published LambdaRank model (recsys_rl.baseline) named by ``baseline_version`` ("" = the host's).
+    baseline: Scorer = field(default_factory=BaselineScorer)
+    baseline_version: str = ""
 
     @property
     def epsilon(self) -> float:
@@ -144,6 +150,7 @@ class Decision:
     rollout_stage: str = ""  # the surface's rollout stage when decided ("" outside serving, e.g. replay)
     shadow: Decision | None = None  # stage shadow: the learned policy's own decision on the request (not served)
     shadow_latency_us: int = 0  # what deciding the shadow added to the request
+    baseline_version: str = ""  # the learned baseline that ordered this slate ("" = host score, or not the baseline)
 
 
 @dataclass(frozen=True)
@@ -260,15 +267,43 @@ def baseline_order(baseline: np.ndarray, slate_size: int, shield: RequestShield 
     return np.lexsort((np.arange(baseline.size), -baseline))[: min(slate_size, baseline.size)]
 
 
+def policy_baseline(policy: DecisionPolicy, request: pb.RankRequest,
+                    host: np.ndarray | None = None) -> tuple[np.ndarray, str, str]:
+    """The scores the baseline orders ``request`` by: (scores, baseline_version, error).
+
+    A learned baseline (``policy.baseline_version``) is scored only here, i.e. only when the baseline serves: a
+    learned decision never pays for it. If it raises or returns non-finite or misshapen scores, the host's
+    baseline_score orders instead: version "" and ``error`` says why (the decision's reason carries it).
+    ``host``: the host scores when the caller has them (``validate_rank_request``).
+    """
+    if host is None:
+        host = baseline_scores(request)
+    if not policy.baseline_version:
+        return host, "", ""
+    try:
+        scores = np.asarray(policy.baseline.score(request), dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001 - the baseline is the last resort: the host's score stands in
+        return host, "", f"baseline_error: {policy.baseline_version}: {type(exc).__name__}: {exc}"
+    if scores.shape != (len(request.candidates),) or not np.isfinite(scores).all():
+        return host, "", f"baseline_error: {policy.baseline_version}: non-finite or misshapen scores"
+    return scores, policy.baseline_version, ""
+
+
 def _baseline_decision(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray, reason: str,
                        draw_key: int, long_term: LongTermInput | None, mode: int,
                        shield: RequestShield | None = None) -> Decision:
+    """``baseline``: the host's scores; a surface with a learned baseline is ordered by it (:func:`policy_baseline`)."""
+    scores, version, error = policy_baseline(policy, request, baseline)
+    if error:
+        reason = f"{reason}; {error}" if reason else error
     candidates = request.candidates
     slots = [
-        DecisionSlot(int(i), candidates[int(i)].item_id, 1.0, float(baseline[i]), False, 0.0, 0.0)
-        for i in baseline_order(baseline, request.slate_size, shield)
+        DecisionSlot(int(i), candidates[int(i)].item_id, 1.0, float(scores[i]), False, 0.0, 0.0)
+        for i in baseline_order(scores, request.slate_size, shield)
     ]
-    return _decision(policy, slots, 1.0, mode, reason, draw_key, long_term, shield)
+    decision = _decision(policy, slots, 1.0, mode, reason, draw_key, long_term, shield)
+    decision.baseline_version = version
+    return decision
 
 
 def _decision(policy: DecisionPolicy, slots: list[DecisionSlot], slate_propensity: float, mode: int, reason: str,
@@ -300,8 +335,8 @@ def target_scores(policy: DecisionPolicy, request: pb.RankRequest, *,
                   long_term_input: LongTermInput | None = None) -> TargetScores:
     """The scores and explorer ``policy`` draws with on ``request`` (the baseline's when its model fails)."""
     scored = score(policy, request, long_term_input=long_term_input)
-    if scored.scores is None:
-        return TargetScores(baseline_scores(request), _GREEDY, True)
+    if scored.scores is None:  # the policy's own baseline stands in, as it would serve (policy_baseline)
+        return TargetScores(policy_baseline(policy, request)[0], _GREEDY, True)
     return TargetScores(scored.scores, policy.explorer, False)
 
 
@@ -316,5 +351,5 @@ def target_propensities(policy: DecisionPolicy, request: pb.RankRequest, logged_
 __all__ = [
     "BaselineScorer", "ConstantScorer", "Decision", "DecisionPolicy", "DecisionSlot", "LongTermInput",
     "LongTermValue", "NoLongTermValue", "Scored", "Scorer", "TargetScores", "baseline_order", "baseline_scores",
-    "check_request", "decide", "decide_baseline", "score", "target_propensities", "target_scores",
+    "check_request", "decide", "decide_baseline", "policy_baseline", "score", "target_propensities", "target_scores",
 ]

@@ -20,7 +20,8 @@ from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.rollout.assignment import in_canary
 from recsys_rl.rollout.config import RolloutState, Stage
 from recsys_rl.serving.decision import (
-    Decision, DecisionPolicy, DecisionSlot, LongTermInput, LongTermValue, NoLongTermValue, decide, decide_baseline,
+    BaselineScorer, Decision, DecisionPolicy, DecisionSlot, LongTermInput, LongTermValue, NoLongTermValue, Scorer,
+    decide, decide_baseline,
 )
 from recsys_rl.serving.exploration import draw_key, make_explorer
 from recsys_rl.serving.requests import validate_rank_request
@@ -41,7 +42,11 @@ class SurfacePolicy:
         *,
         server_seed: int,
         long_term: LongTermValue = NoLongTermValue(),
+        baseline: Scorer = BaselineScorer(),
+        baseline_version: str = "",
     ) -> None:
+        """``baseline``/``baseline_version``: a learned baseline (recsys_rl.baseline) that orders every baseline
+        slate; default the host's baseline_score."""
         self.surface = surface
         self.server_seed = server_seed
         self._lock = threading.Lock()  # serialises writers of the snapshot; readers take it as one attribute
@@ -49,7 +54,8 @@ class SurfacePolicy:
             surface=surface.name, policy_version=policy_version, scorer=bandit,
             explorer=make_explorer(surface.exploration, surface.exploration_cap), exploration=surface.exploration,
             cap=surface.exploration_cap, server_seed=server_seed, long_term=long_term,
-            long_term_weight=surface.model.long_term_weight, shield=surface.shield,
+            long_term_weight=surface.model.long_term_weight, shield=surface.shield, baseline=baseline,
+            baseline_version=baseline_version,
         )
 
     @property
@@ -174,6 +180,7 @@ def decision_to_event(
     event.candidates.extend(request.candidates)
     event.shield_rules_fired.extend(decision.shield_rules_fired)
     event.shield_version = decision.shield_version
+    event.baseline_version = decision.baseline_version
     if decision.long_term is not None:
         event.long_term.model_version = decision.long_term.model_version
         event.long_term.weight = decision.long_term_weight

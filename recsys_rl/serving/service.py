@@ -20,7 +20,7 @@ from typing import Literal
 from logging_schema.writer import DeferredRecord, LogQueueFull, LogUnavailable, LogWriter
 from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.caps.store import CapStore, effective_cap
-from recsys_rl.config import ServiceConfig, SurfaceConfig
+from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig
 from recsys_rl.rollout.config import RolloutState, Stage
 from recsys_rl.rollout.store import GuardrailEvidence, RolloutStore
 from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
@@ -227,8 +227,33 @@ class DecisionService:
             )
         long_term = self._long_term if surface.model.long_term_weight > 0 and self._long_term else NoLongTermValue()
         policy = SurfacePolicy(surface, serving, checkpoint.version, server_seed=self.config.seed,
-                               long_term=long_term)
+                               long_term=long_term, **self._learned_baseline(surface))
         return _Surface(surface, policy, OutcomeTracker(surface), ShadowTracker())
+
+    def _learned_baseline(self, surface: SurfaceConfig) -> dict[str, object]:
+        """SurfacePolicy's baseline arguments for ``model.baseline`` (none: the host's baseline_score).
+
+        A configured version that does not load stops the start (ConfigError naming it): silently serving the host's
+        score instead would change what every fallback, control user and shadow-stage user sees. Publishing a newer
+        version changes nothing here; the configuration names the version that serves."""
+        version = surface.model.baseline
+        if not version:
+            return {}
+        from recsys_rl.baseline import baseline_surface  # lightgbm only for surfaces with a learned baseline
+        from recsys_rl.baseline.model import LambdaRankBaseline
+
+        name = baseline_surface(surface.name)
+        try:
+            scorer = LambdaRankBaseline(self.registry.load(name, version).model, version=version)
+        except Exception as exc:  # noqa: BLE001 - NotFound, checksum, JSON or LightGBM errors: all refuse the start
+            raise ConfigError(f"surfaces.{surface.name}.model.baseline: {version} does not load "
+                              f"({type(exc).__name__}: {exc})") from exc
+        log.info("surface %s: the baseline is LambdaRank %s", surface.name, version)
+        return {"baseline": scorer, "baseline_version": version}
+
+    def baseline_version(self, surface: str) -> str:
+        """The learned baseline ordering ``surface``'s baseline slates ("" = the host's baseline_score)."""
+        return self._entry(surface).policy.state.baseline_version
 
     def refresh_models(self) -> list[str]:
         """Loads every surface's newest published version if it is not the one serving; returns the swaps.
