@@ -45,6 +45,8 @@ class _Decisions:
     def __init__(self, policy: DecisionPolicy) -> None:
         self.policy = policy
         self.phases: dict[str, list[float]] = {}
+        rng = np.random.default_rng(0)  # fixed requests, built once: only decide() runs in the timed loop
+        self.requests = [make_request(rng, i) for i in range(256)]
 
     def during(self, phase: str, work: object) -> float:
         """Runs ``work()`` on this thread while decisions run on another; returns work's seconds."""
@@ -63,7 +65,7 @@ class _Decisions:
         baseline = np.arange(100.0)[::-1].copy()
         r = 0
         while not stop.is_set():
-            request = make_request(r)
+            request = self.requests[r % len(self.requests)]
             t = time.perf_counter_ns()
             decide(self.policy, request, baseline, draw_key=r)
             out.append((time.perf_counter_ns() - t) / 1e3)
