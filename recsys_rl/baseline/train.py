@@ -1,8 +1,13 @@
 """``recsys-rl train baseline``: a LightGBM LambdaRank baseline learned from the logged decisions.
 
-Data. One streaming pass over ``<data-dir>/logs`` keeps, per decision of the surface with a non-empty slate,
-one feature row per *served* item (``model.FeatureSpec``: baseline_score, context and candidate features; names
-and vocabularies fixed from the first ``spec_sample`` decisions). Rewards are the surface's reward definition
+Data. A pass over ``<data-dir>/logs`` keeps, per decision of the surface with a non-empty slate, one feature row
+per *served* item (``model.FeatureSpec``: baseline_score, context and candidate features; names and vocabularies
+fixed from the first ``spec_sample`` decisions kept). Segments are read by one worker process per core, their rows
+concatenated in log order (the same rows whatever the number of workers). With more than ``max_decisions``
+(default 200k) eligible decisions, a first pass reads every decision's sampling key and training keeps the
+``max_decisions`` with the smallest blake2b-64(event_id): a uniform sample, deterministic, recorded in the
+manifest's data_range["sample"]. The cap is what bounds training time on a large log (docs/baseline.md: time and
+held-out NDCG against the sample size). Rewards are the surface's reward definition
 joined by ``logging_schema.tables.join_rewards``; an item's relevance label is 1 when its per-slot reward is > 0
 (a click for the default definition), else 0. A query is one decision.
 
@@ -52,7 +57,7 @@ from logging_schema.views import TableRecord
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.serving.registry import Checkpoint, ModelRegistry
 
-__all__ = ["BaselineData", "TrainConfig", "TrainResult", "load_data", "train", "train_from_data_dir"]
+__all__ = ["BaselineData", "TrainConfig", "TrainResult", "load_data", "sample_key", "train", "train_from_data_dir"]
 
 
 @dataclass(frozen=True)
