@@ -44,10 +44,10 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from google.protobuf.message import DecodeError
 from tqdm import tqdm
 
-from logging_schema.reader import iter_records
-from logging_schema.segments import list_segments
+from logging_schema.segments import list_segments, scan_segment
 from logging_schema.tables import decisions_frame, join_rewards, outcomes_frame
 from recsys_rl.baseline import baseline_surface
 from recsys_rl.baseline.model import FeatureSpec, ItemRowCache, serialize
@@ -120,18 +120,41 @@ def _eligible(event: Any, surface: str, since: float | None) -> bool:
     return since is None or event.served_at.seconds + event.served_at.nanos * 1e-9 >= since
 
 
-def _segment_keys(path: Path, surface: str, since: float | None) -> list[tuple[int, str]]:
-    """Pass 1 of a capped read (one segment, in a worker): the sampling keys of the decisions training may use."""
-    return [(sample_key(record.decision.event_id), record.decision.event_id)
-            for record in iter_records(path, record_type=TableRecord)
-            if record.WhichOneof("event") == "decision" and _eligible(record.decision, surface, since)]
+def _records(path: Path, wanted: frozenset[int] | None = None) -> Iterator[tuple[int, Any]]:
+    """(ordinal, record) of one segment's intact records through the table view, as ``iter_records`` parses them;
+    the ordinal counts the segment's intact frames, so a second pass finds a record again without parsing the
+    others (``wanted``: the ordinals to parse, None = all)."""
+    parse = TableRecord.FromString
+    for ordinal, payload in enumerate(scan_segment(path)):
+        if wanted is not None and ordinal not in wanted:
+            continue
+        try:
+            record = parse(payload)
+        except DecodeError:
+            continue  # counted by the log's readers; training just skips it
+        if record.WhichOneof("event") is not None:
+            yield ordinal, record
 
 
-def _sampled(path: Path, surface: str, since: float | None, cutoff: tuple[int, str] | None) -> Iterator[Any]:
-    """Records of one segment training reads: the surface's outcomes, and its eligible decisions in the sample,
-    the latter as (view event, context, served candidates) with only the served candidates parsed."""
+def _segment_keys(path: Path, surface: str, since: float | None) -> tuple[list[tuple[int, str, int]], list[int]]:
+    """Pass 1 of a capped read (one segment, in a worker): (sampling key, event id, ordinal) of the decisions
+    training may use, and the ordinals of the surface's outcomes."""
+    keys, outcomes = [], []
+    for ordinal, record in _records(path):
+        kind = record.WhichOneof("event")
+        if kind == "decision" and _eligible(record.decision, surface, since):
+            keys.append((sample_key(record.decision.event_id), record.decision.event_id, ordinal))
+        elif kind == "outcome" and record.outcome.surface in (surface, ""):
+            outcomes.append(ordinal)
+    return keys, outcomes
+
+
+def _sampled(path: Path, surface: str, since: float | None, wanted: frozenset[int] | None) -> Iterator[Any]:
+    """Records of one segment training reads: the surface's outcomes, and its eligible decisions (those of the
+    sample: ``wanted`` ordinals, when capped), the latter as (view event, context, served candidates) with only the
+    served candidates parsed."""
     parse_features, parse_candidate = pb.Features.FromString, pb.Candidate.FromString
-    for record in iter_records(path, record_type=TableRecord):
+    for _, record in _records(path, wanted):
         kind = record.WhichOneof("event")
         if kind == "outcome":
             if record.outcome.surface in (surface, ""):
@@ -139,8 +162,6 @@ def _sampled(path: Path, surface: str, since: float | None, cutoff: tuple[int, s
         elif kind == "decision":
             event = record.decision
             if not _eligible(event, surface, since):
-                continue
-            if cutoff is not None and (sample_key(event.event_id), event.event_id) > cutoff:
                 continue
             candidates = event.candidates
             served = [parse_candidate(candidates[slot.candidate_index]) for slot in event.slate]
@@ -159,12 +180,12 @@ class _Part:
     n_outcomes: int
 
 
-def _segment_part(path: Path, surface: str, since: float | None, cutoff: tuple[int, str] | None,
+def _segment_part(path: Path, surface: str, since: float | None, wanted: frozenset[int] | None,
                   spec: FeatureSpec) -> _Part:
     """Pass 2 (one segment, in a worker): the rows of its sampled decisions under the fitted spec."""
     cache = ItemRowCache(spec)
     events, outcomes, rows = [], [], []
-    for item in _sampled(path, surface, since, cutoff):
+    for item in _sampled(path, surface, since, wanted):
         if isinstance(item, tuple):
             event, context, served = item
             rows.append(spec.matrix(context, served, cache))
@@ -195,16 +216,19 @@ def load_data(log_dir: Path, surface: SurfaceConfig, *, since: float | None = No
             if workers > 1 and len(paths) > 1 else None)
     mapper = pool.map if pool is not None else map
     try:
-        cutoff, eligible = None, None
+        wanted: list[frozenset[int] | None] = [None] * len(paths)
+        capped, eligible = False, None
         if max_decisions is not None:
-            keys = sorted(key for part in mapper(_segment_keys, paths, repeat(name), repeat(since)) for key in part)
-            eligible = len(keys)
-            if eligible > max_decisions:
-                cutoff = keys[max_decisions - 1]
-            del keys
+            found = list(mapper(_segment_keys, paths, repeat(name), repeat(since)))
+            eligible = sum(len(keys) for keys, _ in found)
+            if eligible > max_decisions:  # keep the max_decisions smallest (key, event_id), and every outcome
+                capped = True
+                cutoff = sorted(key[:2] for keys, _ in found for key in keys)[max_decisions - 1]
+                wanted = [frozenset([o for k, e, o in keys if (k, e) <= cutoff] + outcomes) for keys, outcomes in found]
+            del found
         contexts, served = [], []  # the spec's sample: the first spec_sample decisions kept, in log order
-        for path in paths:
-            for item in _sampled(path, name, since, cutoff):
+        for path, want in zip(paths, wanted):
+            for item in _sampled(path, name, since, want):
                 if isinstance(item, tuple):
                     contexts.append(item[1])
                     served.extend(item[2])
@@ -216,7 +240,7 @@ def load_data(log_dir: Path, surface: SurfaceConfig, *, since: float | None = No
             raise InvalidInput("data", f"no decisions of surface {name!r} with a served slate in {log_dir}")
         spec = FeatureSpec.fit(contexts, served)
         del contexts, served
-        parts = list(tqdm(mapper(_segment_part, paths, repeat(name), repeat(since), repeat(cutoff), repeat(spec)),
+        parts = list(tqdm(mapper(_segment_part, paths, repeat(name), repeat(since), wanted, repeat(spec)),
                           total=len(paths), unit=" segments", desc="train baseline: read", disable=not progress,
                           mininterval=0.5))
     finally:
@@ -224,7 +248,7 @@ def load_data(log_dir: Path, surface: SurfaceConfig, *, since: float | None = No
             pool.shutdown(cancel_futures=True)
     decisions = pl.concat([p.decisions for p in parts], rechunk=True)
     outcomes = pl.concat([p.outcomes for p in parts], rechunk=True)
-    if cutoff is not None:  # outcomes of decisions left out would only be orphans of the join
+    if capped:  # outcomes of decisions left out would only be orphans of the join
         outcomes = outcomes.filter(pl.col("event_id").is_in(decisions.get_column("event_id").unique().implode()))
     joined = join_rewards(decisions, outcomes, {name: surface.reward})
     x = np.concatenate([p.rows for p in parts])
