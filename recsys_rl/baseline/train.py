@@ -35,6 +35,7 @@ import hashlib
 import multiprocessing
 import os
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
@@ -47,7 +48,7 @@ import polars as pl
 from google.protobuf.message import DecodeError
 from tqdm import tqdm
 
-from logging_schema.segments import list_segments, scan_segment
+from logging_schema.segments import FRAME_HEADER, FRAME_HEADER_BYTES, HEADER_BYTES, list_segments, scan_segment
 from logging_schema.tables import decisions_frame, join_rewards, outcomes_frame
 from recsys_rl.baseline import baseline_surface
 from recsys_rl.baseline.model import FeatureSpec, ItemRowCache, serialize
@@ -120,41 +121,59 @@ def _eligible(event: Any, surface: str, since: float | None) -> bool:
     return since is None or event.served_at.seconds + event.served_at.nanos * 1e-9 >= since
 
 
-def _records(path: Path, wanted: frozenset[int] | None = None) -> Iterator[tuple[int, Any]]:
-    """(ordinal, record) of one segment's intact records through the table view, as ``iter_records`` parses them;
-    the ordinal counts the segment's intact frames, so a second pass finds a record again without parsing the
-    others (``wanted``: the ordinals to parse, None = all)."""
+def _records(path: Path, wanted: dict[int, int] | None = None) -> Iterator[tuple[int, int, Any]]:
+    """(byte offset, payload length, record) of one segment's intact records through the table view, as ``iter_records`` parses
+    them. ``wanted`` (offset -> payload length, from a first pass that checked every frame): read only those
+    frames, each re-checked against its CRC, instead of the whole segment - a capped read's second pass skips the
+    decisions left out without reading them."""
     parse = TableRecord.FromString
-    for ordinal, payload in enumerate(scan_segment(path)):
-        if wanted is not None and ordinal not in wanted:
-            continue
-        try:
-            record = parse(payload)
-        except DecodeError:
-            continue  # counted by the log's readers; training just skips it
-        if record.WhichOneof("event") is not None:
-            yield ordinal, record
+    if wanted is None:
+        offset = HEADER_BYTES
+        for payload in scan_segment(path):
+            offset += FRAME_HEADER_BYTES
+            start, offset = offset, offset + len(payload)
+            yield from _parsed(start, payload, parse)
+        return
+    with open(path, "rb") as file:
+        for start in sorted(wanted):
+            file.seek(start - FRAME_HEADER_BYTES)
+            frame = file.read(FRAME_HEADER_BYTES + wanted[start])
+            length, checksum = FRAME_HEADER.unpack_from(frame)
+            payload = memoryview(frame)[FRAME_HEADER_BYTES:]
+            if length != wanted[start] or len(payload) != length or zlib.crc32(payload) != checksum:
+                raise InvalidInput("data", f"{path} changed while training read it (frame at byte {start})")
+            yield from _parsed(start, payload, parse)
 
 
-def _segment_keys(path: Path, surface: str, since: float | None) -> tuple[list[tuple[int, str, int]], list[int]]:
-    """Pass 1 of a capped read (one segment, in a worker): (sampling key, event id, ordinal) of the decisions
-    training may use, and the ordinals of the surface's outcomes."""
-    keys, outcomes = [], []
-    for ordinal, record in _records(path):
+def _parsed(start: int, payload: Any, parse: Any) -> Iterator[tuple[int, int, Any]]:
+    try:
+        record = parse(payload)
+    except DecodeError:
+        return  # counted by the log's readers; training just skips it
+    if record.WhichOneof("event") is not None:
+        yield start, len(payload), record
+
+
+def _segment_keys(path: Path, surface: str, since: float | None) -> tuple[list[tuple[int, str, int, int]],
+                                                                          dict[int, int]]:
+    """Pass 1 of a capped read (one segment, in a worker): (sampling key, event id, offset, length) of the decisions
+    training may use, and offset -> length of the surface's outcomes."""
+    keys, outcomes = [], {}
+    for start, length, record in _records(path):
         kind = record.WhichOneof("event")
         if kind == "decision" and _eligible(record.decision, surface, since):
-            keys.append((sample_key(record.decision.event_id), record.decision.event_id, ordinal))
+            keys.append((sample_key(record.decision.event_id), record.decision.event_id, start, length))
         elif kind == "outcome" and record.outcome.surface in (surface, ""):
-            outcomes.append(ordinal)
+            outcomes[start] = length
     return keys, outcomes
 
 
-def _sampled(path: Path, surface: str, since: float | None, wanted: frozenset[int] | None) -> Iterator[Any]:
+def _sampled(path: Path, surface: str, since: float | None, wanted: dict[int, int] | None) -> Iterator[Any]:
     """Records of one segment training reads: the surface's outcomes, and its eligible decisions (those of the
-    sample: ``wanted`` ordinals, when capped), the latter as (view event, context, served candidates) with only the
+    sample: ``wanted`` frames, when capped), the latter as (view event, context, served candidates) with only the
     served candidates parsed."""
     parse_features, parse_candidate = pb.Features.FromString, pb.Candidate.FromString
-    for _, record in _records(path, wanted):
+    for _, _, record in _records(path, wanted):
         kind = record.WhichOneof("event")
         if kind == "outcome":
             if record.outcome.surface in (surface, ""):
@@ -180,7 +199,7 @@ class _Part:
     n_outcomes: int
 
 
-def _segment_part(path: Path, surface: str, since: float | None, wanted: frozenset[int] | None,
+def _segment_part(path: Path, surface: str, since: float | None, wanted: dict[int, int] | None,
                   spec: FeatureSpec) -> _Part:
     """Pass 2 (one segment, in a worker): the rows of its sampled decisions under the fitted spec."""
     cache = ItemRowCache(spec)
@@ -216,7 +235,7 @@ def load_data(log_dir: Path, surface: SurfaceConfig, *, since: float | None = No
             if workers > 1 and len(paths) > 1 else None)
     mapper = pool.map if pool is not None else map
     try:
-        wanted: list[frozenset[int] | None] = [None] * len(paths)
+        wanted: list[dict[int, int] | None] = [None] * len(paths)
         capped, eligible = False, None
         if max_decisions is not None:
             found = list(mapper(_segment_keys, paths, repeat(name), repeat(since)))
@@ -224,7 +243,7 @@ def load_data(log_dir: Path, surface: SurfaceConfig, *, since: float | None = No
             if eligible > max_decisions:  # keep the max_decisions smallest (key, event_id), and every outcome
                 capped = True
                 cutoff = sorted(key[:2] for keys, _ in found for key in keys)[max_decisions - 1]
-                wanted = [frozenset([o for k, e, o in keys if (k, e) <= cutoff] + outcomes) for keys, outcomes in found]
+                wanted = [{**outcomes, **{o: n for k, e, o, n in keys if (k, e) <= cutoff}} for keys, outcomes in found]
             del found
         contexts, served = [], []  # the spec's sample: the first spec_sample decisions kept, in log order
         for path, want in zip(paths, wanted):
