@@ -292,7 +292,9 @@ class SlotFeasibility(Protocol):
     """Which candidates may fill the next slot given those placed before it (``recsys_rl.shield.RequestShield``).
 
     ``pinned_at``: the candidate that takes slot k outright (propensity 1, not drawn), or None; ``mask``: which of
-    ``remaining`` (candidate indices not yet placed) the explorer may draw from at the next slot.
+    ``remaining`` (candidate indices not yet placed) the explorer may draw from at the next slot. An implementation
+    may also offer ``feasible(placed) -> indices``, the same array as ``remaining[mask(remaining, placed)]`` with
+    ``remaining`` the unplaced indices in ascending order, computed in one step (the shield's fast path).
     """
 
     def pinned_at(self, slot: int, placed: Sequence[int]) -> int | None: ...
@@ -300,25 +302,32 @@ class SlotFeasibility(Protocol):
     def mask(self, remaining: np.ndarray, placed: Sequence[int]) -> np.ndarray: ...
 
 
-def _feasible_at(feasibility: SlotFeasibility, remaining: np.ndarray, k: int,
-                 placed: list[int]) -> tuple[int | None, np.ndarray]:
-    """(pinned candidate, None-equivalent empty) or (None, feasible candidate indices) at slot k: the ONE place
-    sampling and replay learn the feasible set, so both see the same array and the same probabilities."""
+_NO_INDICES = np.empty(0, dtype=np.int64)
+
+
+def _feasible_at(feasibility: SlotFeasibility, n: int, k: int, placed: list[int]) -> tuple[int | None, np.ndarray]:
+    """(pinned candidate, empty) or (None, feasible candidate indices, ascending) at slot k: the ONE place sampling
+    and replay learn the feasible set, so both see the same array and the same probabilities."""
     pin = feasibility.pinned_at(k, placed)
     if pin is not None:
-        return pin, remaining[:0]
+        return pin, _NO_INDICES
+    fast = getattr(feasibility, "feasible", None)
+    if fast is not None:
+        return None, fast(placed)
+    unplaced = np.ones(n, dtype=bool)
+    unplaced[placed] = False
+    remaining = unplaced.nonzero()[0]
     return None, remaining[feasibility.mask(remaining, placed)]
 
 
 def _sample_feasible(scores: np.ndarray, k_max: int, explorer: Explorer, draw_key: int,
                      feasibility: SlotFeasibility) -> SlateDraw:
-    remaining = np.arange(scores.size)
     placed: list[int] = []
     slots: list[SlotDraw] = []
     slate_propensity = 1.0
     for k in range(k_max):
         u = uniform(draw_key, k)
-        pin, feasible = _feasible_at(feasibility, remaining, k, placed)
+        pin, feasible = _feasible_at(feasibility, scores.size, k, placed)
         if pin is not None:
             slots.append(SlotDraw(pin, 1.0, False, 0.0, u, pin))
             index = pin
@@ -332,7 +341,6 @@ def _sample_feasible(scores: np.ndarray, k_max: int, explorer: Explorer, draw_ke
             slots.append(SlotDraw(index, propensity, i != g, mass, u, int(feasible[g])))
             slate_propensity *= propensity
         placed.append(index)
-        remaining = remaining[remaining != index]
     return SlateDraw(tuple(slots), slate_propensity)
 
 
@@ -403,14 +411,13 @@ def slate_propensities(scores: np.ndarray, slate_indices: Sequence[int], explore
 
 def _propensities_feasible(scores: np.ndarray, slate_indices: Sequence[int], explorer: Explorer,
                            feasibility: SlotFeasibility) -> np.ndarray:
-    remaining = np.arange(scores.size)
     placed: list[int] = []
     out = np.empty(len(slate_indices))
     for k, index in enumerate(slate_indices):
         index = int(index)
-        if not (remaining == index).any():
+        if not 0 <= index < scores.size or index in placed:
             raise ValueError(f"slate_indices[{k}]: {index} is out of range or repeated")
-        pin, feasible = _feasible_at(feasibility, remaining, k, placed)
+        pin, feasible = _feasible_at(feasibility, scores.size, k, placed)
         if pin is not None:
             out[k] = 1.0 if index == pin else 0.0
         else:
@@ -421,5 +428,4 @@ def _propensities_feasible(scores: np.ndarray, slate_indices: Sequence[int], exp
                 p, _, _ = _slot_distribution(explorer, scores[feasible])
                 out[k] = p[int(where[0])]
         placed.append(index)
-        remaining = remaining[remaining != index]
     return out

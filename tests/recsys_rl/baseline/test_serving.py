@@ -116,7 +116,8 @@ def test_learned_baseline_serves_every_baseline_path_and_replays_bit_for_bit(
         baseline_served = event.serving_mode in modes
         assert event.baseline_version == (version[event.surface] if baseline_served else "")
         if event.surface == "fallback":
-            assert event.fallback_reason.startswith("deadline")
+            # A 1 ns budget: passed in the server's queue ("queued", ranker.admission) or before sampling.
+            assert event.fallback_reason.startswith(("deadline", "queued"))
         if event.surface == "shadow":
             assert event.shadow.slate  # the learned policy decided beside the served baseline
     canary_modes = {e.serving_mode for e in events if e.surface == "canary"}
