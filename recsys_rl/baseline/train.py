@@ -222,7 +222,9 @@ def load_data(log_dir: Path, surface: SurfaceConfig, *, since: float | None = No
 
     Records are parsed through the table view (``logging_schema.views``: context and candidates stay bytes), and
     only the served candidates are parsed. Segments are read by ``workers`` processes (one segment per task) and
-    their parts concatenated in segment order, so rows do not depend on ``workers``.
+    their parts concatenated in segment order, so rows do not depend on ``workers``. Workers are spawned (not forked: the
+    caller may run gRPC or OpenMP threads), so a script calling this with ``workers > 1`` needs the usual
+    ``if __name__ == "__main__":`` guard; ``recsys-rl`` and pytest have it.
 
     ``max_decisions``: when the log has more eligible decisions, a first pass reads every decision's sampling key
     (``sample_key``) and training keeps the ``max_decisions`` decisions with the smallest (key, event_id): a
