@@ -30,6 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--clip", type=float, default=d.clip, help="max inverse-propensity weight")
     parser.add_argument("--min-decisions", type=int, default=d.min_decisions)
     parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--max-decisions", type=int, default=d.max_decisions,
+                        help="train on a uniform sample of at most this many decisions, by event-id hash (0 = all)")
+    parser.add_argument("--workers", type=int, default=d.read_workers, help="log-reading processes (0 = one per core)")
+    parser.add_argument("--threads", type=int, default=d.threads, help="LightGBM threads (0 = OpenMP default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_train_baseline)
 
@@ -51,7 +55,8 @@ def run_train_baseline(args: argparse.Namespace) -> int:
     if surface is None:
         raise InvalidInput("--surface", f"unknown surface {args.surface!r}")
     train_config = TrainConfig(num_rounds=args.rounds, clip=args.clip, min_decisions=args.min_decisions,
-                               seed=args.seed)
+                               seed=args.seed, max_decisions=args.max_decisions, read_workers=args.workers,
+                               threads=args.threads)
     result, checkpoint = train_from_data_dir(data_dir, surface, train_config, since=_since_seconds(args.since),
                                              progress=not args.no_progress)
     print(json.dumps({

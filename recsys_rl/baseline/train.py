@@ -1,8 +1,13 @@
 """``recsys-rl train baseline``: a LightGBM LambdaRank baseline learned from the logged decisions.
 
-Data. One streaming pass over ``<data-dir>/logs`` keeps, per decision of the surface with a non-empty slate,
-one feature row per *served* item (``model.FeatureSpec``: baseline_score, context and candidate features; names
-and vocabularies fixed from the first ``spec_sample`` decisions). Rewards are the surface's reward definition
+Data. A pass over ``<data-dir>/logs`` keeps, per decision of the surface with a non-empty slate, one feature row
+per *served* item (``model.FeatureSpec``: baseline_score, context and candidate features; names and vocabularies
+fixed from the first ``spec_sample`` decisions kept). Segments are read by one worker process per core, their rows
+concatenated in log order (the same rows whatever the number of workers). With more than ``max_decisions``
+(default 200k) eligible decisions, a first pass reads every decision's sampling key and training keeps the
+``max_decisions`` with the smallest blake2b-64(event_id): a uniform sample, deterministic, recorded in the
+manifest's data_range["sample"]. The cap is what bounds training time on a large log (docs/baseline.md: time and
+held-out NDCG against the sample size). Rewards are the surface's reward definition
 joined by ``logging_schema.tables.join_rewards``; an item's relevance label is 1 when its per-slot reward is > 0
 (a click for the default definition), else 0. A query is one decision.
 
@@ -26,16 +31,24 @@ published.
 
 from __future__ import annotations
 
+import hashlib
+import multiprocessing
+import os
 import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+from google.protobuf.message import DecodeError
 from tqdm import tqdm
 
-from logging_schema.reader import ReadStats, iter_records
+from logging_schema.segments import FRAME_HEADER, FRAME_HEADER_BYTES, HEADER_BYTES, list_segments, scan_segment
 from logging_schema.tables import decisions_frame, join_rewards, outcomes_frame
 from recsys_rl.baseline import baseline_surface
 from recsys_rl.baseline.model import FeatureSpec, ItemRowCache, serialize
@@ -45,7 +58,7 @@ from logging_schema.views import TableRecord
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.serving.registry import Checkpoint, ModelRegistry
 
-__all__ = ["BaselineData", "TrainConfig", "TrainResult", "load_data", "train", "train_from_data_dir"]
+__all__ = ["BaselineData", "TrainConfig", "TrainResult", "load_data", "sample_key", "train", "train_from_data_dir"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +75,13 @@ class TrainConfig:
     min_decisions: int = 100
     spec_sample: int = 1000  # decisions whose feature names and vocabularies fix the layout
     seed: int = 0
-    threads: int = 0  # LightGBM threads (0 = OpenMP default)
+    # LightGBM threads. 1, not the OpenMP default: on the 2-core bench machine, with other processes running,
+    # OpenMP's spinning threads made 2 threads 3x slower than 1 and the default 8x (docs/benchmarks.md).
+    threads: int = 1
+    # A uniform sample of at most this many decisions (by event-id hash, ``load_data``); 0 = every decision.
+    # Held-out NDCG is flat well below the default (docs/baseline.md), and boosting time grows linearly past it.
+    max_decisions: int = 200_000
+    read_workers: int = 0  # processes reading segments (0 = one per core)
 
     def __post_init__(self) -> None:
         for name in ("num_rounds", "num_leaves", "min_data_in_leaf", "ndcg_k", "min_decisions", "spec_sample"):
@@ -70,6 +89,8 @@ class TrainConfig:
                 raise InvalidInput(name, f"must be >= 1, got {getattr(self, name)}")
         if not 0 < self.learning_rate <= 1:
             raise InvalidInput("learning_rate", f"must be in (0, 1], got {self.learning_rate}")
+        if self.max_decisions < 0 or self.read_workers < 0 or self.threads < 0:
+            raise InvalidInput("max_decisions/read_workers/threads", "must be >= 0")
         if not self.clip >= 1:
             raise InvalidInput("clip", f"must be >= 1, got {self.clip}")
         if not 0 < self.holdout < 1:
@@ -89,66 +110,182 @@ class BaselineData:
     data_range: dict[str, Any]
 
 
-def load_data(log_dir: Path, surface: SurfaceConfig, *, since: float | None = None, spec_sample: int = 1000,
-              progress: bool = False) -> BaselineData:
-    """Records are parsed through the table view (``logging_schema.views``: context and candidates stay bytes), and
-    only the served candidates are parsed: a 100-candidate decision costs a fraction of a full parse. Item parts of
-    the rows come from an :class:`ItemRowCache` (catalog items repeat across decisions)."""
-    events: list[Any] = []  # (view event, context, served candidates): the spec's sample, then one chunk at a time
-    outcomes: list[Any] = []
-    frames: list[pl.DataFrame] = []
-    rows: list[np.ndarray] = []
-    spec: FeatureSpec | None = None
-    cache: ItemRowCache | None = None
+def sample_key(event_id: str) -> int:
+    """A decision's sampling key: the first 8 bytes of blake2b(event_id), uniform and independent of log order."""
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
 
-    def flush() -> None:
-        nonlocal spec, cache
-        if not events:
-            return
-        if spec is None:
-            spec = FeatureSpec.fit([context for _, context, _ in events],
-                                   [candidate for _, _, served in events for candidate in served])
-            cache = ItemRowCache(spec)
-        for _, context, served in events:
-            rows.append(spec.matrix(context, served, cache))
-        frames.append(decisions_frame(event for event, _, _ in events))
-        events.clear()
 
-    read = ReadStats()
+def _eligible(event: Any, surface: str, since: float | None) -> bool:
+    if event.surface != surface or not event.slate:
+        return False
+    return since is None or event.served_at.seconds + event.served_at.nanos * 1e-9 >= since
+
+
+def _records(path: Path, wanted: dict[int, int] | None = None) -> Iterator[tuple[int, int, Any]]:
+    """(byte offset, payload length, record) of one segment's intact records through the table view, as ``iter_records`` parses
+    them. ``wanted`` (offset -> payload length, from a first pass that checked every frame): read only those
+    frames, each re-checked against its CRC, instead of the whole segment - a capped read's second pass skips the
+    decisions left out without reading them."""
+    parse = TableRecord.FromString
+    if wanted is None:
+        offset = HEADER_BYTES
+        for payload in scan_segment(path):
+            offset += FRAME_HEADER_BYTES
+            start, offset = offset, offset + len(payload)
+            yield from _parsed(start, payload, parse)
+        return
+    with open(path, "rb") as file:
+        for start in sorted(wanted):
+            file.seek(start - FRAME_HEADER_BYTES)
+            frame = file.read(FRAME_HEADER_BYTES + wanted[start])
+            length, checksum = FRAME_HEADER.unpack_from(frame)
+            payload = memoryview(frame)[FRAME_HEADER_BYTES:]
+            if length != wanted[start] or len(payload) != length or zlib.crc32(payload) != checksum:
+                raise InvalidInput("data", f"{path} changed while training read it (frame at byte {start})")
+            yield from _parsed(start, payload, parse)
+
+
+def _parsed(start: int, payload: Any, parse: Any) -> Iterator[tuple[int, int, Any]]:
+    try:
+        record = parse(payload)
+    except DecodeError:
+        return  # counted by the log's readers; training just skips it
+    if record.WhichOneof("event") is not None:
+        yield start, len(payload), record
+
+
+def _segment_keys(path: Path, surface: str, since: float | None) -> tuple[list[tuple[int, str, int, int]],
+                                                                          dict[int, int]]:
+    """Pass 1 of a capped read (one segment, in a worker): (sampling key, event id, offset, length) of the decisions
+    training may use, and offset -> length of the surface's outcomes."""
+    keys, outcomes = [], {}
+    for start, length, record in _records(path):
+        kind = record.WhichOneof("event")
+        if kind == "decision" and _eligible(record.decision, surface, since):
+            keys.append((sample_key(record.decision.event_id), record.decision.event_id, start, length))
+        elif kind == "outcome" and record.outcome.surface in (surface, ""):
+            outcomes[start] = length
+    return keys, outcomes
+
+
+def _sampled(path: Path, surface: str, since: float | None, wanted: dict[int, int] | None) -> Iterator[Any]:
+    """Records of one segment training reads: the surface's outcomes, and its eligible decisions (those of the
+    sample: ``wanted`` frames, when capped), the latter as (view event, context, served candidates) with only the
+    served candidates parsed."""
     parse_features, parse_candidate = pb.Features.FromString, pb.Candidate.FromString
-    with tqdm(unit=" decisions", desc="train baseline: read", disable=not progress, mininterval=0.5) as bar:
-        for record in iter_records(log_dir, stats=read, record_type=TableRecord):
-            kind = record.WhichOneof("event")
-            if kind == "outcome":
-                if record.outcome.surface in (surface.name, ""):
-                    outcomes.append(record.outcome)
-            elif kind == "decision":
-                event = record.decision
-                if event.surface != surface.name or not event.slate:
-                    continue
-                if since is not None and event.served_at.seconds + event.served_at.nanos * 1e-9 < since:
-                    continue
-                candidates = event.candidates
-                events.append((event, parse_features(event.context),
-                               [parse_candidate(candidates[slot.candidate_index]) for slot in event.slate]))
-                del event.candidates[:]  # the frame needs the slate only
-                bar.update()
-                if len(events) >= spec_sample:
-                    flush()
-        flush()
-    if not frames:
-        raise InvalidInput("data", f"no decisions of surface {surface.name!r} with a served slate in {log_dir}")
-    decisions = pl.concat(frames, rechunk=True)
-    joined = join_rewards(decisions, outcomes_frame(outcomes), {surface.name: surface.reward})
-    served = joined.get_column("served_at")
+    for _, _, record in _records(path, wanted):
+        kind = record.WhichOneof("event")
+        if kind == "outcome":
+            if record.outcome.surface in (surface, ""):
+                yield record.outcome
+        elif kind == "decision":
+            event = record.decision
+            if not _eligible(event, surface, since):
+                continue
+            candidates = event.candidates
+            served = [parse_candidate(candidates[slot.candidate_index]) for slot in event.slate]
+            context = parse_features(event.context)
+            del event.candidates[:]  # the frame needs the slate only
+            yield event, context, served
+
+
+@dataclass
+class _Part:
+    """What one segment contributes, in its log order: feature rows, decisions frame, outcomes frame."""
+
+    rows: np.ndarray
+    decisions: pl.DataFrame
+    outcomes: pl.DataFrame
+    n_outcomes: int
+
+
+def _segment_part(path: Path, surface: str, since: float | None, wanted: dict[int, int] | None,
+                  spec: FeatureSpec) -> _Part:
+    """Pass 2 (one segment, in a worker): the rows of its sampled decisions under the fitted spec."""
+    cache = ItemRowCache(spec)
+    events, outcomes, rows = [], [], []
+    for item in _sampled(path, surface, since, wanted):
+        if isinstance(item, tuple):
+            event, context, served = item
+            rows.append(spec.matrix(context, served, cache))
+            events.append(event)
+        else:
+            outcomes.append(item)
+    width = len(spec.names)
+    return _Part(np.concatenate(rows) if rows else np.empty((0, width)), decisions_frame(events),
+                 outcomes_frame(outcomes), len(outcomes))
+
+
+def load_data(log_dir: Path, surface: SurfaceConfig, *, since: float | None = None, spec_sample: int = 1000,
+              max_decisions: int | None = None, workers: int = 1, progress: bool = False) -> BaselineData:
+    """The surface's served items as training rows, in log order.
+
+    Records are parsed through the table view (``logging_schema.views``: context and candidates stay bytes), and
+    only the served candidates are parsed. Segments are read by ``workers`` processes (one segment per task) and
+    their parts concatenated in segment order, so rows do not depend on ``workers``. Workers are spawned (not forked: the
+    caller may run gRPC or OpenMP threads), so a script calling this with ``workers > 1`` needs the usual
+    ``if __name__ == "__main__":`` guard; ``recsys-rl`` and pytest have it.
+
+    ``max_decisions``: when the log has more eligible decisions, a first pass reads every decision's sampling key
+    (``sample_key``) and training keeps the ``max_decisions`` decisions with the smallest (key, event_id): a
+    uniform sample, the same for a log however it is segmented or read. The feature layout is fitted from the first
+    ``spec_sample`` decisions kept, in log order."""
+    log_dir = Path(log_dir)
+    paths = [log_dir] if log_dir.is_file() else list_segments(log_dir)
+    name = surface.name
+    pool = (ProcessPoolExecutor(min(workers, len(paths)), mp_context=multiprocessing.get_context("spawn"))
+            if workers > 1 and len(paths) > 1 else None)
+    mapper = pool.map if pool is not None else map
+    try:
+        wanted: list[dict[int, int] | None] = [None] * len(paths)
+        capped, eligible = False, None
+        if max_decisions is not None:
+            found = list(mapper(_segment_keys, paths, repeat(name), repeat(since)))
+            eligible = sum(len(keys) for keys, _ in found)
+            if eligible > max_decisions:  # keep the max_decisions smallest (key, event_id), and every outcome
+                capped = True
+                cutoff = sorted(key[:2] for keys, _ in found for key in keys)[max_decisions - 1]
+                wanted = [{**outcomes, **{o: n for k, e, o, n in keys if (k, e) <= cutoff}} for keys, outcomes in found]
+            del found
+        contexts, served = [], []  # the spec's sample: the first spec_sample decisions kept, in log order
+        for path, want in zip(paths, wanted):
+            for item in _sampled(path, name, since, want):
+                if isinstance(item, tuple):
+                    contexts.append(item[1])
+                    served.extend(item[2])
+                    if len(contexts) >= spec_sample:
+                        break
+            if len(contexts) >= spec_sample:
+                break
+        if not contexts:
+            raise InvalidInput("data", f"no decisions of surface {name!r} with a served slate in {log_dir}")
+        spec = FeatureSpec.fit(contexts, served)
+        del contexts, served
+        parts = list(tqdm(mapper(_segment_part, paths, repeat(name), repeat(since), wanted, repeat(spec)),
+                          total=len(paths), unit=" segments", desc="train baseline: read", disable=not progress,
+                          mininterval=0.5))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    decisions = pl.concat([p.decisions for p in parts], rechunk=True)
+    outcomes = pl.concat([p.outcomes for p in parts], rechunk=True)
+    if capped:  # outcomes of decisions left out would only be orphans of the join
+        outcomes = outcomes.filter(pl.col("event_id").is_in(decisions.get_column("event_id").unique().implode()))
+    joined = join_rewards(decisions, outcomes, {name: surface.reward})
+    x = np.concatenate([p.rows for p in parts])
+    served_at = joined.get_column("served_at")
     group = joined.group_by("event_id", maintain_order=True).len().get_column("len").to_numpy()
+    data_range: dict[str, Any] = {"from": str(served_at.min()), "to": str(served_at.max()),
+                                  "decisions": int(group.size), "rows": int(joined.height),
+                                  "outcomes": sum(p.n_outcomes for p in parts)}
+    if max_decisions is not None:
+        data_range["sample"] = {"max_decisions": max_decisions, "eligible_decisions": eligible,
+                                "kept": int(group.size), "rule": "smallest blake2b-64(event_id)"}
     return BaselineData(
-        spec=spec, x=np.concatenate(rows), label=(joined.get_column("reward").fill_null(0.0).to_numpy() > 0)
-        .astype(np.int32), propensity=joined.get_column("propensity").to_numpy(),
-        baseline=np.concatenate([r[:, 0] for r in rows]), group=group,
-        data_range={"from": str(served.min()), "to": str(served.max()), "decisions": int(group.size),
-                    "rows": int(joined.height), "outcomes": len(outcomes)},
-    )  # type: ignore[arg-type]
+        spec=spec, x=x, label=(joined.get_column("reward").fill_null(0.0).to_numpy() > 0).astype(np.int32),
+        propensity=joined.get_column("propensity").to_numpy(), baseline=x[:, 0].copy(), group=group,
+        data_range=data_range,
+    )
 
 
 @dataclass
@@ -238,7 +375,9 @@ def train_from_data_dir(data_dir: Path, surface: SurfaceConfig, config: TrainCon
     if not log_dir.is_dir():
         raise InvalidInput("--data-dir", f"{log_dir} does not exist (has the server written any log?)")
     started = time.perf_counter()
-    data = load_data(log_dir, surface, since=since, spec_sample=config.spec_sample, progress=progress)
+    data = load_data(log_dir, surface, since=since, spec_sample=config.spec_sample,
+                     max_decisions=config.max_decisions or None, workers=config.read_workers or os.cpu_count() or 1,
+                     progress=progress)
     load_seconds = time.perf_counter() - started
     result = train(data, config, progress=progress)
     result.load_seconds = load_seconds

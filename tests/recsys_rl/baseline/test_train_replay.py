@@ -4,6 +4,7 @@ world; bad data must fail with one line and publish nothing; replay must evaluat
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -90,11 +91,14 @@ def test_no_rewards_and_one_class() -> None:
 
 def test_cli_publishes_a_version_with_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_sim_log(tmp_path / "logs", decisions=600, seed=5, config=SIM)
-    assert main(["train", "baseline", "--data-dir", str(tmp_path), "--rounds", "20", "--no-progress"]) == 0
+    assert main(["train", "baseline", "--data-dir", str(tmp_path), "--rounds", "20", "--no-progress",
+                 "--max-decisions", "400", "--workers", "2"]) == 0
     out = capsys.readouterr().out
     versions = sorted(p.name for p in (tmp_path / "models" / "default.baseline").iterdir() if p.name.startswith("v"))
     assert len(versions) == 1 and versions[0] in out
-    assert (tmp_path / "models" / "default.baseline" / versions[0] / "manifest.json").is_file()
+    manifest = json.loads((tmp_path / "models" / "default.baseline" / versions[0] / "manifest.json").read_text())
+    assert manifest["data_range"]["sample"]["eligible_decisions"] == 600
+    assert manifest["data_range"]["decisions"] == manifest["parameters"]["max_decisions"] == 400
 
 
 def test_replay_baseline_at_version(trained: tuple[Path, str, LambdaRankBaseline]) -> None:
