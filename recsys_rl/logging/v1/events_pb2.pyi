@@ -84,7 +84,7 @@ class LoggedSlot(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., position: _Optional[int] = ..., propensity: _Optional[float] = ..., score: _Optional[float] = ..., explored: _Optional[bool] = ..., candidate_index: _Optional[int] = ..., exploration_mass: _Optional[float] = ..., draw: _Optional[float] = ...) -> None: ...
 
 class DecisionEvent(_message.Message):
-    __slots__ = ("event_id", "request_id", "surface", "user_id", "served_at", "context", "candidates", "slate_size", "slate", "slate_propensity", "policy_version", "serving_mode", "exploration", "fallback_reason", "shield_rules_fired", "attribution_window_seconds", "latency_micros", "long_term", "rollout_stage", "shadow", "shield_version", "baseline_version")
+    __slots__ = ("event_id", "request_id", "surface", "user_id", "served_at", "context", "candidates", "slate_size", "slate", "slate_propensity", "policy_version", "serving_mode", "exploration", "fallback_reason", "shield_rules_fired", "attribution_window_seconds", "latency_micros", "long_term", "rollout_stage", "shadow", "shield_version", "baseline_version", "candidate_scores")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SURFACE_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,7 @@ class DecisionEvent(_message.Message):
     SHADOW_FIELD_NUMBER: _ClassVar[int]
     SHIELD_VERSION_FIELD_NUMBER: _ClassVar[int]
     BASELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_SCORES_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     request_id: str
     surface: str
@@ -129,23 +130,26 @@ class DecisionEvent(_message.Message):
     shadow: ShadowDecision
     shield_version: str
     baseline_version: str
-    def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., surface: _Optional[str] = ..., user_id: _Optional[str] = ..., served_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[_Union[_ranking_service_pb2.Features, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[_ranking_service_pb2.Candidate, _Mapping]]] = ..., slate_size: _Optional[int] = ..., slate: _Optional[_Iterable[_Union[LoggedSlot, _Mapping]]] = ..., slate_propensity: _Optional[float] = ..., policy_version: _Optional[str] = ..., serving_mode: _Optional[_Union[_ranking_service_pb2.ServingMode, str]] = ..., exploration: _Optional[_Union[ExplorationParams, _Mapping]] = ..., fallback_reason: _Optional[str] = ..., shield_rules_fired: _Optional[_Iterable[str]] = ..., attribution_window_seconds: _Optional[float] = ..., latency_micros: _Optional[int] = ..., long_term: _Optional[_Union[LongTermState, _Mapping]] = ..., rollout_stage: _Optional[str] = ..., shadow: _Optional[_Union[ShadowDecision, _Mapping]] = ..., shield_version: _Optional[str] = ..., baseline_version: _Optional[str] = ...) -> None: ...
+    candidate_scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., surface: _Optional[str] = ..., user_id: _Optional[str] = ..., served_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[_Union[_ranking_service_pb2.Features, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[_ranking_service_pb2.Candidate, _Mapping]]] = ..., slate_size: _Optional[int] = ..., slate: _Optional[_Iterable[_Union[LoggedSlot, _Mapping]]] = ..., slate_propensity: _Optional[float] = ..., policy_version: _Optional[str] = ..., serving_mode: _Optional[_Union[_ranking_service_pb2.ServingMode, str]] = ..., exploration: _Optional[_Union[ExplorationParams, _Mapping]] = ..., fallback_reason: _Optional[str] = ..., shield_rules_fired: _Optional[_Iterable[str]] = ..., attribution_window_seconds: _Optional[float] = ..., latency_micros: _Optional[int] = ..., long_term: _Optional[_Union[LongTermState, _Mapping]] = ..., rollout_stage: _Optional[str] = ..., shadow: _Optional[_Union[ShadowDecision, _Mapping]] = ..., shield_version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., candidate_scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ShadowDecision(_message.Message):
-    __slots__ = ("slate", "slate_propensity", "policy_version", "exploration", "fallback_reason", "latency_micros")
+    __slots__ = ("slate", "slate_propensity", "policy_version", "exploration", "fallback_reason", "latency_micros", "candidate_scores")
     SLATE_FIELD_NUMBER: _ClassVar[int]
     SLATE_PROPENSITY_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     EXPLORATION_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MICROS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_SCORES_FIELD_NUMBER: _ClassVar[int]
     slate: _containers.RepeatedCompositeFieldContainer[LoggedSlot]
     slate_propensity: float
     policy_version: str
     exploration: ExplorationParams
     fallback_reason: str
     latency_micros: int
-    def __init__(self, slate: _Optional[_Iterable[_Union[LoggedSlot, _Mapping]]] = ..., slate_propensity: _Optional[float] = ..., policy_version: _Optional[str] = ..., exploration: _Optional[_Union[ExplorationParams, _Mapping]] = ..., fallback_reason: _Optional[str] = ..., latency_micros: _Optional[int] = ...) -> None: ...
+    candidate_scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, slate: _Optional[_Iterable[_Union[LoggedSlot, _Mapping]]] = ..., slate_propensity: _Optional[float] = ..., policy_version: _Optional[str] = ..., exploration: _Optional[_Union[ExplorationParams, _Mapping]] = ..., fallback_reason: _Optional[str] = ..., latency_micros: _Optional[int] = ..., candidate_scores: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class LongTermState(_message.Message):
     __slots__ = ("model_version", "weight", "history")
