@@ -99,8 +99,13 @@ def test_a_full_disk_never_costs_a_rank_and_the_log_recovers_with_a_gap_record(t
 
 
 def test_sigterm_on_a_full_disk_exits_within_10_s_and_says_what_was_lost(tmp_path: Path) -> None:
+    # A generous decision budget: a cold first Rank on a loaded machine must not fall back on time, so the only
+    # fallback this test can see is the full disk's.
+    config = tmp_path / "serve.toml"
+    config.write_text("[surfaces.default]\ndecision_budget_ms = 5000\n")
     with FullDisk(tmp_path) as disk:
-        proc = subprocess.Popen(disk.server_command("serve", "--port", "0", "--data-dir", str(tmp_path)),
+        proc = subprocess.Popen(disk.server_command("serve", "--port", "0", "--data-dir", str(tmp_path),
+                                                    "--config", str(config)),
                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             line = proc.stdout.readline()  # type: ignore[union-attr]
