@@ -204,7 +204,7 @@ class ModelTarget(TargetPolicy):
 
 # Serving modes whose served slate is the baseline's (propensity 1): the model could not (fallback), or the rollout
 # chose the baseline (stage baseline, a control user, or stage shadow, where the learned slate was only logged).
-_BASELINE_SERVED = frozenset({pb.SERVING_MODE_BASELINE_FALLBACK, pb.SERVING_MODE_BASELINE, pb.SERVING_MODE_SHADOW})
+BASELINE_SERVED = frozenset({pb.SERVING_MODE_BASELINE_FALLBACK, pb.SERVING_MODE_BASELINE, pb.SERVING_MODE_SHADOW})
 
 
 class LoggedTarget(TargetPolicy):
@@ -256,7 +256,7 @@ class LoggedTarget(TargetPolicy):
     def policy_for(self, event: object = None) -> DecisionPolicy:
         if event is None:
             raise ValueError("event: the logged target needs the logged decision")
-        if event.serving_mode in _BASELINE_SERVED:  # type: ignore[attr-defined]
+        if event.serving_mode in BASELINE_SERVED:  # type: ignore[attr-defined]
             version = event.baseline_version  # type: ignore[attr-defined]
             baseline = self._baselines.get(version)
             if baseline is None:
@@ -371,6 +371,6 @@ def _load_registry_version(spec: PolicySpec, data_dir: Path, surface: str) -> tu
 
 
 __all__ = [
-    "BaselineTarget", "LoggedTarget", "ModelTarget", "PolicySpec", "TargetPolicy", "UniformTarget",
+    "BASELINE_SERVED", "BaselineTarget", "LoggedTarget", "ModelTarget", "PolicySpec", "TargetPolicy", "UniformTarget",
     "parse_policy_spec", "resolve_policy",
 ]
