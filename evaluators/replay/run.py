@@ -52,6 +52,7 @@ from recsys_rl.serving.decision import (
 )
 from recsys_rl.serving.exploration import Explorer, slate_propensities
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+from evaluators.replay.batched import PendingBatch, batchable
 from evaluators.replay.shield import ReplayShield, what_if_rules
 from recsys_rl.shield.rules import ShieldRules
 from evaluators.replay.targets import BASELINE_SERVED, PolicySpec, TargetPolicy, parse_policy_spec, resolve_policy
@@ -191,7 +192,8 @@ def reusable_scores(event: object, policy: DecisionPolicy) -> np.ndarray | None:
     weight = events_pb2.LongTermState.FromString(long_term).weight if long_term else 0.0
     if weight != policy.long_term_weight:
         return None
-    return np.array(raw, dtype=np.float64)
+    scores = np.array(raw, dtype=np.float64)
+    return scores if np.isfinite(scores).all() else None  # a damaged record: re-scoring decides what serves
 
 
 def _logged_slot_indices(event: object) -> list[int]:
@@ -269,11 +271,17 @@ def _replay_pass(
     target_p: list[float] = []
     fallback: list[bool] = []
 
+    pending = PendingBatch()  # decisions whose target propensities are computed a chunk at a time
+
     def flush() -> None:
         if events:
+            column: list[float] | np.ndarray = target_p
+            if pending.groups:
+                column = np.array(target_p, dtype=np.float64)
+                pending.fill(column)
             frame = decisions_frame(events).select(_DECISION_COLUMNS)  # type: ignore[arg-type]
             decision_chunks.append(frame.with_columns(
-                pl.Series("target_pscore", target_p, dtype=pl.Float64),
+                pl.Series("target_pscore", column, dtype=pl.Float64),
                 pl.Series("target_fallback", fallback, dtype=pl.Boolean),
             ))
         if outcome_events:
@@ -314,7 +322,12 @@ def _replay_pass(
                 logged = _logged_slot_indices(event)
                 request = rank_request(event) if policy.shield.active or candidates is not None else None
                 shield = policy.shield.for_request(request) if request is not None else None
-                probabilities = slate_propensities(scores, logged, policy.explorer, feasibility=shield)
+                batch = batchable(policy.explorer) if shield is None and len(set(logged)) == len(logged) else None
+                if batch is not None:  # filled in at flush(), vectorised over the chunk (evaluators.replay.batched)
+                    pending.add(len(target_p), scores, logged, *batch)
+                    probabilities = np.zeros(len(logged))
+                else:
+                    probabilities = slate_propensities(scores, logged, policy.explorer, feasibility=shield)
                 fell_back, explorer = False, policy.explorer
                 stats.from_logged_scores += 1
             else:
