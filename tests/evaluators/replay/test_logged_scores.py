@@ -150,3 +150,21 @@ def test_rows_without_logged_scores_are_rescored(scored_log: ScoredLog, tmp_path
     assert (fast_stats.from_logged_scores, fast_stats.rescored) == (200, 200)
     reference = replay(scored_log.data_dir, "logged@cap=0.2", config=scored_log.config, progress=False)
     assert fast.equals(reference)
+
+
+def test_the_gate_replays_from_logged_scores(scored_log: ScoredLog) -> None:
+    """``recsys-rl gate`` replays ``logged@cap=X`` and ``logged``: both take the logged scores, none re-scores."""
+    from recsys_rl.caps.gate import run_gate
+
+    seen: list[tuple[str, ReplayStats]] = []
+
+    def counting_replay(data_dir: Path, spec: str, **kwargs: object) -> pl.DataFrame:
+        stats = ReplayStats()
+        seen.append((spec, stats))
+        return replay(data_dir, spec, stats=stats, **kwargs)  # type: ignore[arg-type]
+
+    report = run_gate(scored_log.data_dir, surface="default", cap=0.2, config=scored_log.config,
+                      replay_fn=counting_replay, progress=False)
+    assert [spec for spec, _ in seen] == ["logged@cap=0.2", "logged"]
+    assert all((s.from_logged_scores, s.rescored) == (400, 0) for _, s in seen)
+    assert report["estimates"]["target"]["policy"] == "logged@cap=0.2"
