@@ -21,6 +21,12 @@ Marginal columns (``marginal_pscore``) are omitted on purpose: the probability t
 k under sequential sampling without replacement sums over every ordered prefix (exponential in k), and a Monte
 Carlo estimate in a weight's denominator would bias every estimator that uses it. Use the cascade columns.
 
+Logged scores: a decision served by the target's own model version (``logged``, or ``current``/a version on the
+decisions that version served) logs the scores it was drawn from; they are used as they are (:func:`reusable_scores`),
+so a what-if at another cap or exploration setting runs no VW and parses no features (a shield's feasibility still
+reads the request), and capped ε-greedy is computed for a chunk of decisions at once (:mod:`evaluators.replay.batched`).
+The table is the one re-scoring gives (``logged_scores=False``; tests/evaluators/replay/test_logged_scores.py).
+
 Not replayed: the serving deadline (a target that would have run out of budget is still credited with its
 intended slate). Slate-RL long-term values (λ ≠ 0) are recomputed from each decision's logged long-term input (the
 slate-RL version and the user's click history it was served with), for every target.

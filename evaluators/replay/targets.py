@@ -21,6 +21,8 @@ propensities come from the same code that scores and draws served slates:
   version) with logs of many others gives tiny overlap (importance weights collapse), while ``logged`` with no
   override reproduces the logged propensities exactly, and with one changes only the exploration. Decisions the
   baseline served (fallback, or by the rollout's choice: modes BASELINE and SHADOW) stay with the baseline.
+  The scores come from the log when the decision logged them (``candidate_scores``: run.reusable_scores), so
+  only the explorer is recomputed; decisions without them are scored through VW as any model target is.
 * ``baseline``: scores = baseline_score, explorer = Greedy: argmax with ties to the lowest index among the
   remaining candidates, exactly the order serving's baseline serves (``decision.baseline_order``).
   Target probability is 1 for the baseline's choice given the logged prefix, else 0. On a surface whose
