@@ -35,6 +35,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("overload", "bench.overload_bench", "Rank under overload: queue-aware admission (issue 11)"),
     ("sim", "bench.sim_bench", "Simulator speed without the server"),
     ("replay", "bench.replay_bench", "Replay vs serving the same decisions (issue 3)"),
+    ("whatif", "bench.whatif_bench", "What-if replay from logged scores vs re-scoring (issue 11)"),
     ("evaluators", "bench.evaluators_bench", "Estimators on a 10M-row table (issue 3)"),
 ]
 

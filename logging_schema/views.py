@@ -38,8 +38,12 @@ _VIEWS: dict[str, tuple[Descriptor, tuple[str, ...], frozenset[str]]] = {
     "DecisionEvent": (events_pb2.DecisionEvent.DESCRIPTOR, (
         "event_id", "request_id", "surface", "user_id", "served_at", "context", "candidates", "slate_size", "slate",
         "slate_propensity", "policy_version", "serving_mode", "exploration", "long_term", "rollout_stage",
-        "shield_version", "baseline_version",
+        "shield_version", "baseline_version", "candidate_scores",
     ), frozenset({"context", "candidates", "long_term"})),  # Features, Candidate, LongTermState: unparsed
+    # A logged candidate's item id alone (its features skipped as unknown fields): replay from logged scores checks
+    # the logged slots against it without parsing feature maps.
+    "CandidateId": (events_pb2.DecisionEvent.DESCRIPTOR.fields_by_name["candidates"].message_type, ("item_id",),
+                    frozenset()),
     "OutcomeEvent": (events_pb2.OutcomeEvent.DESCRIPTOR, (
         "event_id", "item_id", "outcome", "value", "occurred_at", "received_at", "surface", "attributed",
         "outcome_id",
@@ -77,3 +81,4 @@ def _build() -> descriptor_pool.DescriptorPool:
 
 POOL = _build()
 TableRecord: type[Message] = message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"{PACKAGE}.LogRecord"))
+CandidateId: type[Message] = message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"{PACKAGE}.CandidateId"))

@@ -21,6 +21,12 @@ Marginal columns (``marginal_pscore``) are omitted on purpose: the probability t
 k under sequential sampling without replacement sums over every ordered prefix (exponential in k), and a Monte
 Carlo estimate in a weight's denominator would bias every estimator that uses it. Use the cascade columns.
 
+Logged scores: a decision served by the target's own model version (``logged``, or ``current``/a version on the
+decisions that version served) logs the scores it was drawn from; they are used as they are (:func:`reusable_scores`),
+so a what-if at another cap or exploration setting runs no VW and parses no features (a shield's feasibility still
+reads the request), and capped ε-greedy is computed for a chunk of decisions at once (:mod:`evaluators.replay.batched`).
+The table is the one re-scoring gives (``logged_scores=False``; tests/evaluators/replay/test_logged_scores.py).
+
 Not replayed: the serving deadline (a target that would have run out of budget is still credited with its
 intended slate). Slate-RL long-term values (λ ≠ 0) are recomputed from each decision's logged long-term input (the
 slate-RL version and the user's click history it was served with), for every target.
@@ -41,18 +47,21 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
-from logging_schema.views import TableRecord
+from logging_schema.views import CandidateId, TableRecord
 from logging_schema.reader import ReadStats, gap_of, iter_records
 from logging_schema.tables import JoinStats, decisions_frame, join_rewards, outcomes_frame
 from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig, default_config, load_config
 from recsys_rl.errors import InvalidInput
 from recsys_rl.logging.v1 import events_pb2
-from recsys_rl.serving.decision import LongTermInput, LongTermValue, NoLongTermValue, target_propensities
-from recsys_rl.serving.exploration import Explorer
+from recsys_rl.serving.decision import (
+    DecisionPolicy, LongTermInput, LongTermValue, NoLongTermValue, target_propensities,
+)
+from recsys_rl.serving.exploration import Explorer, slate_propensities
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+from evaluators.replay.batched import PendingBatch, batchable
 from evaluators.replay.shield import ReplayShield, what_if_rules
 from recsys_rl.shield.rules import ShieldRules
-from evaluators.replay.targets import PolicySpec, TargetPolicy, parse_policy_spec, resolve_policy
+from evaluators.replay.targets import BASELINE_SERVED, PolicySpec, TargetPolicy, parse_policy_spec, resolve_policy
 
 CHUNK_DECISIONS = 20_000  # decisions turned into a DataFrame chunk at a time (bounds Python-object memory)
 _DECISION_COLUMNS = ("event_id", "position", "item_id", "propensity", "user_id", "served_at", "policy_version",
@@ -69,6 +78,10 @@ class ReplayStats:
     empty_slates: int = 0  # decisions with no slot (no row in the table)
     before_since: int = 0  # decisions served before ``since``, skipped
     target_fallbacks: int = 0  # decisions where the target model failed and the baseline stood in
+    # Decisions whose target propensities came from the scores logged with them (same model version and λ: no
+    # re-scoring), and those the target scored afresh (another version, baseline/uniform, or no logged scores).
+    from_logged_scores: int = 0
+    rescored: int = 0
     support_violations: int = 0  # rows with target_pscore > 0 but pscore 0
     # Decisions of this surface the server answered while its log could not take records (LogGap records): they are
     # not in the log, so the table does not cover them; ``gaps`` is how many gap records named the surface.
@@ -168,6 +181,41 @@ def logged_long_term(event: object) -> LongTermInput | None:
     return LongTermInput(state.model_version, tuple(state.history))
 
 
+def reusable_scores(event: object, policy: DecisionPolicy) -> np.ndarray | None:
+    """The scores logged with ``event`` when ``policy`` would compute exactly them, else None (re-score).
+
+    They are the target's own scores when the target is the model version that served the decision (a model
+    target's ``policy_version`` is its registry version; baseline and uniform targets never match one) and blends
+    the long-term value with the same λ (the value itself is recomputed from the logged long-term input either
+    way, so it is the logged one). Baseline-served decisions log no scores; a malformed count re-scores.
+    """
+    raw = event.candidate_scores  # type: ignore[attr-defined]
+    if (not raw or len(raw) != len(event.candidates)  # type: ignore[attr-defined]
+            or event.serving_mode in BASELINE_SERVED  # type: ignore[attr-defined]
+            or event.policy_version != policy.policy_version):  # type: ignore[attr-defined]
+        return None
+    long_term: bytes = event.long_term  # type: ignore[attr-defined]
+    weight = events_pb2.LongTermState.FromString(long_term).weight if long_term else 0.0
+    if weight != policy.long_term_weight:
+        return None
+    scores = np.array(raw, dtype=np.float64)
+    return scores if np.isfinite(scores).all() else None  # a damaged record: re-scoring decides what serves
+
+
+def _logged_slot_indices(event: object) -> list[int]:
+    """The logged slots' candidate indices, checked against the raw candidates' item ids (no feature parsing)."""
+    raw: list[bytes] = event.candidates  # type: ignore[attr-defined]
+    n = len(raw)
+    indices = []
+    for k, slot in enumerate(event.slate):  # type: ignore[attr-defined]
+        i = slot.candidate_index
+        if not 0 <= i < n or CandidateId.FromString(raw[i]).item_id != slot.item_id:
+            raise InvalidInput(f"event {event.event_id}: slate[{k}].candidate_index",  # type: ignore[attr-defined]
+                               f"{i} does not point at item {slot.item_id!r} among {n} candidates")
+        indices.append(i)
+    return indices
+
+
 def replay(
     data_dir: Path | str,
     spec: str | PolicySpec,
@@ -179,6 +227,7 @@ def replay(
     stats: ReplayStats | None = None,
     since: float | None = None,
     shield: str | ShieldRules | None = None,
+    logged_scores: bool = True,
 ) -> pl.DataFrame:
     """The bandit-feedback table of ``spec`` on the logs under ``data_dir/logs`` (columns: module docstring).
 
@@ -188,6 +237,8 @@ def replay(
 (``none``, a rules TOML, a stored version, or ShieldRules); default: each decision's logged rules version
 (:mod:`evaluators.replay.shield`). Raises InvalidInput for a bad spec, surface or
     data dir. Pass ``stats`` to get the counts (fallbacks, skipped decisions, damaged records, join counts).
+    ``logged_scores``: take the target's scores from the log where they are its own (:func:`reusable_scores`:
+    ``logged@cap=X`` needs no model); False re-scores every decision (the reference the fast path is tested against).
     """
     stats = stats if stats is not None else ReplayStats()
     parsed = parse_policy_spec(spec) if isinstance(spec, str) else spec
@@ -201,7 +252,8 @@ def replay(
 
     with tempfile.TemporaryDirectory(prefix="recsys_rl_replay_") as scratch:
         candidates = CandidateRows(Path(scratch)) if reward_model else None
-        decisions, outcomes = _replay_pass(log_dir, surface, target, stats, candidates, progress, since, shields)
+        decisions, outcomes = _replay_pass(log_dir, surface, target, stats, candidates, progress, since, shields,
+                                           logged_scores)
         if not decisions:
             raise InvalidInput("surface", f"no decision of surface {surface!r} with a non-empty slate in {log_dir}")
         joined = join_rewards(pl.concat(decisions, rechunk=True), pl.concat(outcomes, how="vertical"),
@@ -216,7 +268,7 @@ def replay(
 
 def _replay_pass(
     log_dir: Path, surface: str, target: TargetPolicy, stats: ReplayStats, candidates: CandidateRows | None,
-    progress: bool, since_s: float | None, shields: ReplayShield,
+    progress: bool, since_s: float | None, shields: ReplayShield, logged_scores: bool = True,
 ) -> tuple[list[pl.DataFrame], list[pl.DataFrame]]:
     decision_chunks: list[pl.DataFrame] = []
     outcome_chunks: list[pl.DataFrame] = [outcomes_frame([])]
@@ -225,11 +277,17 @@ def _replay_pass(
     target_p: list[float] = []
     fallback: list[bool] = []
 
+    pending = PendingBatch()  # decisions whose target propensities are computed a chunk at a time
+
     def flush() -> None:
         if events:
+            column: list[float] | np.ndarray = target_p
+            if pending.groups:
+                column = np.array(target_p, dtype=np.float64)
+                pending.fill(column)
             frame = decisions_frame(events).select(_DECISION_COLUMNS)  # type: ignore[arg-type]
             decision_chunks.append(frame.with_columns(
-                pl.Series("target_pscore", target_p, dtype=pl.Float64),
+                pl.Series("target_pscore", column, dtype=pl.Float64),
                 pl.Series("target_fallback", fallback, dtype=pl.Boolean),
             ))
         if outcome_events:
@@ -261,15 +319,32 @@ def _replay_pass(
             if since_s is not None and event.served_at.seconds + event.served_at.nanos * 1e-9 < since_s:
                 stats.before_since += 1
                 continue
-            request = rank_request(event)
-            logged = _logged_indices(event, request)
             # The rules the decision was served under (its logged version), or the what-if's.
             policy = shields.policy(target.policy_for(event), event.event_id, event.shield_version)
-            probabilities, scored = target_propensities(policy, request, logged,
-                                                        long_term_input=logged_long_term(event))
-            fell_back = scored.fell_back
+            scores = reusable_scores(event, policy) if logged_scores else None
+            if scores is not None:
+                # The scores the decision was drawn from: the explorer alone differs (no VW, and the request is
+                # rebuilt only when a shield or the reward model reads its features).
+                logged = _logged_slot_indices(event)
+                request = rank_request(event) if policy.shield.active or candidates is not None else None
+                shield = policy.shield.for_request(request) if request is not None else None
+                batch = batchable(policy.explorer) if shield is None and len(set(logged)) == len(logged) else None
+                if batch is not None:  # filled in at flush(), vectorised over the chunk (evaluators.replay.batched)
+                    pending.add(len(target_p), scores, logged, *batch)
+                    probabilities = np.zeros(len(logged))
+                else:
+                    probabilities = slate_propensities(scores, logged, policy.explorer, feasibility=shield)
+                fell_back, explorer = False, policy.explorer
+                stats.from_logged_scores += 1
+            else:
+                request = rank_request(event)
+                logged = _logged_indices(event, request)
+                probabilities, scored = target_propensities(policy, request, logged,
+                                                            long_term_input=logged_long_term(event))
+                fell_back, scores, explorer = scored.fell_back, scored.scores, scored.explorer
+                stats.rescored += 1
             if candidates is not None:
-                candidates.add(event.event_id, request, scored.scores, logged, scored.explorer)
+                candidates.add(event.event_id, request, scores, logged, explorer)
             target_p.extend(probabilities.tolist())
             fallback.extend([fell_back] * len(logged))
             stats.target_fallbacks += fell_back
@@ -509,4 +584,5 @@ def run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["CHUNK_DECISIONS", "ReplayStats", "logged_long_term", "rank_request", "register", "replay", "run_replay", "write_table"]
+__all__ = ["CHUNK_DECISIONS", "ReplayStats", "logged_long_term", "rank_request", "register", "replay",
+           "reusable_scores", "run_replay", "write_table"]

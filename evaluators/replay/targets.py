@@ -21,6 +21,8 @@ propensities come from the same code that scores and draws served slates:
   version) with logs of many others gives tiny overlap (importance weights collapse), while ``logged`` with no
   override reproduces the logged propensities exactly, and with one changes only the exploration. Decisions the
   baseline served (fallback, or by the rollout's choice: modes BASELINE and SHADOW) stay with the baseline.
+  The scores come from the log when the decision logged them (``candidate_scores``: run.reusable_scores), so
+  only the explorer is recomputed; decisions without them are scored through VW as any model target is.
 * ``baseline``: scores = baseline_score, explorer = Greedy: argmax with ties to the lowest index among the
   remaining candidates, exactly the order serving's baseline serves (``decision.baseline_order``).
   Target probability is 1 for the baseline's choice given the logged prefix, else 0. On a surface whose
@@ -204,7 +206,7 @@ class ModelTarget(TargetPolicy):
 
 # Serving modes whose served slate is the baseline's (propensity 1): the model could not (fallback), or the rollout
 # chose the baseline (stage baseline, a control user, or stage shadow, where the learned slate was only logged).
-_BASELINE_SERVED = frozenset({pb.SERVING_MODE_BASELINE_FALLBACK, pb.SERVING_MODE_BASELINE, pb.SERVING_MODE_SHADOW})
+BASELINE_SERVED = frozenset({pb.SERVING_MODE_BASELINE_FALLBACK, pb.SERVING_MODE_BASELINE, pb.SERVING_MODE_SHADOW})
 
 
 class LoggedTarget(TargetPolicy):
@@ -256,7 +258,7 @@ class LoggedTarget(TargetPolicy):
     def policy_for(self, event: object = None) -> DecisionPolicy:
         if event is None:
             raise ValueError("event: the logged target needs the logged decision")
-        if event.serving_mode in _BASELINE_SERVED:  # type: ignore[attr-defined]
+        if event.serving_mode in BASELINE_SERVED:  # type: ignore[attr-defined]
             version = event.baseline_version  # type: ignore[attr-defined]
             baseline = self._baselines.get(version)
             if baseline is None:
@@ -371,6 +373,6 @@ def _load_registry_version(spec: PolicySpec, data_dir: Path, surface: str) -> tu
 
 
 __all__ = [
-    "BaselineTarget", "LoggedTarget", "ModelTarget", "PolicySpec", "TargetPolicy", "UniformTarget",
+    "BASELINE_SERVED", "BaselineTarget", "LoggedTarget", "ModelTarget", "PolicySpec", "TargetPolicy", "UniformTarget",
     "parse_policy_spec", "resolve_policy",
 ]

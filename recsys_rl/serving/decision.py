@@ -151,6 +151,9 @@ class Decision:
     shadow: Decision | None = None  # stage shadow: the learned policy's own decision on the request (not served)
     shadow_latency_us: int = 0  # what deciding the shadow added to the request
     baseline_version: str = ""  # the learned baseline that ordered this slate ("" = host score, or not the baseline)
+    # The scores the slate was drawn from (model + λ·long-term), logged so a what-if at another cap needs no
+    # re-scoring (evaluators.replay); None when the baseline served. A list, not the array: decisions compare by value.
+    candidate_scores: list[float] | None = None
 
 
 @dataclass(frozen=True)
@@ -215,7 +218,9 @@ def decide(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray
                      s.exploration_mass, s.draw)
         for s in draw.slots
     ]
-    return _decision(policy, slots, draw.slate_propensity, mode, "", draw_key, scored.long_term, shield)
+    decision = _decision(policy, slots, draw.slate_propensity, mode, "", draw_key, scored.long_term, shield)
+    decision.candidate_scores = scores.tolist()
+    return decision
 
 
 def check_request(policy: DecisionPolicy, request: pb.RankRequest) -> None:

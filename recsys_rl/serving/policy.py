@@ -188,6 +188,8 @@ def decision_to_event(
     event.rollout_stage = decision.rollout_stage
     _fill_exploration(event.exploration, decision)
     _add_slots(event.slate, decision.slots)
+    if decision.candidate_scores is not None:  # one extend of n doubles: what-if replay without re-scoring
+        event.candidate_scores.extend(decision.candidate_scores)
     shadow = decision.shadow
     if shadow is not None:
         logged = event.shadow
@@ -197,6 +199,8 @@ def decision_to_event(
         logged.latency_micros = int(decision.shadow_latency_us)
         _fill_exploration(logged.exploration, shadow)
         _add_slots(logged.slate, shadow.slots)
+        if shadow.candidate_scores is not None:
+            logged.candidate_scores.extend(shadow.candidate_scores)
     return event
 
 

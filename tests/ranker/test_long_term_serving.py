@@ -226,3 +226,12 @@ def test_replay_of_a_blended_surface_repeats_every_logged_propensity(trained_dir
     assert table.height == 3 * len(events)
     assert (table["target_pscore"] == table["pscore"]).all()
     assert not table["target_fallback"].any()
+    # A what-if at another cap takes the blended scores from the log (issue 11.4): the same table as re-scoring.
+    from evaluators.replay.run import ReplayStats
+
+    what_if = ReplayStats()
+    fast = replay(data_dir, "logged@cap=0.1", surface="default", config=config, progress=False, stats=what_if)
+    rescored = replay(data_dir, "logged@cap=0.1", surface="default", config=config, progress=False,
+                      logged_scores=False)
+    assert fast.equals(rescored) and (fast["target_pscore"] != fast["pscore"]).any()
+    assert (what_if.from_logged_scores, what_if.rescored) == (len(events), 0)

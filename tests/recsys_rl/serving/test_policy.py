@@ -123,7 +123,9 @@ def test_long_term_value_enters_the_score() -> None:
     assert decision.slots[0].candidate_index == 3 and decision.slots[0].score == pytest.approx(5.0)
     assert NoLongTermValue().evaluate(make_request(n=n))[0].tolist() == [0.0] * n
     broken = SurfacePolicy(cfg, VWBandit(ARGS), "v1", server_seed=1, long_term=FixedValue(np.zeros(2)))
-    assert broken.rank(make_request(n=n)).serving_mode == pb.SERVING_MODE_BASELINE_FALLBACK
+    fallback = broken.rank(make_request(n=n))
+    assert fallback.serving_mode == pb.SERVING_MODE_BASELINE_FALLBACK and fallback.candidate_scores is None
+    assert decision.candidate_scores is not None and decision.candidate_scores[3] == pytest.approx(5.0)  # λ·Q in
 
 
 def test_concurrent_rank_and_swap() -> None:
@@ -165,5 +167,7 @@ def test_decision_to_event_carries_everything() -> None:
         (k, s.candidate_index, s.propensity, s.draw) for k, s in enumerate(decision.slots)
     ]
     assert event.slate_propensity == decision.slate_propensity
+    # The scores drawn from, one per candidate (what-if replay at another cap needs no re-scoring).
+    assert list(event.candidate_scores) == VWBandit(ARGS).score(request).tolist()
     # The logged event is enough to learn from.
     assert VWBandit(ARGS).learn(event, [1.0, 0.0, 0.0]) == 3

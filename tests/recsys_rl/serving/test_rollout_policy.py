@@ -67,6 +67,7 @@ def test_shadow_is_logged_beside_the_served_baseline() -> None:
     assert event.shadow.slate_propensity == live.slate_propensity
     assert event.shadow.policy_version == "v1" and event.shadow.exploration.cap == 0.5
     assert event.shadow.latency_micros == decision.shadow_latency_us
+    assert not event.candidate_scores and list(event.shadow.candidate_scores) == live.candidate_scores  # baseline: none
 
 
 def test_canary_and_control_by_user() -> None:

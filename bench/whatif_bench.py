@@ -1,0 +1,121 @@
+"""What-if replay (``logged@cap=0.2``) from the logged scores vs re-scoring through VW, same decisions; markdown.
+
+    .venv/bin/python -m bench.whatif_bench [--decisions 100000] [--candidates 100] [--slate-size 10] [--repeats 3]
+
+1. Serve: an in-process DecisionService (learner off, ε-greedy at the default cap) ranks --decisions simulated page
+   views (bench.replay_bench.serve) and logs them, each with its candidates' scores (issue 11 item 4).
+2. Replay ``logged@cap=0.2`` end to end (log read, target propensities, reward join, table), alternating
+   ``logged_scores=False`` (today's path: rebuild each request, score it through VW) and the default (the scores
+   from the log), --repeats times each; medians. Both tables are checked equal (bit for bit).
+3. What logging the scores costs: bytes per logged decision with and without them (the same events, the field
+   cleared), and the time serving adds per decision (``ndarray.tolist`` + one ``extend`` of n doubles), against
+   the in-process Rank mean of step 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.replay_bench import Args as ServeArgs, serve
+from evaluators.replay.run import ReplayStats, replay
+from logging_schema.reader import iter_records
+from recsys_rl.config import ServiceConfig, SurfaceConfig
+from recsys_rl.logging.v1 import events_pb2
+
+SPEC = "logged@cap=0.2"
+
+
+def _replay_seconds(data_dir: Path, config: ServiceConfig, logged_scores: bool, decisions: int) -> tuple[float, object]:
+    stats = ReplayStats()
+    started = time.perf_counter()
+    table = replay(data_dir, SPEC, config=config, progress=False, stats=stats, logged_scores=logged_scores)
+    seconds = time.perf_counter() - started
+    expected = (decisions, 0) if logged_scores else (0, decisions)
+    if (stats.from_logged_scores, stats.rescored) != expected:
+        raise RuntimeError(f"logged_scores={logged_scores}: {stats.from_logged_scores} from logged scores, "
+                           f"{stats.rescored} re-scored of {decisions}")
+    return seconds, table
+
+
+def _log_bytes(data_dir: Path, sample: int) -> tuple[float, float, list[float]]:
+    """Mean serialized bytes per decision record with and without candidate scores, and one event's scores."""
+    with_scores, without, scores = [], [], []
+    for record in iter_records(data_dir / "logs"):
+        if record.WhichOneof("event") != "decision":
+            continue
+        with_scores.append(record.ByteSize())
+        scores = list(record.decision.candidate_scores)
+        record.decision.ClearField("candidate_scores")
+        without.append(record.ByteSize())
+        if len(with_scores) >= sample:
+            break
+    return statistics.fmean(without), statistics.fmean(with_scores), scores
+
+
+def _logging_cost_us(scores: list[float], repeats: int = 20_000) -> float:
+    """Median µs of what serving adds per decision: the scores array to a list, and one extend into the event."""
+    array = np.asarray(scores, dtype=np.float64)
+    samples = []
+    for _ in range(repeats):
+        event = events_pb2.DecisionEvent()
+        started = time.perf_counter_ns()
+        event.candidate_scores.extend(array.tolist())
+        samples.append(time.perf_counter_ns() - started)
+    return statistics.median(samples) / 1e3
+
+
+def run(decisions: int, candidates: int, slate_size: int, repeats: int) -> None:
+    config = ServiceConfig(surfaces={"default": SurfaceConfig(decision_budget_ms=1e6)})
+    with tempfile.TemporaryDirectory(prefix="whatif_bench_") as tmp:
+        data_dir = Path(tmp)
+        serving_s = serve(data_dir, config, ServeArgs(decisions=decisions, candidates=candidates,
+                                                      slate_size=slate_size))
+        rescore, logged = [], []
+        differing = None
+        for _ in range(repeats):
+            seconds, slow = _replay_seconds(data_dir, config, False, decisions)
+            rescore.append(seconds)
+            seconds, fast = _replay_seconds(data_dir, config, True, decisions)
+            logged.append(seconds)
+            differing = int((fast["target_pscore"] != slow["target_pscore"]).sum())  # type: ignore[index]
+            rows = fast.height  # type: ignore[attr-defined]
+        assert differing is not None
+        before, after, scores = _log_bytes(data_dir, 5_000)
+        cost_us = _logging_cost_us(scores)
+
+    slow_s, fast_s = statistics.median(rescore), statistics.median(logged)
+    rank_us = serving_s / decisions * 1e6
+    print(f"`replay --policy {SPEC}` on {decisions:,} served decisions, {candidates} candidates, slate {slate_size}, "
+          f"ε-greedy (median of {repeats} alternating runs each; {platform.python_implementation()} "
+          f"{platform.python_version()}, {platform.machine()}). Rows whose target propensity differs between the "
+          f"two paths: {differing:,} of {rows:,} (ε-greedy reads only the order of the scores).\n")
+    print("| replay path | seconds | decisions/s | speed-up |")
+    print("|---|---|---|---|")
+    print(f"| re-scoring through VW (`logged_scores=False`, today's path) | {slow_s:.2f} | {decisions / slow_s:,.0f} "
+          f"| 1.00× |")
+    print(f"| from the logged scores (default) | {fast_s:.2f} | {decisions / fast_s:,.0f} | {slow_s / fast_s:.1f}× |")
+    print(f"\nLogging the scores: {before:,.0f} → {after:,.0f} bytes per decision record "
+          f"(+{after - before:,.0f} B, +{(after / before - 1) * 100:.1f}%; mean of 5,000). Serving adds "
+          f"{cost_us:.1f} µs per decision (median: `tolist` + one `extend` of {candidates} doubles), "
+          f"{cost_us / rank_us * 100:.2f}% of the in-process Rank mean of this run ({rank_us:,.0f} µs).")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decisions", type=int, default=100_000)
+    parser.add_argument("--candidates", type=int, default=100)
+    parser.add_argument("--slate-size", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    ns = parser.parse_args(argv)
+    run(ns.decisions, ns.candidates, ns.slate_size, ns.repeats)
+
+
+if __name__ == "__main__":
+    main()
