@@ -84,8 +84,11 @@ class ScenarioResult:
 def config_toml(args: ScenarioArgs, *, stage: str, click_weight: float = 1.0, learn: bool = True,
                 exploration_cap: float = 0.1) -> str:
     reward_range = "[0.0, 1.0]" if click_weight > 0 else "[-1.0, 0.0]"
+    # A generous decision budget: the scenario is about the rollout, and on a loaded machine deadline (or queue)
+    # fallbacks would serve the baseline inside the canary arm and blur the comparison it demonstrates.
     return f"""[surfaces.{SURFACE}]
 exploration_cap = {exploration_cap}
+decision_budget_ms = 200
 
 [surfaces.{SURFACE}.reward]
 weights = {{ click = {click_weight} }}
