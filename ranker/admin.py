@@ -83,6 +83,12 @@ def _rollout_change(entry: RolloutAuditEntry) -> admin_pb.RolloutChange:
     return change
 
 
+def _check_history_limit(limit: int) -> None:
+    """GetSurface, GetRollout and GetShield: 0 is the whole trail, a negative limit names the field."""
+    if limit < 0:
+        raise InvalidInput("history_limit", f"must be >= 0, got {limit}")
+
+
 def _fields(found: object | None, message: type) -> dict[str, Any]:
     """A hook's answer (dataclass or mapping, None = nothing yet) as keyword arguments of ``message``."""
     if found is None:
@@ -112,8 +118,7 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
         self, request: admin_pb.GetSurfaceRequest, context: grpc.ServicerContext
     ) -> admin_pb.GetSurfaceResponse:
         surface = self._surface(request.surface)
-        if request.history_limit < 0:
-            raise InvalidInput("history_limit", f"must be >= 0, got {request.history_limit}")
+        _check_history_limit(request.history_limit)
         history = self.cap_store.history(surface, limit=request.history_limit)
         return admin_pb.GetSurfaceResponse(
             surface=surface, exploration_cap=self.service.cap(surface),
@@ -176,8 +181,7 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
         self, request: admin_pb.GetRolloutRequest, context: grpc.ServicerContext
     ) -> admin_pb.GetRolloutResponse:
         surface = self._surface(request.surface)
-        if request.history_limit < 0:
-            raise InvalidInput("history_limit", f"must be >= 0, got {request.history_limit}")
+        _check_history_limit(request.history_limit)
         state = self.service.rollout_state(surface)
         return admin_pb.GetRolloutResponse(
             surface=surface, stage=_STAGE_PB[state.stage], canary_share=state.canary_share, reverted=state.reverted,
@@ -233,8 +237,7 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
         self, request: admin_pb.GetShieldRequest, context: grpc.ServicerContext
     ) -> admin_pb.GetShieldResponse:
         surface = self._surface(request.surface)
-        if request.history_limit < 0:
-            raise InvalidInput("history_limit", f"must be >= 0, got {request.history_limit}")
+        _check_history_limit(request.history_limit)
         rules = self.service.shield(surface)
         table = rules_to_dict(rules, blocked_items=request.include_blocked_items)
         ruleset = admin_pb.ShieldRuleSet(
