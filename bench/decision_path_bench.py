@@ -14,7 +14,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import grpc
 import numpy as np
 
 from bench.rank_bench import Args as RankArgs
-from bench.rank_bench import make_request, percentile
+from bench.rank_bench import make_request, percentile, time_alternating
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,18 +53,8 @@ def one_round(before_dir: Path, args: Args, seed: int) -> dict[str, float]:
             old_channel, new_channel = grpc.insecure_channel(old_address), grpc.insecure_channel(new_address)
             old_rank = pb_grpc.RankingServiceStub(old_channel).Rank
             new_rank = pb_grpc.RankingServiceStub(new_channel).Rank
-            for request in requests[: args.warmup]:
-                old_rank(request, timeout=10)
-                new_rank(request, timeout=10)
-            old_ms: list[float] = []
-            new_ms: list[float] = []
-            for i, request in enumerate(requests[args.warmup:]):
-                # Alternate which server goes first, so neither always follows the other's GC or cache effects.
-                order = ((old_rank, old_ms), (new_rank, new_ms)) if i % 2 else ((new_rank, new_ms), (old_rank, old_ms))
-                for rank, into in order:
-                    t0 = time.perf_counter()
-                    rank(request, timeout=10)
-                    into.append((time.perf_counter() - t0) * 1e3)
+            times = time_alternating({"before": old_rank, "after": new_rank}, requests, args.warmup)
+            old_ms, new_ms = times["before"], times["after"]
             old_channel.close()
             new_channel.close()
         finally:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,26 @@ def make_request(rng: np.random.Generator, args: Args, i: int) -> pb.RankRequest
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
+
+
+def time_alternating(ranks: dict[str, Callable[..., object]], requests: Sequence[pb.RankRequest],
+                     warmup: int) -> dict[str, list[float]]:
+    """Milliseconds per Rank of each server on the same requests, after ``warmup`` untimed ones each.
+
+    Who goes first rotates per request, so no server always follows another's GC or cache effects.
+    """
+    names = list(ranks)
+    for request in requests[:warmup]:
+        for rank in ranks.values():
+            rank(request, timeout=10)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i, request in enumerate(requests[warmup:]):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            t0 = time.perf_counter()
+            ranks[name](request, timeout=10)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
 
 
 def run(args: Args = Args()) -> dict[str, float]:

@@ -17,7 +17,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import grpc
 import numpy as np
 
 from bench.rank_bench import Args as RankArgs
-from bench.rank_bench import make_request, percentile
+from bench.rank_bench import make_request, percentile, time_alternating
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,16 +64,7 @@ def one_round(work: Path, args: Args, seed: int) -> dict[str, float]:
     try:
         channels = {stage: grpc.insecure_channel(s.stdout.readline().split()[-1]) for stage, s in servers.items()}
         ranks = {stage: pb_grpc.RankingServiceStub(channel).Rank for stage, channel in channels.items()}
-        for request in requests[: args.warmup]:
-            for rank in ranks.values():
-                rank(request, timeout=10)
-        times: dict[str, list[float]] = {stage: [] for stage in STAGES}
-        for i, request in enumerate(requests[args.warmup:]):
-            # Rotate who goes first, so no server always follows another's GC or cache effects.
-            for stage in STAGES[i % 3:] + STAGES[: i % 3]:
-                t0 = time.perf_counter()
-                ranks[stage](request, timeout=10)
-                times[stage].append((time.perf_counter() - t0) * 1e3)
+        times = time_alternating(ranks, requests, args.warmup)
         for channel in channels.values():
             channel.close()
     finally:

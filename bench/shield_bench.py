@@ -28,7 +28,7 @@ import numpy as np
 
 from bench.rank_bench import Args as RankArgs
 from bench.rank_bench import make_request as rank_request
-from bench.rank_bench import percentile
+from bench.rank_bench import percentile, time_alternating
 from recsys_rl.config import ExplorationConfig
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
@@ -111,15 +111,7 @@ def one_round(work: Path, configs: dict[str, Path], args: Args, seed: int) -> di
     try:
         channels = {name: grpc.insecure_channel(s.stdout.readline().split()[-1]) for name, s in servers.items()}
         ranks = {name: pb_grpc.RankingServiceStub(channel).Rank for name, channel in channels.items()}
-        for request in requests[: args.warmup]:
-            for rank in ranks.values():
-                rank(request, timeout=10)
-        times: dict[str, list[float]] = {name: [] for name in SHIELDS}
-        for i, request in enumerate(requests[args.warmup:]):
-            for name in SHIELDS if i % 2 else SHIELDS[::-1]:  # alternate who goes first
-                t0 = time.perf_counter()
-                ranks[name](request, timeout=10)
-                times[name].append((time.perf_counter() - t0) * 1e3)
+        times = time_alternating(ranks, requests, args.warmup)
         for channel in channels.values():
             channel.close()
     finally:
