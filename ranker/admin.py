@@ -5,8 +5,9 @@ Thin on purpose: the rules live in the core — ``recsys_rl.caps.gate`` (is this
 encodes. The order matters for the invariants:
 
 1. validate (INVALID_ARGUMENT naming the field; nothing is audited for a malformed request);
-2. under one lock: read the cap in force; a raise needs verified, passing evidence, else the refusal is
-   audited and the RPC fails with FAILED_PRECONDITION listing each failed check;
+2. under the data dir's admin lock (shared by every process serving it, ``CapStore.change``), after adopting the
+   changes other processes accepted: read the cap in force; a raise needs verified, passing evidence, else the
+   refusal is audited and the RPC fails with FAILED_PRECONDITION listing each failed check;
 3. append the audit entry and persist the cap (both fsynced), then put the cap in force: a change is never
    in force without its audit line, and it applies from the next Rank on.
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -103,7 +103,6 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
         self.service = service
         self.cap_store = cap_store
         self.verifier = verifier
-        self._lock = threading.Lock()  # one cap decision at a time: old cap, verdict and write stay consistent
 
     def _surface(self, surface: str) -> str:
         if not surface:
@@ -119,6 +118,7 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
     ) -> admin_pb.GetSurfaceResponse:
         surface = self._surface(request.surface)
         _check_history_limit(request.history_limit)
+        self.service.refresh_admin_state()  # a change another worker just accepted shows here, not a tick later
         history = self.cap_store.history(surface, limit=request.history_limit)
         return admin_pb.GetSurfaceResponse(
             surface=surface, exploration_cap=self.service.cap(surface),
@@ -148,26 +148,30 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
             raise InvalidInput("evidence", f"larger than {MAX_EVIDENCE_BYTES} bytes (not a gate report)")
         digest = evidence_digest(request.evidence) if request.evidence else ""
 
-        with self._lock:
-            old = self.service.cap(surface)
-            if cap > old:
-                try:
-                    self.verifier.verify(request.evidence, surface, cap, current_cap=old)
-                except EvidenceRefused as refused:
-                    lines = [c.line() for c in refused.failed]
-                    self.cap_store.record(
-                        surface=surface, actor=actor, old_cap=old, new_cap=cap, reason=request.reason,
-                        evidence_digest=digest, outcome="refused", failed_checks=lines,
-                    )
-                    # Also machine-readable, so clients need not parse the status message.
-                    context.set_trailing_metadata(((FAILED_CHECKS_METADATA, json.dumps(lines).encode()),))
-                    raise PreconditionFailed(
-                        f"raising the exploration cap of surface {surface!r} from {old:g} to {cap:g} refused by the "
-                        f"gate: {refused}"
-                    ) from None
-            entry = self.cap_store.record(surface=surface, actor=actor, old_cap=old, new_cap=cap,
-                                          reason=request.reason, evidence_digest=digest, outcome="accepted")
-            self.service.set_cap(surface, cap)
+        refusal: list[EvidenceRefused] = []
+
+        def judge(old: float) -> list[str]:
+            """Under the cross-process admin lock, against the cap in force after adopting other processes' changes:
+            a report made against a cap another worker has since changed fails its current_cap check."""
+            if cap <= old:
+                return []  # a cap can always go down
+            try:
+                self.verifier.verify(request.evidence, surface, cap, current_cap=old)
+            except EvidenceRefused as refused:
+                refusal.append(refused)
+                return [c.line() for c in refused.failed]
+            return []
+
+        entry = self.cap_store.change(surface, cap, in_force=self.service.cap, judge=judge, actor=actor,
+                                      reason=request.reason, evidence_digest=digest)
+        old = entry.old_cap
+        if not entry.accepted:
+            # Also machine-readable, so clients need not parse the status message.
+            context.set_trailing_metadata(((FAILED_CHECKS_METADATA, json.dumps(entry.failed_checks).encode()),))
+            raise PreconditionFailed(
+                f"raising the exploration cap of surface {surface!r} from {old:g} to {cap:g} refused by the "
+                f"gate: {refusal[0]}"
+            )
         return admin_pb.SetExplorationCapResponse(
             exploration_cap=cap, old_cap=old, policy_version=self.service.policy_version(surface),
             change=_change(entry),
@@ -182,6 +186,7 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
     ) -> admin_pb.GetRolloutResponse:
         surface = self._surface(request.surface)
         _check_history_limit(request.history_limit)
+        self.service.refresh_admin_state()  # a change another worker just accepted shows here, not a tick later
         state = self.service.rollout_state(surface)
         return admin_pb.GetRolloutResponse(
             surface=surface, stage=_STAGE_PB[state.stage], canary_share=state.canary_share, reverted=state.reverted,
@@ -203,9 +208,9 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
         if stage is None and share is None:
             raise InvalidInput("stage", "give a stage, a canary_share, or both")
         actor = self._actor(request.actor, request.reason)
-        current = self.service.rollout_state(surface)
 
-        def evidence() -> GuardrailEvidence:  # the store asks only for a forward move
+        def evidence() -> GuardrailEvidence:  # the store asks only for a forward move, under its lock
+            current = self.service.rollout_state(surface)  # after adopting other workers' moves
             target = current.stage if stage is None else stage
             found = self.service.rollout_evidence(surface, target, current.canary_share if share is None else share)
             return NO_EVIDENCE if found is None else found
@@ -238,6 +243,7 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
     ) -> admin_pb.GetShieldResponse:
         surface = self._surface(request.surface)
         _check_history_limit(request.history_limit)
+        self.service.refresh_admin_state()  # a change another worker just accepted shows here, not a tick later
         rules = self.service.shield(surface)
         table = rules_to_dict(rules, blocked_items=request.include_blocked_items)
         ruleset = admin_pb.ShieldRuleSet(

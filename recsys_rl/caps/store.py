@@ -7,9 +7,14 @@
   (temporary file, fsync, rename, fsync of the directory) after each accepted change.
 
 On load the snapshot is rolled forward with any accepted audit entry newer than it, so a crash between the
-two writes loses nothing; a torn last audit line (crash mid-append) is skipped and counted. Writers in
-several processes on one data dir are serialised by ``flock`` on ``admin/.lock``; each process still holds
-its own view of the caps (see the known gap about per-core replicas in the report to the lead).
+two writes loses nothing; a torn last audit line (crash mid-append) is skipped and counted.
+
+One state per data dir: every process serving it (``serve --workers N``) holds a CapStore on it. Writes are
+serialised by ``flock`` on ``admin/.lock`` and re-read the disk first (:meth:`CapStore.change` judges a change
+against the cap in force *after* adopting what other processes recorded), so no update is lost and sequences stay
+strictly increasing. :meth:`CapStore.refresh` (one ``stat`` when nothing changed; the model watcher's 0.25 s tick
+and every admin read call it) adopts other processes' accepted changes and puts each in force through
+``on_change``, in audit order, exactly as the process that accepted it did.
 
 At start a DecisionService serves ``effective_cap(configured, approved)`` for each surface (and records the
 configured cap as the approved baseline on a surface's first start), so an accepted change survives restarts
@@ -23,7 +28,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -37,7 +42,10 @@ ADMIN_DIR = "admin"
 CAPS_FILE = "caps.json"
 AUDIT_FILE = "audit.jsonl"
 
+SERVER_ACTOR = "recsys-rl serve"
 Outcome = Literal["accepted", "refused"]
+# Puts a surface's accepted cap in force (DecisionService: the surface's policy); called under the store's lock.
+OnChange = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
@@ -87,17 +95,21 @@ def check_cap(cap: float, field_name: str = "cap") -> float:
 
 
 class CapStore:
-    """Caps in force per surface and the audit log of ``data_dir``; thread- and process-safe appends."""
+    """Caps in force per surface and the audit log of ``data_dir``; thread- and process-safe, one state per data dir."""
 
-    def __init__(self, data_dir: Path | str) -> None:
+    def __init__(self, data_dir: Path | str, *, on_change: OnChange | None = None) -> None:
+        """``on_change(surface, cap)`` puts an accepted cap in force: this store's own changes and, on
+        :meth:`refresh`, other processes' ones (under the lock, in audit order)."""
         self.admin_dir = Path(data_dir) / ADMIN_DIR
         self.admin_dir.mkdir(parents=True, exist_ok=True)
         self.caps_path = self.admin_dir / CAPS_FILE
         self.audit_path = self.admin_dir / AUDIT_FILE
+        self.on_change = on_change
         self._lock = threading.Lock()
         self.torn_audit_lines = 0
         with self._locked():
-            self._caps, self._sequence = self._load()
+            self._caps, self._sequence, _ = self._load()
+            self._seen_audit = self._audit_stamp()
 
     # --- reading -------------------------------------------------------------------------------------------
 
@@ -115,37 +127,118 @@ class CapStore:
         entries = [e for e in self._read_audit() if surface is None or e.surface == surface]
         return entries[-limit:] if limit > 0 else entries
 
+    def refresh(self) -> dict[str, float]:
+        """Adopts the changes other processes on this data dir accepted since we last looked; returns the surfaces
+        whose cap they changed (the last cap of each). Cheap when there are none (one ``stat``)."""
+        if self._audit_stamp() == self._seen_audit:
+            return {}
+        with self._locked():
+            return self._adopt()
+
+    # --- start ---------------------------------------------------------------------------------------------
+
+    def apply_config(self, configured: Mapping[str, float]) -> dict[str, float]:
+        """The cap to serve per configured surface: ``effective_cap(configured, approved)``.
+
+        A surface's first start records its configured cap as the approved baseline ("initial configuration"),
+        under the lock, so workers starting together on a fresh data dir record it once.
+        """
+        with self._locked():
+            self._adopt()
+            for name in sorted(set(self._caps) - set(configured)):
+                log.warning("approved cap %g of surface %r ignored: the surface is not configured",
+                            self._caps[name], name)
+            in_force: dict[str, float] = {}
+            for name, cap in configured.items():
+                approved = self._caps.get(name)
+                if approved is None:
+                    self._record(AuditEntry(
+                        sequence=self._sequence + 1, time_unix=time.time(), surface=name, actor=SERVER_ACTOR,
+                        old_cap=cap, new_cap=check_cap(cap), reason="initial configuration", evidence_digest="",
+                        outcome="accepted"))
+                    in_force[name] = cap
+                    continue
+                in_force[name] = effective_cap(cap, approved)
+                if cap > approved:
+                    log.warning("surface %s: configured cap %g is above the approved %g; serving %g (raise it with "
+                                "`recsys-rl caps set` and gate evidence)", name, cap, approved, approved)
+            return in_force
+
     # --- writing -------------------------------------------------------------------------------------------
+
+    def change(self, surface: str, new_cap: float, *, in_force: Callable[[str], float],
+               judge: Callable[[float], list[str]], actor: str, reason: str, evidence_digest: str) -> AuditEntry:
+        """One cap change that cannot lose a race to another process: under the cross-process lock, what other
+        processes accepted is adopted (put in force through ``on_change``) first; then ``old = in_force(surface)``
+        is the cap serving now and ``judge(old)`` lists the failed checks ([] = accept). The entry is audited
+        (refused when a check failed) and an accepted cap put in force before the lock is released."""
+        new_cap = check_cap(new_cap, "new_cap")
+        with self._locked():
+            self._adopt()
+            old = in_force(surface)
+            failed = judge(old)
+            return self._record(AuditEntry(
+                sequence=self._sequence + 1, time_unix=time.time(), surface=surface, actor=actor, old_cap=old,
+                new_cap=new_cap, reason=reason, evidence_digest=evidence_digest,
+                outcome="refused" if failed else "accepted", failed_checks=list(failed)))
 
     def record(self, *, surface: str, actor: str, old_cap: float, new_cap: float, reason: str,
                evidence_digest: str, outcome: Outcome, failed_checks: list[str] | None = None) -> AuditEntry:
         """Append an audit entry (fsynced) and, when accepted, persist ``new_cap`` as the surface's cap.
 
-        Returns the entry once it is durable; the caller applies an accepted cap only after that, so no
-        change is ever in force without its audit line.
+        Returns the entry once it is durable; an accepted cap is put in force (``on_change``) only after that,
+        so no change is ever in force without its audit line. A change judged on the cap in force goes through
+        :meth:`change` instead (``old_cap`` here is the caller's word).
         """
         new_cap = check_cap(new_cap, "new_cap")
         with self._locked():
-            # Another process may have appended since we loaded: continue its sequence, adopt its caps.
-            self._caps, self._sequence = self._load()
-            entry = AuditEntry(
+            self._adopt()  # another process may have appended since we looked: continue its sequence
+            return self._record(AuditEntry(
                 sequence=self._sequence + 1, time_unix=time.time(), surface=surface, actor=actor,
                 old_cap=float(old_cap), new_cap=new_cap, reason=reason, evidence_digest=evidence_digest,
                 outcome=outcome, failed_checks=list(failed_checks or []),
-            )
-            self._append(entry)
-            self._sequence = entry.sequence
-            if entry.accepted:
-                self._caps[surface] = new_cap
-                self._write_snapshot()
-            return entry
+            ))
 
     # --- internals -----------------------------------------------------------------------------------------
 
     def _locked(self) -> AbstractContextManager[None]:
         return admin_lock(self.admin_dir, self._lock)
 
-    def _load(self) -> tuple[dict[str, float], int]:
+    def _record(self, entry: AuditEntry) -> AuditEntry:
+        """The audit line (fsynced), then the snapshot, then ``on_change``. Called under ``_locked``."""
+        self._append(entry)
+        self._sequence = entry.sequence
+        self._seen_audit = self._audit_stamp()
+        if entry.accepted:
+            self._caps[entry.surface] = entry.new_cap
+            self._write_snapshot()
+            if self.on_change is not None:
+                self.on_change(entry.surface, entry.new_cap)
+        return entry
+
+    def _adopt(self) -> dict[str, float]:
+        """Under the lock: the disk's caps; each accepted entry newer than what we had is put in force, in order."""
+        seen = self._sequence
+        caps, sequence, entries = self._load()
+        newer = [e for e in entries if e.sequence > seen and e.accepted]
+        self._caps, self._sequence = caps, sequence
+        self._seen_audit = self._audit_stamp()
+        changed: dict[str, float] = {}
+        for entry in newer:
+            changed[entry.surface] = entry.new_cap
+            if self.on_change is not None:
+                self.on_change(entry.surface, entry.new_cap)
+        return changed
+
+    def _audit_stamp(self) -> tuple[int, int]:
+        try:
+            stat = self.audit_path.stat()
+        except FileNotFoundError:
+            return (0, 0)
+        return stat.st_size, stat.st_mtime_ns
+
+    def _load(self) -> tuple[dict[str, float], int, list[AuditEntry]]:
+        """The caps on disk (snapshot rolled forward), the last audit sequence and the audit entries read."""
         caps: dict[str, float] = {}
         snapshot_sequence = 0
         if self.caps_path.exists():
@@ -158,11 +251,12 @@ class CapStore:
                 log.error("%s is unreadable (%s); rebuilding the caps from %s", self.caps_path, exc, AUDIT_FILE)
                 caps, snapshot_sequence = {}, 0
         sequence = snapshot_sequence
-        for entry in self._read_audit():
+        entries = self._read_audit()
+        for entry in entries:
             sequence = max(sequence, entry.sequence)
             if entry.accepted and entry.sequence > snapshot_sequence:
                 caps[entry.surface] = entry.new_cap  # roll forward: the audit line is the write-ahead record
-        return caps, sequence
+        return caps, sequence, entries
 
     def _read_audit(self) -> list[AuditEntry]:
         entries, self.torn_audit_lines = read_lines(self.audit_path, AuditEntry.from_dict)

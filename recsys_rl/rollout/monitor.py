@@ -95,6 +95,20 @@ class RolloutMonitor:
         guardrail.observe_decision(arm, serving_mode == pb.SERVING_MODE_BASELINE_FALLBACK, latency_ms)
         return RewardTag(surface, guardrail, arm)
 
+    def adopted(self, surface: str, *, same_canary: bool) -> None:
+        """Another process moved ``surface`` (this process adopted the move). ``same_canary``: a ramp step within
+        the canary this guardrail watches; it keeps collecting and needs ``min_decisions`` more canary decisions
+        before it may advance again. Otherwise (a revert, a re-arm, leaving the canary) the guardrail ends and the
+        next canary decision starts a new one, so evidence from one canary never judges the next."""
+        with self._lock:
+            guardrail = self._guardrails.get(surface)
+            if guardrail is None:
+                return
+            if same_canary:
+                self._advanced_at[id(guardrail)] = guardrail.state().canary_decisions
+            else:
+                del self._guardrails[surface]
+
     def guardrail(self, surface: str) -> Guardrail | None:
         """The guardrail in force (None when the surface is not in the canary stage or no decision came yet)."""
         return self._guardrails.get(surface)

@@ -285,7 +285,8 @@ class RolloutStore:
                                 outcome="accepted", evidence_json="" if judged is None else judged.to_json())
 
     def revert(self, surface: str, *, reason: str, evidence_json: str = "") -> RolloutAuditEntry | None:
-        """The guardrail's automatic move to baseline (``reverted``); None when the surface is at baseline already."""
+        """The guardrail's automatic move to baseline (``reverted``); None when the surface is at baseline already
+        (in any process: the state is re-read under the lock, so workers reverting at once make one entry)."""
         with self._locked():
             old = self._current(surface)
             if old.stage is Stage.BASELINE:
@@ -295,14 +296,20 @@ class RolloutStore:
                                 outcome="accepted", automatic=True, evidence_json=evidence_json)
 
     def advance(self, surface: str, *, evidence: Callable[[], GuardrailEvidence],
-                reason: str = "auto_advance: the guardrail held") -> RolloutAuditEntry | None:
+                reason: str = "auto_advance: the guardrail held",
+                expected_sequence: int | None = None) -> RolloutAuditEntry | None:
         """One ``ramp`` step of a canary (the next larger share; live after the last), when the surface's
         ``auto_advance`` is on and ``evidence()`` passes. None otherwise; a failed automatic attempt is not a
-        change and is not audited (the guardrail asks again later)."""
+        change and is not audited (the guardrail asks again later).
+
+        ``expected_sequence``: the ``sequence`` of the state the guardrail judged; when another process moved the
+        surface since (two workers' guardrails holding at once), this is None too, so they make one step, not two."""
         rollout = self.config(surface)
         with self._locked():
             old = self._current(surface)
             if not rollout.auto_advance or old.stage is not Stage.CANARY:
+                return None
+            if expected_sequence is not None and old.sequence != expected_sequence:
                 return None
             larger = [share for share in rollout.ramp if share > old.canary_share]
             new = RolloutState(Stage.CANARY, larger[0]) if larger and larger[0] < 1.0 else \

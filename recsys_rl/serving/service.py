@@ -81,7 +81,10 @@ class DecisionService:
         self._refused_models: dict[str, set[str]] = {name: set() for name in config.surfaces}
         for name, surface in config.surfaces.items():
             self._surfaces[name] = self._load_surface(surface)
-        self.caps = CapStore(self.data_dir)
+        # Caps, rollout stages and shield rules are one state per data dir, shared by every process serving it:
+        # each store adopts other processes' changes on the watcher tick and before every admin read
+        # (refresh_admin_state) and judges its own changes against the disk under the admin lock.
+        self.caps = CapStore(self.data_dir, on_change=self._put_cap_in_force)
         self._apply_approved_caps()
         self.rollout = RolloutStore(self.data_dir)  # stages survive restarts; config cannot pass the approved one
         self.rollout.apply_config(config.surfaces)
@@ -94,31 +97,48 @@ class DecisionService:
         self.log_guard = LogGuard(self.writer)  # a log that cannot take records: baseline, unlogged, counted
         # Supervised: a learner that dies is logged and restarted with backoff while serving goes on.
         self._learner = None if learner == "off" else LearnerSupervisor.for_mode(learner, config, self.data_dir)
-        self._watcher = ModelWatcher(self.refresh_models).start() if watch_models else None
         # The canary's guardrails: fed as attribution windows close, revert a failing surface by themselves.
         self.monitor = RolloutMonitor(self.surfaces, self._revert_rollout,
                                       trackers=lambda: {n: e.tracker for n, e in self._surfaces.items()},
                                       on_advance=self._advance_rollout).start()
+        self._refresh_lock = threading.Lock()
+        self._watcher = ModelWatcher(self.refresh_models).start() if watch_models else None
 
     def _apply_approved_caps(self) -> None:
         """Caps survive restarts, and a configuration cannot raise one past what was approved (invariant 2).
 
         The first start of a surface records its configured cap as the approved baseline in the audit log.
         """
-        approved = self.caps.caps()
-        for name in sorted(set(approved) - set(self._surfaces)):
-            log.warning("approved cap %g of surface %r ignored: the surface is not configured", approved[name], name)
-        for name, entry in self._surfaces.items():
-            configured = entry.config.exploration_cap
-            if name not in approved:
-                self.caps.record(surface=name, actor="recsys-rl serve", old_cap=configured, new_cap=configured,
-                                 reason="initial configuration", evidence_digest="", outcome="accepted")
-                continue
-            cap = effective_cap(configured, approved[name])
-            if configured > cap:
-                log.warning("surface %s: configured cap %g is above the approved %g; serving %g (raise it with "
-                            "`recsys-rl caps set` and gate evidence)", name, configured, cap, cap)
+        configured = {name: entry.config.exploration_cap for name, entry in self._surfaces.items()}
+        for name, cap in self.caps.apply_config(configured).items():
+            self._surfaces[name].policy.set_cap(cap)
+
+    def _put_cap_in_force(self, surface: str, cap: float) -> None:
+        """An accepted cap change, this process's or adopted from another one: in force from the next Rank."""
+        entry = self._surfaces.get(surface)
+        if entry is not None:  # the trail may name surfaces this configuration does not serve
             entry.policy.set_cap(cap)
+
+    def refresh_admin_state(self) -> None:
+        """Adopts the caps, rollout stages and shield rules other processes on this data dir changed (one ``stat``
+        per store when none did). Called on the model watcher's tick and before every admin read."""
+        with self._refresh_lock:  # the watcher's tick and admin reads: one "before" per adoption
+            self.caps.refresh()  # put in force through _put_cap_in_force
+            before = {name: self.rollout.state(name) for name in self._surfaces}
+            if self.rollout.refresh():
+                for name, old in before.items():
+                    if self.rollout.state(name) != old:  # another process reverted, advanced or re-armed it
+                        self._rollout_adopted(name, old)
+            self.shields.refresh()  # put in force through _put_shield_in_force
+
+    def _rollout_adopted(self, surface: str, old: RolloutState) -> None:
+        """Tells the guardrail of ``surface`` that another process moved it: a ramp within the same canary keeps the
+        guardrail (its next auto-advance counts afresh); a revert, a re-arm or leaving the canary ends it."""
+        new = self.rollout.state(surface)
+        moves = [e for e in self.rollout.history(surface) if e.accepted and old.sequence < e.sequence <= new.sequence]
+        same_canary = (old.stage is Stage.CANARY and old.sequence > 0
+                       and all(e.new_stage is Stage.CANARY for e in moves))
+        self.monitor.adopted(surface, same_canary=same_canary)
 
     def _recover_open_decisions(self) -> None:
         """After a restart, decisions whose attribution windows are still open keep accepting outcomes.
@@ -258,9 +278,8 @@ class DecisionService:
     def refresh_models(self) -> list[str]:
         """Loads every surface's newest published version if it is not the one serving; returns the swaps.
 
-        On the same tick the rollout store re-reads a state another process changed (cheap when nothing did)."""
-        self.rollout.refresh()
-        self.shields.refresh()  # another process's SetShield, put in force through _put_shield_in_force
+        On the same tick the admin state other processes changed is adopted (``refresh_admin_state``)."""
+        self.refresh_admin_state()
         swapped = []
         for name, entry in self._surfaces.items():
             pointer = self.registry.latest_version(name)
@@ -484,8 +503,13 @@ class DecisionService:
         return None
 
     def _advance_rollout(self, surface: str, guardrail: Guardrail) -> bool:
-        """auto_advance: one ramp step, audited by the rollout store when the guardrail's evidence passes."""
-        entry = self.rollout.advance(surface, evidence=lambda: guardrail.evidence(Stage.LIVE))
+        """auto_advance: one ramp step, audited by the rollout store when the guardrail's evidence passes.
+
+        Only from the state this process serves: when another process moved the surface first (e.g. its own
+        guardrail advanced it a moment ago), the store declines and this guardrail counts afresh once adopted."""
+        serving = self.rollout.state(surface)
+        entry = self.rollout.advance(surface, evidence=lambda: guardrail.evidence(Stage.LIVE),
+                                     expected_sequence=serving.sequence)
         if entry is not None:
             state = self.rollout.state(surface)
             log.info("surface %s: the guardrail held; rollout advanced to %s (canary share %g)", surface,
