@@ -100,3 +100,43 @@ def test_stored_caps_apply_over_configured_ones_at_start(tmp_path: Path) -> None
         assert decision.cap == pytest.approx(0.03)
     finally:
         service.close()
+
+
+def test_refresh_puts_another_stores_changes_in_force_in_order_and_is_a_stat_otherwise(tmp_path: Path) -> None:
+    put: list[tuple[str, float]] = []
+    serving = CapStore(tmp_path, on_change=lambda surface, cap: put.append((surface, cap)))
+    other = CapStore(tmp_path)  # another worker on the data dir
+    assert serving.refresh() == {}
+    _record(other, 0.05)
+    _record(other, 0.3, outcome="refused", old_cap=0.05)  # audited, never in force
+    _record(other, 0.02, old_cap=0.05)
+    assert put == [] and serving.caps() == {}  # its own view until it looks
+    assert serving.refresh() == {"default": 0.02}
+    assert put == [("default", 0.05), ("default", 0.02)] and serving.caps() == {"default": 0.02}
+    assert serving.refresh() == {} and len(put) == 2
+
+
+def test_a_change_is_judged_against_the_cap_another_store_put_in_force(tmp_path: Path) -> None:
+    in_force = {"default": 0.1}
+    serving = CapStore(tmp_path, on_change=in_force.__setitem__)
+    _record(CapStore(tmp_path), 0.04)  # another worker lowered the cap; this one has not looked yet
+    judged: list[float] = []
+
+    def judge(old: float) -> list[str]:
+        judged.append(old)
+        return [] if 0.08 <= old else ["evidence: a raise"]
+
+    entry = serving.change("default", 0.08, in_force=in_force.__getitem__, judge=judge, actor="bob", reason="",
+                           evidence_digest="")
+    assert judged == [0.04] and (entry.old_cap, entry.outcome, entry.sequence) == (0.04, "refused", 2)
+    assert in_force == {"default": 0.04} and serving.caps() == {"default": 0.04}
+    with pytest.raises(ValueError, match="new_cap"):
+        serving.change("default", 2.0, in_force=in_force.__getitem__, judge=judge, actor="bob", reason="",
+                       evidence_digest="")
+
+
+def test_workers_starting_together_record_the_initial_cap_once(tmp_path: Path) -> None:
+    stores = [CapStore(tmp_path) for _ in range(3)]  # all loaded before any of them applied its configuration
+    assert [s.apply_config({"default": 0.1}) for s in stores] == [{"default": 0.1}] * 3
+    assert [e.reason for e in CapStore(tmp_path).history()] == ["initial configuration"]
+    assert CapStore(tmp_path).apply_config({"default": 0.2}) == {"default": 0.1}  # config cannot raise it

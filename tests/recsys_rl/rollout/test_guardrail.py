@@ -258,3 +258,17 @@ def test_monitor_auto_advances_one_ramp_step_per_min_decisions_held() -> None:
         quiet.decided("feed", Stage.CANARY, pb.SERVING_MODE_CANARY, latency_ms=1.0)
     quiet.poll()
     assert steps == []
+
+
+def test_a_move_adopted_from_another_process_ends_or_keeps_the_guardrail() -> None:
+    surface = replace(SurfaceConfig(name="feed"), rollout=RolloutConfig(stage="canary"))
+    monitor = RolloutMonitor({"feed": surface}, lambda s, snap: None, trackers=dict)
+    first = monitor.decided("feed", Stage.CANARY, pb.SERVING_MODE_CANARY, latency_ms=1.0)
+    assert first is not None
+    monitor.adopted("feed", same_canary=True)  # another worker's ramp step: the same canary, the same guardrail
+    assert monitor.guardrail("feed") is first.guardrail
+    monitor.adopted("feed", same_canary=False)  # another worker's revert (and perhaps a re-arm since)
+    assert monitor.guardrail("feed") is None
+    second = monitor.decided("feed", Stage.CANARY, pb.SERVING_MODE_CANARY, latency_ms=1.0)
+    assert second is not None and second.guardrail is not first.guardrail  # the next canary starts afresh
+    assert second.guardrail.state().canary_decisions == 1

@@ -208,3 +208,13 @@ def test_refresh_adopts_another_processs_revert(tmp_path: Path) -> None:
     assert serving.refresh() is True
     assert serving.state("home") == RolloutState(Stage.BASELINE, 0.05, True, 2)
     assert serving.refresh() is False
+
+
+def test_two_workers_advancing_at_once_make_one_ramp_step(tmp_path: Path) -> None:
+    first = _open(tmp_path, "canary", 0.01, auto_advance=True, ramp=[0.01, 0.05, 0.25, 1.0])
+    second = _open(tmp_path, "canary", 0.01, auto_advance=True, ramp=[0.01, 0.05, 0.25, 1.0])
+    judged = second.state("home").sequence  # both guardrails held on the state they serve
+    assert first.advance("home", evidence=lambda: PASSING, expected_sequence=judged) is not None
+    assert second.advance("home", evidence=lambda: PASSING, expected_sequence=judged) is None  # moved already
+    assert second.state("home").canary_share == 0.05  # adopted under the lock
+    assert [m[0] for m in _moves(second)] == ["initial", "advance"]
