@@ -271,4 +271,4 @@ def test_a_move_adopted_from_another_process_ends_or_keeps_the_guardrail() -> No
     assert monitor.guardrail("feed") is None
     second = monitor.decided("feed", Stage.CANARY, pb.SERVING_MODE_CANARY, latency_ms=1.0)
     assert second is not None and second.guardrail is not first.guardrail  # the next canary starts afresh
-    assert second.guardrail.state().canary_decisions == 1
+    assert second.guardrail.state().canary_served == 1
