@@ -196,6 +196,20 @@ def test_a_report_against_another_cap_in_force_is_refused(start, evidence: Evide
     assert _rank_cap(running) == pytest.approx(0.05)
 
 
+def test_a_report_against_a_cap_another_worker_changed_is_refused(start, evidence: Evidence) -> None:
+    """Another process on the data dir lowers the cap; this server (no watcher tick) judges the raise against the
+    disk under the admin lock, not against the 0.1 it last saw, and audits the old cap that was really in force."""
+    from tests.ranker.test_shared_state import stand_ins
+
+    running = start()
+    with stand_ins(running.service.data_dir, "bob") as (bob,):
+        bob.call("cap", surface="default", cap=0.05)
+    assert _refusal(running, 0.15, evidence.passing)[1] == {"current_cap"}
+    refused = _changes(_state(running).history)[-1]
+    assert (refused.old_cap, refused.outcome) == (pytest.approx(0.05), admin_pb.CAP_CHANGE_OUTCOME_REFUSED)
+    assert _rank_cap(running) == pytest.approx(0.05)
+
+
 def test_cap_and_audit_survive_a_restart(start, evidence: Evidence) -> None:
     running = start()
     _set(running, 0.15, evidence.passing)

@@ -260,3 +260,19 @@ def test_two_processes_reverting_at_once_make_one_revert(tmp_path: Path) -> None
     assert [e.kind for e in history] == ["initial"] + ["set", "revert"] * rounds
     assert [e.sequence for e in history] == list(range(1, 2 * rounds + 2))
     assert all(e.reverted and e.new_stage.value == "baseline" for e in history if e.kind == "revert")
+
+
+def test_a_read_modify_write_that_lost_to_another_process_is_aborted(serve, tmp_path: Path) -> None:
+    server = serve(watch=False)  # no tick: the server judges against the disk, not against what it last saw
+    with stand_ins(tmp_path / "data", "bob") as (bob,):
+        bob.call("block", surface="default", items=["item-0"])
+        read = server.admin.GetShield(admin_pb.GetShieldRequest(surface="default"), timeout=10)  # alice reads
+        theirs = bob.call("block", surface="default", items=["item-1"])  # bob changes it before she writes
+    request = admin_pb.SetShieldRequest(surface="default", block_items=["item-2"], actor="alice",
+                                        expected_version=read.version)
+    with pytest.raises(grpc.RpcError) as error:
+        server.admin.SetShield(request, timeout=10)
+    assert error.value.code() == grpc.StatusCode.ABORTED and "expected_version" in error.value.details()
+    after = server.admin.GetShield(admin_pb.GetShieldRequest(surface="default", include_blocked_items=True),
+                                   timeout=10)
+    assert after.version == theirs["version"] and list(after.rules.blocked_items) == ["item-0", "item-1"]
