@@ -19,7 +19,7 @@ from typing import Literal
 
 from logging_schema.writer import DeferredRecord, LogQueueFull, LogUnavailable, LogWriter
 from recsys_rl.serving.bandit import VWBandit
-from recsys_rl.caps.store import CapStore, effective_cap
+from recsys_rl.caps.store import CapStore
 from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig
 from recsys_rl.rollout.config import RolloutState, Stage
 from recsys_rl.rollout.store import GuardrailEvidence, RolloutStore
