@@ -16,6 +16,7 @@ Every reader must see the same log in both: readers' results on ``single`` are t
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +106,8 @@ def split_log(source: Path, root: Path, *, repeated_answers: int = 5, rotate_byt
             set_micros(record.outcome.occurred_at, at)
 
     single, multi = root / "single", root / "multi"
+    for data_dir in (single, multi):  # the models and admin state the records were served with
+        shutil.copytree(source, data_dir, ignore=lambda directory, _: ["logs"] if Path(directory) == source else [])
     with LogWriter(single / "logs", rotate_bytes=rotate_bytes) as writer:
         for record in records:
             writer.submit(_copy(record))
