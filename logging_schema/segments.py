@@ -8,10 +8,15 @@ Layout of one segment file::
                   4 bytes  zlib.crc32(payload), uint32 little-endian
                   n bytes  payload = serialized recsys_rl.logging.v1.LogRecord
 
-Segments live flat in a log directory and are named ``events-<12-digit sequence>.seg``, so the
+Segments live flat in a *stream* directory and are named ``events-<12-digit sequence>.seg``, so the
 lexicographic order of the names is the order in which they were written. A writer never appends to a
 segment it did not create (a segment left by a crash may end in a torn record); it starts at the next
 sequence number instead.
+
+A log directory (``D/logs``) holds one stream per writer: serving with one process writes its segments in
+``D/logs`` itself; serving with N worker processes gives worker K the stream ``D/logs/worker-K/``
+(``stream_dir``). ``list_streams`` names them; readers read all of them as one log (``reader``: in what order).
+Other subdirectories of a log directory are not streams and are never read (e.g. a copy kept beside the log).
 
 Damage a reader can meet, and what ``scan_segment`` does about it:
 
@@ -48,6 +53,8 @@ MAX_RECORD_BYTES = 256 << 20
 SEGMENT_PREFIX = "events-"
 SEGMENT_SUFFIX = ".seg"
 _SEGMENT_NAME = re.compile(r"^events-(\d{12})\.seg$")
+WORKER_PREFIX = "worker-"
+_WORKER_NAME = re.compile(r"^worker-(\d+)$")
 
 
 class SegmentFormatError(ValueError):
@@ -77,21 +84,50 @@ def segment_sequence(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def list_segments(log_dir: Path) -> list[Path]:
-    """Segments of ``log_dir`` in write order.
+def list_segments(stream: Path) -> list[Path]:
+    """The segments of one stream directory, in write order (files that are not segments are ignored).
 
-    Segments directly in ``log_dir`` come first; then, directory by directory in name order, segments in
-    its immediate subdirectories (the per-replica layout ``logs/<replica>/events-*.seg``, one writer per
-    serving process). Files whose names are not segment names are ignored.
+    Only the files directly in ``stream``: the segments of a whole log, every stream, are ``log_segments``.
     """
+    stream = Path(stream)
+    if not stream.is_dir():
+        raise FileNotFoundError(f"log_dir: {stream} is not a directory")
+    return sorted(p for p in stream.iterdir() if p.is_file() and segment_sequence(p) is not None)
+
+
+def stream_dir(log_dir: Path, worker: int) -> Path:
+    """``log_dir/worker-<worker>``: the stream of serving worker ``worker`` (0, 1, ...)."""
+    if worker < 0:
+        raise ValueError(f"worker: must be >= 0, got {worker}")
+    return Path(log_dir) / f"{WORKER_PREFIX}{worker}"
+
+
+def stream_name(log_dir: Path, stream: Path) -> str:
+    """How reports name a stream: ``worker-3``, or ``.`` for the segments directly in ``log_dir``."""
+    return Path(stream).relative_to(log_dir).as_posix()
+
+
+def list_streams(log_dir: Path) -> list[Path]:
+    """The streams of the log at ``log_dir``: ``log_dir`` itself when it holds segments (one serving process),
+    then its ``worker-K`` subdirectories by K (2 before 10), with or without segments yet."""
     log_dir = Path(log_dir)
     if not log_dir.is_dir():
         raise FileNotFoundError(f"log_dir: {log_dir} is not a directory")
-    own = sorted(p for p in log_dir.iterdir() if p.is_file() and segment_sequence(p) is not None)
-    nested: list[Path] = []
-    for sub in sorted(p for p in log_dir.iterdir() if p.is_dir()):
-        nested.extend(sorted(p for p in sub.iterdir() if p.is_file() and segment_sequence(p) is not None))
-    return own + nested
+    workers: list[tuple[int, Path]] = []
+    own = False
+    for path in log_dir.iterdir():
+        if path.is_dir():
+            match = _WORKER_NAME.match(path.name)
+            if match:
+                workers.append((int(match.group(1)), path))
+        elif not own and segment_sequence(path) is not None and path.is_file():
+            own = True
+    return [log_dir] * own + [path for _, path in sorted(workers)]
+
+
+def log_segments(log_dir: Path) -> list[Path]:
+    """Every segment of the log at ``log_dir``, stream by stream (``list_streams``), each stream in write order."""
+    return [segment for stream in list_streams(log_dir) for segment in list_segments(stream)]
 
 
 def next_sequence(log_dir: Path) -> int:

@@ -4,6 +4,12 @@ The online learner runs in its own process and reads what the server writes, so 
 serving process's GIL. A frame that is not complete yet (the writer is mid-write) is left for the next poll; once
 a newer segment exists the writer has moved on, so an incomplete tail of an older segment is torn for good and
 is counted, as the reader does. A checksum mismatch skips the rest of that segment (resynchronising at the next).
+
+Every stream of the log is followed (``segments.list_streams``: one per serving worker), including streams that
+appear after the tailer started (a worker started or restarted later: read from their start, as everything in
+them is new). ``from_end`` and ``skip_written_before`` apply to each stream found at construction on its own.
+Each poll returns the new records of all streams merged as the reader merges them (``reader.merge_streams``: each
+stream's order kept, streams interleaved by time), so a consumer sees decisions roughly in the order served.
 """
 
 from __future__ import annotations
@@ -12,7 +18,15 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from logging_schema.segments import FRAME_HEADER, FRAME_HEADER_BYTES, HEADER_BYTES, check_header, list_segments
+from logging_schema.reader import record_time_us
+from logging_schema.segments import (
+    FRAME_HEADER,
+    FRAME_HEADER_BYTES,
+    HEADER_BYTES,
+    check_header,
+    list_segments,
+    list_streams,
+)
 from recsys_rl.logging.v1.events_pb2 import LogRecord
 
 
@@ -22,53 +36,92 @@ class TailStats:
     torn_tail_records: int = 0
     corrupt_records: int = 0
     segments_done: int = 0
+    streams: int = 0  # streams followed so far
+
+
+@dataclass
+class _Stream:
+    """Where the tailer is in one stream; ``clock`` is the stream's latest record time (the merge key)."""
+
+    path: Path
+    offsets: dict[Path, int] = field(default_factory=dict)
+    done: set[Path] = field(default_factory=set)
+    clock: int = -1
+    position: int = 0
 
 
 @dataclass
 class LogTailer:
-    """Incremental reader of ``log_dir``. ``from_end=True`` starts after what is already there;
-    ``skip_written_before`` (a time.time()) skips segments last modified before it (a resumed reader)."""
+    """Incremental reader of the log at ``log_dir`` (all its streams). ``from_end=True`` starts after what is
+    already there; ``skip_written_before`` (a time.time()) skips segments last modified before it (a resumed
+    reader); both per stream, the newest segment of a stream never skipped (its writer may still append)."""
 
     log_dir: Path
     from_end: bool = False
     skip_written_before: float | None = None
     stats: TailStats = field(default_factory=TailStats)
-    _offsets: dict[Path, int] = field(default_factory=dict)
-    _done: set[Path] = field(default_factory=set)
+    _streams: dict[Path, _Stream] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.log_dir = Path(self.log_dir)
-        if self.from_end and self.log_dir.is_dir():
-            # Older segments are finished; the newest may still grow, so we continue from its current end.
-            segments = list_segments(self.log_dir)
-            self._done.update(segments[:-1])
-            if segments and (size := segments[-1].stat().st_size) >= HEADER_BYTES:
-                self._offsets[segments[-1]] = size
-        elif self.skip_written_before is not None and self.log_dir.is_dir():
-            # The newest segment is never skipped: the writer may still append to it.
-            self._done.update(p for p in list_segments(self.log_dir)[:-1]
-                              if p.stat().st_mtime < self.skip_written_before)
+        if not self.log_dir.is_dir():
+            return
+        for path in list_streams(self.log_dir):
+            stream = self._follow(path)
+            segments = list_segments(path)
+            if self.from_end:
+                # Older segments are finished; the newest may still grow, so we continue from its current end.
+                stream.done.update(segments[:-1])
+                if segments and (size := segments[-1].stat().st_size) >= HEADER_BYTES:
+                    stream.offsets[segments[-1]] = size
+            elif self.skip_written_before is not None:
+                stream.done.update(p for p in segments[:-1] if p.stat().st_mtime < self.skip_written_before)
+
+    def _follow(self, path: Path) -> _Stream:
+        stream = self._streams[path] = _Stream(path)
+        self.stats.streams += 1
+        return stream
 
     def poll(self, max_records: int = 100_000) -> list[LogRecord]:
+        """New complete records of every stream, merged by time; at most ``max_records`` in all."""
         if not self.log_dir.is_dir():
             return []
+        for path in list_streams(self.log_dir):
+            if path not in self._streams:  # a worker that started after us: everything in it is new
+                self._follow(path)
+        keyed: list[tuple[int, int, int, LogRecord]] = []
+        for rank, stream in enumerate(self._streams.values()):
+            budget = max_records - len(keyed)
+            if budget <= 0:
+                break
+            for record in self._poll_stream(stream, budget):
+                at = record_time_us(record)
+                if at is not None and at > stream.clock:
+                    stream.clock = at
+                keyed.append((stream.clock, rank, stream.position, record))
+                stream.position += 1
+        if len(self._streams) > 1:
+            keyed.sort(key=lambda item: item[:3])  # keys are distinct: records are never compared
+        self.stats.records += len(keyed)
+        return [record for *_, record in keyed]
+
+    def _poll_stream(self, stream: _Stream, budget: int) -> list[LogRecord]:
         out: list[LogRecord] = []
-        segments = [p for p in list_segments(self.log_dir) if p not in self._done]
+        segments = [p for p in list_segments(stream.path) if p not in stream.done]
         for i, path in enumerate(segments):
             newer_exists = i + 1 < len(segments)
-            finished = self._read_segment(path, out, max_records - len(out), final=newer_exists)
+            finished = self._read_segment(stream, path, out, budget - len(out), final=newer_exists)
             if finished and newer_exists:
-                self._done.add(path)
-                self._offsets.pop(path, None)
+                stream.done.add(path)
+                stream.offsets.pop(path, None)
                 self.stats.segments_done += 1
-            if len(out) >= max_records:
+            if len(out) >= budget:
                 break
-        self.stats.records += len(out)
         return out
 
-    def _read_segment(self, path: Path, out: list[LogRecord], budget: int, *, final: bool) -> bool:
+    def _read_segment(self, stream: _Stream, path: Path, out: list[LogRecord], budget: int, *, final: bool) -> bool:
         """Appends complete records from ``path``; True when nothing more will come from it."""
-        offset = self._offsets.get(path, 0)
+        offset = stream.offsets.get(path, 0)
         with open(path, "rb") as fh:
             fh.seek(offset)
             data = fh.read()
@@ -88,14 +141,14 @@ class LogTailer:
             payload = view[position + FRAME_HEADER_BYTES:end]
             if zlib.crc32(payload) != crc:
                 self.stats.corrupt_records += 1
-                self._offsets[path] = offset + len(view)
+                stream.offsets[path] = offset + len(view)
                 return True
             record = LogRecord()
             record.ParseFromString(payload)
             out.append(record)
             budget -= 1
             position = end
-        self._offsets[path] = offset + position
+        stream.offsets[path] = offset + position
         if final and budget > 0 and position < len(view):
             self.stats.torn_tail_records += 1
         return final and budget > 0

@@ -47,7 +47,7 @@ load it competes with request threads for the interpreter (see bench/logging_ben
 
 One writer per log directory: a ``.writer.lock`` file (``flock``) makes a second writer on the same
 directory - in this process or another - fail at construction. Serving processes forked per core each
-need their own directory (e.g. ``logs/<replica>/``; the reader reads one level of subdirectories), and
+need their own directory, their stream ``logs/worker-K/`` (``segments.stream_dir``; readers read every stream), and
 each must create its writer after the fork (threads do not survive ``fork``).
 
 This package imports nothing of ours but the generated stubs, so its errors are its own classes;

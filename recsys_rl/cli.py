@@ -84,9 +84,8 @@ def _logs_export(args: argparse.Namespace) -> int:
         raise UsageError(f"--data-dir: no logs under {logs}")
     rewards = {name: surface.reward for name, surface in config.surfaces.items()}
     stats = export_parquet(Path(args.data_dir), Path(args.out), rewards)
-    damaged = stats.read.torn_tail_records + stats.read.corrupt_records
     print(f"exported {stats.rows:,} rows ({stats.decisions:,} decisions, {stats.outcomes:,} outcomes) to {stats.out}"
-          f"; damaged records skipped: {damaged}")
+          f"; damaged records skipped: {stats.read.describe_damage()}")
     if stats.gaps:  # decisions the server answered while its log could not take records are not in the export
         print(describe_gaps(stats.gaps))
     return 0

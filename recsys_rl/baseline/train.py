@@ -3,7 +3,9 @@
 Data. A pass over ``<data-dir>/logs`` keeps, per decision of the surface with a non-empty slate, one feature row
 per *served* item (``model.FeatureSpec``: baseline_score, context and candidate features; names and vocabularies
 fixed from the first ``spec_sample`` decisions kept). Segments are read by one worker process per core, their rows
-concatenated in log order (the same rows whatever the number of workers). With more than ``max_decisions``
+concatenated in log order (the same rows whatever the number of workers). A log of several streams (``serve
+--workers N``) is read in the reader's one-log order (``logging_schema.reader``: each stream's order, streams merged
+by time), so training on it gives the same rows, in the same order, as on the same records written by one process. With more than ``max_decisions``
 (default 200k) eligible decisions, a first pass reads every decision's sampling key and training keeps the
 ``max_decisions`` with the smallest blake2b-64(event_id): a uniform sample, deterministic, recorded in the
 manifest's data_range["sample"]. The cap is what bounds training time on a large log (docs/baseline.md: time and
@@ -48,7 +50,15 @@ import polars as pl
 from google.protobuf.message import DecodeError
 from tqdm import tqdm
 
-from logging_schema.segments import FRAME_HEADER, FRAME_HEADER_BYTES, HEADER_BYTES, list_segments, scan_segment
+from logging_schema.reader import record_time_us
+from logging_schema.segments import (
+    FRAME_HEADER,
+    FRAME_HEADER_BYTES,
+    HEADER_BYTES,
+    list_segments,
+    list_streams,
+    scan_segment,
+)
 from logging_schema.tables import decisions_frame, join_rewards, outcomes_frame
 from recsys_rl.baseline import baseline_surface
 from recsys_rl.baseline.model import FeatureSpec, ItemRowCache, serialize
@@ -154,30 +164,55 @@ def _parsed(start: int, payload: Any, parse: Any) -> Iterator[tuple[int, int, An
         yield start, len(payload), record
 
 
-def _segment_keys(path: Path, surface: str, since: float | None) -> tuple[list[tuple[int, str, int, int]],
-                                                                          dict[int, int]]:
-    """Pass 1 of a capped read (one segment, in a worker): (sampling key, event id, offset, length) of the decisions
-    training may use, and offset -> length of the surface's outcomes."""
-    keys, outcomes = [], {}
+@dataclass
+class _Keys:
+    """Pass 1 over one segment: (sampling key, event id, offset, length) of the decisions training may use, offset ->
+    length of the surface's outcomes, and each record's stream clock as of this segment (``clocks``: offset -> the
+    latest record time from the segment's start up to it, ``last_clock``: over the whole segment; see reader)."""
+
+    decisions: list[tuple[int, str, int, int]]
+    outcomes: dict[int, int]
+    clocks: dict[int, int]
+    last_clock: int
+
+
+def _segment_keys(path: Path, surface: str, since: float | None) -> _Keys:
+    """Pass 1 (one segment, in a worker): what a capped or multi-stream read needs to choose and order decisions."""
+    keys, outcomes, clocks, clock = [], {}, {}, -1
     for start, length, record in _records(path):
+        at = record_time_us(record)
+        clock = max(clock, at) if at is not None else clock
         kind = record.WhichOneof("event")
         if kind == "decision" and _eligible(record.decision, surface, since):
             keys.append((sample_key(record.decision.event_id), record.decision.event_id, start, length))
+            clocks[start] = clock
         elif kind == "outcome" and record.outcome.surface in (surface, ""):
             outcomes[start] = length
-    return keys, outcomes
+            clocks[start] = clock
+    return _Keys(keys, outcomes, clocks, clock)
+
+
+def _log_order(found: list[_Keys], stream_of: list[int]) -> list[dict[int, tuple[int, int, int]]]:
+    """Per segment, offset -> its record's place in the one-log order, (clock, segment index, offset): the reader's
+    (clock, stream, position) merge key, with a clock carried over from the stream's earlier segments."""
+    order, carry = [], {}
+    for index, (keys, stream) in enumerate(zip(found, stream_of)):
+        before = carry.get(stream, -1)
+        order.append({offset: (max(clock, before), index, offset) for offset, clock in keys.clocks.items()})
+        carry[stream] = max(before, keys.last_clock)
+    return order
 
 
 def _sampled(path: Path, surface: str, since: float | None, wanted: dict[int, int] | None) -> Iterator[Any]:
-    """Records of one segment training reads: the surface's outcomes, and its eligible decisions (those of the
-    sample: ``wanted`` frames, when capped), the latter as (view event, context, served candidates) with only the
-    served candidates parsed."""
+    """(offset, record) of the records of one segment training reads: the surface's outcomes, and its eligible
+    decisions (those of the sample: ``wanted`` frames, when capped), the latter as (view event, context, served
+    candidates) with only the served candidates parsed."""
     parse_features, parse_candidate = pb.Features.FromString, pb.Candidate.FromString
-    for _, _, record in _records(path, wanted):
+    for start, _, record in _records(path, wanted):
         kind = record.WhichOneof("event")
         if kind == "outcome":
             if record.outcome.surface in (surface, ""):
-                yield record.outcome
+                yield start, record.outcome
         elif kind == "decision":
             event = record.decision
             if not _eligible(event, surface, since):
@@ -186,34 +221,71 @@ def _sampled(path: Path, surface: str, since: float | None, wanted: dict[int, in
             served = [parse_candidate(candidates[slot.candidate_index]) for slot in event.slate]
             context = parse_features(event.context)
             del event.candidates[:]  # the frame needs the slate only
-            yield event, context, served
+            yield start, (event, context, served)
+
+
+def _first_decisions(found: list[_Keys], wanted: list[dict[int, int] | None],
+                     order: list[dict[int, tuple[int, int, int]]], count: int) -> list[dict[int, int]]:
+    """Per segment, the frames (offset -> length) of the first ``count`` decisions kept, in the one-log order."""
+    kept = sorted((order[i][offset], i, offset, length) for i, keys in enumerate(found)
+                  for _, _, offset, length in keys.decisions if wanted[i] is None or offset in wanted[i])  # type: ignore[operator]
+    frames: list[dict[int, int]] = [{} for _ in found]
+    for _, i, offset, length in kept[:count]:
+        frames[i][offset] = length
+    return frames
 
 
 @dataclass
 class _Part:
-    """What one segment contributes, in its log order: feature rows, decisions frame, outcomes frame."""
+    """What one segment contributes, in its log order: feature rows, decisions frame, outcomes frame, and the byte
+    offsets of its decisions and outcomes (to merge streams by)."""
 
     rows: np.ndarray
     decisions: pl.DataFrame
     outcomes: pl.DataFrame
     n_outcomes: int
+    decision_offsets: list[int]
+    outcome_offsets: list[int]
+    slots: list[int]  # rows (served slots) of each decision
 
 
 def _segment_part(path: Path, surface: str, since: float | None, wanted: dict[int, int] | None,
                   spec: FeatureSpec) -> _Part:
     """Pass 2 (one segment, in a worker): the rows of its sampled decisions under the fitted spec."""
     cache = ItemRowCache(spec)
-    events, outcomes, rows = [], [], []
-    for item in _sampled(path, surface, since, wanted):
+    events, outcomes, rows, decision_offsets, outcome_offsets, slots = [], [], [], [], [], []
+    for offset, item in _sampled(path, surface, since, wanted):
         if isinstance(item, tuple):
             event, context, served = item
             rows.append(spec.matrix(context, served, cache))
             events.append(event)
+            decision_offsets.append(offset)
+            slots.append(len(event.slate))
         else:
             outcomes.append(item)
+            outcome_offsets.append(offset)
     width = len(spec.names)
     return _Part(np.concatenate(rows) if rows else np.empty((0, width)), decisions_frame(events),
-                 outcomes_frame(outcomes), len(outcomes))
+                 outcomes_frame(outcomes), len(outcomes), decision_offsets, outcome_offsets, slots)
+
+
+def _merged(parts: list[_Part], order: list[dict[int, tuple[int, int, int]]]) -> tuple[np.ndarray, pl.DataFrame,
+                                                                                        pl.DataFrame]:
+    """Rows, decisions and outcomes of every part in the one-log order (streams merged by time)."""
+    decision_keys = [order[i][o] for i, part in enumerate(parts) for o in part.decision_offsets]
+    outcome_keys = [order[i][o] for i, part in enumerate(parts) for o in part.outcome_offsets]
+    decisions = pl.concat([p.decisions for p in parts], rechunk=True)
+    slots = np.array([n for p in parts for n in p.slots], dtype=np.int64)
+    by_decision = sorted(range(len(decision_keys)), key=decision_keys.__getitem__)
+    # A decision's rows (one per served slot) move together: expand the decision order into row indices.
+    first_row = np.concatenate([[0], np.cumsum(slots)[:-1]]).astype(np.int64)
+    counts = slots[by_decision]
+    rows = np.repeat(first_row[by_decision] - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(
+        int(counts.sum()))
+    outcomes = pl.concat([p.outcomes for p in parts], rechunk=True)
+    by_outcome = sorted(range(len(outcome_keys)), key=outcome_keys.__getitem__)
+    x = np.concatenate([p.rows for p in parts])
+    return x[rows], decisions[rows], outcomes[by_outcome]
 
 
 def load_data(log_dir: Path, surface: SurfaceConfig, *, since: float | None = None, spec_sample: int = 1000,
@@ -222,7 +294,9 @@ def load_data(log_dir: Path, surface: SurfaceConfig, *, since: float | None = No
 
     Records are parsed through the table view (``logging_schema.views``: context and candidates stay bytes), and
     only the served candidates are parsed. Segments are read by ``workers`` processes (one segment per task) and
-    their parts concatenated in segment order, so rows do not depend on ``workers``. Workers are spawned (not forked: the
+    their parts concatenated in segment order, so rows do not depend on ``workers``. A log of several streams is read
+    in the one-log order (``logging_schema.reader``): a first pass reads every record's stream clock, and the parts'
+    decisions and outcomes are merged by it, as ``iter_records`` would yield them. Workers are spawned (not forked: the
     caller may run gRPC or OpenMP threads), so a script calling this with ``workers > 1`` needs the usual
     ``if __name__ == "__main__":`` guard; ``recsys-rl`` and pytest have it.
 
@@ -231,35 +305,44 @@ def load_data(log_dir: Path, surface: SurfaceConfig, *, since: float | None = No
     uniform sample, the same for a log however it is segmented or read. The feature layout is fitted from the first
     ``spec_sample`` decisions kept, in log order."""
     log_dir = Path(log_dir)
-    paths = [log_dir] if log_dir.is_file() else list_segments(log_dir)
+    streams = [[log_dir]] if log_dir.is_file() else [list_segments(stream) for stream in list_streams(log_dir)]
+    paths = [path for segments in streams for path in segments]
+    stream_of = [rank for rank, segments in enumerate(streams) for _ in segments]
+    # Several streams are merged by time, which needs every record's clock: pass 1 reads them.
+    merge = sum(1 for segments in streams if segments) > 1
     name = surface.name
     pool = (ProcessPoolExecutor(min(workers, len(paths)), mp_context=multiprocessing.get_context("spawn"))
             if workers > 1 and len(paths) > 1 else None)
     mapper = pool.map if pool is not None else map
     try:
         wanted: list[dict[int, int] | None] = [None] * len(paths)
-        capped, eligible = False, None
-        if max_decisions is not None:
+        capped, eligible, order = False, None, None
+        if max_decisions is not None or merge:
             found = list(mapper(_segment_keys, paths, repeat(name), repeat(since)))
-            eligible = sum(len(keys) for keys, _ in found)
-            if eligible > max_decisions:  # keep the max_decisions smallest (key, event_id), and every outcome
+            eligible = sum(len(keys.decisions) for keys in found)
+            if max_decisions is not None and eligible > max_decisions:
+                # keep the max_decisions smallest (key, event_id), and every outcome
                 capped = True
-                cutoff = sorted(key[:2] for keys, _ in found for key in keys)[max_decisions - 1]
-                wanted = [{**outcomes, **{o: n for k, e, o, n in keys if (k, e) <= cutoff}} for keys, outcomes in found]
+                cutoff = sorted(key[:2] for keys in found for key in keys.decisions)[max_decisions - 1]
+                wanted = [{**keys.outcomes, **{o: n for k, e, o, n in keys.decisions if (k, e) <= cutoff}}
+                          for keys in found]
+            if merge:
+                order = _log_order(found, stream_of)
+                spec_frames = _first_decisions(found, wanted, order, spec_sample)
             del found
         contexts, served = [], []  # the spec's sample: the first spec_sample decisions kept, in log order
-        for path, want in zip(paths, wanted):
-            for item in _sampled(path, name, since, want):
+        for index, (path, want) in enumerate(zip(paths, wanted)):
+            for _, item in _sampled(path, name, since, spec_frames[index] if order is not None else want):
                 if isinstance(item, tuple):
                     contexts.append(item[1])
                     served.extend(item[2])
-                    if len(contexts) >= spec_sample:
+                    if order is None and len(contexts) >= spec_sample:
                         break
-            if len(contexts) >= spec_sample:
+            if order is None and len(contexts) >= spec_sample:
                 break
         if not contexts:
             raise InvalidInput("data", f"no decisions of surface {name!r} with a served slate in {log_dir}")
-        spec = FeatureSpec.fit(contexts, served)
+        spec = FeatureSpec.fit(contexts, served)  # a set of decisions: their order does not matter
         del contexts, served
         parts = list(tqdm(mapper(_segment_part, paths, repeat(name), repeat(since), wanted, repeat(spec)),
                           total=len(paths), unit=" segments", desc="train baseline: read", disable=not progress,
@@ -267,12 +350,15 @@ def load_data(log_dir: Path, surface: SurfaceConfig, *, since: float | None = No
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
-    decisions = pl.concat([p.decisions for p in parts], rechunk=True)
-    outcomes = pl.concat([p.outcomes for p in parts], rechunk=True)
+    if order is not None:
+        x, decisions, outcomes = _merged(parts, order)
+    else:
+        x = np.concatenate([p.rows for p in parts])
+        decisions = pl.concat([p.decisions for p in parts], rechunk=True)
+        outcomes = pl.concat([p.outcomes for p in parts], rechunk=True)
     if capped:  # outcomes of decisions left out would only be orphans of the join
         outcomes = outcomes.filter(pl.col("event_id").is_in(decisions.get_column("event_id").unique().implode()))
     joined = join_rewards(decisions, outcomes, {name: surface.reward})
-    x = np.concatenate([p.rows for p in parts])
     served_at = joined.get_column("served_at")
     group = joined.group_by("event_id", maintain_order=True).len().get_column("len").to_numpy()
     data_range: dict[str, Any] = {"from": str(served_at.min()), "to": str(served_at.max()),

@@ -150,16 +150,17 @@ def _prefix_sha256(path: Path, size: int) -> str:
 
 
 def log_manifest(data_dir: Path | str) -> dict[str, Any]:
-    """The log segments under ``D/logs`` now: relative path, size, SHA-256 of those bytes, and a digest of all.
+    """The log segments under ``D/logs`` now, every stream's (``worker-K/events-...`` with several serving
+    workers): relative path, size, SHA-256 of those bytes, and a digest of all.
 
     Segments only grow (and a closed one never changes), so a later check of the same prefixes proves the
     report was computed from these logs. Hashing costs one read of the log (~1 GB/s).
     """
-    from logging_schema.segments import list_segments
+    from logging_schema.segments import log_segments
 
     log_dir = Path(data_dir) / "logs"
     segments = []
-    for path in list_segments(log_dir):
+    for path in log_segments(log_dir):
         size = path.stat().st_size
         segments.append({"path": path.relative_to(log_dir).as_posix(), "bytes": size,
                          "sha256": _prefix_sha256(path, size)})

@@ -19,6 +19,12 @@ never before the first learner's start), so what the dead learner had learned bu
 again and nothing is learned twice. A few decisions served milliseconds before that last one but logged after it
 (concurrent requests) may be skipped.
 
+Streams. With ``serve --workers N`` each worker logs to its own stream (``D/logs/worker-K/``); the learner follows
+all of them, including a worker's stream that appears after it started (``LogTailer``), and joins outcomes to
+decisions by event id whichever stream holds them. The server logs an outcome in the stream of the worker that
+served its decision, after the decision, so it normally comes after it; should an outcome ever be read before its
+decision (two streams, the decision's writer lagging), it waits up to ``_EARLY_OUTCOME_S`` for the decision.
+
 A publish that fails (disk full in ``D/models``) does not stop the learner: it logs an ERROR, keeps learning, and
 retries with backoff (1 s doubling to 30 s); ``LATEST`` keeps naming the previous version meanwhile.
 """
@@ -47,6 +53,10 @@ log = logging.getLogger(__name__)
 _GRACE_S = 1.0
 # Backoff of publish retries after a failed publish (disk full): long enough not to spin, short enough to recover.
 _PUBLISH_RETRY_S = (1.0, 30.0)
+# An outcome read before its decision (another stream, its writer behind) waits this long for it, and at most this
+# many such outcomes wait: outcomes of decisions this learner never sees (served before it started) expire.
+_EARLY_OUTCOME_S = 5.0
+_EARLY_OUTCOMES_MAX = 100_000
 
 
 def _seconds(ts: object) -> float:
@@ -95,6 +105,8 @@ class OnlineLearner:
         self._data_range: dict[str, float | int] = {}
         self._publish_retry_at = 0.0  # time.monotonic() before which a failed publish is not retried
         self._publish_backoff_s = _PUBLISH_RETRY_S[0]
+        self._early: dict[str, list[events_pb2.OutcomeEvent]] = {}  # event_id -> outcomes read before it
+        self._early_order: deque[tuple[float, str]] = deque()  # (expires at, event_id), oldest first
         self.stats = LearnerStats()
 
     def consume(self, record: events_pb2.LogRecord) -> None:
@@ -107,21 +119,31 @@ class OnlineLearner:
             self._pending[event.event_id] = _Pending(event, rewards)
             self._order.append((due, event.event_id))
             self.stats.decisions_seen += 1
+            for outcome in self._early.pop(event.event_id, ()):
+                self._add_outcome(self._pending[event.event_id], outcome)
         elif kind == "outcome":
             outcome = record.outcome
             pending = self._pending.get(outcome.event_id)
-            if pending is None:
-                return
-            # Every outcome of the decision goes through the rule (whole-slate ones too: they may share an
-            # outcome_id with an item's outcome, and only the first of a key counts).
-            counted = pending.rewards.add(outcome.item_id, outcome.outcome, outcome.value, _occurred_at_us(outcome),
-                                          outcome.outcome_id)
-            if counted and outcome.item_id:
-                self.stats.outcomes_used += 1
+            if pending is not None:
+                self._add_outcome(pending, outcome)
+            elif len(self._early_order) < _EARLY_OUTCOMES_MAX:
+                received = _seconds(outcome.received_at) if outcome.HasField("received_at") else time.time()
+                self._early.setdefault(outcome.event_id, []).append(outcome)
+                self._early_order.append((received + _EARLY_OUTCOME_S, outcome.event_id))
+
+    def _add_outcome(self, pending: _Pending, outcome: events_pb2.OutcomeEvent) -> None:
+        # Every outcome of the decision goes through the rule (whole-slate ones too: they may share an
+        # outcome_id with an item's outcome, and only the first of a key counts).
+        counted = pending.rewards.add(outcome.item_id, outcome.outcome, outcome.value, _occurred_at_us(outcome),
+                                      outcome.outcome_id)
+        if counted and outcome.item_id:
+            self.stats.outcomes_used += 1
 
     def step(self, now_s: float) -> int:
         """Learns every decision whose window (plus grace) closed before ``now_s``; publishes when due."""
         learned = 0
+        while self._early_order and self._early_order[0][0] < now_s:  # their decisions never came
+            self._early.pop(self._early_order.popleft()[1], None)
         while self._order and self._order[0][0] < now_s:
             _, event_id = self._order.popleft()
             pending = self._pending.pop(event_id, None)

@@ -173,10 +173,10 @@ def test_foreign_segment_file_raises_naming_it(tmp_path: Path, content: bytes, m
     assert str(path) in str(info.value)
 
 
-def test_other_files_are_ignored_and_replica_subdirectories_are_read(tmp_path: Path) -> None:
+def test_other_files_are_ignored_and_worker_streams_are_read(tmp_path: Path) -> None:
     (tmp_path / "README.txt").write_text("not a segment")
-    _write(tmp_path / "replica-0", [decision_record("r0")])
-    _write(tmp_path / "replica-1", [decision_record("r1")])
+    _write(tmp_path / "worker-0", [decision_record("r0")])
+    _write(tmp_path / "worker-1", [decision_record("r1")])
     assert [r.decision.event_id for r in iter_records(tmp_path)] == ["r0", "r1"]
 
 
