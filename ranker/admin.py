@@ -221,7 +221,7 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
     def _actor(self, on_behalf_of: str, reason: str) -> tuple[str, str]:
         """The audit actor and reason of a change: the actor is the caller the admin listener verified, never what
         the request says; the request's ``actor``, when it names someone else, is kept in the reason as
-        "(on behalf of NAME)" - a note, not an identity."""
+        "on behalf of NAME: REASON" - a note, not an identity."""
         note = on_behalf_of.strip()
         if len(note) > MAX_ACTOR_CHARS:
             raise InvalidInput("actor", f"longer than {MAX_ACTOR_CHARS} characters")
@@ -229,7 +229,7 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
             raise InvalidInput("reason", f"longer than {MAX_REASON_CHARS} characters")
         identity = verified_caller()
         if note and note != identity:
-            reason = f"(on behalf of {note}) {reason}".rstrip()
+            reason = f"on behalf of {note}: {reason}" if reason else f"on behalf of {note}"
         return identity, reason
 
 

@@ -105,10 +105,10 @@ def test_every_audit_trail_records_the_verified_identity_not_the_typed_actor(sta
     running = start_server(CONFIG, learner="off")
     admin = running.admin
     cap = _set_cap(admin, 0.05, actor="mallory")  # the typed actor claims someone else
-    assert (cap.change.actor, cap.change.reason) == (OPERATOR, "(on behalf of mallory) test")
+    assert (cap.change.actor, cap.change.reason) == (OPERATOR, "on behalf of mallory: test")
     rollout = admin.SetRollout(admin_pb.SetRolloutRequest(surface="default", stage=admin_pb.ROLLOUT_STAGE_BASELINE,
                                                           actor="mallory", reason="pause"), timeout=10)
-    assert (rollout.change.actor, rollout.change.reason) == (OPERATOR, "(on behalf of mallory) pause")
+    assert (rollout.change.actor, rollout.change.reason) == (OPERATOR, "on behalf of mallory: pause")
     shield = admin.SetShield(admin_pb.SetShieldRequest(surface="default", block_items=["item-1"], reason="takedown"),
                              timeout=10)
     assert (shield.change.actor, shield.change.reason) == (OPERATOR, "takedown")  # no typed actor: no note
@@ -192,7 +192,7 @@ def test_cli_credentials(start_server, admin_credentials: AdminCredentials, tmp_
     assert _cli("shield", "show", *server, *viewer) == 0
     assert _cli("caps", "set", *server, *operator, "--cap", "0.05", "--actor", "bob", "--reason", "incident") == 0
     assert _cli("caps", "show", *server, *viewer) == 0
-    assert f"by {OPERATOR}: (on behalf of bob) incident" in capsys.readouterr().out
+    assert f"by {OPERATOR}: on behalf of bob: incident" in capsys.readouterr().out
 
     empty = tmp_path / "empty.token"
     empty.write_text("\n")
