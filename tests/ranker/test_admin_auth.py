@@ -263,3 +263,27 @@ def test_without_admin_port_nothing_serves_admin(tmp_path: Path) -> None:
         out, err = server.communicate(timeout=60)
     assert server.returncode == 0 and "admin on" not in out
     assert "admin (PolicyAdminService) not served" in err
+
+
+def test_the_servicer_mounted_without_the_interceptor_records_nothing(tmp_path: Path) -> None:
+    """Defence in depth: PolicyAdminService added to a server without AdminAuthInterceptor (a wiring mistake) fails
+    every change UNAUTHENTICATED instead of auditing an unverified actor."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ranker.admin import add_admin_servicer
+    from recsys_rl.serving.service import DecisionService
+
+    service = DecisionService(CONFIG, tmp_path / "data", learner="off")
+    server = grpc.server(ThreadPoolExecutor(1), options=[("grpc.so_reuseport", 0)])
+    add_admin_servicer(server, service, service.data_dir)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            code, details = _code(lambda: _set_cap(admin_grpc.PolicyAdminServiceStub(channel), 0.05, actor="mallory"))
+        assert code == grpc.StatusCode.UNAUTHENTICATED and "no verified caller" in details
+        assert service.cap("default") == pytest.approx(0.1)
+        assert [e.reason for e in service.caps.history("default", limit=0)] == ["initial configuration"]
+    finally:
+        server.stop(0).wait()
+        service.close()
