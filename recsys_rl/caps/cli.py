@@ -132,7 +132,10 @@ def _rpc_error(exc: Any, server: str) -> int:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         field, _, reason = details.partition(": ")
         raise InvalidInput(f"--{field}" if reason and " " not in field else "request", reason or details)
-    print(f"recsys-rl: {server}: {code.name}: {details}".splitlines()[0], file=sys.stderr)
+    hint = ""
+    if code == grpc.StatusCode.UNAVAILABLE and "handshake failed" in details.lower():  # gRPC's text, no code of its own
+        hint = " (is --server the admin listener, `serve --admin-port`, and --ca the CA that signed its certificate?)"
+    print(f"recsys-rl: {server}: {code.name}: {details.splitlines()[0] if details else ''}{hint}", file=sys.stderr)
     return 1
 
 

@@ -204,7 +204,7 @@ def test_cli_credentials(start_server, admin_credentials: AdminCredentials, tmp_
         assert len(err.splitlines()) == 1 and err.startswith(f"{flag}: "), err
     assert _cli("caps", "show", "--server", running.server.address, "--ca", str(admin_credentials.ca), *operator) == 1
     err = capsys.readouterr().err.strip()  # the Rank port speaks no TLS: one line, exit 1
-    assert len(err.splitlines()) == 1 and "UNAVAILABLE" in err
+    assert len(err.splitlines()) == 1 and "UNAVAILABLE" in err and "is --server the admin listener" in err
 
 
 def _serve(*argv: str, data_dir: Path) -> subprocess.Popen[str]:
