@@ -41,7 +41,8 @@ def _stub(running: RunningServer, credentials: AdminCredentials, identity: str |
     return channel, admin_grpc.PolicyAdminServiceStub(channel)
 
 
-def _set_cap(stub: admin_grpc.PolicyAdminServiceStub, cap: float, actor: str = "") -> admin_pb.SetExplorationCapResponse:
+def _set_cap(stub: admin_grpc.PolicyAdminServiceStub, cap: float,
+             actor: str = "") -> admin_pb.SetExplorationCapResponse:
     return stub.SetExplorationCap(admin_pb.SetExplorationCapRequest(surface="default", cap=cap, actor=actor,
                                                                     reason="test"), timeout=10)
 
