@@ -15,6 +15,10 @@ Rollout (GetRollout/SetRollout) follows the same order, with ``recsys_rl.rollout
 backward move is accepted at once, a forward one needs the guardrail's evidence (``service.rollout_evidence``);
 a refusal is audited and fails with FAILED_PRECONDITION, the failed checks in the same trailing metadata as caps.
 
+Who asks: the servicer is mounted only on the admin listener (``ranker.server.AdminListener``), behind
+``ranker.admin_auth``'s interceptor, which refuses unauthenticated or unauthorized calls before they get here; every
+audit entry's actor is the identity it verified (``verified_caller``), the request's ``actor`` only a note.
+
 Shield (GetShield/SetShield): validate (INVALID_ARGUMENT naming the field, e.g. ``rules.max_per_value.creator``),
 then under the shield store's lock check ``expected_version`` (ABORTED when another change came first), write the
 version files, append the audit line, and put the rules in force for the next Rank (``DecisionService.set_shield``).
@@ -30,6 +34,7 @@ from typing import Any, Protocol
 
 import grpc
 
+from ranker.admin_auth import ADMIN_SERVICE, verified_caller
 from ranker.errors import map_errors
 from recsys_rl.caps.store import AuditEntry, CapStore
 from recsys_rl.errors import InvalidInput, PreconditionFailed
@@ -43,7 +48,8 @@ from recsys_rl.shield.edits import ShieldEdit
 from recsys_rl.shield.rules import rules_to_dict
 from recsys_rl.shield.store import ShieldAuditEntry
 
-ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["PolicyAdminService"].full_name
+__all__ = ["ADMIN_SERVICE", "PolicyAdminServicer", "add_admin_servicer"]
+
 MAX_ACTOR_CHARS = 200
 MAX_REASON_CHARS = 4000
 MAX_EVIDENCE_BYTES = 1 << 20
@@ -137,13 +143,7 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
         cap = request.cap
         if not (math.isfinite(cap) and 0.0 <= cap <= 1.0):
             raise InvalidInput("cap", f"must be a number in [0, 1], got {cap}")
-        actor = request.actor.strip()
-        if not actor:
-            raise InvalidInput("actor", "must not be empty (who asks is recorded in the audit log)")
-        if len(actor) > MAX_ACTOR_CHARS:
-            raise InvalidInput("actor", f"longer than {MAX_ACTOR_CHARS} characters")
-        if len(request.reason) > MAX_REASON_CHARS:
-            raise InvalidInput("reason", f"longer than {MAX_REASON_CHARS} characters")
+        actor, reason = self._actor(request.actor, request.reason)
         if len(request.evidence.encode()) > MAX_EVIDENCE_BYTES:
             raise InvalidInput("evidence", f"larger than {MAX_EVIDENCE_BYTES} bytes (not a gate report)")
         digest = evidence_digest(request.evidence) if request.evidence else ""
@@ -163,7 +163,7 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
             return []
 
         entry = self.cap_store.change(surface, cap, in_force=self.service.cap, judge=judge, actor=actor,
-                                      reason=request.reason, evidence_digest=digest)
+                                      reason=reason, evidence_digest=digest)
         old = entry.old_cap
         if not entry.accepted:
             # Also machine-readable, so clients need not parse the status message.
@@ -207,7 +207,7 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
         share = check_share(request.canary_share) if request.HasField("canary_share") else None
         if stage is None and share is None:
             raise InvalidInput("stage", "give a stage, a canary_share, or both")
-        actor = self._actor(request.actor, request.reason)
+        actor, reason = self._actor(request.actor, request.reason)
 
         def evidence() -> GuardrailEvidence:  # the store asks only for a forward move, under its lock
             current = self.service.rollout_state(surface)  # after adopting other workers' moves
@@ -216,23 +216,26 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
             return NO_EVIDENCE if found is None else found
 
         try:
-            entry = self.service.rollout.set(surface, stage, share, actor=actor, reason=request.reason,
-                                             evidence=evidence)
+            entry = self.service.rollout.set(surface, stage, share, actor=actor, reason=reason, evidence=evidence)
         except RolloutRefused as refused:
             context.set_trailing_metadata(((FAILED_CHECKS_METADATA, json.dumps(refused.failed_checks).encode()),))
             raise
         return admin_pb.SetRolloutResponse(stage=_STAGE_PB[entry.new_stage], canary_share=entry.new_canary_share,
                                            change=_rollout_change(entry))
 
-    def _actor(self, actor: str, reason: str) -> str:
-        actor = actor.strip()
-        if not actor:
-            raise InvalidInput("actor", "must not be empty (who asks is recorded in the audit log)")
-        if len(actor) > MAX_ACTOR_CHARS:
+    def _actor(self, on_behalf_of: str, reason: str) -> tuple[str, str]:
+        """The audit actor and reason of a change: the actor is the caller the admin listener verified, never what
+        the request says; the request's ``actor``, when it names someone else, is kept in the reason as
+        "on behalf of NAME: REASON" - a note, not an identity."""
+        note = on_behalf_of.strip()
+        if len(note) > MAX_ACTOR_CHARS:
             raise InvalidInput("actor", f"longer than {MAX_ACTOR_CHARS} characters")
         if len(reason) > MAX_REASON_CHARS:
             raise InvalidInput("reason", f"longer than {MAX_REASON_CHARS} characters")
-        return actor
+        identity = verified_caller()
+        if note and note != identity:
+            reason = f"on behalf of {note}: {reason}" if reason else f"on behalf of {note}"
+        return identity, reason
 
 
     # --- shield ---------------------------------------------------------------------------------------------
@@ -263,7 +266,7 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
     ) -> admin_pb.SetShieldResponse:
         """replace_rules: ``rules`` whole; otherwise ``rules`` may carry only blocked ids / a blocked file to add."""
         surface = self._surface(request.surface)
-        actor = self._actor(request.actor, request.reason)
+        actor, reason = self._actor(request.actor, request.reason)
         rules = request.rules
         replacement = _rules_table(rules) if request.replace_rules else None
         if not request.replace_rules:
@@ -277,7 +280,7 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
                           block=[*request.block_items, *([] if request.replace_rules else rules.blocked_items)],
                           unblock=list(request.unblock_items),
                           blocked_items_file="" if request.replace_rules else rules.blocked_items_file)
-        entry = self.service.set_shield(surface, edit, actor=actor, reason=request.reason,
+        entry = self.service.set_shield(surface, edit, actor=actor, reason=reason,
                                         expected_version=request.expected_version)
         return admin_pb.SetShieldResponse(version=entry.new_version, old_version=entry.old_version,
                                           change=_shield_change(entry))
@@ -310,8 +313,9 @@ def add_admin_servicer(grpc_server: grpc.Server, service: DecisionService, data_
 
     The service already serves the caps recorded under ``D/admin`` (DecisionService applies them at start)
     and owns the CapStore this servicer records changes in. ``gate_for(surface) -> GateConfig`` gives each
-    surface's thresholds (default: the surface config's ``gate`` section). Add ``ADMIN_SERVICE`` to reflection
-    and health.
+    surface's thresholds (default: the surface config's ``gate`` section). Mount it only behind
+    ``ranker.admin_auth.AdminAuthInterceptor`` (without it every change fails UNAUTHENTICATED); add
+    ``ADMIN_SERVICE`` to reflection and health.
     """
 
     def default_gate_for(surface: str) -> GateConfig:

@@ -10,7 +10,8 @@ from typing import Any, TypeVar
 import grpc
 
 from logging_schema.writer import LogQueueFull, LogUnavailable, LogWriterClosed
-from recsys_rl.errors import Aborted, InvalidInput, NotFound, NotReady, Overloaded, PreconditionFailed
+from recsys_rl.errors import (Aborted, InvalidInput, NotFound, NotReady, Overloaded, PreconditionFailed,
+                              Unauthenticated)
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (PreconditionFailed, grpc.StatusCode.FAILED_PRECONDITION),
     (Aborted, grpc.StatusCode.ABORTED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (NotReady, grpc.StatusCode.UNAVAILABLE),
     # logging_schema imports nothing of ours, so its errors are mapped here, not by inheritance.
     (LogWriterClosed, grpc.StatusCode.UNAVAILABLE),

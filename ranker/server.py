@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NoReturn
 
@@ -24,7 +25,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ranker.admin import ADMIN_SERVICE, add_admin_servicer
+from ranker.admin import add_admin_servicer
+from ranker.admin_auth import ADMIN_SERVICE, AdminAuthInterceptor, AdminSettings, AuthzFile
 from ranker.admission import StampingExecutor
 from ranker.servicer import RankingServicer
 from recsys_rl.config import ServiceConfig
@@ -48,8 +50,44 @@ DEFAULT_MAX_QUEUE_WAIT_MS = 50.0
 RANKING_SERVICE = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
 
 
+class AdminListener:
+    """PolicyAdminService (+ health, reflection) on its own TLS port, every admin call through AdminAuthInterceptor.
+
+    Its own small thread pool: an admin call (a gate verification re-hashes log segments) never queues behind Rank
+    in the Rank pool, nor Rank behind it. Binds with SO_REUSEPORT like the Rank port when workers share a port: the
+    caps, rollout and shield state is on disk, so any worker can take the call."""
+
+    def __init__(self, service: DecisionService, settings: AdminSettings, *, host: str, reuse_port: bool) -> None:
+        interceptor = AdminAuthInterceptor(AuthzFile(settings.authz))
+        self._server = grpc.server(ThreadPoolExecutor(2, thread_name_prefix="admin"), interceptors=[interceptor],
+                                   maximum_concurrent_rpcs=64, options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
+        add_admin_servicer(self._server, service, service.data_dir)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection((ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                            self._server)
+        bind_host = settings.host or host
+        self.port = self._server.add_secure_port(f"{bind_host}:{settings.port}", settings.server_credentials())
+        if self.port == 0:
+            raise OSError(f"could not bind the admin listener to {bind_host}:{settings.port}")
+        self.address = f"{bind_host}:{self.port}"
+
+    def start(self) -> None:
+        self._server.start()
+        for name in ("", ADMIN_SERVICE):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace_s: float) -> threading.Event:
+        for name in ("", ADMIN_SERVICE):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        return self._server.stop(grace_s)
+
+
 class RankingServer:
-    """A started gRPC server around a DecisionService. ``port`` is the bound port (never 0 once started)."""
+    """A started gRPC server around a DecisionService. ``port`` is the bound port (never 0 once started).
+
+    ``admin``: also serve PolicyAdminService on its own authenticated TLS listener (``admin_port``,
+    ``admin_address``); None (the default): admin is not served at all - the Rank port never serves it."""
 
     def __init__(
         self,
@@ -61,6 +99,7 @@ class RankingServer:
         max_concurrent_rpcs: int = 512,
         max_queue_wait_ms: float | None = DEFAULT_MAX_QUEUE_WAIT_MS,
         reuse_port: bool = False,
+        admin: AdminSettings | None = None,
     ) -> None:
         self.service = service
         # Stamps each RPC's arrival so a Rank knows how long it queued (ranker.admission): past its surface's
@@ -76,23 +115,26 @@ class RankingServer:
         pb_grpc.add_RankingServiceServicer_to_server(RankingServicer(
             service, max_queue_wait_s=max_queue_wait_s, backlog=lambda: self.executor.queue_depth),
                                                      self._server)
-        # The service applied the approved caps at construction; the admin servicer only changes them.
-        add_admin_servicer(self._server, service, service.data_dir)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (RANKING_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
+        reflection.enable_server_reflection((RANKING_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                            self._server)
         self.port = self._server.add_insecure_port(f"{host}:{port}")
         if self.port == 0:
             raise OSError(f"could not bind {host}:{port}")
         self.address = f"{host}:{self.port}"
+        # The service applied the approved caps at construction; the admin servicer only changes them.
+        self.admin = None if admin is None else AdminListener(service, admin, host=host, reuse_port=reuse_port)
+        self.admin_port = None if self.admin is None else self.admin.port
+        self.admin_address = None if self.admin is None else self.admin.address
         self._stopped = threading.Event()
 
     def start(self) -> RankingServer:
         self._server.start()
+        if self.admin is not None:
+            self.admin.start()
         # Policies are loaded by DecisionService's constructor: from here on we can serve.
-        for name in ("", RANKING_SERVICE, ADMIN_SERVICE):
+        for name in ("", RANKING_SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return self
 
@@ -101,9 +143,12 @@ class RankingServer:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        for name in ("", RANKING_SERVICE, ADMIN_SERVICE):
+        for name in ("", RANKING_SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        admin_stopped = None if self.admin is None else self.admin.stop(grace_s)
         self._server.stop(grace_s).wait()
+        if admin_stopped is not None:  # both listeners drained in the one grace period, before the service closes
+            admin_stopped.wait()
         self.service.close()
 
     def wait(self) -> None:
@@ -111,14 +156,15 @@ class RankingServer:
 
 
 def serve_forever(config: ServiceConfig, data_dir: Path, *, host: str, port: int, port_file: Path | None = None,
-                  reuse_port: bool = False, metrics_port: int | None = None,
+                  reuse_port: bool = False, metrics_port: int | None = None, admin: AdminSettings | None = None,
                   max_workers: int = DEFAULT_MAX_WORKERS,
                   max_queue_wait_ms: float | None = DEFAULT_MAX_QUEUE_WAIT_MS) -> NoReturn:
     """Runs until SIGTERM/SIGINT, shuts down gracefully and exits the process: status 0, or 1 when the shutdown
     outlasts SHUTDOWN_DEADLINE_S (the watchdog then dumps every thread's stack to stderr).
 
     ``metrics_port``: serve Prometheus metrics on ``host:metrics_port`` (0: a free port, printed on stdout as
-    ``metrics on HOST:PORT``); None: metrics off, and prometheus_client is never imported."""
+    ``metrics on HOST:PORT``); None: metrics off, and prometheus_client is never imported. ``admin``: serve
+    PolicyAdminService on its own TLS listener (printed as ``admin on HOST:PORT``); None: admin not served."""
     metrics = None
     if metrics_port is not None:
         from recsys_rl.metrics.exporter import configure_multiprocess
@@ -129,7 +175,7 @@ def serve_forever(config: ServiceConfig, data_dir: Path, *, host: str, port: int
         metrics = ServingMetrics(list(config.surfaces))
     service = DecisionService(config, data_dir, metrics=metrics if metrics is not None else NO_METRICS)
     server = RankingServer(service, host=host, port=port, reuse_port=reuse_port, max_workers=max_workers,
-                           max_queue_wait_ms=max_queue_wait_ms).start()
+                           max_queue_wait_ms=max_queue_wait_ms, admin=admin).start()
     if metrics is not None:
         from recsys_rl.metrics.exporter import start_exporter
         from recsys_rl.metrics.sampler import StateSampler
@@ -146,6 +192,12 @@ def serve_forever(config: ServiceConfig, data_dir: Path, *, host: str, port: int
     if metrics is not None:  # a second line, after the first that supervisors already read
         log.info("metrics on %s:%d", host, exporter.port)
         print(f"metrics on {host}:{exporter.port}", flush=True)
+    if admin is not None and server.admin_address is not None:  # like metrics: one more line, after the others
+        log.info("admin (PolicyAdminService) on %s: TLS, bearer tokens from %s", server.admin_address, admin.authz)
+        print(f"admin on {server.admin_address}", flush=True)
+    else:
+        log.info("admin (PolicyAdminService) not served: start with --admin-port and its TLS and authorization "
+                 "flags to change caps, rollout stages or shield rules (docs/operations.md, Admin access)")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -54,6 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
     from recsys_rl.serving.dirlock import DataDirInUse, DataDirLock
 
     config = _load_config(args)
+    admin = _admin_settings(args)
     try:
         # Before anything binds the port or opens the log: a second server on this dir stops here, in one line.
         lock = DataDirLock(Path(args.data_dir))
@@ -63,8 +64,33 @@ def _serve(args: argparse.Namespace) -> int:
         return serve_forever(
             config, Path(args.data_dir), host=args.host, port=args.port,
             port_file=Path(args.port_file) if args.port_file else None, metrics_port=args.metrics_port,
-            max_workers=args.max_workers, max_queue_wait_ms=args.max_queue_wait_ms or None,
+            max_workers=args.max_workers, max_queue_wait_ms=args.max_queue_wait_ms or None, admin=admin,
         )
+
+
+_ADMIN_FILES = (("--admin-tls-cert", "admin_tls_cert"), ("--admin-tls-key", "admin_tls_key"),
+                ("--admin-authz", "admin_authz"))
+
+
+def _admin_settings(args: argparse.Namespace):  # noqa: ANN202 - ranker.admin_auth.AdminSettings, imported lazily
+    """``--admin-*`` as AdminSettings (files read and checked now: exit 2 naming the flag), or None: no admin
+    listener, and nothing serves PolicyAdminService. Admin is TLS with verified callers or not at all."""
+    from ranker.admin_auth import AdminSettings
+
+    given = [flag for flag, name in _ADMIN_FILES if getattr(args, name)]
+    if args.admin_port is None:
+        if given or args.admin_host:
+            raise UsageError(f"{(given or ['--admin-host'])[0]}: only with --admin-port")
+        return None
+    for flag, name in _ADMIN_FILES:
+        if not getattr(args, name):
+            raise UsageError(f"{flag}: required with --admin-port (the admin listener serves TLS to verified "
+                             f"callers only)")
+    settings = AdminSettings(port=args.admin_port, tls_cert=Path(args.admin_tls_cert),
+                             tls_key=Path(args.admin_tls_key), authz=Path(args.admin_authz),
+                             host=args.admin_host or None)
+    settings.check()
+    return settings
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -110,6 +136,14 @@ def build_parser(*, full: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--port-file", help="write the bound port here once serving")
     serve.add_argument("--metrics-port", type=port_argument, default=None,
                        help="serve Prometheus metrics on this port (0 picks a free one; default: metrics off)")
+    serve.add_argument("--admin-port", type=port_argument, default=None,
+                       help="serve PolicyAdminService (caps, rollout, shield) on this TLS port, callers verified by "
+                            "bearer token (0 picks a free one; default: admin not served)")
+    serve.add_argument("--admin-host", help="the admin listener's address (default: --host)")
+    serve.add_argument("--admin-tls-cert", metavar="PEM", help="the admin listener's certificate chain")
+    serve.add_argument("--admin-tls-key", metavar="PEM", help="its private key")
+    serve.add_argument("--admin-authz", metavar="TOML",
+                       help="identities, roles (viewer, operator) and token hashes; re-read when it changes")
     serve.add_argument("--max-workers", type=int, default=2,
                        help="RPC handler threads (VW holds the GIL: more threads only interleave decisions)")
     serve.add_argument("--max-queue-wait-ms", type=float, default=50.0,

@@ -20,6 +20,10 @@ class NotReady(RuntimeError):
     """The service cannot serve yet (no policy loaded) or is shutting down."""
 
 
+class Unauthenticated(PermissionError):
+    """An admin call without a verified caller (no or unknown credential)."""
+
+
 class Overloaded(RuntimeError):
     """Too much work in flight; the caller should back off."""
 

@@ -3,8 +3,12 @@
 ``register(subparsers)`` adds the commands to ``recsys_rl.cli``'s top-level subparsers. Exit codes:
 0 success (report passed / change accepted); 3 refused by the gate (``gate``: the report was written but
 fails; ``caps set``: the server refused the raise), the failed checks on stderr; bad usage raises
-``recsys_rl.errors.InvalidInput`` (exit 2, one line); an unreachable server or another RPC error exits 1.
+``recsys_rl.errors.InvalidInput`` (exit 2, one line); an unreachable server, a missing or refused credential
+(UNAUTHENTICATED, PERMISSION_DENIED) or another RPC error exits 1 with one line.
 
+``caps``, ``rollout`` and ``shield`` reach the server's admin listener (``serve --admin-port``) over TLS with a
+bearer token: ``--server HOST:ADMIN_PORT --ca CA.pem --token-file FILE`` (``add_admin_client_arguments``). The
+audit trail records the identity the server verified for the token; ``--actor`` is only a note ("on behalf of").
 The client side speaks gRPC through the generated stubs only (no ``ranker`` import: the core stays usable
 without the server layer).
 """
@@ -12,7 +16,6 @@ without the server layer).
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 from pathlib import Path
@@ -21,7 +24,8 @@ from typing import Any
 from recsys_rl.caps.store import check_cap
 from recsys_rl.errors import InvalidInput
 
-__all__ = ["EXIT_REFUSED", "register", "run_caps_set", "run_caps_show", "run_gate_command"]
+__all__ = ["EXIT_REFUSED", "add_admin_client_arguments", "register", "run_caps_set", "run_caps_show",
+           "run_gate_command"]
 
 EXIT_REFUSED = 3
 _DEFAULT_TIMEOUT_S = 60.0  # verifying evidence re-hashes the log segments it names
@@ -33,6 +37,19 @@ def cap_argument(text: str) -> float:
         return check_cap(float(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}") from None
+
+
+def add_admin_client_arguments(parser: argparse.ArgumentParser, *, changes: bool) -> None:
+    """--server, --ca, --token-file (and --actor for a command that ``changes`` something): how ``caps``,
+    ``rollout`` and ``shield`` reach the admin listener and who they say they act for."""
+    parser.add_argument("--server", required=True, help="HOST:PORT of the server's admin listener (--admin-port)")
+    parser.add_argument("--ca", metavar="PEM", help="CA certificate(s) that signed the admin listener's certificate "
+                                                   "(default: the system's roots)")
+    parser.add_argument("--token-file", metavar="FILE",
+                        help="your admin bearer token (the server maps it to your identity and role)")
+    if changes:
+        parser.add_argument("--actor", help="on behalf of whom, kept as a note in the audit reason (the actor "
+                                            "recorded is the identity of --token-file)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -50,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     caps = subparsers.add_parser("caps", help="exploration caps of a running server")
     caps_sub = caps.add_subparsers(dest="caps_command", required=True, parser_class=type(caps))
     show = caps_sub.add_parser("show", help="cap in force, policy version and the audit trail")
-    show.add_argument("--server", required=True, help="HOST:PORT")
+    add_admin_client_arguments(show, changes=False)
     show.add_argument("--surface", default="default")
     show.add_argument("--limit", type=int, default=0, help="most recent audit entries (0 = all)")
     show.add_argument("--format", choices=("text", "json"), default="text")
@@ -58,11 +75,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     show.set_defaults(run=run_caps_show)
 
     set_ = caps_sub.add_parser("set", help="lower a cap now, or raise it with a passing gate report")
-    set_.add_argument("--server", required=True, help="HOST:PORT")
+    add_admin_client_arguments(set_, changes=True)
     set_.add_argument("--surface", default="default")
     set_.add_argument("--cap", type=cap_argument, required=True)
     set_.add_argument("--evidence", help="report written by `recsys-rl gate --cap X` (needed to raise)")
-    set_.add_argument("--actor", help="who asks (default: the login name)")
     set_.add_argument("--reason", default="", help="why, for the audit log")
     set_.add_argument("--timeout", type=float, default=_DEFAULT_TIMEOUT_S, help="seconds")
     set_.set_defaults(run=run_caps_set)
@@ -108,17 +124,6 @@ def _fmt(value: Any) -> str:
 # --- caps show / set ---------------------------------------------------------------------------------------
 
 
-def _stub(server: str) -> tuple[Any, Any]:
-    import grpc
-
-    from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
-
-    if not server or ":" not in server:
-        raise InvalidInput("--server", f"expected HOST:PORT, got {server!r}")
-    channel = grpc.insecure_channel(server)
-    return channel, admin_grpc.PolicyAdminServiceStub(channel)
-
-
 def _rpc_error(exc: Any, server: str) -> int:
     """INVALID_ARGUMENT → InvalidInput (exit 2); anything else → one line on stderr, exit 1."""
     import grpc
@@ -127,23 +132,30 @@ def _rpc_error(exc: Any, server: str) -> int:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         field, _, reason = details.partition(": ")
         raise InvalidInput(f"--{field}" if reason and " " not in field else "request", reason or details)
-    print(f"recsys-rl: {server}: {code.name}: {details}".splitlines()[0], file=sys.stderr)
+    hint = ""
+    if code == grpc.StatusCode.UNAVAILABLE and "handshake failed" in details.lower():  # gRPC's text, no code of its own
+        hint = " (is --server the admin listener, `serve --admin-port`, and --ca the CA that signed its certificate?)"
+    print(f"recsys-rl: {server}: {code.name}: {details.splitlines()[0] if details else ''}{hint}", file=sys.stderr)
     return 1
 
 
-def call_admin(server: str, method: str, request: Any, *, timeout: float, refused: str = "") -> Any:
-    """``PolicyAdminService.<method>(request)`` on ``server``: the reply, or the exit code (an int) once the failure is
-    reported - FAILED_PRECONDITION with ``refused`` set: "refused: ..." and each failed check on stderr, exit 3;
-    INVALID_ARGUMENT: InvalidInput naming the option (exit 2); anything else: one line, exit 1. Shared by
-    ``caps`` and ``rollout``."""
+def call_admin(args: argparse.Namespace, method: str, request: Any, *, refused: str = "") -> Any:
+    """``PolicyAdminService.<method>(request)`` on ``args.server`` (with ``args.ca``, ``args.token_file``,
+    ``args.timeout``): the reply, or the exit code (an int) once the failure is reported - FAILED_PRECONDITION with
+    ``refused`` set: "refused: ..." and each failed check on stderr, exit 3; INVALID_ARGUMENT: InvalidInput naming
+    the option (exit 2); anything else (UNAUTHENTICATED, PERMISSION_DENIED, UNAVAILABLE, ...): one line, exit 1.
+    Shared by ``caps``, ``rollout`` and ``shield``."""
     import grpc
 
-    channel, stub = _stub(server)
+    from recsys_rl.caps.access import admin_channel
+    from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
+
+    channel = admin_channel(args.server, ca=args.ca, token_file=args.token_file)
     try:
-        return getattr(stub, method)(request, timeout=timeout)
+        return getattr(admin_grpc.PolicyAdminServiceStub(channel), method)(request, timeout=args.timeout)
     except grpc.RpcError as exc:
         if not refused or exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
-            return _rpc_error(exc, server)
+            return _rpc_error(exc, args.server)
         checks = _failed_checks(exc)
         # A server without the metadata: its message still lists the checks.
         print(f"refused: {refused}" if checks else f"refused: {exc.details()}", file=sys.stderr)
@@ -155,11 +167,11 @@ def call_admin(server: str, method: str, request: Any, *, timeout: float, refuse
 
 
 def actor_of(args: argparse.Namespace) -> str:
-    """``--actor``, or the login name; never empty (the audit trail names who asked)."""
-    actor = args.actor if args.actor is not None else _login_name()
-    if not actor.strip():
-        raise InvalidInput("--actor", "must not be empty")
-    return actor
+    """``--actor``: on behalf of whom, a note the server keeps in the audit reason ("" for none). The actor it
+    records is the identity it verified for the token, whatever this says."""
+    if args.actor is not None and not args.actor.strip():
+        raise InvalidInput("--actor", "must not be empty when given")
+    return args.actor or ""
 
 
 def _change_dict(change: Any) -> dict[str, Any]:
@@ -179,9 +191,7 @@ def run_caps_show(args: argparse.Namespace) -> int:
 
     if args.limit < 0:
         raise InvalidInput("--limit", f"must be >= 0, got {args.limit}")
-    reply = call_admin(args.server, "GetSurface", admin_pb.GetSurfaceRequest(surface=args.surface,
-                                                                             history_limit=args.limit),
-                       timeout=args.timeout)
+    reply = call_admin(args, "GetSurface", admin_pb.GetSurfaceRequest(surface=args.surface, history_limit=args.limit))
     if isinstance(reply, int):
         return reply
     history = [_change_dict(c) for c in reply.history]
@@ -214,7 +224,7 @@ def run_caps_set(args: argparse.Namespace) -> int:
             raise InvalidInput("--evidence", f"cannot read {args.evidence}: {exc}") from None
     request = admin_pb.SetExplorationCapRequest(surface=args.surface, cap=args.cap, evidence=evidence,
                                                 actor=actor_of(args), reason=args.reason)
-    reply = call_admin(args.server, "SetExplorationCap", request, timeout=args.timeout,
+    reply = call_admin(args, "SetExplorationCap", request,
                        refused=f"the gate did not allow raising surface {args.surface!r} to cap {args.cap:g}")
     if isinstance(reply, int):
         return reply
@@ -233,10 +243,3 @@ def _failed_checks(exc: Any) -> list[str]:
             except ValueError:
                 return []
     return []
-
-
-def _login_name() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (containers): the caller must say who they are
-        raise InvalidInput("--actor", "cannot determine the login name; pass --actor NAME") from None

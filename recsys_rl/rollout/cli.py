@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from recsys_rl.caps.cli import actor_of, call_admin
+from recsys_rl.caps.cli import actor_of, add_admin_client_arguments, call_admin
 from recsys_rl.errors import InvalidInput
 from recsys_rl.rollout.config import STAGES
 
@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     rollout = subparsers.add_parser("rollout", help="rollout stage of a surface on a running server")
     sub = rollout.add_subparsers(dest="rollout_command", required=True, parser_class=type(rollout))
     show = sub.add_parser("show", help="stage, canary share, guardrail, shadow statistics and the audit trail")
-    show.add_argument("--server", required=True, help="HOST:PORT")
+    add_admin_client_arguments(show, changes=False)
     show.add_argument("--surface", default="default")
     show.add_argument("--limit", type=int, default=20, help="most recent audit entries (0 = all)")
     show.add_argument("--format", choices=("table", "json"), default="table")
@@ -49,11 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     show.set_defaults(run=run_rollout_show)
 
     set_ = sub.add_parser("set", help="move back at once, or forward when the guardrail's evidence holds")
-    set_.add_argument("--server", required=True, help="HOST:PORT")
+    add_admin_client_arguments(set_, changes=True)
     set_.add_argument("--surface", default="default")
     set_.add_argument("--stage", choices=STAGES, help="default: keep the current stage")
     set_.add_argument("--canary-share", type=share_argument, help="share of users in the canary (default: keep)")
-    set_.add_argument("--actor", help="who asks (default: the login name)")
     set_.add_argument("--reason", default="", help="why, for the audit trail")
     set_.add_argument("--timeout", type=float, default=_DEFAULT_TIMEOUT_S, help="seconds")
     set_.set_defaults(run=run_rollout_set)
@@ -89,9 +88,7 @@ def run_rollout_show(args: argparse.Namespace) -> int:
 
     if args.limit < 0:
         raise InvalidInput("--limit", f"must be >= 0, got {args.limit}")
-    reply = call_admin(args.server, "GetRollout", admin_pb.GetRolloutRequest(surface=args.surface,
-                                                                             history_limit=args.limit),
-                       timeout=args.timeout)
+    reply = call_admin(args, "GetRollout", admin_pb.GetRolloutRequest(surface=args.surface, history_limit=args.limit))
     if isinstance(reply, int):
         return reply
     shown = {"surface": reply.surface, "stage": _stage_name(reply.stage), "canary_share": reply.canary_share,
@@ -161,7 +158,7 @@ def run_rollout_set(args: argparse.Namespace) -> int:
         request.stage = admin_pb.RolloutStage.Value(f"ROLLOUT_STAGE_{args.stage.upper()}")
     if args.canary_share is not None:
         request.canary_share = args.canary_share
-    reply = call_admin(args.server, "SetRollout", request, timeout=args.timeout,
+    reply = call_admin(args, "SetRollout", request,
                        refused=f"the guardrail did not allow moving surface {args.surface!r} forward")
     if isinstance(reply, int):
         return reply

@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from recsys_rl.caps.cli import actor_of, call_admin
+from recsys_rl.caps.cli import actor_of, add_admin_client_arguments, call_admin
 from recsys_rl.errors import InvalidInput
 from recsys_rl.shield.rules import ShieldConfigError, rules_from_dict
 
@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     shield = subparsers.add_parser("shield", help="shield rules of a surface on a running server")
     sub = shield.add_subparsers(dest="shield_command", required=True, parser_class=type(shield))
     show = sub.add_parser("show", help="the rules in force, their version and the audit trail")
-    show.add_argument("--server", required=True, help="HOST:PORT")
+    add_admin_client_arguments(show, changes=False)
     show.add_argument("--surface", default="default")
     show.add_argument("--history", type=int, default=20, help="most recent audit entries (0 = all)")
     show.add_argument("--include-blocked-items", action="store_true", help="list every blocked id (may be many)")
@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     show.set_defaults(run=run_shield_show)
 
     set_ = sub.add_parser("set", help="replace the rules (--rules) and/or block / unblock items; audited")
-    set_.add_argument("--server", required=True, help="HOST:PORT")
+    add_admin_client_arguments(set_, changes=True)
     set_.add_argument("--surface", default="default")
     set_.add_argument("--rules", help="TOML file with the shield table's keys at top level (replaces the rules; "
                                       "its blocked_items_file is a path on the server)")
@@ -47,7 +47,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     set_.add_argument("--blocked-items-file", metavar="SERVER_PATH",
                       help="block the ids in this file (one per line), read by the server")
     set_.add_argument("--expected-version", default="", help="refuse unless this version is in force")
-    set_.add_argument("--actor", help="who asks (default: the login name)")
     set_.add_argument("--reason", default="", help="why, for the audit trail")
     set_.add_argument("--timeout", type=float, default=_DEFAULT_TIMEOUT_S, help="seconds")
     set_.set_defaults(run=run_shield_set)
@@ -66,7 +65,7 @@ def run_shield_show(args: argparse.Namespace) -> int:
         raise InvalidInput("--history", f"must be >= 0, got {args.history}")
     request = admin_pb.GetShieldRequest(surface=args.surface, history_limit=args.history,
                                         include_blocked_items=args.include_blocked_items)
-    reply = call_admin(args.server, "GetShield", request, timeout=args.timeout)
+    reply = call_admin(args, "GetShield", request)
     if isinstance(reply, int):
         return reply
     rules = reply.rules
@@ -146,7 +145,7 @@ def run_shield_set(args: argparse.Namespace) -> int:
         if args.rules:  # the request has one file field; with --rules it belongs to the replacement
             raise InvalidInput("--blocked-items-file", "with --rules, put blocked_items_file in the rules file")
         request.rules.blocked_items_file = args.blocked_items_file
-    reply = call_admin(args.server, "SetShield", request, timeout=args.timeout)
+    reply = call_admin(args, "SetShield", request)
     if isinstance(reply, int):
         return reply
     print(f"surface {args.surface}: shield {reply.old_version or 'none'} -> {reply.version or 'none'} "

@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -56,6 +57,9 @@ from recsys_rl.errors import InvalidInput
 from recsys_rl.sim.config import SimConfig
 from recsys_rl.sim.host import to_rank_request
 from recsys_rl.sim.world import PageView, World
+
+if TYPE_CHECKING:
+    from recsys_rl.caps.devcerts import AdminCredentials
 
 POLICIES = ("random", "bandit", "slateq", "oracle-myopic")
 SERVED = ("bandit", "slateq")  # policies that run through a server
@@ -217,21 +221,31 @@ def server_config(path: Path, *, long_term_weight: float, cap: float, vw_args: s
     return path
 
 
+class Served(NamedTuple):
+    address: str  # HOST:PORT of Rank and ReportOutcome
+    admin_address: str | None  # HOST:PORT of the admin listener (TLS), None when not served
+
+
 @contextmanager
-def serving(data_dir: Path, config: Path, seed: int) -> Iterator[str]:
-    """A ``recsys-rl serve`` process on a free loopback port; SIGTERM (graceful: logs flushed) on exit."""
+def serving(data_dir: Path, config: Path, seed: int, *, admin: AdminCredentials | None = None) -> Iterator[Served]:
+    """A ``recsys-rl serve`` process on a free loopback port; SIGTERM (graceful: logs flushed) on exit. ``admin``:
+    also serve the admin listener (a free port) with these credentials."""
     data_dir.mkdir(parents=True, exist_ok=True)
+    admin_args = [] if admin is None else ["--admin-port", "0", *admin.serve_args()]
     with open(data_dir / "server.log", "w") as stderr:
         server = subprocess.Popen(
             [sys.executable, "-m", "recsys_rl.cli", "serve", "--port", "0", "--data-dir", str(data_dir),
-             "--config", str(config), "--seed", str(seed)],
+             "--config", str(config), "--seed", str(seed), *admin_args],
             cwd=REPO, stdout=subprocess.PIPE, stderr=stderr, text=True,
         )
     try:
         line = server.stdout.readline() if server.stdout else ""
         if not line.startswith("serving on "):
             raise RuntimeError(f"the server did not start; see {data_dir / 'server.log'}")
-        yield line.split()[-1]
+        admin_line = server.stdout.readline() if admin is not None and server.stdout else ""
+        if admin is not None and not admin_line.startswith("admin on "):
+            raise RuntimeError(f"the server's admin listener did not start; see {data_dir / 'server.log'}")
+        yield Served(line.split()[-1], admin_line.split()[-1] if admin_line else None)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -274,9 +288,9 @@ def run_seed(seed: int, args: CompareArgs, work: Path, tick: Callable[[], None])
     warmup_dir = work / f"seed{seed}" / "warmup"
     bandit_toml = server_config(work / f"seed{seed}-bandit.toml", long_term_weight=0.0, cap=args.exploration_cap,
                                 vw_args=args.vw_args)
-    with serving(warmup_dir, bandit_toml, seed) as address:
+    with serving(warmup_dir, bandit_toml, seed) as server:
         world, _ = fresh_run("warmup")
-        host = ServerPolicy(address, world, f"warmup-{seed}")
+        host = ServerPolicy(server.address, world, f"warmup-{seed}")
         play(world, host, Run("warmup", seed, sim.n_users), days=args.warmup_days, on_day=tick)
         host.channel.close()
     if "slateq" in served:
@@ -287,9 +301,9 @@ def run_seed(seed: int, args: CompareArgs, work: Path, tick: Callable[[], None])
         config = bandit_toml if policy == "bandit" else server_config(
             work / f"seed{seed}-slateq.toml", long_term_weight=args.long_term_weight, cap=args.exploration_cap,
             vw_args=args.vw_args)
-        with serving(data_dir, config, seed) as address:
+        with serving(data_dir, config, seed) as server:
             world, run = fresh_run(policy)
-            host = ServerPolicy(address, world, f"{policy}-{seed}")
+            host = ServerPolicy(server.address, world, f"{policy}-{seed}")
             runs.append(play(world, host, run, days=args.days, on_day=tick))
             host.channel.close()
     return runs

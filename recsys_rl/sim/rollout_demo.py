@@ -2,6 +2,9 @@
 the stages by the real admin path (``recsys-rl rollout show|set``, run through the CLI entry point), and a second
 scenario in which the guardrail reverts a bad canary by itself.
 
+Each scenario's server serves its admin listener (TLS, bearer token) with throwaway credentials made in the
+scenario's dir (``admin-tls/``, ``recsys_rl.caps.devcerts``); the walk calls admin as identity ``demo-operator``.
+
 * ``good``: a policy that beats the host's baseline (the demo's learning phase trains it; its registry folder is
   copied into this scenario's data dir) goes baseline → shadow → canary → live. Each forward move asks for the
   evidence the server judges (shadow decisions; the canary guardrail's decisions per arm and bounds).
@@ -26,15 +29,19 @@ from typing import Any
 
 import grpc
 
+from recsys_rl.caps.access import OPERATOR, admin_channel
+from recsys_rl.caps.devcerts import AdminCredentials, throwaway_admin_credentials
 from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
+from recsys_rl.sim.compare import Served
 from recsys_rl.sim.compare import serving as compare_serving
 from recsys_rl.sim.config import SimConfig
 from recsys_rl.sim.host import RequestRecord, run_host
 from recsys_rl.sim.world import World
 
 SURFACE = "default"
+DEMO_IDENTITY = "demo-operator"  # the walk's admin identity, recorded as the actor of its changes
 
 
 @dataclass(frozen=True)
@@ -108,13 +115,20 @@ alpha = {args.alpha}
 
 
 @contextlib.contextmanager
-def serving(data_dir: Path, config: str, *, seed: int) -> Iterator[str]:
+def serving(data_dir: Path, config: str, *, seed: int, admin: AdminCredentials | None = None) -> Iterator[Served]:
     """``sim.compare.serving`` (a real ``recsys-rl serve`` subprocess, SIGTERM on exit) with ``config`` as TOML text,
-    written to ``data_dir/config.toml``; yields the server's HOST:PORT."""
+    written to ``data_dir/config.toml``, and its admin listener when ``admin`` is given."""
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "config.toml").write_text(config)
-    with compare_serving(data_dir, data_dir / "config.toml", seed) as address:
-        yield address
+    with compare_serving(data_dir, data_dir / "config.toml", seed, admin=admin) as served:
+        yield served
+
+
+def demo_credentials(data_dir: Path) -> AdminCredentials:
+    """Throwaway admin credentials in ``data_dir/admin-tls`` (remade on each run: nothing there outlives it)."""
+    directory = data_dir / "admin-tls"
+    shutil.rmtree(directory, ignore_errors=True)
+    return throwaway_admin_credentials(directory, {DEMO_IDENTITY: OPERATOR}, name="recsys-rl demo")
 
 
 def train_model(data_dir: Path, *, requests: int, click_weight: float, seed: int) -> Path:
@@ -125,8 +139,8 @@ def train_model(data_dir: Path, *, requests: int, click_weight: float, seed: int
     """
     args = ScenarioArgs(requests=requests, seed=seed)
     with serving(data_dir, config_toml(args, stage="live", click_weight=click_weight, exploration_cap=0.3),
-                 seed=seed) as address:
-        with grpc.insecure_channel(address) as channel:
+                 seed=seed) as served:
+        with grpc.insecure_channel(served.address) as channel:
             # The scenario's own world seed: a model knows items by id, and the catalog follows the seed.
             run_host(pb_grpc.RankingServiceStub(channel), World(SimConfig(), seed=seed),
                      n_requests=requests, request_id_prefix="train")
@@ -136,13 +150,16 @@ def train_model(data_dir: Path, *, requests: int, click_weight: float, seed: int
 class _Walk:
     """Drives one scenario's server: traffic in chunks, GetRollout polls, and ``recsys-rl rollout`` commands."""
 
-    def __init__(self, result: ScenarioResult, address: str) -> None:
+    def __init__(self, result: ScenarioResult, served: Served, credentials: AdminCredentials) -> None:
+        assert served.admin_address is not None, "the walk needs the server's admin listener"
         self.result = result
         self.args = result.args
-        self.address = address
-        self.channel = grpc.insecure_channel(address)
+        self.admin_args = ["--server", served.admin_address, *credentials.client_args(DEMO_IDENTITY)]
+        self.channel = grpc.insecure_channel(served.address)
         self.ranking = pb_grpc.RankingServiceStub(self.channel)
-        self.admin = admin_grpc.PolicyAdminServiceStub(self.channel)
+        self.admin_channel = admin_channel(served.admin_address, ca=str(credentials.ca),
+                                           token_file=str(credentials.tokens[DEMO_IDENTITY]))
+        self.admin = admin_grpc.PolicyAdminServiceStub(self.admin_channel)
         self.world = World(SimConfig(), seed=self.args.seed)
         self.sent = 0
 
@@ -178,10 +195,11 @@ class _Walk:
         return until is None
 
     def cli(self, *argv: str, mark: str | None = None) -> int:
-        """Runs ``recsys-rl rollout ARGV --server ADDRESS`` through the CLI entry point and shows what it printed."""
+        """Runs ``recsys-rl rollout ARGV --server ADMIN_ADDRESS --ca CA --token-file TOKEN`` through the CLI entry
+        point and shows what it printed."""
         from recsys_rl.cli import main
 
-        command = ["rollout", *argv, "--server", self.address]
+        command = ["rollout", *argv, *self.admin_args]
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main(command)
@@ -202,6 +220,7 @@ class _Walk:
         self.result.final_stage = admin_pb.RolloutStage.Name(reply.stage).removeprefix("ROLLOUT_STAGE_").lower()
         self.result.reverted = reply.reverted
         self.channel.close()
+        self.admin_channel.close()
 
 
 def _shadow_ready(reply: admin_pb.GetRolloutResponse, need: int) -> bool:
@@ -218,29 +237,30 @@ def run_good(args: ScenarioArgs, data_dir: Path, model_dir: Path | None) -> Scen
     result = ScenarioResult("good", args)
     if model_dir is not None and model_dir.is_dir():  # the warm policy: the server loads the newest version
         shutil.copytree(model_dir, data_dir / "models" / SURFACE, dirs_exist_ok=True)
-    with serving(data_dir, config_toml(args, stage="baseline"), seed=args.seed) as address:
-        walk = _Walk(result, address)
+    credentials = demo_credentials(data_dir)
+    with serving(data_dir, config_toml(args, stage="baseline"), seed=args.seed, admin=credentials) as served:
+        walk = _Walk(result, served, credentials)
         walk.say(f"Scenario 1: a learned policy that beats the baseline, walked forward ({args.requests:,} page views "
                  f"at most; min_decisions {args.min_decisions}, canary share {args.canary_share:g}).")
         walk.show()
         walk.traffic(args.chunk)
-        walk.cli("set", "--surface", SURFACE, "--stage", "shadow", "--actor", "demo",
+        walk.cli("set", "--surface", SURFACE, "--stage", "shadow",
                  "--reason", "start the apprentice", mark="shadow")
         # Shadow takes at most a third of the budget; the canary needs the rest for two arms.
         if not walk.traffic(args.requests // 3, lambda r: _shadow_ready(r, args.min_decisions)):
             result.too_little_traffic = f"shadow (fewer than {args.min_decisions} shadow decisions)"
         walk.show()
         code = walk.cli("set", "--surface", SURFACE, "--stage", "canary", "--canary-share", str(args.canary_share),
-                        "--actor", "demo", "--reason", "shadow agrees, fallbacks low", mark="canary")
+                        "--reason", "shadow agrees, fallbacks low", mark="canary")
         if code == 0:
             walk.traffic(args.chunk)
-            walk.cli("set", "--surface", SURFACE, "--stage", "live", "--actor", "demo",
+            walk.cli("set", "--surface", SURFACE, "--stage", "live",
                      "--reason", "too early: shows the gate")  # refused (exit 3): the arms lack decisions
             # Most of the rest to the canary (the guardrail's bound narrows), the last sixth to live.
             walk.traffic(walk.left - max(args.requests // 6, args.chunk))
             enough = _arms_ready(walk.rollout(), args.min_decisions)
             walk.show()
-            if walk.cli("set", "--surface", SURFACE, "--stage", "live", "--actor", "demo",
+            if walk.cli("set", "--surface", SURFACE, "--stage", "live",
                         "--reason", "guardrail held", mark="live") == 0:
                 walk.traffic(walk.left)
                 walk.show()
@@ -254,8 +274,9 @@ def run_bad(args: ScenarioArgs, data_dir: Path, model_dir: Path) -> ScenarioResu
     """A canary of a bad model against control, until the guardrail reverts it (or the budget runs out)."""
     result = ScenarioResult("bad", args)
     shutil.copytree(model_dir, data_dir / "models" / SURFACE, dirs_exist_ok=True)
-    with serving(data_dir, config_toml(args, stage="canary"), seed=args.seed) as address:
-        walk = _Walk(result, address)
+    credentials = demo_credentials(data_dir)
+    with serving(data_dir, config_toml(args, stage="canary"), seed=args.seed, admin=credentials) as served:
+        walk = _Walk(result, served, credentials)
         walk.say(f"Scenario 2: a canary of a model that prefers what users do not click ({args.requests:,} page views "
                  f"at most; canary share {args.canary_share:g}, tolerance {args.tolerance:g}).")
         result.marks.append((0, "canary"))

@@ -1,6 +1,8 @@
 """PolicyAdminService on a real server (127.0.0.1:0) over a data dir with simulated logs.
 
-The server is the production RankingServer (RankingService + PolicyAdminService + health + reflection).
+The server is the production RankingServer (RankingService + health + reflection on the Rank port) with its admin
+listener (PolicyAdminService over TLS, callers verified by bearer token: ``conftest.admin_credentials``); the
+tests call admin as the session's operator, whose identity every audit entry records.
 The first start of a data dir records each surface's configured cap as an "initial configuration" audit entry;
 ``_changes`` leaves those out so the tests read the changes they make.
 """
@@ -26,7 +28,8 @@ from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
 from recsys_rl.serving.service import DecisionService
-from tests.helpers import make_request
+from recsys_rl.caps.devcerts import AdminCredentials
+from tests.helpers import OPERATOR, admin_channel, admin_settings, make_request
 from tests.recsys_rl.caps.test_gate import CONFIG, GATE, simulate_logs
 
 
@@ -34,13 +37,15 @@ from tests.recsys_rl.caps.test_gate import CONFIG, GATE, simulate_logs
 class AdminServer:
     server: RankingServer
     service: DecisionService
-    channel: grpc.Channel
+    channel: grpc.Channel  # the Rank port
+    admin_channel: grpc.Channel  # the admin listener, as OPERATOR
     admin: admin_grpc.PolicyAdminServiceStub
     ranking: pb_grpc.RankingServiceStub
-    address: str
+    address: str  # the admin listener's
 
     def stop(self) -> None:
         self.channel.close()
+        self.admin_channel.close()
         self.server.stop(grace_s=5)
 
 
@@ -67,7 +72,8 @@ def evidence(base: tuple[Path, Evidence]) -> Evidence:
 
 
 @pytest.fixture
-def start(base: tuple[Path, Evidence], tmp_path: Path) -> Iterator[Callable[..., AdminServer]]:
+def start(base: tuple[Path, Evidence], tmp_path: Path,
+          admin_credentials: AdminCredentials) -> Iterator[Callable[..., AdminServer]]:
     data_dir = tmp_path / "data"
     shutil.copytree(base[0], data_dir)
     started: list[AdminServer] = []
@@ -75,11 +81,12 @@ def start(base: tuple[Path, Evidence], tmp_path: Path) -> Iterator[Callable[...,
     def start_server() -> AdminServer:
         config = replace(CONFIG, surfaces={n: replace(s, gate=GATE) for n, s in CONFIG.surfaces.items()})
         service = DecisionService(config, data_dir, learner="off", watch_models=False)
-        server = RankingServer(service).start()
-        assert server.port != 0
+        server = RankingServer(service, admin=admin_settings(admin_credentials)).start()
+        assert server.port != 0 and server.admin_address is not None
         channel = grpc.insecure_channel(server.address)
-        running = AdminServer(server, service, channel, admin_grpc.PolicyAdminServiceStub(channel),
-                              pb_grpc.RankingServiceStub(channel), server.address)
+        admin = admin_channel(server.admin_address, admin_credentials)
+        running = AdminServer(server, service, channel, admin, admin_grpc.PolicyAdminServiceStub(admin),
+                              pb_grpc.RankingServiceStub(channel), server.admin_address)
         started.append(running)
         return running
 
@@ -128,7 +135,9 @@ def test_lowering_is_accepted_at_once_and_audited(start) -> None:
     assert state.policy_version == running.service.policy_version("default")
     [entry] = _changes(state.history)
     assert entry.sequence == reply.change.sequence
-    assert (entry.actor, entry.reason, entry.old_cap, entry.new_cap) == ("alice", "incident 42", 0.1, 0.05)
+    # The verified caller is the actor; the typed "alice" is kept as a note.
+    assert (entry.actor, entry.reason, entry.old_cap, entry.new_cap) == (
+        OPERATOR, "on behalf of alice: incident 42", 0.1, 0.05)
     assert entry.evidence_digest == "" and entry.changed_at.seconds > 0
     assert _set(running, 0.0).exploration_cap == 0.0  # down to no exploration at all, still no evidence
     assert _rank_cap(running) == 0.0
@@ -174,7 +183,7 @@ def test_edited_foreign_surface_and_wrong_cap_reports_are_refused(start, evidenc
 @pytest.mark.parametrize(("cap", "surface", "actor", "field"), [
     (math.nan, "default", "alice", "cap"), (1.5, "default", "alice", "cap"), (-0.1, "default", "alice", "cap"),
     (None, "default", "alice", "cap"), (0.05, "nope", "alice", "surface"), (0.05, "", "alice", "surface"),
-    (0.05, "default", "  ", "actor"),
+    (0.05, "default", "x" * 201, "actor"),
 ])
 def test_bad_requests_are_invalid_argument_naming_the_field(start, cap: float | None, surface: str, actor: str,
                                                            field: str) -> None:
@@ -238,9 +247,10 @@ def _cli(argv: list[str]) -> int:
     return int(args.run(args))
 
 
-def test_caps_cli_set_and_show(start, evidence: Evidence, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_caps_cli_set_and_show(start, evidence: Evidence, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                              admin_credentials: AdminCredentials) -> None:
     running = start()
-    server = ["--server", running.address, "--surface", "default"]
+    server = ["--server", running.address, "--surface", "default", *admin_credentials.client_args(OPERATOR)]
     assert _cli(["caps", "set", *server, "--cap", "0.3", "--actor", "bob"]) == 3
     err = capsys.readouterr().err
     assert "refused" in err and "failed check evidence:" in err
@@ -254,7 +264,8 @@ def test_caps_cli_set_and_show(start, evidence: Evidence, tmp_path: Path, capsys
 
     assert _cli(["caps", "show", *server]) == 0
     out = capsys.readouterr().out
-    assert "exploration cap 0.05 in force" in out and "by bob" in out and "by carol" in out and "refused" in out
+    assert "exploration cap 0.05 in force" in out and "refused" in out
+    assert f"by {OPERATOR}: on behalf of bob" in out and f"by {OPERATOR}: on behalf of carol" in out
     assert _cli(["caps", "show", *server, "--format", "json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["exploration_cap"] == pytest.approx(0.05)
@@ -264,7 +275,7 @@ def test_caps_cli_set_and_show(start, evidence: Evidence, tmp_path: Path, capsys
     with pytest.raises(InvalidInput, match="--evidence"):
         _cli(["caps", "set", *server, "--cap", "0.2", "--evidence", str(tmp_path / "missing.json"), "--actor", "x"])
     with pytest.raises(InvalidInput, match="surface"):
-        _cli(["caps", "show", "--server", running.address, "--surface", "nope"])
+        _cli(["caps", "show", *server, "--surface", "nope"])
     with pytest.raises(InvalidInput, match="--server"):
         _cli(["caps", "show", "--server", "nohostport"])
     with pytest.raises(SystemExit):  # argparse: a cap outside [0, 1] is bad usage

@@ -13,7 +13,6 @@ import time
 
 from recsys_rl.config import parse_config
 from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
-from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 
 # Stated bound: the revert comes within this many canary decisions (measured: ~100-200 at Δ ≈ −0.4).
@@ -33,7 +32,7 @@ def _page_view(rng: random.Random, n: int) -> pb.RankRequest:
 
 def test_worse_canary_is_reverted_automatically_and_hosts_keep_getting_slates(start_server) -> None:
     running = start_server(CONFIG)
-    admin = admin_grpc.PolicyAdminServiceStub(running.channel)
+    admin = running.admin  # the admin listener, as the session's operator
     rng = random.Random(17)
     canary_served = control_served = 0
     reverted_at: int | None = None
@@ -75,7 +74,7 @@ def test_worse_canary_is_reverted_automatically_and_hosts_keep_getting_slates(st
 
 def test_guardrail_state_is_reported_while_collecting(start_server) -> None:
     running = start_server(CONFIG)
-    admin = admin_grpc.PolicyAdminServiceStub(running.channel)
+    admin = running.admin  # the admin listener, as the session's operator
     rng = random.Random(3)
     for n in range(40):
         running.stub.Rank(_page_view(rng, n), timeout=5)
@@ -94,7 +93,7 @@ def test_a_holding_canary_advances_by_itself_with_auto_advance(start_server) -> 
                     "auto_advance": True, "ramp": [0.5, 1.0]},
     }}})
     running = start_server(config)
-    admin = admin_grpc.PolicyAdminServiceStub(running.channel)
+    admin = running.admin  # the admin listener, as the session's operator
     rng = random.Random(23)
     deadline = time.monotonic() + 45
     n = 0

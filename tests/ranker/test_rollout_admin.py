@@ -29,7 +29,8 @@ from recsys_rl.rollout.config import RolloutConfig, Stage
 from recsys_rl.rollout.store import GuardrailEvidence
 from recsys_rl.serving.service import DecisionService
 from tests.conftest import REPO
-from tests.helpers import make_request
+from recsys_rl.caps.devcerts import AdminCredentials
+from tests.helpers import OPERATOR, admin_channel, admin_settings, make_request
 
 CONFIG = ServiceConfig(surfaces={name: replace(s, rollout=RolloutConfig(stage="canary", canary_share=0.05))
                                  for name, s in default_config().surfaces.items()})
@@ -39,25 +40,30 @@ CONFIG = ServiceConfig(surfaces={name: replace(s, rollout=RolloutConfig(stage="c
 class AdminServer:
     server: RankingServer
     service: DecisionService
-    channel: grpc.Channel
+    channel: grpc.Channel  # the Rank port
+    admin_channel: grpc.Channel  # the admin listener, as OPERATOR
     admin: admin_grpc.PolicyAdminServiceStub
-    address: str
+    address: str  # the admin listener's
+    credentials: list[str]  # the CLI's --ca and --token-file as OPERATOR
 
     def stop(self) -> None:
         self.channel.close()
+        self.admin_channel.close()
         self.server.stop(grace_s=5)
 
 
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[..., AdminServer]]:
+def start(tmp_path: Path, admin_credentials: AdminCredentials) -> Iterator[Callable[..., AdminServer]]:
     started: list[AdminServer] = []
 
     def start_server(config: ServiceConfig = CONFIG) -> AdminServer:
         service = DecisionService(config, tmp_path / "data", learner="off", watch_models=False)
-        server = RankingServer(service, host="127.0.0.1", port=0).start()
-        assert server.port != 0
+        server = RankingServer(service, host="127.0.0.1", port=0, admin=admin_settings(admin_credentials)).start()
+        assert server.port != 0 and server.admin_address is not None
         channel = grpc.insecure_channel(server.address)
-        running = AdminServer(server, service, channel, admin_grpc.PolicyAdminServiceStub(channel), server.address)
+        admin = admin_channel(server.admin_address, admin_credentials)
+        running = AdminServer(server, service, channel, admin, admin_grpc.PolicyAdminServiceStub(admin),
+                              server.admin_address, admin_credentials.client_args(OPERATOR))
         started.append(running)
         return running
 
@@ -111,7 +117,7 @@ def test_backward_is_accepted_forward_is_refused_without_evidence_and_both_are_a
     assert [(h.new_stage, h.outcome) for h in history[1:]] == [
         (admin_pb.ROLLOUT_STAGE_CANARY, admin_pb.CAP_CHANGE_OUTCOME_ACCEPTED),
         (admin_pb.ROLLOUT_STAGE_LIVE, admin_pb.CAP_CHANGE_OUTCOME_REFUSED)]
-    assert list(history[2].failed_checks) == checks and history[2].actor == "alice"
+    assert list(history[2].failed_checks) == checks and history[2].actor == OPERATOR
     assert running.admin.GetRollout(admin_pb.GetRolloutRequest(surface="default", history_limit=1),
                                     timeout=10).history[0].sequence == 3
     # Hosts keep getting slates whatever the rollout does.
@@ -150,7 +156,7 @@ def test_the_stage_survives_a_restart_and_the_config_cannot_move_it_forward(star
     ("default", 0, None, "a", "stage"),
     ("default", admin_pb.ROLLOUT_STAGE_CANARY, 1.5, "a", "canary_share"),
     ("default", admin_pb.ROLLOUT_STAGE_CANARY, math.nan, "a", "canary_share"),
-    ("default", admin_pb.ROLLOUT_STAGE_BASELINE, None, " ", "actor"),
+    ("default", admin_pb.ROLLOUT_STAGE_BASELINE, None, "x" * 201, "actor"),
 ])
 def test_bad_set_requests_are_invalid_argument_naming_the_field(start, surface: str, stage: int, share: float | None,
                                                                  actor: str, field: str) -> None:
@@ -164,7 +170,7 @@ def test_bad_set_requests_are_invalid_argument_naming_the_field(start, surface: 
 
 def test_cli_show_json_shape_set_and_bad_usage(start, capsys: pytest.CaptureFixture[str]) -> None:
     running = start()
-    server = ["--server", running.address, "--surface", "default"]
+    server = ["--server", running.address, "--surface", "default", *running.credentials]
     assert main(["rollout", "set", *server, "--stage", "shadow", "--actor", "bob", "--reason", "pause"]) == 0
     assert "canary 0.05 -> shadow 0.05 (audit #2)" in capsys.readouterr().out
     assert main(["rollout", "show", *server, "--format", "json"]) == 0
@@ -176,25 +182,25 @@ def test_cli_show_json_shape_set_and_bad_usage(start, capsys: pytest.CaptureFixt
     assert {"decisions", "top1_match", "overlap_at_k", "added_latency_p50_ms", "fallback_rate"} <= set(shown["shadow"])
     last = shown["history"][-1]
     assert (last["old_stage"], last["new_stage"], last["actor"], last["outcome"], last["automatic"]) == (
-        "canary", "shadow", "bob", "accepted", False)
+        "canary", "shadow", OPERATOR, "accepted", False)
     assert main(["rollout", "show", *server]) == 0
     out = capsys.readouterr().out
-    assert "stage shadow, canary share 0.05" in out and "by bob: pause" in out
+    assert "stage shadow, canary share 0.05" in out and f"by {OPERATOR}: on behalf of bob: pause" in out
 
     assert main(["rollout", "set", *server]) == 2
     assert capsys.readouterr().err.strip() == "--stage: give --stage, --canary-share, or both"
     assert main(["rollout", "set", *server, "--canary-share", "2", "--actor", "x"]) == 2
     assert "--canary-share" in capsys.readouterr().err
     assert main(["rollout", "set", *server, "--stage", "paused", "--actor", "x"]) == 2
-    assert main(["rollout", "show", "--server", running.address, "--surface", "nope"]) == 2
+    assert main(["rollout", "show", *server, "--surface", "nope"]) == 2
     assert "surface: unknown surface 'nope'" in capsys.readouterr().err
 
 
 def test_cli_refused_forward_move_exits_3_with_the_failed_checks(start) -> None:
     running = start()
     done = subprocess.run(
-        [sys.executable, "-m", "recsys_rl.cli", "rollout", "set", "--server", running.address, "--surface", "default",
-         "--stage", "live", "--actor", "dave", "--reason", "go live"],
+        [sys.executable, "-m", "recsys_rl.cli", "rollout", "set", "--server", running.address, *running.credentials,
+         "--surface", "default", "--stage", "live", "--actor", "dave", "--reason", "go live"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 3, done.stderr
     assert "failed check guardrail: no guardrail evidence is available" in done.stderr
@@ -236,7 +242,7 @@ def test_cli_show_with_the_data_dir_estimates_the_learned_policy_with_verdicts(
     for i in range(60):
         stub.Rank(make_request(request_id=f"c{i}", user_id=f"u{i}"), timeout=10)
     assert running.service.writer.flush(timeout=10)
-    server = ["--server", running.address, "--surface", "default"]
+    server = ["--server", running.address, "--surface", "default", *running.credentials]
     assert main(["rollout", "show", *server, "--format", "json", "--data-dir", str(tmp_path / "data")]) == 0
     rows = json.loads(capsys.readouterr().out)["counterfactual"]
     assert [r["estimator"] for r in rows] == ["standard_ips", "rips"]

@@ -20,20 +20,15 @@ from logging_schema.reader import read_log
 from recsys_rl.cli import main
 from recsys_rl.config import ExplorationConfig, ModelConfig, ServiceConfig, SurfaceConfig
 from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
-from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
 from recsys_rl.shield import parse_shield
-from tests.helpers import make_request
+from recsys_rl.caps.devcerts import AdminCredentials
+from tests.helpers import OPERATOR, make_request
 
 N, SLATE, REQUESTS = 8, 3, 150
 EXPLORATION = ExplorationConfig(algorithm="epsilon_greedy", epsilon=0.6)
 CONFIG = ServiceConfig(surfaces={"default": SurfaceConfig(
     exploration_cap=0.5, exploration=EXPLORATION, model=ModelConfig(learn=False), decision_budget_ms=60_000,
     shield=parse_shield({"max_per_value": {"topic": 1}}))}, seed=11)
-
-
-def _admin(running: object) -> tuple[grpc.Channel, admin_grpc.PolicyAdminServiceStub]:
-    channel = grpc.insecure_channel(running.server.address)  # type: ignore[attr-defined]
-    return channel, admin_grpc.PolicyAdminServiceStub(channel)
 
 
 def _served(running: object, prefix: str, count: int) -> list[list[str]]:
@@ -45,7 +40,7 @@ def test_a_block_takes_effect_on_the_next_rank_survives_restart_and_replays_bit_
         start_server, tmp_path: Path) -> None:
     data = tmp_path / "data"
     running = start_server(CONFIG, data_dir=data, learner="off")
-    channel, admin = _admin(running)
+    admin = running.admin  # the admin listener, as the session's operator
     before = _served(running, "before", REQUESTS)
     top = max({s[0] for s in before}, key=[s[0] for s in before].count)  # the greedy item, served on top
     initial = admin.GetShield(admin_pb.GetShieldRequest(surface="default"), timeout=10)
@@ -55,7 +50,7 @@ def test_a_block_takes_effect_on_the_next_rank_survives_restart_and_replays_bit_
                                                       reason="takedown", expected_version=initial.version),
                             timeout=10)
     assert reply.old_version == initial.version and reply.version != initial.version
-    assert reply.change.summary == "blocked 1 item" and reply.change.actor == "alice"
+    assert reply.change.summary == "blocked 1 item" and reply.change.actor == OPERATOR  # verified, not typed
     after = _served(running, "after", REQUESTS)  # the very next Rank obeys the new rules
     assert all(top not in slate for slate in after)
 
@@ -63,15 +58,13 @@ def test_a_block_takes_effect_on_the_next_rank_survives_restart_and_replays_bit_
     assert shown.version == reply.version and shown.rules.blocked_items_count == 1
     assert list(shown.rules.blocked_items) == [] and dict(shown.rules.max_per_value) == {"topic": 1}
     assert [(c.actor, c.new_version) for c in shown.history] == [
-        ("recsys-rl serve", initial.version), ("alice", reply.version)]
-    channel.close()
+        ("recsys-rl serve", initial.version), (OPERATOR, reply.version)]
     running.stop()
 
     restarted = start_server(CONFIG, data_dir=data, learner="off")  # same TOML: the run-time change holds
-    channel, admin = _admin(restarted)
+    admin = restarted.admin
     assert admin.GetShield(admin_pb.GetShieldRequest(surface="default"), timeout=10).version == reply.version
     assert all(top not in slate for slate in _served(restarted, "restarted", 20))
-    channel.close()
     restarted.stop()
 
     events = read_log(data / "logs").decisions
@@ -105,7 +98,7 @@ def test_a_block_takes_effect_on_the_next_rank_survives_restart_and_replays_bit_
 
 def test_bad_rules_and_races_are_refused_and_serving_goes_on(start_server) -> None:
     running = start_server(CONFIG, learner="off")
-    channel, admin = _admin(running)
+    admin = running.admin  # the admin listener, as the session's operator
     version = admin.GetShield(admin_pb.GetShieldRequest(surface="default"), timeout=10).version
     bad = [
         (admin_pb.SetShieldRequest(surface="default", replace_rules=True, actor="a",
@@ -115,7 +108,7 @@ def test_bad_rules_and_races_are_refused_and_serving_goes_on(start_server) -> No
                                    rules=admin_pb.ShieldRuleSet(pinned={"x": -1})), "rules.pinned.x:"),
         (admin_pb.SetShieldRequest(surface="default", actor="a", rules=admin_pb.ShieldRuleSet(pinned={"x": 1})),
          "rules.pinned: set replace_rules"),
-        (admin_pb.SetShieldRequest(surface="default", block_items=["x"]), "actor: must not be empty"),
+        (admin_pb.SetShieldRequest(surface="default", block_items=["x"], actor="a" * 201), "actor: longer than 200"),
         (admin_pb.SetShieldRequest(surface="nope", block_items=["x"], actor="a"), "surface: unknown surface"),
         (admin_pb.SetShieldRequest(surface="default", replace_rules=True, actor="a",
                                    rules=admin_pb.ShieldRuleSet(blocked_items_file="/nonexistent/ids.txt")),
@@ -139,12 +132,12 @@ def test_bad_rules_and_races_are_refused_and_serving_goes_on(start_server) -> No
     assert err.value.code() == grpc.StatusCode.ABORTED and "expected_version" in err.value.details()
     shown = admin.GetShield(admin_pb.GetShieldRequest(surface="default", include_blocked_items=True), timeout=10)
     assert shown.version == first.version and list(shown.rules.blocked_items) == ["item-2"]
-    channel.close()
 
 
-def test_cli_show_and_set(start_server, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_show_and_set(start_server, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                          admin_credentials: AdminCredentials) -> None:
     running = start_server(CONFIG, learner="off")
-    server = ["--server", running.server.address]
+    server = ["--server", running.admin_address, *admin_credentials.client_args(OPERATOR)]
     ids = tmp_path / "ids.txt"
     ids.write_text("".join(f"bulk-{i}\n" for i in range(1000)))
     assert main(["shield", "set", *server, "--blocked-items-file", str(ids), "--block-item", "item-1",
@@ -153,7 +146,7 @@ def test_cli_show_and_set(start_server, tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["shield", "show", *server, "--format", "json", "--include-blocked-items"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["blocked_items_count"] == 1001 and "item-1" in shown["blocked_items"]
-    assert shown["max_per_value"] == {"topic": 1} and shown["history"][-1]["actor"] == "ops"
+    assert shown["max_per_value"] == {"topic": 1} and shown["history"][-1]["actor"] == OPERATOR
     assert shown["history"][-1]["summary"] == "blocked 1001 items"
 
     rules = tmp_path / "rules.toml"
@@ -164,7 +157,8 @@ def test_cli_show_and_set(start_server, tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["shield", "show", *server, "--history", "1"]) == 0
     text = capsys.readouterr().out
     assert "0 blocked items, min_feasible 2" in text and "pinned.item-5 = 0" in text
-    assert text.count("\n#") == 1 and "\n#3 " in text and "by ops: replaced the rules (unblocked 1001 items" in text
+    assert text.count("\n#") == 1 and "\n#3 " in text and f"by {OPERATOR}: replaced the rules (unblocked 1001 items" in text
+    assert text.rstrip().endswith("(on behalf of ops)")
 
     rules.write_text("max_per_value = { topic = 0 }\n")
     assert main(["shield", "set", *server, "--rules", str(rules), "--actor", "ops"]) == 2

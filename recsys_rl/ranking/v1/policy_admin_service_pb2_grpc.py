@@ -28,6 +28,10 @@ if _version_not_supported:
 class PolicyAdminServiceStub:
     """PolicyAdminService changes how a surface's policy serves. A cap goes up only with a passing evidence
     report from `recsys-rl gate`; it can always go down, immediately. Every attempt is audited.
+    Served only on the server's admin listener (TLS, `serve --admin-port`), never on the Rank port. Every call
+    carries a bearer token (`authorization: Bearer TOKEN`): UNAUTHENTICATED without a known token,
+    PERMISSION_DENIED when the token's role lacks the method (viewers may call Get* only). Audit entries name the
+    identity the server verified for the token; a request's `actor` is only a note ("on behalf of").
     """
 
     def __init__(self, channel):
@@ -71,6 +75,10 @@ class PolicyAdminServiceStub:
 class PolicyAdminServiceServicer:
     """PolicyAdminService changes how a surface's policy serves. A cap goes up only with a passing evidence
     report from `recsys-rl gate`; it can always go down, immediately. Every attempt is audited.
+    Served only on the server's admin listener (TLS, `serve --admin-port`), never on the Rank port. Every call
+    carries a bearer token (`authorization: Bearer TOKEN`): UNAUTHENTICATED without a known token,
+    PERMISSION_DENIED when the token's role lacks the method (viewers may call Get* only). Audit entries name the
+    identity the server verified for the token; a request's `actor` is only a note ("on behalf of").
     """
 
     def GetSurface(self, request, context):
@@ -82,7 +90,7 @@ class PolicyAdminServiceServicer:
 
     def SetExplorationCap(self, request, context):
         """SetExplorationCap lowers the cap at once, or raises it when the evidence passes the gate.
-        Errors: INVALID_ARGUMENT naming the field (cap outside [0, 1], unknown surface, empty actor);
+        Errors: INVALID_ARGUMENT naming the field (cap outside [0, 1], unknown surface, actor too long);
         FAILED_PRECONDITION listing each failed gate check when a raise lacks valid, passing evidence.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -114,7 +122,7 @@ class PolicyAdminServiceServicer:
     def SetShield(self, request, context):
         """Replaces the surface's shield rules, or edits the rules in force (block / unblock items). Audited and persisted
         before it applies; in force from the next Rank. Errors: INVALID_ARGUMENT naming the field (unknown surface,
-        empty actor, an invalid rule); ABORTED when expected_version is set and another change came first.
+        an invalid rule); ABORTED when expected_version is set and another change came first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,6 +172,10 @@ def add_PolicyAdminServiceServicer_to_server(servicer, server):
 class PolicyAdminService:
     """PolicyAdminService changes how a surface's policy serves. A cap goes up only with a passing evidence
     report from `recsys-rl gate`; it can always go down, immediately. Every attempt is audited.
+    Served only on the server's admin listener (TLS, `serve --admin-port`), never on the Rank port. Every call
+    carries a bearer token (`authorization: Bearer TOKEN`): UNAUTHENTICATED without a known token,
+    PERMISSION_DENIED when the token's role lacks the method (viewers may call Get* only). Audit entries name the
+    identity the server verified for the token; a request's `actor` is only a note ("on behalf of").
     """
 
     @staticmethod

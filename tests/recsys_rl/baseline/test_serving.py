@@ -19,7 +19,6 @@ from recsys_rl.baseline.train import TrainConfig, train_from_data_dir
 from recsys_rl.config import ConfigError, ModelConfig, ServiceConfig, SurfaceConfig
 from recsys_rl.logging.v1.events_pb2 import LogRecord
 from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
-from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.rollout.config import RolloutConfig
 from recsys_rl.serving.decision import DecisionPolicy, baseline_order, decide_baseline, target_scores
@@ -83,7 +82,7 @@ def test_learned_baseline_serves_every_baseline_path_and_replays_bit_for_bit(
     version = {name: _publish(data_dir, name, model_bytes) for name in names}
     config = ServiceConfig(surfaces=_surfaces(version), seed=5)
     running = start_server(config, data_dir=data_dir, learner="off")
-    admin = admin_grpc.PolicyAdminServiceStub(running.channel)
+    admin = running.admin  # the admin listener, as the session's operator
     model = LambdaRankBaseline(model_bytes)
     expected_mode = {"fallback": {pb.SERVING_MODE_BASELINE_FALLBACK}, "base": {pb.SERVING_MODE_BASELINE},
                      "shadow": {pb.SERVING_MODE_SHADOW},

@@ -39,7 +39,7 @@ def test_bad_canary_is_reverted_automatically(tmp_path: Path) -> None:
 def test_good_policy_walks_to_live_without_a_revert(tmp_path: Path) -> None:
     model = train_model(tmp_path / "train", requests=1_500, click_weight=1.0, seed=SEED)
     result = run_good(ARGS, tmp_path / "good", model)
-    codes = {command.split(" --actor")[0]: code for command, code in result.commands}
+    codes = {command.split(" --reason")[0]: code for command, code in result.commands}
     assert codes["rollout set --surface default --stage shadow"] == 0
     assert codes["rollout set --surface default --stage canary --canary-share 0.5"] == 0
     assert [label for _, label in result.marks] == ["shadow", "canary", "live"], result.commands
