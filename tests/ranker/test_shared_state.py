@@ -33,7 +33,8 @@ from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
 from recsys_rl.rollout.store import RolloutStore
 from recsys_rl.serving.service import DecisionService
-from tests.helpers import make_request
+from recsys_rl.caps.devcerts import AdminCredentials
+from tests.helpers import admin_channel, admin_settings, make_request
 
 REPO = Path(__file__).resolve().parents[2]
 IN_FORCE_WITHIN_S = 1.0  # the stated bound: a change accepted anywhere is served everywhere within 1 s
@@ -49,6 +50,7 @@ class Server:
     server: RankingServer
     channel: grpc.Channel
     ranking: pb_grpc.RankingServiceStub
+    admin_channel: grpc.Channel
     admin: admin_grpc.PolicyAdminServiceStub
 
     def rank(self, request_id: str) -> pb.RankResponse:
@@ -56,21 +58,23 @@ class Server:
 
     def stop(self) -> None:
         self.channel.close()
+        self.admin_channel.close()
         self.server.stop(grace_s=5)
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+def serve(tmp_path: Path, admin_credentials: AdminCredentials) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
     def start(*, watch: bool = True) -> Server:
         """``watch``: the model watcher's tick (which also adopts admin state); without it only admin reads do."""
         service = DecisionService(CONFIG, tmp_path / "data", learner="off", watch_models=watch)
-        server = RankingServer(service).start()
+        server = RankingServer(service, admin=admin_settings(admin_credentials)).start()
         assert server.port != 0
         channel = grpc.insecure_channel(server.address)
-        running = Server(server, channel, pb_grpc.RankingServiceStub(channel),
-                         admin_grpc.PolicyAdminServiceStub(channel))
+        admin = admin_channel(server.admin_address, admin_credentials)
+        running = Server(server, channel, pb_grpc.RankingServiceStub(channel), admin,
+                         admin_grpc.PolicyAdminServiceStub(admin))
         started.append(running)
         return running
 
