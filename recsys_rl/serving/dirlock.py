@@ -56,3 +56,16 @@ def _read_pid(fd: int) -> int | None:
         return int(text) if text else None
     except (OSError, ValueError):
         return None
+
+
+def holder_pid(data_dir: Path) -> int | None:
+    """The pid written by the process that took the lock (None: no lock file or no pid in it). A worker of
+    ``serve --workers N`` checks that its parent holds the lock."""
+    try:
+        fd = os.open(Path(data_dir) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return _read_pid(fd)
+    finally:
+        os.close(fd)
