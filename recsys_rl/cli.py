@@ -73,7 +73,8 @@ def _serve(args: argparse.Namespace) -> int:
             from ranker.workers.supervisor import serve_workers
 
             return serve_workers(args.argv, config, Path(args.data_dir), workers=workers, host=args.host,
-                                 port=args.port, port_file=port_file, metrics_port=args.metrics_port)
+                                 port=args.port, port_file=port_file, metrics_port=args.metrics_port,
+                                 lock_fd=lock.fileno())
         from ranker.server import serve_forever
 
         return serve_forever(

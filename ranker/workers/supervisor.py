@@ -52,11 +52,11 @@ class WorkerHandle:
     """One worker process; ``ready`` is set once it printed ``serving on``. Its stderr is the parent's."""
 
     def __init__(self, index: int, command: list[str], env: dict[str, str],
-                 on_ready: Callable[[WorkerHandle], None]) -> None:
+                 on_ready: Callable[[WorkerHandle], None], *, pass_fds: tuple[int, ...] = ()) -> None:
         self.index = index
         self.ready = threading.Event()
         self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env,
-                                         text=True)
+                                         text=True, pass_fds=pass_fds)
         threading.Thread(target=self._read, args=(on_ready,), name=f"worker-{index}-stdout", daemon=True).start()
 
     def _read(self, on_ready: Callable[[WorkerHandle], None]) -> None:
@@ -105,8 +105,11 @@ class Fleet:
     """N supervised workers and the status file they read their health from."""
 
     def __init__(self, data_dir: Path, workers: int, command: Callable[[int], list[str]], *,
-                 metrics: bool) -> None:
+                 metrics: bool, lock_fd: int | None = None) -> None:
+        """``lock_fd``: the data dir lock, inherited by every worker so the lock outlives a killed parent until its
+        workers have drained (``recsys_rl.serving.dirlock``)."""
         self.data_dir = Path(data_dir)
+        self._pass_fds = () if lock_fd is None else (lock_fd,)
         self.workers = workers
         self._command = command
         self._metrics = metrics
@@ -125,7 +128,7 @@ class Fleet:
                                      "stopping": self._stopping, "parent_pid": os.getpid()})
 
     def _start(self, index: int) -> WorkerHandle:
-        return WorkerHandle(index, self._command(index), self._env, self._on_ready)
+        return WorkerHandle(index, self._command(index), self._env, self._on_ready, pass_fds=self._pass_fds)
 
     def _on_ready(self, handle: WorkerHandle) -> None:
         with self._lock:
@@ -207,7 +210,8 @@ def _worker_env() -> dict[str, str]:
 
 
 def serve_workers(argv: list[str], config: ServiceConfig, data_dir: Path, *, workers: int, host: str, port: int,
-                  port_file: Path | None = None, metrics_port: int | None = None) -> NoReturn:
+                  port_file: Path | None = None, metrics_port: int | None = None,
+                  lock_fd: int | None = None) -> NoReturn:
     """Runs ``workers`` worker processes until SIGTERM/SIGINT, then stops them and the learner and exits (0; 1
     when a worker fails to start or the shutdown outlasts its budget).
 
@@ -227,7 +231,7 @@ def serve_workers(argv: list[str], config: ServiceConfig, data_dir: Path, *, wor
         return [sys.executable, "-m", "recsys_rl.cli", *argv, "--workers", str(workers), "--port", str(port),
                 "--worker-index", str(index)]
 
-    fleet = Fleet(data_dir, workers, command, metrics=metrics_port is not None)
+    fleet = Fleet(data_dir, workers, command, metrics=metrics_port is not None, lock_fd=lock_fd)
     learner: LearnerSupervisor | None = None
     exporter = None
     try:

@@ -52,6 +52,17 @@ class Fleet:
     def stub(self, channel: grpc.Channel) -> pb_grpc.RankingServiceStub:
         return pb_grpc.RankingServiceStub(channel)
 
+    def stubs_by_worker(self, per_worker: int = 1, *, attempts: int = 48) -> dict[int, list[grpc.Channel]]:
+        """Opens connections until ``per_worker`` reach each of the two workers (the kernel picks, per
+        connection); returns the channels by the worker they reach."""
+        found: dict[int, list[grpc.Channel]] = {0: [], 1: []}
+        for n in range(attempts):
+            channel = self.channel()
+            found[rank(self.stub(channel), f"probe{n}")[1]].append(channel)
+            if all(len(channels) >= per_worker for channels in found.values()):
+                return {k: v[:per_worker] for k, v in found.items()}
+        raise AssertionError(f"{attempts} connections did not reach both workers: {found}")
+
     def status(self) -> dict[str, object]:
         try:
             return json.loads((self.data_dir / "run" / "workers.json").read_text())

@@ -84,15 +84,8 @@ def test_both_workers_serve_and_an_outcome_reaches_the_worker_that_served_it(ser
 def test_a_killed_worker_is_restarted_while_the_other_serves(serve_workers) -> None:  # noqa: ANN001
     fleet = serve_workers()
     pids = poll(lambda: len(fleet.worker_pids()) == 2 and fleet.worker_pids(), timeout_s=10, what="workers.json")
-    stubs: dict[int, object] = {}
-    for n in range(24):  # find a connection to each worker
-        channel = fleet.channel()
-        stub = fleet.stub(channel)
-        stubs.setdefault(rank(stub, f"find{n}")[1], (stub, health_pb2_grpc.HealthStub(channel)))
-        if len(stubs) == 2:
-            break
-    assert len(stubs) == 2
-    survivor, health = stubs[0]  # type: ignore[misc]
+    (channel,) = fleet.stubs_by_worker()[0]
+    survivor, health = fleet.stub(channel), health_pb2_grpc.HealthStub(channel)
     # Workers read workers.json every 0.1 s: SERVING follows "serving on" within that.
     poll(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == SERVING, timeout_s=5,
          what="health SERVING")
@@ -128,8 +121,10 @@ def test_sigterm_drains_every_worker_and_loses_no_acknowledged_decision(serve_wo
     errors: list[grpc.StatusCode] = []
     enough = threading.Event()
 
+    channels = [channel for per_worker in fleet.stubs_by_worker(2).values() for channel in per_worker]
+
     def client(n: int) -> None:
-        stub = fleet.stub(fleet.channel())
+        stub = fleet.stub(channels[n])
         for i in range(5_000):  # bounded; stops at the first refusal once shutdown begins
             try:
                 acknowledged.append(stub.Rank(make_request(request_id=f"{n}-{i}"), timeout=10).event_id)
@@ -156,3 +151,28 @@ def test_sigterm_drains_every_worker_and_loses_no_acknowledged_decision(serve_wo
     assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged decisions are not in the streams"
     assert {event_id[:3] for event_id in acknowledged} == {"w0.", "w1."}  # both workers took traffic
     assert not (fleet.data_dir / "run" / "workers.json").exists()
+
+
+def test_workers_of_a_killed_parent_exit_and_a_new_server_waits_for_them(serve_workers) -> None:  # noqa: ANN001
+    import os
+
+    fleet = serve_workers()
+    pids = poll(lambda: len(fleet.worker_pids()) == 2 and fleet.worker_pids(), timeout_s=10, what="workers.json")
+    stub = fleet.stub(fleet.channel())
+    acknowledged = [stub.Rank(make_request(request_id=f"r{i}"), timeout=10).event_id for i in range(20)]
+    fleet.proc.kill()  # no graceful stop: the workers notice they were orphaned
+    fleet.proc.wait(timeout=10)
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{pid}/status").read_text().find("State:\tZ") >= 0  # exited, not yet reaped by init
+
+    assert not all(gone(pid) for pid in pids.values())  # type: ignore[union-attr] # still draining
+    again = serve_workers()  # the same data dir at once: it waits for the lock the orphans hold, then serves
+    assert all(gone(pid) for pid in pids.values())  # type: ignore[union-attr]
+    assert rank(again.stub(again.channel()), "again")[0].event_id
+    logged = {e.event_id for k in (0, 1) for e in _stream(fleet.data_dir, k).decisions}
+    assert set(acknowledged) <= logged  # they drained: nothing acknowledged was lost
