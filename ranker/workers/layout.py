@@ -64,6 +64,19 @@ def write_status(data_dir: Path, status: dict[str, object]) -> None:
     tmp.replace(path)
 
 
+def health_ack(data_dir: Path, index: int) -> Path:
+    """Where worker ``index`` writes the status generation its health reflects (the parent prints ``serving on``
+    only once every worker's health says SERVING)."""
+    return run_dir(data_dir) / f"worker-{index}.health"
+
+
+def read_generation(path: Path) -> int:
+    try:
+        return int(path.read_text() or -1)
+    except (OSError, ValueError):
+        return -1
+
+
 def read_status(data_dir: Path) -> dict[str, object] | None:
     try:
         return json.loads((run_dir(data_dir) / STATUS_FILE).read_text())

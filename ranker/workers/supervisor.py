@@ -32,7 +32,7 @@ from typing import NoReturn
 
 import recsys_rl
 from ranker.server import SHUTDOWN_DEADLINE_S, exit_by
-from ranker.workers.layout import run_dir, STATUS_FILE, write_status
+from ranker.workers.layout import STATUS_FILE, health_ack, read_generation, run_dir, write_status
 from recsys_rl.config import ServiceConfig
 from recsys_rl.serving.service import LEARNER_STOP_S
 from recsys_rl.serving.supervisor import LearnerSupervisor, Supervised
@@ -118,12 +118,15 @@ class Fleet:
         self._serving: dict[int, int] = {}  # index -> pid of the incarnation serving
         self._stopping = False
         self._failed_start: str | None = None
+        self._generation = 0  # of workers.json; workers acknowledge the one their health reflects
         self._supervisors: dict[int, LearnerSupervisor] = {}
         run_dir(self.data_dir).mkdir(parents=True, exist_ok=True)
         self._write()
 
     def _write(self) -> None:  # callers hold the lock
-        write_status(self.data_dir, {"workers": self.workers, "serving": sorted(self._serving),
+        self._generation += 1
+        write_status(self.data_dir, {"generation": self._generation, "workers": self.workers,
+                                     "serving": sorted(self._serving),
                                      "pids": {str(k): pid for k, pid in sorted(self._serving.items())},
                                      "stopping": self._stopping, "parent_pid": os.getpid()})
 
@@ -166,6 +169,19 @@ class Fleet:
                     raise StartFailed(f"{self._failed_start} during start-up; see its log above")
                 self._lock.wait(0.1)
 
+    def wait_healthy(self, stop: threading.Event, timeout_s: float = 10.0) -> None:
+        """Waits (bounded) until every worker's health reflects a status in which all serve: from then on a
+        health check through any connection says SERVING."""
+        with self._lock:
+            generation = self._generation
+        deadline = time.monotonic() + timeout_s
+        acks = [health_ack(self.data_dir, k) for k in range(self.workers)]
+        while not stop.is_set() and any(read_generation(ack) < generation for ack in acks):
+            if time.monotonic() > deadline:
+                log.warning("workers' health did not acknowledge status %d within %.0f s", generation, timeout_s)
+                return
+            stop.wait(0.02)
+
     def pids(self) -> dict[int, int]:
         with self._lock:
             return dict(self._serving)
@@ -181,7 +197,8 @@ class Fleet:
             thread.start()
         for thread in threads:
             thread.join()
-        (run_dir(self.data_dir) / STATUS_FILE).unlink(missing_ok=True)
+        for path in [run_dir(self.data_dir) / STATUS_FILE, *(health_ack(self.data_dir, k) for k in range(self.workers))]:
+            path.unlink(missing_ok=True)
 
 
 def reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
@@ -237,6 +254,7 @@ def serve_workers(argv: list[str], config: ServiceConfig, data_dir: Path, *, wor
     try:
         fleet.start(range(0, 1), stop)  # worker 0 alone first: it initialises a fresh data dir
         fleet.start(range(1, workers), stop)
+        fleet.wait_healthy(stop)
     except StartFailed as exc:
         log.error("%s", exc)
         print(f"recsys-rl serve: {exc}", file=sys.stderr, flush=True)

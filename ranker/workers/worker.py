@@ -19,7 +19,8 @@ from typing import NoReturn
 
 from ranker.server import SHUTDOWN_DEADLINE_S, SHUTDOWN_GRACE_S, RankingServer, exit_by
 from ranker.workers.forwarding import WorkerServicer, start_outcome_listener
-from ranker.workers.layout import event_id_prefix, outcome_socket, read_status, run_dir, STATUS_FILE, worker_log_dir
+from ranker.workers.layout import (STATUS_FILE, event_id_prefix, health_ack, outcome_socket, read_status, run_dir,
+                                   worker_log_dir)
 from recsys_rl.config import ServiceConfig
 from recsys_rl.metrics.hooks import NO_METRICS
 from recsys_rl.serving.service import DecisionService
@@ -32,10 +33,12 @@ _PARENT_CHECK_S = 0.5
 
 
 class HealthFollower:
-    """Sets the worker's health from ``D/run/workers.json``: SERVING only while all ``workers`` serve."""
+    """Sets the worker's health from ``D/run/workers.json``: SERVING only while all ``workers`` serve; then
+    acknowledges the status generation applied in ``D/run/worker-K.health``."""
 
-    def __init__(self, data_dir: Path, workers: int, set_serving) -> None:  # noqa: ANN001 - (bool) -> None
+    def __init__(self, data_dir: Path, index: int, workers: int, set_serving) -> None:  # noqa: ANN001 - (bool) -> None
         self._path = run_dir(data_dir) / STATUS_FILE
+        self._ack = health_ack(data_dir, index)
         self._data_dir = Path(data_dir)
         self._workers = workers
         self._set_serving = set_serving
@@ -63,8 +66,18 @@ class HealthFollower:
                 if now != serving:
                     serving = now
                     self._set_serving(now)
+                if status is not None:
+                    self._acknowledge(int(status.get("generation", -1)))  # type: ignore[arg-type]
             if self._stop.wait(_FOLLOW_S):
                 return
+
+    def _acknowledge(self, generation: int) -> None:
+        tmp = self._ack.with_suffix(".tmp")
+        try:
+            tmp.write_text(str(generation))
+            tmp.replace(self._ack)
+        except OSError as exc:  # the parent then waits for its start-up line longer; serving is unaffected
+            log.warning("cannot write %s: %s", self._ack, exc)
 
     def stop(self) -> None:
         self._stop.set()
@@ -94,7 +107,7 @@ def serve_worker(config: ServiceConfig, data_dir: Path, *, index: int, workers: 
         from recsys_rl.metrics.sampler import StateSampler
 
         StateSampler(service, metrics).start()
-    health = HealthFollower(data_dir, workers, server.set_serving).start()
+    health = HealthFollower(data_dir, index, workers, server.set_serving).start()
     log.info("worker %d of %d serving on %s (log stream %s)", index, workers, server.address, service.log_dir)
     print(f"serving on {server.address}", flush=True)  # the parent waits for this line
     stop = threading.Event()
