@@ -7,7 +7,10 @@ sockets, VW, the log streams read back from disk.
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,8 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from logging_schema.reader import read_log
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
 from tests.helpers import make_request
-from tests.ranker.workers.conftest import poll, rank, worker_of
+from tests.ranker.workers.conftest import REPO, poll, rank, worker_of
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -88,7 +92,6 @@ def test_a_killed_worker_is_restarted_while_the_other_serves(serve_workers) -> N
     survivor, health = fleet.stub(channel), health_pb2_grpc.HealthStub(channel)
     assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == SERVING  # from "serving on" on
 
-    import os
     os.kill(pids[1], signal.SIGKILL)  # type: ignore[index]
     seen: list[int] = []
     served = 0
@@ -152,8 +155,6 @@ def test_sigterm_drains_every_worker_and_loses_no_acknowledged_decision(serve_wo
 
 
 def test_workers_of_a_killed_parent_exit_and_a_new_server_waits_for_them(serve_workers) -> None:  # noqa: ANN001
-    import os
-
     fleet = serve_workers()
     pids = poll(lambda: len(fleet.worker_pids()) == 2 and fleet.worker_pids(), timeout_s=10, what="workers.json")
     stub = fleet.stub(fleet.channel())
@@ -174,3 +175,25 @@ def test_workers_of_a_killed_parent_exit_and_a_new_server_waits_for_them(serve_w
     assert rank(again.stub(again.channel()), "again")[0].event_id
     logged = {e.event_id for k in (0, 1) for e in _stream(fleet.data_dir, k).decisions}
     assert set(acknowledged) <= logged  # they drained: nothing acknowledged was lost
+
+
+def test_workers_1_is_the_single_process_server(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "recsys_rl.cli", "serve", "--port", "0", "--workers", "1",
+                             "--data-dir", str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line.startswith("serving on "), line
+        with grpc.insecure_channel(line.split()[-1]) as channel:
+            response, call = pb_grpc.RankingServiceStub(channel).Rank.with_call(make_request(), timeout=10)
+        assert "x-recsys-rl-worker" not in dict(call.initial_metadata())
+        assert len(response.event_id) == 32 and "." not in response.event_id  # plain hex, as before
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (tmp_path / "run" / "workers.json").exists()
+    assert [p.name for p in (tmp_path / "logs").iterdir() if p.is_dir()] == []  # one stream, D/logs itself
+    assert [e.event_id for e in read_log(tmp_path / "logs").decisions] == [response.event_id]
+
