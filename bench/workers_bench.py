@@ -31,6 +31,9 @@ from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 
 REPO = Path(__file__).resolve().parents[1]
 RANK = "/recsys_rl.ranking.v1.RankingService/Rank"
+NOTE = ("Issue 11's goal is x1.6 or more with the learner running; here the load generator (one Python process "
+        "driving 8 connections), the learner and both workers share 2 cores, and other sessions' jobs ran at the "
+        "same time (load average at start, above), so this ratio is a floor, not what 2 free cores give.")
 
 
 @dataclass
@@ -64,7 +67,7 @@ async def drive(address: str, payloads: list[bytes], args: Args) -> tuple[list[f
             try:
                 await call
                 outcome = "ok"
-                worker = dict(await call.initial_metadata()).get("x-recsys-rl-worker", "single")
+                worker = dict(await call.initial_metadata()).get("x-recsys-rl-worker", "the one process")
             except grpc.aio.AioRpcError as exc:
                 outcome, worker = exc.code().name.lower(), "-"
             if t0 >= timed_from:
@@ -93,8 +96,9 @@ def run_config(workers: int, payloads: list[bytes], args: Args) -> dict[str, obj
             server.wait(timeout=60)
     ok = outcomes["ok"]
     return {"workers": workers, "rate": ok / args.seconds, "p50": float(np.percentile(latencies, 50)),
-            "p99": float(np.percentile(latencies, 99)), "errors": sum(outcomes.values()) - ok,
-            "spread": dict(sorted(spread.items()))}
+            "p99": float(np.percentile(latencies, 99)),
+            "errors": ", ".join(f"{code} {n}" for code, n in outcomes.items() if code != "ok") or "0",
+            "spread": {k: v for k, v in sorted(spread.items()) if k != "-"}}
 
 
 def markdown(results: dict[int, list[dict[str, object]]], args: Args) -> str:
@@ -115,12 +119,14 @@ def markdown(results: dict[int, list[dict[str, object]]], args: Args) -> str:
         ordered = sorted(rounds, key=lambda r: r["rate"])  # type: ignore[arg-type, return-value]
         median = medians[workers] = ordered[len(ordered) // 2]
         spread = ", ".join(f"{k}: {v}" for k, v in median["spread"].items())  # type: ignore[attr-defined]
+        each = ", ".join(f"{r['rate']:.0f}" for r in rounds)
         lines.append(f"| {workers} | {median['rate']:.0f} | {median['p50']:.1f} | {median['p99']:.1f} | "
-                     f"{median['errors']} | {spread} | {', '.join(f'{r['rate']:.0f}' for r in rounds)} |")
+                     f"{median['errors']} | {spread} | {each} |")
     one, two = medians[1], medians[2]
     lines += ["", f"2 workers / 1 worker (same run): Rank/s x{two['rate'] / one['rate']:.2f}, "  # type: ignore[operator]
                   f"p50 x{two['p50'] / one['p50']:.2f}, p99 x{two['p99'] / one['p99']:.2f} "  # type: ignore[operator]
                   f"(median of rounds: x{statistics.median(b['rate'] / a['rate'] for a, b in zip(results[1], results[2])):.2f})."]  # type: ignore[operator]
+    lines += ["", NOTE]
     return "\n".join(lines)
 
 
