@@ -1,8 +1,9 @@
 """Process model: one gRPC server per process, health and reflection, graceful shutdown.
 
 Vowpal Wabbit holds the GIL and a Workspace is not thread-safe, so parallelism across cores comes from
-processes (planned: one server per core on the same port with SO_REUSEPORT, forked before any gRPC object
-exists, each with its own log directory), not from threads. Inside a process a small thread pool overlaps network I/O with decisions.
+processes (``recsys-rl serve --workers N``: one server per core on the same port with SO_REUSEPORT, each with its
+own log stream; see ``ranker.workers``), not from threads. Inside a process a small thread pool overlaps network
+I/O with decisions.
 
 Shutdown (SIGTERM/SIGINT): health goes NOT_SERVING so balancers drain us, the server stops accepting RPCs and
 lets in-flight ones finish (grace period), then learners publish and the log writer drains and fsyncs.
@@ -17,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NoReturn
@@ -100,7 +102,10 @@ class RankingServer:
         max_queue_wait_ms: float | None = DEFAULT_MAX_QUEUE_WAIT_MS,
         reuse_port: bool = False,
         admin: AdminSettings | None = None,
+        wrap_servicer: Callable[[RankingServicer], pb_grpc.RankingServiceServicer] | None = None,
     ) -> None:
+        """``wrap_servicer``: what serves RankingService around the plain servicer (a worker's adds its index
+        to the response metadata and forwards other workers' outcomes; ``ranker.workers.forwarding``)."""
         self.service = service
         # Stamps each RPC's arrival so a Rank knows how long it queued (ranker.admission): past its surface's
         # decision budget it gets the baseline at once, past ``max_queue_wait_ms`` RESOURCE_EXHAUSTED.
@@ -112,9 +117,12 @@ class RankingServer:
             options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
         )
         max_queue_wait_s = None if max_queue_wait_ms is None else max_queue_wait_ms / 1000.0
-        pb_grpc.add_RankingServiceServicer_to_server(RankingServicer(
-            service, max_queue_wait_s=max_queue_wait_s, backlog=lambda: self.executor.queue_depth),
-                                                     self._server)
+        servicer: pb_grpc.RankingServiceServicer = RankingServicer(
+            service, max_queue_wait_s=max_queue_wait_s, backlog=lambda: self.executor.queue_depth)
+        if wrap_servicer is not None:
+            servicer = wrap_servicer(servicer)  # type: ignore[arg-type]
+        self.servicer = servicer
+        pb_grpc.add_RankingServiceServicer_to_server(servicer, self._server)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection((RANKING_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
@@ -128,23 +136,35 @@ class RankingServer:
         self.admin_port = None if self.admin is None else self.admin.port
         self.admin_address = None if self.admin is None else self.admin.address
         self._stopped = threading.Event()
+        self._health_lock = threading.Lock()  # a late set_serving(True) must not undo stop()'s NOT_SERVING
 
-    def start(self) -> RankingServer:
+    def start(self, *, serving: bool = True) -> RankingServer:
+        """Starts serving RPCs. ``serving``: what health says from here on (a worker says SERVING only once every
+        worker does; ``set_serving``)."""
         self._server.start()
         if self.admin is not None:
             self.admin.start()
         # Policies are loaded by DecisionService's constructor: from here on we can serve.
-        for name in ("", RANKING_SERVICE):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.set_serving(serving)
         return self
+
+    def set_serving(self, serving: bool) -> None:
+        """Health of every service: SERVING or NOT_SERVING. Ignored once stopping (then always NOT_SERVING)."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        with self._health_lock:
+            if self._stopped.is_set():
+                return
+            for name in ("", RANKING_SERVICE):
+                self.health.set(name, status)
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Drains and stops; idempotent. Every acknowledged decision is in the log when this returns."""
-        if self._stopped.is_set():
-            return
-        self._stopped.set()
-        for name in ("", RANKING_SERVICE):
-            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        with self._health_lock:
+            if self._stopped.is_set():
+                return
+            self._stopped.set()
+            for name in ("", RANKING_SERVICE):
+                self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         admin_stopped = None if self.admin is None else self.admin.stop(grace_s)
         self._server.stop(grace_s).wait()
         if admin_stopped is not None:  # both listeners drained in the one grace period, before the service closes
@@ -203,7 +223,7 @@ def serve_forever(config: ServiceConfig, data_dir: Path, *, host: str, port: int
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     log.info("shutting down: draining in-flight calls and flushing logs")
-    _exit_by(time.monotonic() + SHUTDOWN_DEADLINE_S)
+    exit_by(time.monotonic() + SHUTDOWN_DEADLINE_S)
     # One budget for SIGTERM → exit, within 10 s even on a failing disk: in-flight RPCs get SHUTDOWN_GRACE_S (a
     # Rank's own decision budget is tens of ms), then the log writer (log_guard.CLOSE_TIMEOUT_S) and the learner
     # (LEARNER_STOP_S, then killed) get theirs.
@@ -218,7 +238,7 @@ def serve_forever(config: ServiceConfig, data_dir: Path, *, host: str, port: int
     os._exit(0)
 
 
-def _exit_by(deadline: float) -> None:
+def exit_by(deadline: float) -> None:
     """A watchdog for the shutdown budget: past ``deadline`` it dumps every thread's stack to stderr (what hung)
     and exits with status 1, so SIGTERM never outlasts its budget whatever is stuck."""
 

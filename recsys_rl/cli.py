@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,21 +52,36 @@ def port_argument(text: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ranker.server import serve_forever
+    from ranker.workers import default_workers
     from recsys_rl.serving.dirlock import DataDirInUse, DataDirLock
 
     config = _load_config(args)
     admin = _admin_settings(args)
+    workers = args.workers if args.workers is not None else default_workers()
+    if args.worker_index is not None:
+        return _serve_worker(args, config, workers, admin)
+    if workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
+        raise UsageError(f"--workers: {workers} workers share one port through SO_REUSEPORT, which this system "
+                         "lacks; use --workers 1 (one server per port behind a balancer: docs/operations.md)")
     try:
         # Before anything binds the port or opens the log: a second server on this dir stops here, in one line.
         lock = DataDirLock(Path(args.data_dir))
     except DataDirInUse as exc:
         raise UsageError(str(exc)) from None
+    port_file = Path(args.port_file) if args.port_file else None
     with lock:
+        if workers > 1:
+            from ranker.workers.supervisor import serve_workers
+
+            return serve_workers(args.argv, config, Path(args.data_dir), workers=workers, host=args.host,
+                                 port=args.port, port_file=port_file, metrics_port=args.metrics_port,
+                                 admin=admin, lock_fd=lock.fileno())
+        from ranker.server import serve_forever
+
         return serve_forever(
-            config, Path(args.data_dir), host=args.host, port=args.port,
-            port_file=Path(args.port_file) if args.port_file else None, metrics_port=args.metrics_port,
-            max_workers=args.max_workers, max_queue_wait_ms=args.max_queue_wait_ms or None, admin=admin,
+            config, Path(args.data_dir), host=args.host, port=args.port, port_file=port_file,
+            metrics_port=args.metrics_port, max_workers=args.max_workers,
+            max_queue_wait_ms=args.max_queue_wait_ms or None, admin=admin,
         )
 
 
@@ -91,6 +108,36 @@ def _admin_settings(args: argparse.Namespace):  # noqa: ANN202 - ranker.admin_au
                              host=args.admin_host or None)
     settings.check()
     return settings
+
+
+def _serve_worker(args: argparse.Namespace, config, workers: int, admin) -> int:  # noqa: ANN001
+    """``--worker-index K``: one worker of a ``serve --workers N`` parent, which holds the data dir's lock."""
+    from ranker.workers.worker import serve_worker
+    from recsys_rl.serving.dirlock import holder_pid
+
+    if not 0 <= args.worker_index < workers:
+        raise UsageError(f"--worker-index: must be from 0 to {workers - 1}, got {args.worker_index}")
+    parent = os.getppid()
+    if holder_pid(Path(args.data_dir)) != parent:  # also catches a parent that died before we got here
+        raise UsageError("--worker-index: internal to `recsys-rl serve --workers N`; this process's parent does "
+                         f"not hold {Path(args.data_dir) / '.serve.lock'}")
+    for handler in logging.getLogger().handlers:  # which worker said it, in the log the workers share
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)s worker-{args.worker_index} %(name)s: %(message)s"))
+    return serve_worker(config, Path(args.data_dir), index=args.worker_index, workers=workers, parent_pid=parent,
+                        host=args.host, port=args.port, metrics_port=args.metrics_port,
+                        max_workers=args.max_workers, max_queue_wait_ms=args.max_queue_wait_ms or None, admin=admin)
+
+
+def workers_argument(text: str) -> int:
+    """How many serving processes: an integer of at least 1."""
+    try:
+        workers = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {text!r}") from None
+    if workers < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {workers}")
+    return workers
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -148,6 +195,10 @@ def build_parser(*, full: bool = True) -> argparse.ArgumentParser:
                        help="RPC handler threads (VW holds the GIL: more threads only interleave decisions)")
     serve.add_argument("--max-queue-wait-ms", type=float, default=50.0,
                        help="refuse a Rank (RESOURCE_EXHAUSTED) that queued longer than this; 0 = no limit")
+    serve.add_argument("--workers", type=workers_argument, default=None,
+                       help="serving processes on the one port (SO_REUSEPORT); default: one per usable core; "
+                            "1: a single process, as before")
+    serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the parent
     serve.set_defaults(run=_serve)
 
     demo = sub.add_parser("demo", help="simulated host traffic through the real server, learning, report")
@@ -183,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = list(sys.argv[1:] if argv is None else argv)
         light = bool(argv) and argv[0] in _LIGHT_COMMANDS
         args = build_parser(full=not light).parse_args(argv)
+        args.argv = argv  # `serve --workers N` starts its workers with the same command line
         return int(args.run(args))
     except (UsageError, InvalidInput, ConfigError) as exc:
         print(str(exc).splitlines()[0], file=sys.stderr)

@@ -60,13 +60,19 @@ class DecisionService:
 
     def __init__(self, config: ServiceConfig, data_dir: Path, *,
                  learner: Literal["process", "thread", "off"] = "process", watch_models: bool = True,
-                 metrics: ServingHooks = NO_METRICS) -> None:
+                 metrics: ServingHooks = NO_METRICS, log_dir: Path | None = None, event_id_prefix: str = "") -> None:
         """``learner``: "process" (production: learning never holds this process's GIL), "thread" (tests),
         "off". ``watch_models``: poll the registry and hot-swap newly published versions. ``metrics``: the
-        request-path hooks (recsys_rl.metrics; the servicer calls them too), a no-op unless metrics are on."""
+        request-path hooks (recsys_rl.metrics; the servicer calls them too), a no-op unless metrics are on.
+
+        ``log_dir``: this process's log stream (default ``data_dir/logs``; a worker of ``serve --workers N`` writes
+        ``data_dir/logs/worker-K``); open decisions are recovered from this stream only. ``event_id_prefix``: put
+        before every event id (a worker's ``wK.``, so any worker can tell which one holds a decision)."""
         self.config = config
         self.metrics = metrics
         self.data_dir = Path(data_dir)
+        self.log_dir = Path(log_dir) if log_dir is not None else self.data_dir / "logs"
+        self._event_id_prefix = event_id_prefix
         self.registry = ModelRegistry(self.data_dir / "models")
         self._surfaces: dict[str, _Surface] = {}
         self._closed = threading.Event()
@@ -93,7 +99,7 @@ class DecisionService:
         for name, rules in self.shields.apply_config({n: s.shield for n, s in config.surfaces.items()}).items():
             self._surfaces[name].policy.set_shield(rules)
         self._recover_open_decisions()
-        self.writer = LogWriter(self.data_dir / "logs")
+        self.writer = LogWriter(self.log_dir)
         self.log_guard = LogGuard(self.writer)  # a log that cannot take records: baseline, unlogged, counted
         # Supervised: a learner that dies is logged and restarted with backoff while serving goes on.
         self._learner = None if learner == "off" else LearnerSupervisor.for_mode(learner, config, self.data_dir)
@@ -152,7 +158,7 @@ class DecisionService:
         from logging_schema.segments import list_segments, scan_segment
         from logging_schema.views import TableRecord
 
-        log_dir = self.data_dir / "logs"
+        log_dir = self.log_dir
         if not log_dir.is_dir():
             return
         now = time.time()
@@ -348,7 +354,7 @@ class DecisionService:
                                                              serve_baseline=LOG_UNAVAILABLE, rollout=rollout,
                                                              late=late))
         decision = entry.policy.rank(request, deadline=deadline, baseline=baseline, rollout=rollout, late=late)
-        event_id = uuid.uuid4().hex
+        event_id = self._event_id_prefix + uuid.uuid4().hex
         served_at_ns = time.time_ns()
         window_s = entry.config.reward.attribution_window_seconds
         latency_us = (time.perf_counter_ns() - started_ns) // 1000

@@ -27,6 +27,10 @@ def recsys_rl(*args: str) -> subprocess.CompletedProcess[str]:
     (["serve", "--data-dir", "x", "--port", "99999"], "--port"),
     (["serve", "--data-dir", "x", "--port", "-5"], "--port"),
     (["serve", "--data-dir", "x", "--port", "http"], "--port"),
+    (["serve", "--data-dir", "x", "--workers", "0"], "--workers"),
+    (["serve", "--data-dir", "x", "--workers", "two"], "--workers"),
+    (["serve", "--data-dir", "x", "--workers", "2", "--worker-index", "2"], "--worker-index"),
+    (["serve", "--data-dir", "x", "--workers", "2", "--worker-index", "0"], "--worker-index"),  # no parent
 ])
 def test_bad_usage_exits_2_with_one_line(args: list[str], names: str) -> None:
     result = recsys_rl(*args)

@@ -7,6 +7,7 @@ budget is so small every decision falls back (reason ``deadline``).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -160,10 +161,13 @@ def test_scrape_counts_what_was_sent(served: tuple[subprocess.Popen, str, str, P
     assert value(samples, "recsys_rl_log_write_errors_total") == 0
     assert value(samples, "recsys_rl_decisions_unlogged_total") == 0
 
-    # Multiprocess mode: this process's files under the data dir; the previous run's file was removed at start.
+    # Multiprocess mode: the serving processes' files under the data dir (the workers', with the default
+    # --workers N > 1; the server's own with one); the previous run's file was removed at start.
     files = sorted(p.name for p in (data_dir / "run" / "metrics").iterdir())
     assert "counter_999999.db" not in files
-    assert any(name.startswith(f"counter_{process.pid}") for name in files), files
+    workers = data_dir / "run" / "workers.json"
+    pids = json.loads(workers.read_text())["pids"].values() if workers.exists() else [process.pid]
+    assert all(any(name.startswith(f"counter_{pid}") for name in files) for pid in pids), (pids, files)
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=15) == 0
