@@ -49,6 +49,9 @@ DEFAULT_MAX_WORKERS = 2
 # A Rank that waited longer than this in the queue is refused (RESOURCE_EXHAUSTED), not served late: 2x the default
 # decision budget, the tail a host can plan for. A surface's budget (shorter) turns waits past it into the baseline.
 DEFAULT_MAX_QUEUE_WAIT_MS = 50.0
+# Logged at start by a server (or a workers' parent) without --admin-port.
+ADMIN_NOT_SERVED = ("admin (PolicyAdminService) not served: start with --admin-port and its TLS and authorization "
+                    "flags to change caps, rollout stages or shield rules (docs/operations.md, Admin access)")
 RANKING_SERVICE = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
 
 
@@ -216,8 +219,7 @@ def serve_forever(config: ServiceConfig, data_dir: Path, *, host: str, port: int
         log.info("admin (PolicyAdminService) on %s: TLS, bearer tokens from %s", server.admin_address, admin.authz)
         print(f"admin on {server.admin_address}", flush=True)
     else:
-        log.info("admin (PolicyAdminService) not served: start with --admin-port and its TLS and authorization "
-                 "flags to change caps, rollout stages or shield rules (docs/operations.md, Admin access)")
+        log.info("%s", ADMIN_NOT_SERVED)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -32,7 +32,7 @@ from typing import NoReturn
 
 import recsys_rl
 from ranker.admin_auth import AdminSettings
-from ranker.server import SHUTDOWN_DEADLINE_S, exit_by
+from ranker.server import ADMIN_NOT_SERVED, SHUTDOWN_DEADLINE_S, exit_by
 from ranker.workers.layout import STATUS_FILE, health_ack, read_generation, run_dir, write_status
 from recsys_rl.config import ServiceConfig
 from recsys_rl.serving.service import LEARNER_STOP_S
@@ -287,6 +287,8 @@ def serve_workers(argv: list[str], config: ServiceConfig, data_dir: Path, *, wor
             log.info("admin (PolicyAdminService) on %s in every worker: TLS, bearer tokens from %s", admin_address,
                      admin.authz)  # type: ignore[union-attr]
             print(f"admin on {admin_address}", flush=True)
+        else:
+            log.info("%s", ADMIN_NOT_SERVED)
         stop.wait()
     log.info("shutting down: every worker drains, then the learner publishes")
     reservation.close()

@@ -130,6 +130,8 @@ def test_sigterm_drains_every_worker_and_loses_no_acknowledged_decision(serve_wo
             try:
                 acknowledged.append(stub.Rank(make_request(request_id=f"{n}-{i}"), timeout=10).event_id)
             except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    continue  # overload refusal (ranker.admission): nothing decided or logged; a host retries
                 errors.append(exc.code())
                 return
             if len(acknowledged) >= 300:
