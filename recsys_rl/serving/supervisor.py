@@ -74,8 +74,14 @@ class LearnerSupervisor:
 
     @classmethod
     def for_mode(cls, mode: str, config: ServiceConfig, data_dir: Path, **options: float) -> LearnerSupervisor:
-        """Supervises ``LearnerHandle(mode, config, data_dir)`` ("process" or "thread")."""
-        return cls(lambda resume_after_s: LearnerHandle(mode, config, data_dir, resume_after_s=resume_after_s),
+        """Supervises ``LearnerHandle(mode, config, data_dir)`` ("process" or "thread").
+
+        The first learner, too, learns the decisions served after this moment (not after its own start, which a
+        spawned process reaches a second or two later, while the server or its workers already serve): it starts
+        like a restarted one, from the newest published version, resuming after now."""
+        serving_from = time.time()
+        return cls(lambda resume_after_s: LearnerHandle(
+            mode, config, data_dir, resume_after_s=serving_from if resume_after_s is None else resume_after_s),
                    **options)
 
     @property
