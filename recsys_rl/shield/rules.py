@@ -24,9 +24,9 @@ import operator
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import compress, repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -58,14 +58,16 @@ class ShieldRules:
     def active(self) -> bool:
         return bool(self.version)
 
-    def for_request(self, request: pb.RankRequest) -> RequestShield | None:
+    def for_request(self, candidates: pb.RankRequest | ShieldCandidates) -> RequestShield | None:
         """The request's feasibility (None when the surface has no shield: the unshielded fast path).
 
-        Raises ShieldInfeasible when fewer than ``min_feasible`` (at least 1) candidates pass the static rules.
+        ``candidates``: the request's candidates as Rank read them (``recsys_rl.serving.candidates.CandidateView``),
+        or the request itself (replay), whose fields are then read here. Raises ShieldInfeasible when fewer than
+        ``min_feasible`` (at least 1) candidates pass the static rules.
         """
         if not self.active:
             return None
-        return RequestShield(self, request)
+        return RequestShield(self, candidates)
 
 
 def NoShield() -> ShieldRules:  # noqa: N802 - the null object's name, as the other null objects read
@@ -76,64 +78,84 @@ def NoShield() -> ShieldRules:  # noqa: N802 - the null object's name, as the ot
 NO_SHIELD = ShieldRules()
 
 
+class ShieldCandidates(Protocol):
+    """What the shield reads of a request's candidates: their ids and, per feature name, their categorical values
+    (None where a candidate lacks the feature). ``recsys_rl.serving.candidates.CandidateView`` is one."""
+
+    item_ids: list[str]
+
+    def categorical(self, name: str) -> list[str | None]: ...
+
+
+class _ProtobufCandidates:
+    """ShieldCandidates read from the protobuf (a request replay rebuilt; Rank passes its CandidateView)."""
+
+    def __init__(self, request: pb.RankRequest) -> None:
+        pairs = list(map(_id_and_categorical, request.candidates))  # one pass: each candidate's wrappers once
+        self.item_ids = [item for item, _ in pairs]
+        self._maps = [categorical for _, categorical in pairs]
+
+    def categorical(self, name: str) -> list[str | None]:
+        return list(map(operator.methodcaller("get", name), self._maps))
+
+
+_id_and_categorical = operator.attrgetter("item_id", "features.categorical")
+
+
 class RequestShield:
     """Per-request feasibility, used slot by slot by ``exploration.sample_slate``/``slate_propensities``.
 
     Static rules (blocked items/values) are one boolean per candidate; ``max_per_value`` depends on the items
-    already placed, so :meth:`mask` takes them. Rank pays for this on every request, so the work is arranged to
-    touch each candidate's protobuf fields once (item id and the rules' categorical values, read in one pass into
-    Python lists: a map read costs ~0.6 µs, more than the numpy work of a slot) and to keep the ``max_per_value``
-    counts incrementally as slots are placed (:meth:`_advance`) instead of recounting the prefix at every slot.
-    The cap state makes an instance stateful: one request's decision (or replay) at a time, as the decision path
-    uses it (``ShieldRules.for_request`` per call).
+    already placed, so :meth:`mask` takes them. Rank pays for this on every request (100 candidates, slate 10), so:
+    ids and feature values come from the request's :class:`ShieldCandidates` (read from the protobuf once per
+    request, shared with validation and the item cache); the ``max_per_value`` counts are kept incrementally as
+    slots are placed (:meth:`_advance`) instead of recounting the prefix at every slot; and what a cap removes - the
+    candidates sharing the value that reached it - is looked up only when a cap is reached (:meth:`_members`), in
+    Python: numpy's per-call cost (~1 µs) exceeds the work on arrays this small. The cap state makes an instance
+    stateful: one request's decision (or replay) at a time, as the decision path uses it (``ShieldRules.for_request``
+    per call).
     """
 
-    def __init__(self, rules: ShieldRules, request: pb.RankRequest) -> None:
-        candidates = request.candidates
-        n = len(candidates)
-        # Every categorical value a rule needs, read in the same pass over the candidates as the ids (one pass
-        # builds each candidate's wrapper once; None: the candidate lacks the feature).
-        keys = sorted({key for key, _ in rules.blocked_values} | {key for key, _ in rules.max_per_value})
-        values: dict[str, list[str | None]] = {}
-        if keys:
-            pairs = list(map(_id_and_categorical, candidates))
-            self.item_ids: list[str] = [item for item, _ in pairs]
-            maps = [categorical for _, categorical in pairs]
-            values = {key: list(map(operator.methodcaller("get", key), maps)) for key in keys}
-        else:
-            self.item_ids = [c.item_id for c in candidates]
+    def __init__(self, rules: ShieldRules, candidates: pb.RankRequest | ShieldCandidates) -> None:
+        if isinstance(candidates, pb.RankRequest):
+            candidates = _ProtobufCandidates(candidates)
+        ids = self.item_ids = candidates.item_ids
+        n = len(ids)
         ok = np.ones(n, dtype=bool)
         self.fired: list[str] = []
+        removed = 0
         blocked = rules.blocked_items
-        if blocked:  # one C-level pass of O(1) look-ups, whatever the set's size
-            is_blocked = np.fromiter(map(blocked.__contains__, self.item_ids), dtype=bool, count=n)
-            ok &= ~is_blocked
-            self.fired += [f"blocked_items:{self.item_ids[i]}" for i in is_blocked.nonzero()[0].tolist()]
+        if blocked and not blocked.isdisjoint(ids):  # O(1) look-ups in C, whatever the set's size
+            hits = list(compress(range(n), map(blocked.__contains__, ids)))
+            ok[hits] = False
+            removed += len(hits)
+            self.fired += [f"blocked_items:{ids[i]}" for i in hits]
+        values: dict[str, list[str | None]] = {}
         for key, blocked_set in rules.blocked_values:
-            if blocked_set.isdisjoint(values[key]):
+            values[key] = key_values = candidates.categorical(key)
+            if blocked_set.isdisjoint(key_values):
                 continue
-            for i, v in enumerate(values[key]):
+            for i, v in enumerate(key_values):
                 if v in blocked_set and ok[i]:
                     ok[i] = False
-                    self.fired.append(f"blocked_values[{key}]:{self.item_ids[i]}")
-        feasible = int(ok.sum())
+                    removed += 1
+                    self.fired.append(f"blocked_values[{key}]:{ids[i]}")
         need = max(1, rules.min_feasible)
-        if feasible < need:
-            raise ShieldInfeasible(f"shield: no feasible candidates (min_feasible {need}, {feasible} of {n} "
+        if n - removed < need:
+            raise ShieldInfeasible(f"shield: no feasible candidates (min_feasible {need}, {n - removed} of {n} "
                                    f"candidates pass the rules)")
         self.ok = ok
-        # max_per_value: per key, the candidates' values as a list (scalar reads of placed items) and an object
-        # array (`values == v`: which candidates a value reaching its cap removes; None never matches), and the cap.
-        self._caps: list[tuple[str, list[str | None], np.ndarray, int]] = []
-        for key, cap in rules.max_per_value:
-            as_array = np.empty(n, dtype=object)
-            as_array[:] = values[key]
-            self._caps.append((key, values[key], as_array, cap))
+        # max_per_value: per key, the candidates' values and the cap; per key and value, the candidates with it
+        # (filled by _members when the value first reaches its cap: most values never do within one slate).
+        self._caps: list[tuple[str, list[str | None], int]] = [
+            (key, values[key] if key in values else candidates.categorical(key), cap)
+            for key, cap in rules.max_per_value]
+        self._groups: list[dict[str, list[int]]] = [{} for _ in self._caps]
         # Pins: slot -> candidate index (first candidate with the id); pinned items are drawn nowhere else.
         self.pins: dict[int, int] = {}
         for item, slot in rules.pinned:
             try:
-                i = self.item_ids.index(item)  # the first candidate with the id
+                i = ids.index(item)  # the first candidate with the id
             except ValueError:
                 continue  # not a candidate of this request
             if ok[i]:
@@ -143,6 +165,16 @@ class RequestShield:
             self._drawable = ok.copy()
             self._drawable[list(self.pins.values())] = False
         self._reset()
+
+    def _members(self, cap_index: int, value: str) -> list[int]:
+        """The candidates (ascending) whose value for the ``cap_index``-th cap's key is ``value``."""
+        groups = self._groups[cap_index]
+        members = groups.get(value)
+        if members is None:
+            key_values = self._caps[cap_index][1]
+            members = groups[value] = list(compress(range(len(key_values)), map(operator.eq, key_values,
+                                                                               repeat(value))))
+        return members
 
     def _reset(self) -> None:
         """Forget the placed prefix: no item placed, no cap reached."""
@@ -162,12 +194,12 @@ class RequestShield:
             j = int(j)
             self._placed.append(j)
             self._open_now[j] = False
-            for (_key, value_list, value_array, cap), used in zip(self._caps, self._used):
-                v = value_list[j]
+            for c, ((_key, key_values, cap), used) in enumerate(zip(self._caps, self._used)):
+                v = key_values[j]
                 if v is not None:
                     used[v] = count = used.get(v, 0) + 1
                     if count == cap:  # this value just reached its cap: its other candidates are out
-                        reached = value_array == v
+                        reached = self._members(c, v)
                         self._cap_free[reached] = False
                         self._open_now[reached] = False
 
@@ -198,38 +230,27 @@ class RequestShield:
         is not among slots < k, and that value already has ``cap`` items in slots < k. Counts only grow along a
         slate, so a candidate removed at slot k stays removed at every later slot: it is listed once, at the first
         such k (per key, by slot, by index) - the full per-slot list says nothing more and cost ~70 entries per
-        decision on a skewed slate.
+        decision on a skewed slate. That first k is the slot after the one whose item brought its value to the cap,
+        so only the values reaching their cap are looked at (:meth:`_members`), each once.
         """
         fired = list(self.fired)
+        if not self._caps:
+            return fired
         slate = [int(i) for i in slate]
-        for key, value_list, value_array, cap in self._caps:
-            removed = np.zeros(self.ok.size, dtype=bool)  # eligible candidates whose value reached the cap
-            placed = np.zeros(self.ok.size, dtype=bool)
+        ok = self.ok.tolist()
+        ids = self.item_ids
+        for c, (key, key_values, cap) in enumerate(self._caps):
             used: dict[str, int] = {}
-            # Each removed candidate's "max_per_value[KEY]:ID" is built once, when its value reaches the cap, and
-            # "@slotK" is appended at the first slot it is out.
-            names: dict[int, str] = {}
-            reported = np.zeros(self.ok.size, dtype=bool)
-            for k, j in enumerate(slate):
-                if names:
-                    new = (removed & ~placed & ~reported).nonzero()[0]
-                    if new.size:
-                        suffix = f"@slot{k}"
-                        fired += [names[i] + suffix for i in new.tolist()]
-                        reported[new] = True
-                placed[j] = True
-                v = value_list[j]
-                if v is not None:
-                    used[v] = count = used.get(v, 0) + 1
-                    if count == cap:
-                        reached = self.ok & (value_array == v)
-                        removed |= reached
-                        names.update((i, f"max_per_value[{key}]:{self.item_ids[i]}")
-                                     for i in reached.nonzero()[0].tolist())
+            for k, j in enumerate(slate[:-1]):  # the last slot's item removes nothing from this slate
+                v = key_values[j]
+                if v is None:
+                    continue
+                used[v] = count = used.get(v, 0) + 1
+                if count == cap:  # out from slot k + 1 on: the value's other eligible candidates not yet placed
+                    placed = set(slate[: k + 1])
+                    prefix, suffix = f"max_per_value[{key}]:", f"@slot{k + 1}"
+                    fired += [prefix + ids[i] + suffix for i in self._members(c, v) if ok[i] and i not in placed]
         return fired
-
-
-_id_and_categorical = operator.attrgetter("item_id", "features.categorical")
 
 
 def _read_blocked_file(path: str) -> list[str]:
