@@ -110,8 +110,8 @@ class RequestShield:
     ids and feature values come from the request's :class:`ShieldCandidates` (read from the protobuf once per
     request, shared with validation and the item cache); the ``max_per_value`` counts are kept incrementally as
     slots are placed (:meth:`_advance`) instead of recounting the prefix at every slot; and what a cap removes - the
-    candidates sharing the value that reached it - is looked up only when a cap is reached (:meth:`_members`), in
-    Python: numpy's per-call cost (~1 µs) exceeds the work on arrays this small. The cap state makes an instance
+    candidates sharing the value that reached it - is looked up only when a cap is reached (:class:`_Cap`). The
+    feasible set of the next slot is one boolean array, updated in place. The cap state makes an instance
     stateful: one request's decision (or replay) at a time, as the decision path uses it (``ShieldRules.for_request``
     per call).
     """
@@ -145,12 +145,8 @@ class RequestShield:
             raise ShieldInfeasible(f"shield: no feasible candidates (min_feasible {need}, {n - removed} of {n} "
                                    f"candidates pass the rules)")
         self.ok = ok
-        # max_per_value: per key, the candidates' values and the cap; per key and value, the candidates with it
-        # (filled by _members when the value first reaches its cap: most values never do within one slate).
-        self._caps: list[tuple[str, list[str | None], int]] = [
-            (key, values[key] if key in values else candidates.categorical(key), cap)
-            for key, cap in rules.max_per_value]
-        self._groups: list[dict[str, list[int]]] = [{} for _ in self._caps]
+        self._caps = [_Cap(key, values[key] if key in values else candidates.categorical(key), cap, ok)
+                      for key, cap in rules.max_per_value]
         # Pins: slot -> candidate index (first candidate with the id); pinned items are drawn nowhere else.
         self.pins: dict[int, int] = {}
         for item, slot in rules.pinned:
@@ -166,42 +162,40 @@ class RequestShield:
             self._drawable[list(self.pins.values())] = False
         self._reset()
 
-    def _members(self, cap_index: int, value: str) -> list[int]:
-        """The candidates (ascending) whose value for the ``cap_index``-th cap's key is ``value``."""
-        groups = self._groups[cap_index]
-        members = groups.get(value)
-        if members is None:
-            key_values = self._caps[cap_index][1]
-            members = groups[value] = list(compress(range(len(key_values)), map(operator.eq, key_values,
-                                                                               repeat(value))))
-        return members
-
     def _reset(self) -> None:
         """Forget the placed prefix: no item placed, no cap reached."""
         self._placed: list[int] = []
-        self._used: list[dict[str, int]] = [{} for _ in self._caps]  # per key: value -> items placed with it
-        self._cap_free = np.ones(self.ok.size, dtype=bool)  # False: a cap is reached for one of its values
+        for cap in self._caps:
+            cap.used.clear()
         self._open_now = self._drawable.copy()  # static rules, pins, caps, and not placed yet: feasible()
 
     def _advance(self, placed: Sequence[int]) -> None:
         """Bring the cap state to ``placed``: add the new items when the state holds a prefix of it (sampling and
         replay place one item per slot), else recount from scratch. Same counts as recounting every time."""
         done = len(self._placed)
-        if len(placed) < done or (done and list(placed[:done]) != self._placed):
-            self._reset()
-            done = 0
+        if done:
+            prefix = placed[:done]
+            if len(placed) < done or (prefix if type(prefix) is list else list(prefix)) != self._placed:
+                self._reset()
+                done = 0
         for j in placed[done:]:
             j = int(j)
             self._placed.append(j)
             self._open_now[j] = False
-            for c, ((_key, key_values, cap), used) in enumerate(zip(self._caps, self._used)):
-                v = key_values[j]
+            for cap in self._caps:
+                v = cap.values[j]
                 if v is not None:
-                    used[v] = count = used.get(v, 0) + 1
-                    if count == cap:  # this value just reached its cap: its other candidates are out
-                        reached = self._members(c, v)
-                        self._cap_free[reached] = False
-                        self._open_now[reached] = False
+                    cap.used[v] = count = cap.used.get(v, 0) + 1
+                    if count == cap.cap:  # this value just reached its cap: its other candidates are out
+                        self._open_now[cap.members(v)[1]] = False
+
+    def _cap_free(self, i: int) -> bool:
+        """No cap is reached (for the placed prefix) for any of candidate i's values."""
+        for cap in self._caps:
+            v = cap.values[i]
+            if v is not None and cap.used.get(v, 0) >= cap.cap:
+                return False
+        return True
 
     def pinned_at(self, slot: int, placed: Sequence[int]) -> int | None:
         """The candidate pinned to ``slot`` when it is feasible there given ``placed``, else None."""
@@ -209,12 +203,17 @@ class RequestShield:
         if i is None or i in placed:
             return None
         self._advance(placed)
-        return i if self._cap_free[i] else None
+        return i if self._cap_free(i) else None
 
     def mask(self, remaining: np.ndarray, placed: Sequence[int]) -> np.ndarray:
         """Which of ``remaining`` may be drawn at the next slot given the items ``placed`` before it."""
         self._advance(placed)
-        return self._drawable[remaining] & self._cap_free[remaining]
+        drawable = self._drawable.copy()
+        for cap in self._caps:
+            for v, count in cap.used.items():
+                if count >= cap.cap:
+                    drawable[cap.members(v)[1]] = False
+        return drawable[remaining]
 
     def feasible(self, placed: Sequence[int]) -> np.ndarray:
         """The candidates (ascending indices) that may be drawn at the next slot given ``placed``: the same array as
@@ -231,26 +230,50 @@ class RequestShield:
         slate, so a candidate removed at slot k stays removed at every later slot: it is listed once, at the first
         such k (per key, by slot, by index) - the full per-slot list says nothing more and cost ~70 entries per
         decision on a skewed slate. That first k is the slot after the one whose item brought its value to the cap,
-        so only the values reaching their cap are looked at (:meth:`_members`), each once.
+        so only the values reaching their cap are looked at (:meth:`_Cap.members`), each once.
         """
         fired = list(self.fired)
         if not self._caps:
             return fired
         slate = [int(i) for i in slate]
-        ok = self.ok.tolist()
         ids = self.item_ids
-        for c, (key, key_values, cap) in enumerate(self._caps):
+        for cap in self._caps:
             used: dict[str, int] = {}
             for k, j in enumerate(slate[:-1]):  # the last slot's item removes nothing from this slate
-                v = key_values[j]
+                v = cap.values[j]
                 if v is None:
                     continue
                 used[v] = count = used.get(v, 0) + 1
-                if count == cap:  # out from slot k + 1 on: the value's other eligible candidates not yet placed
+                if count == cap.cap:  # out from slot k + 1 on: the value's other eligible candidates not yet placed
                     placed = set(slate[: k + 1])
-                    prefix, suffix = f"max_per_value[{key}]:", f"@slot{k + 1}"
-                    fired += [prefix + ids[i] + suffix for i in self._members(c, v) if ok[i] and i not in placed]
+                    prefix, suffix = f"max_per_value[{cap.key}]:", f"@slot{k + 1}"
+                    fired += [prefix + ids[i] + suffix for i in cap.members(v)[0] if i not in placed]
         return fired
+
+
+class _Cap:
+    """One ``max_per_value`` rule on one request: the candidates' values for its key, the counts of the placed
+    prefix, and per value the candidates it removes when it reaches the cap - looked up only when it does (most
+    values never do within one slate), in Python: numpy's per-call cost (~1 µs) is more than the work at n = 100."""
+
+    __slots__ = ("key", "values", "cap", "used", "_ok", "_members")
+
+    def __init__(self, key: str, values: list[str | None], cap: int, ok: np.ndarray) -> None:
+        self.key, self.values, self.cap = key, values, cap
+        self.used: dict[str, int] = {}  # value -> items placed with it
+        self._ok = ok
+        self._members: dict[str, tuple[list[int], np.ndarray]] = {}
+
+    def members(self, value: str) -> tuple[list[int], np.ndarray]:
+        """The candidates (ascending) that pass the static rules and have ``value``: as a list and as an index
+        array. Candidates the static rules removed are left out: they are infeasible and never reported."""
+        found = self._members.get(value)
+        if found is None:
+            ok = self._ok
+            members = [i for i in compress(range(len(self.values)), map(operator.eq, self.values, repeat(value)))
+                       if ok[i]]
+            found = self._members[value] = (members, np.array(members, dtype=np.intp))
+        return found
 
 
 def _read_blocked_file(path: str) -> list[str]:
