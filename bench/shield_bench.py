@@ -205,7 +205,8 @@ def markdown(rounds: list[dict[str, float]], local: dict[str, float], args: Args
         "",
         f"In process (`validate_rank_request` + `decision.decide`, constant scorer, the same rules, "
         f"{args.in_process_calls} requests each, interleaved; *off* includes reading the candidates once, ~70 µs, "
-        "which the constant scorer does not use but the VW scorer's item cache does): p50 off {local['off_p50_us']:.1f} µs, on {local['on_p50_us']:.1f} µs (shield adds "
+        f"which the constant scorer does not use but the VW scorer's item cache does): p50 off "
+        f"{local['off_p50_us']:.1f} µs, on {local['on_p50_us']:.1f} µs (shield adds "
         f"{local['on_p50_us'] - local['off_p50_us']:.1f} µs); p99 off {local['off_p99_us']:.1f} µs, on "
         f"{local['on_p99_us']:.1f} µs. Loading the 1M-id rules takes {local['load_s']:.2f} s (at start and on a "
         "rule change, not per request).",
