@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 from vowpalwabbit import pyvw
 
+from recsys_rl.serving.candidates import current_view
 from recsys_rl.serving.features import ItemExampleCache, context_line
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
@@ -69,18 +70,22 @@ class VWBandit:
     def score(self, request: pb.RankRequest) -> np.ndarray:
         """Scores (higher = better, = −predicted cost), shape (len(request.candidates),), float64.
 
-        Raises InvalidInput (from features) for a bad context or candidate, naming the field.
+        Raises InvalidInput (from features) for a bad context or candidate, naming the field. Inside the decision
+        path the request's candidates are already read (``candidates.current_view``): the item cache is looked up by
+        their keys, with no protobuf read of a cached item.
         """
         shared_line = context_line(request.context)
+        view = current_view(request)
         with self._lock:
-            entries = self.cache.items(request.candidates)
+            entries = self.cache.entries(view) if view is not None else self.cache.items(request.candidates)
             if not entries:
                 return np.empty(0)
             workspace = self._workspace
             examples: list[pyvw.Example] = [pyvw.Example(workspace, shared_line)]
             examples.extend([entry.example for entry in entries])
-            # ItemExampleCache.items rejects repeated item ids, so every cached example appears once: VW merges the
-            # shared features into each action example in place, and the same object twice would be corrupted.
+            # The item cache's callers reject repeated item ids (ItemExampleCache.items, CandidateView), so every
+            # cached example appears once: VW merges the shared features into each action example in place, and the
+            # same object twice would be corrupted.
             costs = workspace.predict(examples)
         return -np.asarray(costs, dtype=np.float64)
 
@@ -90,8 +95,12 @@ class VWBandit:
         Goes through the item cache like ``score``, so a valid item's check is a cache hit next time too.
         """
         context_line(request.context)
+        view = current_view(request)
         with self._lock:
-            self.cache.items(request.candidates)
+            if view is not None:
+                self.cache.entries(view)
+            else:
+                self.cache.items(request.candidates)
 
     def hot_items(self, limit: int = 10_000) -> list[tuple[bytes, str, str]]:
         """The cache's most recently used items, to warm a replacement model before it is swapped in."""

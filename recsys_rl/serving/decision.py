@@ -36,6 +36,7 @@ import numpy as np
 from recsys_rl.config import ExplorationConfig
 from recsys_rl.errors import InvalidInput
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+from recsys_rl.serving.candidates import CandidateView, reading
 from recsys_rl.serving.exploration import Explorer, Greedy, effective_epsilon, sample_slate, slate_propensities
 from recsys_rl.shield.rules import NO_SHIELD, RequestShield, ShieldRules
 
@@ -68,9 +69,18 @@ class NoLongTermValue:
 
 
 class Scorer(Protocol):
-    """Immediate-reward scores per candidate (higher = better); raises InvalidInput for a bad request field."""
+    """Immediate-reward scores per candidate (higher = better); raises InvalidInput for a bad request field.
+
+    While the decision path scores (or checks) a request, ``recsys_rl.serving.candidates.current_view(request)``
+    gives the request's candidates as validation read them, so a scorer need not read the protobuf again (the VW
+    bandit keys its item cache by them).
+    """
 
     def score(self, request: pb.RankRequest) -> np.ndarray: ...
+
+
+def _score(scorer: Scorer, request: pb.RankRequest, candidates: CandidateView | None) -> np.ndarray:
+    return scorer.score(request) if candidates is None else reading(candidates, scorer.score)
 
 
 def baseline_scores(request: pb.RankRequest) -> np.ndarray:
@@ -166,14 +176,15 @@ class Scored:
 
 
 def score(policy: DecisionPolicy, request: pb.RankRequest, *, deadline: float | None = None,
-          long_term_input: LongTermInput | None = None) -> Scored:
+          long_term_input: LongTermInput | None = None, candidates: CandidateView | None = None) -> Scored:
     """The policy's scores for ``request`` (validated by ``requests.validate_rank_request``).
 
     ``deadline``: a ``time.perf_counter()`` instant; past it the baseline serves. Replay passes none: a target
-    that would have run out of time is still credited with its intended slate.
+    that would have run out of time is still credited with its intended slate. ``candidates``: the request's
+    candidates as already read (serving), for a scorer that can use them.
     """
     try:
-        scores = policy.scorer.score(request)
+        scores = _score(policy.scorer, request, candidates)
     except InvalidInput:
         raise
     except Exception as exc:  # noqa: BLE001 - any model failure must still serve a slate
@@ -197,24 +208,29 @@ def score(policy: DecisionPolicy, request: pb.RankRequest, *, deadline: float | 
 
 
 def decide(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray, *, draw_key: int,
-           deadline: float | None = None, serve_baseline: str = "", mode: int = pb.SERVING_MODE_LEARNED) -> Decision:
+           deadline: float | None = None, serve_baseline: str = "", mode: int = pb.SERVING_MODE_LEARNED,
+           candidates: CandidateView | None = None) -> Decision:
     """Score and draw a slate; the baseline (with the reason) when scoring fails or ``serve_baseline`` says so.
 
     ``mode``: the serving mode of a drawn slate (SERVING_MODE_CANARY for a canary user; a fallback is always
     SERVING_MODE_BASELINE_FALLBACK). The learned policy is scored even when ``serve_baseline`` is set: the request
     is validated the same way on every path (a baseline by the rollout's choice is :func:`decide_baseline`).
+    ``candidates``: the request's candidates as validation read them (read here when not given).
     """
-    shield = policy.shield.for_request(request)  # ShieldInfeasible (FAILED_PRECONDITION) before anything is scored
-    scored = score(policy, request, deadline=deadline)
+    if candidates is None:
+        candidates = CandidateView(request)
+    # ShieldInfeasible (FAILED_PRECONDITION) before anything is scored
+    shield = policy.shield.for_request(candidates)
+    scored = score(policy, request, deadline=deadline, candidates=candidates)
     reason = serve_baseline or scored.fallback_reason
     if reason or scored.scores is None:
         return _baseline_decision(policy, request, baseline, reason, draw_key, scored.long_term,
-                                  pb.SERVING_MODE_BASELINE_FALLBACK, shield)
+                                  pb.SERVING_MODE_BASELINE_FALLBACK, shield, candidates.item_ids)
     scores = scored.scores
     draw = sample_slate(scores, request.slate_size, policy.explorer, draw_key=draw_key, feasibility=shield)
-    candidates = request.candidates
+    item_ids = candidates.item_ids
     slots = [
-        DecisionSlot(s.index, candidates[s.index].item_id, s.propensity, float(scores[s.index]), s.explored,
+        DecisionSlot(s.index, item_ids[s.index], s.propensity, float(scores[s.index]), s.explored,
                      s.exploration_mass, s.draw)
         for s in draw.slots
     ]
@@ -223,7 +239,7 @@ def decide(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray
     return decision
 
 
-def check_request(policy: DecisionPolicy, request: pb.RankRequest) -> None:
+def check_request(policy: DecisionPolicy, request: pb.RankRequest, candidates: CandidateView | None = None) -> None:
     """Raises InvalidInput for whatever the scorer would reject, without scoring when the scorer can check alone.
 
     A baseline served by choice must refuse the same requests as the learned path (a host's request must not be
@@ -233,10 +249,13 @@ def check_request(policy: DecisionPolicy, request: pb.RankRequest) -> None:
     """
     validate = getattr(policy.scorer, "validate", None)
     if validate is not None:
-        validate(request)
+        if candidates is None:
+            validate(request)
+        else:
+            reading(candidates, validate)
         return
     try:
-        policy.scorer.score(request)
+        _score(policy.scorer, request, candidates)
     except InvalidInput:
         raise
     except Exception:  # noqa: BLE001 - only validation is asked of it here; the baseline serves regardless
@@ -244,19 +263,22 @@ def check_request(policy: DecisionPolicy, request: pb.RankRequest) -> None:
 
 
 def decide_baseline(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray, *, draw_key: int,
-                    mode: int, check: bool = True, reason: str = "") -> Decision:
+                    mode: int, check: bool = True, reason: str = "",
+                    candidates: CandidateView | None = None) -> Decision:
     """The baseline by the rollout's choice (``mode`` SERVING_MODE_BASELINE or _SHADOW), propensity 1; or, with a
     ``reason`` and SERVING_MODE_BASELINE_FALLBACK, the baseline at once for a request with no time left to score.
 
     The model is not scored: nothing needs its scores, and a surface reverted for a slow or failing model (or a
     process past its capacity) must not keep paying for it. ``check``: validate the request first
     (:func:`check_request`); False only when the caller runs the learned policy on the same request anyway
-    (shadow), which validates it.
+    (shadow), which validates it. ``candidates``: the request's candidates as validation read them.
     """
-    shield = policy.shield.for_request(request)
+    if candidates is None:
+        candidates = CandidateView(request)
+    shield = policy.shield.for_request(candidates)
     if check:
-        check_request(policy, request)
-    return _baseline_decision(policy, request, baseline, reason, draw_key, None, mode, shield)
+        check_request(policy, request, candidates)
+    return _baseline_decision(policy, request, baseline, reason, draw_key, None, mode, shield, candidates.item_ids)
 
 
 def baseline_order(baseline: np.ndarray, slate_size: int, shield: RequestShield | None = None) -> np.ndarray:
@@ -296,14 +318,13 @@ def policy_baseline(policy: DecisionPolicy, request: pb.RankRequest,
 
 def _baseline_decision(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray, reason: str,
                        draw_key: int, long_term: LongTermInput | None, mode: int,
-                       shield: RequestShield | None = None) -> Decision:
+                       shield: RequestShield | None, item_ids: list[str]) -> Decision:
     """``baseline``: the host's scores; a surface with a learned baseline is ordered by it (:func:`policy_baseline`)."""
     scores, version, error = policy_baseline(policy, request, baseline)
     if error:
         reason = f"{reason}; {error}" if reason else error
-    candidates = request.candidates
     slots = [
-        DecisionSlot(int(i), candidates[int(i)].item_id, 1.0, float(scores[i]), False, 0.0, 0.0)
+        DecisionSlot(int(i), item_ids[int(i)], 1.0, float(scores[i]), False, 0.0, 0.0)
         for i in baseline_order(scores, request.slate_size, shield)
     ]
     decision = _decision(policy, slots, 1.0, mode, reason, draw_key, long_term, shield)

@@ -11,8 +11,6 @@ import threading
 import time
 from dataclasses import replace
 
-import numpy as np
-
 from recsys_rl.config import SurfaceConfig
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
@@ -24,6 +22,7 @@ from recsys_rl.serving.decision import (
     decide, decide_baseline,
 )
 from recsys_rl.serving.exploration import draw_key, make_explorer
+from recsys_rl.serving.candidates import CandidateView
 from recsys_rl.serving.requests import validate_rank_request
 from recsys_rl.shield.rules import ShieldRules
 
@@ -101,12 +100,14 @@ class SurfacePolicy:
         with self._lock:
             self._state = replace(self._state, shield=rules)
 
-    def rank(self, request: pb.RankRequest, *, deadline: float | None = None, baseline: np.ndarray | None = None,
-             serve_baseline: str = "", rollout: RolloutState = _LIVE, late: str = "") -> Decision:
+    def rank(self, request: pb.RankRequest, *, deadline: float | None = None,
+             candidates: CandidateView | None = None, serve_baseline: str = "", rollout: RolloutState = _LIVE,
+             late: str = "") -> Decision:
         """Decide a slate for ``request`` through the decision path, as the rollout stage says.
 
         ``deadline``: a ``time.perf_counter()`` instant past which the baseline serves (None: no deadline).
-        ``baseline``: the baseline scores from ``validate_rank_request`` when the caller validated already.
+        ``candidates``: the request's candidates from ``validate_rank_request`` when the caller validated already
+        (read once, shared by the shield, the item cache and the slots; the baseline scores are theirs).
         ``serve_baseline``: a reason to serve the baseline whatever the model says (e.g. "log_unavailable").
         ``rollout``: the surface's rollout in force. live: the learned policy (SERVING_MODE_LEARNED); baseline:
         the baseline (SERVING_MODE_BASELINE, the model is not scored); canary: canary users (stable hash,
@@ -118,36 +119,39 @@ class SurfacePolicy:
         (SERVING_MODE_BASELINE_FALLBACK, the model not scored; ``serve_baseline``'s reason first when both are set);
         a baseline by the rollout's choice is unchanged.
         """
-        if baseline is None:
-            baseline = validate_rank_request(request, max_candidates=self.surface.max_candidates)
+        if candidates is None:
+            candidates = validate_rank_request(request, max_candidates=self.surface.max_candidates)
+        baseline = candidates.baseline
         state = self._state  # one snapshot for the whole request, shadow included
         key = draw_key(self.server_seed, self.surface.name, request.request_id)
         stage = rollout.stage
         canary_user = stage is Stage.CANARY and in_canary(self.surface.name, request.user_id, rollout.canary_share)
         if late and (serve_baseline or stage in (Stage.LIVE, Stage.SHADOW) or canary_user):
-            decision = decide_baseline(state, request, baseline, draw_key=key,
+            decision = decide_baseline(state, request, baseline, draw_key=key, candidates=candidates,
                                        mode=pb.SERVING_MODE_BASELINE_FALLBACK, reason=serve_baseline or late)
         elif serve_baseline or stage is Stage.LIVE:
-            decision = decide(state, request, baseline, draw_key=key, deadline=deadline,
+            decision = decide(state, request, baseline, draw_key=key, candidates=candidates, deadline=deadline,
                               serve_baseline=serve_baseline)
         elif stage is Stage.CANARY:
             if canary_user:
-                decision = decide(state, request, baseline, draw_key=key, deadline=deadline,
+                decision = decide(state, request, baseline, draw_key=key, candidates=candidates, deadline=deadline,
                                   mode=pb.SERVING_MODE_CANARY)
             else:
-                decision = decide_baseline(state, request, baseline, draw_key=key, mode=pb.SERVING_MODE_BASELINE)
+                decision = decide_baseline(state, request, baseline, draw_key=key, candidates=candidates,
+                                           mode=pb.SERVING_MODE_BASELINE)
         elif stage is Stage.SHADOW:
             # The shadow first: it validates the request (InvalidInput before anything is served) and its time is
             # what shadowing adds to Rank.
             started_ns = time.perf_counter_ns()
-            shadow = decide(state, request, baseline, draw_key=key, deadline=deadline)
+            shadow = decide(state, request, baseline, draw_key=key, candidates=candidates, deadline=deadline)
             shadow_latency_us = (time.perf_counter_ns() - started_ns) // 1000
-            decision = decide_baseline(state, request, baseline, draw_key=key, mode=pb.SERVING_MODE_SHADOW,
-                                       check=False)
+            decision = decide_baseline(state, request, baseline, draw_key=key, candidates=candidates,
+                                       mode=pb.SERVING_MODE_SHADOW, check=False)
             decision.shadow, decision.shadow_latency_us = shadow, shadow_latency_us
             decision.long_term = shadow.long_term  # the event's long-term input is the shadow's, for its replay
         else:
-            decision = decide_baseline(state, request, baseline, draw_key=key, mode=pb.SERVING_MODE_BASELINE)
+            decision = decide_baseline(state, request, baseline, draw_key=key, candidates=candidates,
+                                       mode=pb.SERVING_MODE_BASELINE)
         decision.rollout_stage = stage.value
         return decision
 

@@ -5,13 +5,12 @@ Checked here, once per request, for every path (learned, baseline, replay):
 * ``surface``: not empty (the service resolves it: unknown → InvalidInput naming ``surface``);
 * ``candidates``: 1 to ``SurfaceConfig.max_candidates`` of them;
 * ``slate_size``: 1 to the number of candidates;
-* ``candidates[i].baseline_score``: finite (the baseline must always be able to serve).
+* ``candidates[i].baseline_score``: finite, and ``candidates[i].item_id``: not empty, not repeated — checked where
+  the candidates are read, once per request (:class:`recsys_rl.serving.candidates.CandidateView`).
 
-Checked where the candidate is first read, by :class:`recsys_rl.serving.features.ItemExampleCache` (a cached
-item was already checked, so the hot path reads no protobuf field of it again), with the rules defined here:
-
-* ``candidates[i].item_id``: not empty, not repeated (:func:`check_item_ids`);
-* feature values and embeddings: finite (:mod:`recsys_rl.serving.features`).
+Checked where the candidate's features are first read, by :class:`recsys_rl.serving.features.ItemExampleCache` (a
+cached item was already checked, so the hot path reads no protobuf field of it again): feature values and
+embeddings finite (:mod:`recsys_rl.serving.features`).
 
 ReportOutcome (:func:`validate_outcome_request`): ``event_id`` and ``outcome`` not empty, ``value`` finite,
 ``occurred_at`` (when set) a valid timestamp; the surface's reward definition then checks the outcome name, the
@@ -21,16 +20,14 @@ value against the reward range and ``outcome_id``'s length (``recsys_rl.serving.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-
-import numpy as np
 
 from recsys_rl.errors import InvalidInput
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+from recsys_rl.serving.candidates import CandidateView, check_item_ids
 
 
-def validate_rank_request(request: pb.RankRequest, *, max_candidates: int) -> np.ndarray:
-    """Checks the request's structure; returns the baseline scores (float64, one per candidate)."""
+def validate_rank_request(request: pb.RankRequest, *, max_candidates: int) -> CandidateView:
+    """Checks the request's structure; returns its candidates, read once (baseline scores, ids, cache keys)."""
     if not request.surface:
         raise InvalidInput("surface", "must not be empty")
     n = len(request.candidates)
@@ -42,11 +39,7 @@ def validate_rank_request(request: pb.RankRequest, *, max_candidates: int) -> np
         raise InvalidInput("slate_size", f"must be positive, got {request.slate_size}")
     if request.slate_size > n:
         raise InvalidInput("slate_size", f"{request.slate_size} is larger than the {n} candidates")
-    baseline = np.fromiter((c.baseline_score for c in request.candidates), dtype=np.float64, count=n)
-    if not np.isfinite(baseline).all():
-        i = int(np.flatnonzero(~np.isfinite(baseline))[0])
-        raise InvalidInput(f"candidates[{i}].baseline_score", f"must be finite, got {baseline[i]}")
-    return baseline
+    return CandidateView(request)
 
 
 # google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
@@ -66,19 +59,6 @@ def validate_outcome_request(request: pb.ReportOutcomeRequest) -> None:
         if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000):
             raise InvalidInput("occurred_at", f"not a valid timestamp (seconds={seconds}, nanos={nanos}); expected "
                                               "0001-01-01 to 9999-12-31 UTC and 0 <= nanos < 1e9")
-
-
-def check_item_ids(item_ids: Sequence[str], field: str = "candidates") -> None:
-    """Item ids must be non-empty and distinct within one request (a slate never repeats an item)."""
-    if len(set(item_ids)) == len(item_ids) and "" not in item_ids:
-        return
-    seen: set[str] = set()
-    for index, item_id in enumerate(item_ids):
-        if not item_id:
-            raise InvalidInput(f"{field}[{index}].item_id", "must not be empty")
-        if item_id in seen:
-            raise InvalidInput(f"{field}[{index}].item_id", f"duplicate item_id {item_id!r}")
-        seen.add(item_id)
 
 
 __all__ = ["check_item_ids", "validate_outcome_request", "validate_rank_request"]

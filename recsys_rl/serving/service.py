@@ -342,7 +342,7 @@ class DecisionService:
             raise NotReady("the service is shutting down")
         started_ns = time.perf_counter_ns()
         entry = self._entry(request.surface)
-        baseline = validate_rank_request(request, max_candidates=entry.config.max_candidates)
+        candidates = validate_rank_request(request, max_candidates=entry.config.max_candidates)
         now = started_ns / 1e9
         arrived = now if queued_since is None else min(queued_since, now)
         budget_deadline = arrived + entry.config.decision_budget_ms / 1000.0
@@ -350,10 +350,10 @@ class DecisionService:
         late = f"queued: waited {(now - arrived) * 1e3:.1f} ms" if now >= deadline else ""
         rollout = self.rollout_state(request.surface)
         if not self.log_guard.ready():  # never a learned or explored slate without its event queued
-            return self.log_guard.unlogged(entry.policy.rank(request, deadline=deadline, baseline=baseline,
+            return self.log_guard.unlogged(entry.policy.rank(request, deadline=deadline, candidates=candidates,
                                                              serve_baseline=LOG_UNAVAILABLE, rollout=rollout,
                                                              late=late))
-        decision = entry.policy.rank(request, deadline=deadline, baseline=baseline, rollout=rollout, late=late)
+        decision = entry.policy.rank(request, deadline=deadline, candidates=candidates, rollout=rollout, late=late)
         event_id = self._event_id_prefix + uuid.uuid4().hex
         served_at_ns = time.time_ns()
         window_s = entry.config.reward.attribution_window_seconds
@@ -371,7 +371,7 @@ class DecisionService:
         except LogQueueFull as exc:
             raise Overloaded(f"decision log queue is full: {exc}") from exc
         except LogUnavailable:  # the disk failed since ready(): this decision is not served, the baseline is
-            return self.log_guard.unlogged(entry.policy.rank(request, deadline=deadline, baseline=baseline,
+            return self.log_guard.unlogged(entry.policy.rank(request, deadline=deadline, candidates=candidates,
                                                              serve_baseline=LOG_UNAVAILABLE, rollout=rollout))
         if late and decision.fallback_reason == late:
             with self._overload_lock:

@@ -24,9 +24,9 @@ import operator
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import compress, repeat
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -58,14 +58,16 @@ class ShieldRules:
     def active(self) -> bool:
         return bool(self.version)
 
-    def for_request(self, request: pb.RankRequest) -> RequestShield | None:
+    def for_request(self, candidates: pb.RankRequest | ShieldCandidates) -> RequestShield | None:
         """The request's feasibility (None when the surface has no shield: the unshielded fast path).
 
-        Raises ShieldInfeasible when fewer than ``min_feasible`` (at least 1) candidates pass the static rules.
+        ``candidates``: the request's candidates as Rank read them (``recsys_rl.serving.candidates.CandidateView``),
+        or the request itself (replay), whose fields are then read here. Raises ShieldInfeasible when fewer than
+        ``min_feasible`` (at least 1) candidates pass the static rules.
         """
         if not self.active:
             return None
-        return RequestShield(self, request)
+        return RequestShield(self, candidates)
 
 
 def NoShield() -> ShieldRules:  # noqa: N802 - the null object's name, as the other null objects read
@@ -76,64 +78,80 @@ def NoShield() -> ShieldRules:  # noqa: N802 - the null object's name, as the ot
 NO_SHIELD = ShieldRules()
 
 
+class ShieldCandidates(Protocol):
+    """What the shield reads of a request's candidates: their ids and, per feature name, their categorical values
+    (None where a candidate lacks the feature). ``recsys_rl.serving.candidates.CandidateView`` is one."""
+
+    item_ids: list[str]
+
+    def categorical(self, name: str) -> list[str | None]: ...
+
+
+class _ProtobufCandidates:
+    """ShieldCandidates read from the protobuf (a request replay rebuilt; Rank passes its CandidateView)."""
+
+    def __init__(self, request: pb.RankRequest) -> None:
+        pairs = list(map(_id_and_categorical, request.candidates))  # one pass: each candidate's wrappers once
+        self.item_ids = [item for item, _ in pairs]
+        self._maps = [categorical for _, categorical in pairs]
+
+    def categorical(self, name: str) -> list[str | None]:
+        return list(map(operator.methodcaller("get", name), self._maps))
+
+
+_id_and_categorical = operator.attrgetter("item_id", "features.categorical")
+
+
 class RequestShield:
     """Per-request feasibility, used slot by slot by ``exploration.sample_slate``/``slate_propensities``.
 
     Static rules (blocked items/values) are one boolean per candidate; ``max_per_value`` depends on the items
-    already placed, so :meth:`mask` takes them. Rank pays for this on every request, so the work is arranged to
-    touch each candidate's protobuf fields once (item id and the rules' categorical values, read in one pass into
-    Python lists: a map read costs ~0.6 µs, more than the numpy work of a slot) and to keep the ``max_per_value``
-    counts incrementally as slots are placed (:meth:`_advance`) instead of recounting the prefix at every slot.
-    The cap state makes an instance stateful: one request's decision (or replay) at a time, as the decision path
-    uses it (``ShieldRules.for_request`` per call).
+    already placed, so :meth:`mask` takes them. Rank pays for this on every request (100 candidates, slate 10), so:
+    ids and feature values come from the request's :class:`ShieldCandidates` (read from the protobuf once per
+    request, shared with validation and the item cache); the ``max_per_value`` counts are kept incrementally as
+    slots are placed (:meth:`_advance`) instead of recounting the prefix at every slot; and what a cap removes - the
+    candidates sharing the value that reached it - is looked up only when a cap is reached (:class:`_Cap`). The
+    feasible set of the next slot is one boolean array, updated in place. The cap state makes an instance
+    stateful: one request's decision (or replay) at a time, as the decision path uses it (``ShieldRules.for_request``
+    per call).
     """
 
-    def __init__(self, rules: ShieldRules, request: pb.RankRequest) -> None:
-        candidates = request.candidates
-        n = len(candidates)
-        # Every categorical value a rule needs, read in the same pass over the candidates as the ids (one pass
-        # builds each candidate's wrapper once; None: the candidate lacks the feature).
-        keys = sorted({key for key, _ in rules.blocked_values} | {key for key, _ in rules.max_per_value})
-        values: dict[str, list[str | None]] = {}
-        if keys:
-            pairs = list(map(_id_and_categorical, candidates))
-            self.item_ids: list[str] = [item for item, _ in pairs]
-            maps = [categorical for _, categorical in pairs]
-            values = {key: list(map(operator.methodcaller("get", key), maps)) for key in keys}
-        else:
-            self.item_ids = [c.item_id for c in candidates]
+    def __init__(self, rules: ShieldRules, candidates: pb.RankRequest | ShieldCandidates) -> None:
+        if isinstance(candidates, pb.RankRequest):
+            candidates = _ProtobufCandidates(candidates)
+        ids = self.item_ids = candidates.item_ids
+        n = len(ids)
         ok = np.ones(n, dtype=bool)
         self.fired: list[str] = []
+        removed = 0
         blocked = rules.blocked_items
-        if blocked:  # one C-level pass of O(1) look-ups, whatever the set's size
-            is_blocked = np.fromiter(map(blocked.__contains__, self.item_ids), dtype=bool, count=n)
-            ok &= ~is_blocked
-            self.fired += [f"blocked_items:{self.item_ids[i]}" for i in is_blocked.nonzero()[0].tolist()]
+        if blocked and not blocked.isdisjoint(ids):  # O(1) look-ups in C, whatever the set's size
+            hits = list(compress(range(n), map(blocked.__contains__, ids)))
+            ok[hits] = False
+            removed += len(hits)
+            self.fired += [f"blocked_items:{ids[i]}" for i in hits]
+        values: dict[str, list[str | None]] = {}
         for key, blocked_set in rules.blocked_values:
-            if blocked_set.isdisjoint(values[key]):
+            values[key] = key_values = candidates.categorical(key)
+            if blocked_set.isdisjoint(key_values):
                 continue
-            for i, v in enumerate(values[key]):
+            for i, v in enumerate(key_values):
                 if v in blocked_set and ok[i]:
                     ok[i] = False
-                    self.fired.append(f"blocked_values[{key}]:{self.item_ids[i]}")
-        feasible = int(ok.sum())
+                    removed += 1
+                    self.fired.append(f"blocked_values[{key}]:{ids[i]}")
         need = max(1, rules.min_feasible)
-        if feasible < need:
-            raise ShieldInfeasible(f"shield: no feasible candidates (min_feasible {need}, {feasible} of {n} "
+        if n - removed < need:
+            raise ShieldInfeasible(f"shield: no feasible candidates (min_feasible {need}, {n - removed} of {n} "
                                    f"candidates pass the rules)")
         self.ok = ok
-        # max_per_value: per key, the candidates' values as a list (scalar reads of placed items) and an object
-        # array (`values == v`: which candidates a value reaching its cap removes; None never matches), and the cap.
-        self._caps: list[tuple[str, list[str | None], np.ndarray, int]] = []
-        for key, cap in rules.max_per_value:
-            as_array = np.empty(n, dtype=object)
-            as_array[:] = values[key]
-            self._caps.append((key, values[key], as_array, cap))
+        self._caps = [_Cap(key, values[key] if key in values else candidates.categorical(key), cap, ok)
+                      for key, cap in rules.max_per_value]
         # Pins: slot -> candidate index (first candidate with the id); pinned items are drawn nowhere else.
         self.pins: dict[int, int] = {}
         for item, slot in rules.pinned:
             try:
-                i = self.item_ids.index(item)  # the first candidate with the id
+                i = ids.index(item)  # the first candidate with the id
             except ValueError:
                 continue  # not a candidate of this request
             if ok[i]:
@@ -147,29 +165,37 @@ class RequestShield:
     def _reset(self) -> None:
         """Forget the placed prefix: no item placed, no cap reached."""
         self._placed: list[int] = []
-        self._used: list[dict[str, int]] = [{} for _ in self._caps]  # per key: value -> items placed with it
-        self._cap_free = np.ones(self.ok.size, dtype=bool)  # False: a cap is reached for one of its values
+        for cap in self._caps:
+            cap.used.clear()
         self._open_now = self._drawable.copy()  # static rules, pins, caps, and not placed yet: feasible()
 
     def _advance(self, placed: Sequence[int]) -> None:
         """Bring the cap state to ``placed``: add the new items when the state holds a prefix of it (sampling and
         replay place one item per slot), else recount from scratch. Same counts as recounting every time."""
         done = len(self._placed)
-        if len(placed) < done or (done and list(placed[:done]) != self._placed):
-            self._reset()
-            done = 0
+        if done:
+            prefix = placed[:done]
+            if len(placed) < done or (prefix if type(prefix) is list else list(prefix)) != self._placed:
+                self._reset()
+                done = 0
         for j in placed[done:]:
             j = int(j)
             self._placed.append(j)
             self._open_now[j] = False
-            for (_key, value_list, value_array, cap), used in zip(self._caps, self._used):
-                v = value_list[j]
+            for cap in self._caps:
+                v = cap.values[j]
                 if v is not None:
-                    used[v] = count = used.get(v, 0) + 1
-                    if count == cap:  # this value just reached its cap: its other candidates are out
-                        reached = value_array == v
-                        self._cap_free[reached] = False
-                        self._open_now[reached] = False
+                    cap.used[v] = count = cap.used.get(v, 0) + 1
+                    if count == cap.cap:  # this value just reached its cap: its other candidates are out
+                        self._open_now[cap.members(v)[1]] = False
+
+    def _cap_free(self, i: int) -> bool:
+        """No cap is reached (for the placed prefix) for any of candidate i's values."""
+        for cap in self._caps:
+            v = cap.values[i]
+            if v is not None and cap.used.get(v, 0) >= cap.cap:
+                return False
+        return True
 
     def pinned_at(self, slot: int, placed: Sequence[int]) -> int | None:
         """The candidate pinned to ``slot`` when it is feasible there given ``placed``, else None."""
@@ -177,12 +203,17 @@ class RequestShield:
         if i is None or i in placed:
             return None
         self._advance(placed)
-        return i if self._cap_free[i] else None
+        return i if self._cap_free(i) else None
 
     def mask(self, remaining: np.ndarray, placed: Sequence[int]) -> np.ndarray:
         """Which of ``remaining`` may be drawn at the next slot given the items ``placed`` before it."""
         self._advance(placed)
-        return self._drawable[remaining] & self._cap_free[remaining]
+        drawable = self._drawable.copy()
+        for cap in self._caps:
+            for v, count in cap.used.items():
+                if count >= cap.cap:
+                    drawable[cap.members(v)[1]] = False
+        return drawable[remaining]
 
     def feasible(self, placed: Sequence[int]) -> np.ndarray:
         """The candidates (ascending indices) that may be drawn at the next slot given ``placed``: the same array as
@@ -198,38 +229,51 @@ class RequestShield:
         is not among slots < k, and that value already has ``cap`` items in slots < k. Counts only grow along a
         slate, so a candidate removed at slot k stays removed at every later slot: it is listed once, at the first
         such k (per key, by slot, by index) - the full per-slot list says nothing more and cost ~70 entries per
-        decision on a skewed slate.
+        decision on a skewed slate. That first k is the slot after the one whose item brought its value to the cap,
+        so only the values reaching their cap are looked at (:meth:`_Cap.members`), each once.
         """
         fired = list(self.fired)
+        if not self._caps:
+            return fired
         slate = [int(i) for i in slate]
-        for key, value_list, value_array, cap in self._caps:
-            removed = np.zeros(self.ok.size, dtype=bool)  # eligible candidates whose value reached the cap
-            placed = np.zeros(self.ok.size, dtype=bool)
+        ids = self.item_ids
+        for cap in self._caps:
             used: dict[str, int] = {}
-            # Each removed candidate's "max_per_value[KEY]:ID" is built once, when its value reaches the cap, and
-            # "@slotK" is appended at the first slot it is out.
-            names: dict[int, str] = {}
-            reported = np.zeros(self.ok.size, dtype=bool)
-            for k, j in enumerate(slate):
-                if names:
-                    new = (removed & ~placed & ~reported).nonzero()[0]
-                    if new.size:
-                        suffix = f"@slot{k}"
-                        fired += [names[i] + suffix for i in new.tolist()]
-                        reported[new] = True
-                placed[j] = True
-                v = value_list[j]
-                if v is not None:
-                    used[v] = count = used.get(v, 0) + 1
-                    if count == cap:
-                        reached = self.ok & (value_array == v)
-                        removed |= reached
-                        names.update((i, f"max_per_value[{key}]:{self.item_ids[i]}")
-                                     for i in reached.nonzero()[0].tolist())
+            for k, j in enumerate(slate[:-1]):  # the last slot's item removes nothing from this slate
+                v = cap.values[j]
+                if v is None:
+                    continue
+                used[v] = count = used.get(v, 0) + 1
+                if count == cap.cap:  # out from slot k + 1 on: the value's other eligible candidates not yet placed
+                    placed = set(slate[: k + 1])
+                    prefix, suffix = f"max_per_value[{cap.key}]:", f"@slot{k + 1}"
+                    fired += [prefix + ids[i] + suffix for i in cap.members(v)[0] if i not in placed]
         return fired
 
 
-_id_and_categorical = operator.attrgetter("item_id", "features.categorical")
+class _Cap:
+    """One ``max_per_value`` rule on one request: the candidates' values for its key, the counts of the placed
+    prefix, and per value the candidates it removes when it reaches the cap - looked up only when it does (most
+    values never do within one slate), in Python: numpy's per-call cost (~1 µs) is more than the work at n = 100."""
+
+    __slots__ = ("key", "values", "cap", "used", "_ok", "_members")
+
+    def __init__(self, key: str, values: list[str | None], cap: int, ok: np.ndarray) -> None:
+        self.key, self.values, self.cap = key, values, cap
+        self.used: dict[str, int] = {}  # value -> items placed with it
+        self._ok = ok
+        self._members: dict[str, tuple[list[int], np.ndarray]] = {}
+
+    def members(self, value: str) -> tuple[list[int], np.ndarray]:
+        """The candidates (ascending) that pass the static rules and have ``value``: as a list and as an index
+        array. Candidates the static rules removed are left out: they are infeasible and never reported."""
+        found = self._members.get(value)
+        if found is None:
+            ok = self._ok
+            members = [i for i in compress(range(len(self.values)), map(operator.eq, self.values, repeat(value)))
+                       if ok[i]]
+            found = self._members[value] = (members, np.array(members, dtype=np.intp))
+        return found
 
 
 def _read_blocked_file(path: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""The fast RequestShield (incremental caps, vectorised reads, ``feasible`` fast path) against a plain reference.
+"""The fast RequestShield (incremental caps, reads from a CandidateView, ``feasible`` fast path) against a reference.
 
 ``_ReferenceShield`` is the first, straightforward implementation kept here as the specification: every slot
 recounts the placed prefix, ``explain`` loops over slots × candidates, and it offers no ``feasible`` method, so
@@ -18,6 +18,7 @@ import pytest
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.serving.exploration import (CappedExplorer, EpsilonGreedy, Greedy, Softmax, sample_slate,
                                            slate_propensities)
+from recsys_rl.serving.candidates import CandidateInfoCache, CandidateView
 from recsys_rl.shield import RequestShield, ShieldInfeasible, ShieldRules, parse_shield
 
 
@@ -109,7 +110,7 @@ def _random_case(rng: np.random.Generator) -> tuple[pb.RankRequest, ShieldRules]
 def test_fast_shield_matches_reference(seed: int) -> None:
     rng = np.random.default_rng(seed)
     explorers = [Greedy(), CappedExplorer(Softmax(0.7), 0.4), CappedExplorer(EpsilonGreedy(0.5), 1.0)]
-    checked = 0
+    checked = with_view = 0
     for _ in range(150):
         request, rules = _random_case(rng)
         try:
@@ -122,6 +123,11 @@ def test_fast_shield_matches_reference(seed: int) -> None:
         fast = RequestShield(rules, request)
         assert fast.fired == reference.fired and fast.pins == reference.pins
         assert fast.ok.tolist() == reference.ok.tolist()
+        # Rank's way in: the candidates read once by a CandidateView (which refuses repeated ids, so only then).
+        ids = [c.item_id for c in request.candidates]
+        from_view = [] if len(set(ids)) < len(ids) else [CandidateView(request, cache=CandidateInfoCache())]
+        for view in from_view:
+            assert RequestShield(rules, view).fired == reference.fired
         # mask / pinned_at in an arbitrary order of prefixes (the fast shield must recount when not extending).
         for _ in range(4):
             placed = [int(i) for i in rng.permutation(n)[: int(rng.integers(0, n + 1))]]
@@ -134,7 +140,8 @@ def test_fast_shield_matches_reference(seed: int) -> None:
         for explorer in explorers:
             for key in range(3):
                 # A fresh fast shield per draw and a reused one: state left by earlier calls must not matter.
-                for shield in (RequestShield(rules, request), fast):
+                for shield in (RequestShield(rules, request), fast,
+                               *(RequestShield(rules, view) for view in from_view)):
                     draw = sample_slate(scores, request.slate_size, explorer, draw_key=key, feasibility=shield)
                     expected = sample_slate(scores, request.slate_size, explorer, draw_key=key,
                                             feasibility=reference)
@@ -149,7 +156,9 @@ def test_fast_shield_matches_reference(seed: int) -> None:
             assert got.tobytes() == want.tobytes()
             assert fast.explain(slate) == reference.explain(slate)
         checked += 1
+        with_view += len(from_view)
     assert checked > 100  # most random cases are feasible: the comparison is not vacuous
+    assert with_view > 30  # and many have distinct ids, so the CandidateView path is compared too
 
 
 def test_repeated_index_still_refused() -> None:

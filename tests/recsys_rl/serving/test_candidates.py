@@ -1,0 +1,107 @@
+"""CandidateView: one read of a request's candidates, the same values as reading the protobuf, shared by the cache."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from recsys_rl.config import ModelConfig
+from recsys_rl.errors import InvalidInput
+from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+from recsys_rl.serving.bandit import VWBandit
+from recsys_rl.serving.candidates import CandidateInfoCache, CandidateView, current_view, item_key, reading
+from recsys_rl.serving.features import ItemExampleCache
+from tests.recsys_rl.serving.test_bandit import event_for
+
+
+def _request(n: int = 6, *, offset: int = 0) -> pb.RankRequest:
+    request = pb.RankRequest(surface="s", slate_size=2)
+    for i in range(n):
+        c = request.candidates.add(item_id=f"item-{i + offset}", baseline_score=[0.0, 1.5, -2.0][i % 3])
+        if i % 2:
+            c.features.categorical["creator"] = f"c{i % 4}"
+        c.features.numeric["price"] = float(i)
+        if i % 3 == 2:
+            c.embedding.extend([0.25, -1.0])
+    return request
+
+
+def test_view_reads_the_same_values_as_the_protobuf() -> None:
+    request = _request(9)
+    view = CandidateView(request, cache=CandidateInfoCache())
+    assert view.keys == [item_key(c) for c in request.candidates]  # also with baseline 0 (not serialized) and < 0
+    assert view.baseline.tobytes() == np.array([c.baseline_score for c in request.candidates]).tobytes()
+    assert view.item_ids == [c.item_id for c in request.candidates]
+    assert view.categorical("creator") == [c.features.categorical.get("creator") for c in request.candidates]
+    assert view.categorical("missing") == [None] * 9 and len(view) == 9
+
+
+def test_cached_info_is_per_candidate_content_not_per_id() -> None:
+    cache = CandidateInfoCache(max_items=3)
+    first = CandidateView(_request(2), cache=cache)
+    again = CandidateView(_request(2), cache=cache)  # equal bytes, new objects: found in the cache
+    assert all(a is b for a, b in zip(first.keys, again.keys))  # the cached key objects are handed on
+    changed = _request(2)
+    changed.candidates[1].features.categorical["creator"] = "other"  # same id, other features: other content
+    view = CandidateView(changed, cache=cache)
+    assert view.categorical("creator") == [None, "other"] and first.categorical("creator") == [None, "c1"]
+    assert len(cache) == 3
+    CandidateView(_request(3, offset=10), cache=cache)
+    assert len(cache) == 3  # bounded: the oldest entries went
+    assert CandidateView(_request(2), cache=cache).keys[0] is not first.keys[0]  # evicted, so read again
+
+
+@pytest.mark.parametrize(("mutate", "field", "reason"), [
+    (lambda r: setattr(r.candidates[2], "baseline_score", math.nan), "candidates[2].baseline_score", "finite"),
+    (lambda r: setattr(r.candidates[1], "item_id", ""), "candidates[1].item_id", "must not be empty"),
+    (lambda r: setattr(r.candidates[3], "item_id", "item-0"), "candidates[3].item_id", "duplicate item_id 'item-0'"),
+])
+def test_bad_candidates_name_the_field(mutate, field: str, reason: str) -> None:
+    request = _request()
+    mutate(request)
+    with pytest.raises(InvalidInput) as err:
+        CandidateView(request, cache=CandidateInfoCache())
+    assert err.value.field == field and reason in err.value.reason
+
+
+def test_item_cache_entries_from_the_view_match_items() -> None:
+    request = _request(5)
+    view = CandidateView(request, cache=CandidateInfoCache())
+    by_items: ItemExampleCache[str] = ItemExampleCache(prepare=str.upper)
+    by_view: ItemExampleCache[str] = ItemExampleCache(prepare=str.upper)
+    expected = [(e.item_id, e.line, e.example) for e in by_items.items(request.candidates)]
+    assert [(e.item_id, e.line, e.example) for e in by_view.entries(view)] == expected
+    assert [(e.item_id, e.line) for e in by_view.entries(view)] == [e[:2] for e in expected]  # now all hits
+    assert (by_view.hits, by_view.misses) == (5, 5)
+    # A cache smaller than the request: inserting this request's misses evicts its own earlier keys.
+    small: ItemExampleCache[str] = ItemExampleCache(max_items=2)
+    assert [e.item_id for e in small.entries(view)] == view.item_ids and len(small) == 2
+    bad = _request(2)
+    bad.candidates[1].features.numeric["price"] = math.inf
+    with pytest.raises(InvalidInput, match=r'candidates\[1\]\.features\.numeric\["price"\]'):
+        ItemExampleCache().entries(CandidateView(bad, cache=CandidateInfoCache()))
+
+
+def test_current_view_only_inside_reading_and_only_for_its_request() -> None:
+    request, other = _request(), _request()
+    view = CandidateView(request, cache=CandidateInfoCache())
+    assert current_view(request) is None
+    assert reading(view, current_view) is view
+    assert reading(view, lambda _r: current_view(other)) is None  # an equal request, not the same object
+    assert current_view(request) is None
+
+
+def test_vw_scores_from_the_view_are_the_scores_from_the_request() -> None:
+    bandit = VWBandit(ModelConfig().vw_args)
+    request = _request(8)
+    request.context.categorical["device"] = "ios"
+    bandit.learn(event_for(request, [3, 1], [0.5, 0.25]), [1.0, 0.0])  # scores that differ per candidate
+    plain = bandit.score(request)
+    assert len(set(plain.tolist())) > 1
+    view = CandidateView(request, cache=CandidateInfoCache())
+    assert reading(view, bandit.score).tobytes() == plain.tobytes()
+    hits = bandit.cache.hits
+    reading(view, bandit.validate)
+    assert bandit.cache.hits == hits + 8  # validated through the same item cache entries
