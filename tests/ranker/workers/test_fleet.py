@@ -9,14 +9,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import grpc
 
 from recsys_rl.caps.access import admin_channel
 from recsys_rl.caps.devcerts import AdminCredentials
 from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
-from tests.helpers import OPERATOR, make_request
+from tests.helpers import OPERATOR
 from tests.ranker.workers.conftest import Fleet, poll, rank, worker_of
 
 IN_FORCE_WITHIN_S = 1.0  # issue 11: a change accepted by any worker is in force on every worker within 1 s
