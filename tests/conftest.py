@@ -69,10 +69,12 @@ def start_server(tmp_path: Path, admin_credentials: AdminCredentials) -> Iterato
     started: list[RunningServer] = []
 
     def start(config: ServiceConfig | None = None, *, data_dir: Path | None = None,
-              learner: str = "thread") -> RunningServer:
+              learner: str = "thread", **server_options: object) -> RunningServer:
+        """``server_options``: more RankingServer arguments (e.g. ``max_queue_wait_ms=None``)."""
         directory = data_dir or tmp_path / f"data{len(started)}"
         service = DecisionService(config or default_config(), directory, learner=learner)
-        server = RankingServer(service, host="127.0.0.1", port=0, admin=admin_settings(admin_credentials)).start()
+        server = RankingServer(service, host="127.0.0.1", port=0, admin=admin_settings(admin_credentials),
+                               **server_options).start()  # type: ignore[arg-type]
         assert server.port != 0 and server.admin_port not in (0, server.port)
         channel = grpc.insecure_channel(server.address)
         admin = admin_channel(server.admin_address, admin_credentials)
