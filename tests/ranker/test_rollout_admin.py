@@ -210,7 +210,10 @@ def test_cli_refused_forward_move_exits_3_with_the_failed_checks(start) -> None:
 def test_the_stages_in_order_on_the_services_own_evidence(start) -> None:
     """baseline → canary is refused (no evidence skips the shadow); baseline → shadow is accepted; shadow → canary is
     refused until min_decisions shadow decisions, then accepted; canary → live needs the guardrail's decisions."""
-    config = ServiceConfig(surfaces={name: replace(s, rollout=RolloutConfig(stage="baseline", min_decisions=20))
+    # A generous decision budget: on a loaded machine a Rank past the default budget serves the baseline without a
+    # shadow draw, and this test counts shadow decisions.
+    config = ServiceConfig(surfaces={name: replace(s, rollout=RolloutConfig(stage="baseline", min_decisions=20),
+                                                   decision_budget_ms=60_000)
                                      for name, s in default_config().surfaces.items()})
     running = start(config)
     with pytest.raises(grpc.RpcError) as refused:
