@@ -43,6 +43,8 @@ from recsys_rl.config import DEFAULT_SURFACE, default_config
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("maximum", "tail", "overload")
+# Whose CPU a process's counts as: the parent's column also holds the resource tracker (and anything else).
+ROLE_CPU = {"worker": "workers", "learner": "learner"}
 
 
 @dataclass
@@ -60,9 +62,8 @@ class Args:
     sweep_s: float = 2.0
     requests: int = 2_000  # distinct pre-built Rank requests, cycled
     # The default surface with a short attribution window, so that the learner learns (it learns a decision once
-    # its window has closed) through most of each ~20 s server life, as it does in steady state. A production
-    # window (30 s by default) delays learning without changing its rate; the learner then holds rate x window
-    # decisions in memory.
+    # its window has closed) through most of each ~20 s server life, as it does in steady state. A longer window
+    # (5 s by default) delays learning without changing its rate; the learner holds rate x window decisions.
     attribution_window_s: float = 2.0
 
 
@@ -130,10 +131,9 @@ class Server:
 
     def cpu_snapshot(self) -> Counter[str]:
         """CPU seconds so far of the workers, the rest of the server, this client and the whole machine."""
-        workers = set(self.worker_pids())
         cpu: Counter[str] = Counter()
-        for pid in procstat.descendants(self.process.pid):
-            cpu["workers" if pid in workers else "learner and parent"] += procstat.cpu_s(pid)
+        for role, pid in self.roles():
+            cpu[ROLE_CPU.get(role, "parent")] += procstat.cpu_s(pid)
         cpu["client"] = procstat.own_cpu_s()
         cpu["machine"] = procstat.machine_busy_s()
         cpu["wall"] = time.perf_counter()
@@ -149,7 +149,7 @@ async def measure(server: Server, load: Awaitable[PhaseResult]) -> Phase:
     metrics = await asyncio.to_thread(server.scrape)
     metrics.subtract(metrics_before)
     usage = Usage(wall_s=cpu_after["wall"] - cpu_before["wall"])
-    for who in ("workers", "learner and parent", "client"):
+    for who in ("workers", "learner", "parent", "client"):
         usage.cpu_s[who] = cpu_after[who] - cpu_before[who]
     usage.cpu_s["other jobs"] = max(0.0, cpu_after["machine"] - cpu_before["machine"] - sum(usage.cpu_s.values()))
     return Phase(result, usage, metrics)
@@ -215,7 +215,8 @@ def figures(r: dict[str, object]) -> dict[str, float]:
               f"{name} exhausted": load.rank_results["resource_exhausted"],
               f"{name} exhausted share": load.rank_results["resource_exhausted"] / calls,
               f"{name} other errors": calls - load.ranks_ok - load.rank_results["resource_exhausted"],
-              f"{name} per worker core": served / max(1e-9, phase.usage.cpu_s["workers"])}
+              f"{name} per worker core": served / max(1e-9, phase.usage.cpu_s["workers"]),
+              f"{name} learner ms": phase.usage.cpu_s["learner"] / max(1.0, served) * 1e3}
         f |= {f"{name} cpu {who}": cpu / phase.usage.wall_s for who, cpu in phase.usage.cpu_s.items()}
     outcomes = tail.load
     f |= {"outcomes/s": outcomes.outcomes / outcomes.span_s,
@@ -240,7 +241,7 @@ def markdown(results: dict[int, list[dict[str, object]]], args: Args) -> str:
     rounds = {w: [figures(r) for r in rs] for w, rs in results.items()}
     m = {w: {key: statistics.median(f[key] for f in fs) for key in fs[0]} for w, fs in rounds.items()}
     saturating = {w: rs[0]["saturating"] for w, rs in results.items()}
-    cpu = ("cpu workers", "cpu learner and parent", "cpu client", "cpu other jobs")
+    cpu = ("cpu workers", "cpu learner", "cpu parent", "cpu client", "cpu other jobs")
     lines = [
         f"The real `recsys-rl serve --workers N --metrics-port 0` (its learner running) on loopback, driven by one "
         f"asyncio client process (`bench/loadgen.py`: {args.connections} connections, pre-serialized Rank requests "
@@ -252,31 +253,37 @@ def markdown(results: dict[int, list[dict[str, object]]], args: Args) -> str:
         f"round's maximum, latency from each call's scheduled send), **overload** (closed loop, "
         f"{args.overload_factor}x the saturating callers). 1 and 2 workers alternated for {args.rounds} rounds; "
         "figures are medians over rounds, ratios are ratios of those medians. CPU is in cores (CPU seconds per wall "
-        "second) over the phase: the workers, the rest of the server (learner, parent, exporter), this client, and "
-        "every other process on the machine (`/proc/stat` minus ours).",
+        "second) over the phase: the workers, the learner, the parent (supervision, metrics exporter), this client, "
+        "and every other process on the machine (`/proc/stat` minus ours). Rank/s per worker core and the "
+        "learner's CPU per decision are what scale to other machines (docs/scaling.md).",
         "",
         "**Maximum throughput** (closed loop)",
         "",
-        "| workers | callers | Rank/s | learned | p50 ms | p99 ms | Rank/s each round | CPU: workers | learner + "
-        "parent | client | other jobs | Rank/s per worker core |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| workers | callers | Rank/s | learned | p50 ms | p99 ms | Rank/s each round | CPU: workers | learner | "
+        "parent | client | other jobs | Rank/s per worker core | learner CPU ms per Rank |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for w, f in m.items():
         each = ", ".join(f"{r['maximum rate']:.0f}" for r in rounds[w])
         lines.append(f"| {w} | {saturating[w]} | {f['maximum rate']:.0f} | {f['maximum learned']:.1%} | "
                      f"{f['maximum p50']:.1f} | {f['maximum p99']:.1f} | {each} | "
-                     + " | ".join(f"{f[f'maximum {c}']:.2f}" for c in cpu) + f" | {f['maximum per worker core']:.0f} |")
+                     + " | ".join(f"{f[f'maximum {c}']:.2f}" for c in cpu)
+                     + f" | {f['maximum per worker core']:.0f} | {f['maximum learner ms']:.2f} |")
     per_round = statistics.median(b["maximum rate"] / a["maximum rate"] for a, b in zip(rounds[1], rounds[2]))
     sweep = "; ".join(f"{w} worker(s): " + ", ".join(f"{c}: {v:.0f}" for c, v in rs[0]["sweep"].items())  # type: ignore[attr-defined]
                       for w, rs in results.items() if rs[0]["sweep"])
     lines += ["", f"**2 workers / 1 worker: Rank/s x{m[2]['maximum rate'] / m[1]['maximum rate']:.2f}** (ratio of "
                   f"medians; median of the per-round ratios x{per_round:.2f}; issue 11's goal x1.6). The client "
-                  f"took {m[1]['maximum cpu client']:.2f} / {m[2]['maximum cpu client']:.2f} cores (1 / 2 workers). "
+                  f"took {m[1]['maximum cpu client']:.2f} / {m[2]['maximum cpu client']:.2f} cores (1 / 2 workers); "
+                  f"with 2 workers the workers got {m[2]['maximum cpu workers']:.2f} of the {os.cpu_count()} cores, "
+                  f"the learner {m[2]['maximum cpu learner']:.2f} and other jobs {m[2]['maximum cpu other jobs']:.2f}: "
+                  "x1.6 needs the workers to get 1.6 times the CPU one worker got, which a machine whose learner and "
+                  "load generator share its cores can give only if nothing else runs. "
                   f"Round 1's sweep, Rank/s by callers per worker ({args.sweep_s:g} s each): {sweep}."]
     lines += ["", f"**Tail at {args.open_loop_share:.0%} of the maximum** (open loop)", "",
               "| workers | offered Rank/s | answered Rank/s | p50 ms | p99 ms | baseline fallbacks | "
-              "RESOURCE_EXHAUSTED | CPU: workers | learner + parent | client | other jobs |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "RESOURCE_EXHAUSTED | CPU: workers | learner | parent | client | other jobs |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for w, f in m.items():
         lines.append(f"| {w} | {f['offered']:.0f} | {f['tail rate']:.0f} | {f['tail p50']:.1f} | {f['tail p99']:.1f} | "
                      f"{f['tail fallback']:.1%} | {f['tail exhausted']:.0f} | "
