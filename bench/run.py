@@ -33,7 +33,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("logging", "bench.logging_bench", "Decision log writer and reader"),
     ("disk_full", "bench.disk_full_bench", "Rank through a full disk (issue 7)"),
     ("overload", "bench.overload_bench", "Rank under overload: queue-aware admission (issue 11)"),
-    ("workers", "bench.workers_bench", "Rank throughput with 1 vs 2 serving workers (issue 11)"),
+    ("workers", "bench.workers_bench", "Load test: Rank and ReportOutcome with 1 vs 2 serving workers (issue 11)"),
     ("sim", "bench.sim_bench", "Simulator speed without the server"),
     ("replay", "bench.replay_bench", "Replay vs serving the same decisions (issue 3)"),
     ("whatif", "bench.whatif_bench", "What-if replay from logged scores vs re-scoring (issue 11)"),

@@ -1,11 +1,18 @@
-"""Rank throughput with ``serve --workers 1`` vs ``--workers 2``, closed-loop load from a separate process.
+"""Load test: Rank and ReportOutcome against ``serve --workers 1`` and ``--workers 2`` in one run (issue 11).
 
-Reads top to bottom (CleanRL style). Each configuration is the real ``recsys-rl serve`` (parent, its workers and
-the online learner) on a fresh data dir; this process is the load generator: ``callers`` asyncio tasks, each on
-its own connection (SO_REUSEPORT spreads connections, not calls, over the workers), send Rank back to back (100
-candidates, slate 10, pre-serialized) for ``seconds`` after a warm-up. Configurations alternate for ``rounds`` so
-both see the same machine; we report the median round of each: Rank/s, p50, p99 and how the calls spread over the
-workers (response metadata ``x-recsys-rl-worker``).
+Reads top to bottom (CleanRL style). Each configuration is the real ``recsys-rl serve`` (parent, workers, the
+online learner, ``--metrics-port``) on a fresh data dir, on loopback; this process is the load generator
+(``bench.loadgen``: asyncio, pre-serialized requests, a click reported for ``outcome_share`` of the decisions on
+another connection than its Rank). Per configuration and round, on one warm server:
+
+1. maximum: closed loop, ``callers_per_worker`` callers per worker (what saturates one: round 1 also sweeps it);
+2. tail: open loop at ``open_loop_share`` x the maximum just measured, latency from each call's scheduled send;
+3. overload: closed loop with ``overload_factor`` x the saturating callers (p99 against the decision budget).
+
+Configurations alternate for ``rounds``; figures are medians over rounds and 2-vs-1 ratios are ratios of those
+medians. Who used the cores in each phase is measured (the client by getrusage, the server's processes and the
+machine from /proc), as are the fallbacks by reason (the server's own metrics), each process's memory and the log
+bytes per decision. The run stops by itself; the default takes about 3 minutes.
 """
 
 from __future__ import annotations
@@ -18,115 +25,301 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
+from bench import procstat
+from bench.loadgen import LoadClient, PhaseResult
 from bench.rank_bench import Args as RankArgs
 from bench.rank_bench import make_request
-from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+from ranker.workers.layout import read_status
+from recsys_rl.config import DEFAULT_SURFACE, default_config
 
 REPO = Path(__file__).resolve().parents[1]
-RANK = "/recsys_rl.ranking.v1.RankingService/Rank"
-NOTE = ("Issue 11's goal is x1.6 or more with the learner running; here the load generator (one Python process "
-        "driving 8 connections), the learner and both workers share 2 cores, and other sessions' jobs ran at the "
-        "same time (load average at start, above), so this ratio is a floor, not what 2 free cores give.")
+PHASES = ("maximum", "tail", "overload")
+# Whose CPU a process's counts as: the parent's column also holds the resource tracker (and anything else).
+ROLE_CPU = {"worker": "workers", "learner": "learner"}
 
 
 @dataclass
 class Args:
-    callers: int = 8  # concurrent callers, each on its own connection with one call in flight
-    seconds: float = 8.0  # timed load per configuration and round
-    warmup_s: float = 2.0  # untimed load first (feature caches, VW)
     rounds: int = 3  # 1, 2, 1, 2, 1, 2 workers
-    requests: int = 2_000  # distinct pre-built requests, cycled
-    caller_deadline_s: float = 1.0
+    phase_s: float = 5.0  # timed load per phase
+    warmup_s: float = 3.0  # untimed load on a fresh server (caches, VW, the learner's first window); 1 s before the open loop
+    # Saturating concurrency. A worker decides one Rank at a time (VW holds the GIL), but with fewer calls in
+    # flight it waits for the client between them: the sweep shows 4 reaching the plateau with ~all decisions learned.
+    callers_per_worker: int = 4
+    overload_factor: int = 4  # the overload phase runs this many times the saturating callers
+    open_loop_share: float = 0.8  # the tail phase's rate, as a share of the maximum measured just before
+    outcome_share: float = 0.3  # decisions that get a click reported
+    connections: int = 16  # SO_REUSEPORT spreads connections over workers: enough that the split is not lopsided
+    deadline_s: float = 0.5  # every call's gRPC deadline, as a host would set
+    sweep_callers: tuple[int, ...] = (1, 2, 4, 8)  # callers per worker tried in round 1
+    sweep_s: float = 2.0
+    requests: int = 2_000  # distinct pre-built Rank requests, cycled
+    # The default surface with a short attribution window, so that the learner learns (it learns a decision once
+    # its window has closed) through most of each ~20 s server life, as it does in steady state. A longer window
+    # (5 s by default) delays learning without changing its rate; the learner holds rate x window decisions.
+    attribution_window_s: float = 2.0
 
 
-async def drive(address: str, payloads: list[bytes], args: Args) -> tuple[list[float], Counter[str], Counter[str]]:
-    """Returns the timed latencies (ms), the outcome counts and the calls per worker."""
-    channels = [grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
-                for _ in range(args.callers)]
-    latencies: list[float] = []
-    outcomes: Counter[str] = Counter()
-    workers: Counter[str] = Counter()
-    start = time.perf_counter()
-    timed_from = start + args.warmup_s
-    stop_at = timed_from + args.seconds
+@dataclass
+class Usage:
+    """CPU seconds by who used them, between two snapshots."""
 
-    async def caller(k: int) -> None:
-        rank = channels[k].unary_unary(RANK, request_serializer=None,
-                                       response_deserializer=pb.RankResponse.FromString)
-        i = k
-        while (t0 := time.perf_counter()) < stop_at:
-            call = rank(payloads[i % len(payloads)], timeout=args.caller_deadline_s)
-            i += args.callers
-            try:
-                await call
-                outcome = "ok"
-                worker = dict(await call.initial_metadata()).get("x-recsys-rl-worker", "the one process")
-            except grpc.aio.AioRpcError as exc:
-                outcome, worker = exc.code().name.lower(), "-"
-            if t0 >= timed_from:
-                latencies.append((time.perf_counter() - t0) * 1e3)
-                outcomes[outcome] += 1
-                workers[str(worker)] += 1
-
-    try:
-        await asyncio.gather(*(caller(k) for k in range(args.callers)))
-    finally:
-        for channel in channels:
-            await channel.close()
-    return latencies, outcomes, workers
+    wall_s: float = 0.0
+    cpu_s: Counter[str] = field(default_factory=Counter)  # workers, learner (and parent), client, other jobs
 
 
-def run_config(workers: int, payloads: list[bytes], args: Args) -> dict[str, object]:
-    with tempfile.TemporaryDirectory() as data_dir:
-        server = subprocess.Popen([sys.executable, "-m", "recsys_rl.cli", "serve", "--port", "0", "--workers",
-                                   str(workers), "--data-dir", data_dir], cwd=REPO, stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True)
+@dataclass
+class Phase:
+    load: PhaseResult
+    usage: Usage
+    metrics: Counter[tuple[str, str]]  # (sample name, label value of interest) -> increase over the phase
+
+
+class Server:
+    """A running ``recsys-rl serve --workers N --metrics-port 0`` on a fresh data dir."""
+
+    def __init__(self, workers: int, data_dir: Path, config: Path) -> None:
+        self.workers = workers
+        self.data_dir = data_dir
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "recsys_rl.cli", "serve", "--port", "0", "--workers", str(workers),
+             "--data-dir", str(data_dir), "--config", str(config), "--metrics-port", "0"],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.address = self.process.stdout.readline().split()[-1]  # type: ignore[union-attr]
+        self.metrics_url = f"http://{self.process.stdout.readline().split()[-1]}/metrics"  # type: ignore[union-attr]
+
+    def worker_pids(self) -> list[int]:
+        if self.workers == 1:
+            return [self.process.pid]  # the single-process server serves itself
+        status = read_status(self.data_dir) or {}
+        return [int(pid) for pid in status.get("pids", {}).values()]  # type: ignore[union-attr]
+
+    def roles(self) -> list[tuple[str, int]]:
+        """(role, pid) of every process of this server: workers, parent, learner, resource tracker."""
+        workers = self.worker_pids()
+        found = [("worker", pid) for pid in workers]
+        for pid in procstat.descendants(self.process.pid):
+            if pid not in workers:
+                command = procstat.command(pid)
+                found.append(("parent" if pid == self.process.pid else "learner" if "spawn_main" in command
+                              else "resource tracker" if "resource_tracker" in command else "other", pid))
+        return found
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
+
+    def scrape(self) -> Counter[tuple[str, str]]:
+        """The counters this bench reads, summed over every worker (the exporter is multiprocess)."""
+        text = urllib.request.urlopen(self.metrics_url, timeout=10).read().decode()
+        wanted = {"recsys_rl_rank_seconds_count": "code", "recsys_rl_fallbacks_total": "reason",
+                  "recsys_rl_outcomes_total": "result", "recsys_rl_report_outcome_seconds_count": "code",
+                  "recsys_rl_log_written_bytes_total": ""}
+        values: Counter[tuple[str, str]] = Counter()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in wanted:
+                    values[sample.name, sample.labels.get(wanted[sample.name], "")] += sample.value
+        return values
+
+    def cpu_snapshot(self) -> Counter[str]:
+        """CPU seconds so far of the workers, the rest of the server, this client and the whole machine."""
+        cpu: Counter[str] = Counter()
+        for role, pid in self.roles():
+            cpu[ROLE_CPU.get(role, "parent")] += procstat.cpu_s(pid)
+        cpu["client"] = procstat.own_cpu_s()
+        cpu["machine"] = procstat.machine_busy_s()
+        cpu["wall"] = time.perf_counter()
+        return cpu
+
+
+async def measure(server: Server, load: Awaitable[PhaseResult]) -> Phase:
+    """Runs one phase (``load`` drives it) and records who used the CPU and what the server counted meanwhile."""
+    metrics_before = await asyncio.to_thread(server.scrape)
+    cpu_before = server.cpu_snapshot()
+    result = await load
+    cpu_after = server.cpu_snapshot()
+    metrics = await asyncio.to_thread(server.scrape)
+    metrics.subtract(metrics_before)
+    usage = Usage(wall_s=cpu_after["wall"] - cpu_before["wall"])
+    for who in ("workers", "learner", "parent", "client"):
+        usage.cpu_s[who] = cpu_after[who] - cpu_before[who]
+    usage.cpu_s["other jobs"] = max(0.0, cpu_after["machine"] - cpu_before["machine"] - sum(usage.cpu_s.values()))
+    return Phase(result, usage, metrics)
+
+
+def run_config(workers: int, payloads: list[bytes], args: Args, *, sweep: bool) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "surfaces.toml"
+        config.write_text(f"[surfaces.{DEFAULT_SURFACE}.reward]\n"
+                          f"attribution_window_seconds = {args.attribution_window_s}\n")
+        data_dir = Path(tmp) / "data"
+        server = Server(workers, data_dir, config)
         try:
-            address = server.stdout.readline().split()[-1]  # type: ignore[union-attr]
-            latencies, outcomes, spread = asyncio.run(drive(address, payloads, args))
+            result = asyncio.run(_drive(server, payloads, args, sweep=sweep))
+            result["memory"] = [(role, *procstat.memory_mib(pid)) for role, pid in server.roles()]
+            totals = server.scrape()
+            decisions = sum(v for (name, _), v in totals.items() if name == "recsys_rl_rank_seconds_count")
+            result["log_bytes_per_rank"] = totals["recsys_rl_log_written_bytes_total", ""] / max(1.0, decisions)
         finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
-    ok = outcomes["ok"]
-    return {"workers": workers, "rate": ok / args.seconds, "p50": float(np.percentile(latencies, 50)),
-            "p99": float(np.percentile(latencies, 99)),
-            "errors": ", ".join(f"{code} {n}" for code, n in outcomes.items() if code != "ok") or "0",
-            "spread": {k: v for k, v in sorted(spread.items()) if k != "-"}}
+            server.stop()
+        models = data_dir / "models" / DEFAULT_SURFACE
+        result["model_versions"] = sum(1 for p in models.iterdir() if p.is_dir() and not p.name.startswith("."))
+        result["model_bytes"] = max(p.stat().st_size for p in models.rglob("model.bin"))
+    return result
+
+
+async def _drive(server: Server, payloads: list[bytes], args: Args, *, sweep: bool) -> dict[str, object]:
+    client = LoadClient(server.address, payloads, connections=args.connections, outcome_share=args.outcome_share,
+                        deadline_s=args.deadline_s)
+    saturating = args.callers_per_worker * server.workers
+    try:
+        await client.connect()
+        await client.closed_loop(saturating, 0.0, warmup_s=args.warmup_s)
+        swept = {}
+        if sweep:
+            for per_worker in args.sweep_callers:
+                swept[per_worker] = (await client.closed_loop(per_worker * server.workers, args.sweep_s)).rank_rate
+        maximum = await measure(server, client.closed_loop(saturating, args.phase_s))
+        rate = args.open_loop_share * maximum.load.rank_rate
+        tail = await measure(server, client.open_loop(rate, args.phase_s, warmup_s=1.0))
+        overload = await measure(server, client.closed_loop(args.overload_factor * saturating, args.phase_s))
+    finally:
+        await client.close()
+    return {"workers": server.workers, "saturating": saturating, "spread": Counter(client.connection_worker),
+            "sweep": swept,
+            "maximum": maximum, "tail": tail, "overload": overload, "offered": rate}
+
+
+def figures(r: dict[str, object]) -> dict[str, float]:
+    """The figures of one configuration's round, by name (the report shows the median of each over rounds)."""
+    maximum, tail, overload = (r[name] for name in PHASES)
+    assert isinstance(maximum, Phase) and isinstance(tail, Phase) and isinstance(overload, Phase)
+    f: dict[str, float] = {"offered": r["offered"]}  # type: ignore[dict-item]
+    for name, phase in zip(PHASES, (maximum, tail, overload)):
+        load, calls = phase.load, max(1, len(phase.load.rank_ms))
+        served = phase.metrics["recsys_rl_rank_seconds_count", "OK"]  # by the server, over the same window as CPU
+        fallbacks = {reason: n for (metric, reason), n in phase.metrics.items() if metric == "recsys_rl_fallbacks_total"}
+        f |= {f"{name} rate": load.rank_rate, f"{name} p50": load.rank_percentile(50),
+              f"{name} p99": load.rank_percentile(99), f"{name} learned": load.rank_results["learned"] / calls,
+              f"{name} fallback": load.rank_results["baseline_fallback"] / calls,
+              f"{name} queued": fallbacks.get("queued", 0.0) / max(1.0, served),
+              f"{name} other fallback": sum(n for k, n in fallbacks.items() if k != "queued") / max(1.0, served),
+              f"{name} exhausted": load.rank_results["resource_exhausted"],
+              f"{name} exhausted share": load.rank_results["resource_exhausted"] / calls,
+              f"{name} other errors": calls - load.ranks_ok - load.rank_results["resource_exhausted"],
+              f"{name} per worker core": served / max(1e-9, phase.usage.cpu_s["workers"]),
+              f"{name} learner ms": phase.usage.cpu_s["learner"] / max(1.0, served) * 1e3}
+        f |= {f"{name} cpu {who}": cpu / phase.usage.wall_s for who, cpu in phase.usage.cpu_s.items()}
+    outcomes = tail.load
+    f |= {"outcomes/s": outcomes.outcomes / outcomes.span_s,
+          "forwarded": len(outcomes.outcome_ms["forwarded"]) / max(1, outcomes.outcomes),
+          "attributed": outcomes.outcome_results["attributed"] / max(1, outcomes.outcomes),
+          "outcome errors": outcomes.outcomes - outcomes.outcome_results["attributed"]
+          - outcomes.outcome_results["unattributed"],
+          "log bytes per rank": r["log_bytes_per_rank"], "model versions": r["model_versions"],  # type: ignore[dict-item]
+          "model MiB": r["model_bytes"] / 2**20}  # type: ignore[operator]
+    for path, latencies in outcomes.outcome_ms.items():
+        f |= {f"{path} p50": _percentile(latencies, 50), f"{path} p99": _percentile(latencies, 99)}
+    return f
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
 
 
 def markdown(results: dict[int, list[dict[str, object]]], args: Args) -> str:
     rank = RankArgs()
+    budget_ms = default_config().surfaces[DEFAULT_SURFACE].decision_budget_ms
+    rounds = {w: [figures(r) for r in rs] for w, rs in results.items()}
+    m = {w: {key: statistics.median(f[key] for f in fs) for key in fs[0]} for w, fs in rounds.items()}
+    saturating = {w: rs[0]["saturating"] for w, rs in results.items()}
+    cpu = ("cpu workers", "cpu learner", "cpu parent", "cpu client", "cpu other jobs")
     lines = [
-        f"{args.callers} closed-loop callers, each on its own connection, in one asyncio client process; Rank with "
-        f"{rank.n_candidates} candidates, slate {rank.slate_size}; {args.seconds:g} s timed after {args.warmup_s:g} s "
-        f"warm-up per configuration, configurations alternated for {args.rounds} rounds (median round shown); the "
-        f"real `recsys-rl serve --workers N` with its learner running. The machine has {os.cpu_count()} cores, "
-        "shared by the load generator, the learner and the workers (and other sessions' jobs): two workers cannot "
-        "get two whole cores here.",
+        f"The real `recsys-rl serve --workers N --metrics-port 0` (its learner running) on loopback, driven by one "
+        f"asyncio client process (`bench/loadgen.py`: {args.connections} connections, pre-serialized Rank requests "
+        f"with {rank.n_candidates} candidates, slate {rank.slate_size}, sent as bytes through a raw "
+        f"`unary_unary`; a click reported on {args.outcome_share:.0%} of the decisions, each on another connection "
+        f"than its Rank; deadline {args.deadline_s * 1e3:g} ms on every call). Per configuration and round, on one "
+        f"server after {args.warmup_s:g} s warm-up, {args.phase_s:g} s each: **maximum** (closed loop, "
+        f"{args.callers_per_worker} callers per worker), **tail** (open loop at {args.open_loop_share:.0%} of that "
+        f"round's maximum, latency from each call's scheduled send), **overload** (closed loop, "
+        f"{args.overload_factor}x the saturating callers). 1 and 2 workers alternated for {args.rounds} rounds; "
+        "figures are medians over rounds, ratios are ratios of those medians. CPU is in cores (CPU seconds per wall "
+        "second) over the phase: the workers, the learner, the parent (supervision, metrics exporter), this client, "
+        "and every other process on the machine (`/proc/stat` minus ours). Rank/s per worker core and the "
+        "learner's CPU per decision are what scale to other machines (docs/scaling.md).",
         "",
-        "| workers | Rank/s | p50 ms | p99 ms | errors | calls per worker | Rank/s of each round |",
-        "|---|---|---|---|---|---|---|",
+        "**Maximum throughput** (closed loop)",
+        "",
+        "| workers | callers | Rank/s | learned | p50 ms | p99 ms | Rank/s each round | CPU: workers | learner | "
+        "parent | client | other jobs | Rank/s per worker core | learner CPU ms per Rank |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    medians: dict[int, dict[str, object]] = {}
-    for workers, rounds in results.items():
-        ordered = sorted(rounds, key=lambda r: r["rate"])  # type: ignore[arg-type, return-value]
-        median = medians[workers] = ordered[len(ordered) // 2]
-        spread = ", ".join(f"{k}: {v}" for k, v in median["spread"].items())  # type: ignore[attr-defined]
-        each = ", ".join(f"{r['rate']:.0f}" for r in rounds)
-        lines.append(f"| {workers} | {median['rate']:.0f} | {median['p50']:.1f} | {median['p99']:.1f} | "
-                     f"{median['errors']} | {spread} | {each} |")
-    one, two = medians[1], medians[2]
-    lines += ["", f"2 workers / 1 worker (same run): Rank/s x{two['rate'] / one['rate']:.2f}, "  # type: ignore[operator]
-                  f"p50 x{two['p50'] / one['p50']:.2f}, p99 x{two['p99'] / one['p99']:.2f} "  # type: ignore[operator]
-                  f"(median of rounds: x{statistics.median(b['rate'] / a['rate'] for a, b in zip(results[1], results[2])):.2f})."]  # type: ignore[operator]
-    lines += ["", NOTE]
+    for w, f in m.items():
+        each = ", ".join(f"{r['maximum rate']:.0f}" for r in rounds[w])
+        lines.append(f"| {w} | {saturating[w]} | {f['maximum rate']:.0f} | {f['maximum learned']:.1%} | "
+                     f"{f['maximum p50']:.1f} | {f['maximum p99']:.1f} | {each} | "
+                     + " | ".join(f"{f[f'maximum {c}']:.2f}" for c in cpu)
+                     + f" | {f['maximum per worker core']:.0f} | {f['maximum learner ms']:.2f} |")
+    per_round = statistics.median(b["maximum rate"] / a["maximum rate"] for a, b in zip(rounds[1], rounds[2]))
+    sweep = "; ".join(f"{w} worker(s): " + ", ".join(f"{c}: {v:.0f}" for c, v in rs[0]["sweep"].items())  # type: ignore[attr-defined]
+                      for w, rs in results.items() if rs[0]["sweep"])
+    lines += ["", f"**2 workers / 1 worker: Rank/s x{m[2]['maximum rate'] / m[1]['maximum rate']:.2f}** (ratio of "
+                  f"medians; median of the per-round ratios x{per_round:.2f}; issue 11's goal x1.6). The client "
+                  f"took {m[1]['maximum cpu client']:.2f} / {m[2]['maximum cpu client']:.2f} cores (1 / 2 workers); "
+                  f"with 2 workers the workers got {m[2]['maximum cpu workers']:.2f} of the {os.cpu_count()} cores, "
+                  f"the learner {m[2]['maximum cpu learner']:.2f} and other jobs {m[2]['maximum cpu other jobs']:.2f}: "
+                  "x1.6 needs the workers to get 1.6 times the CPU one worker got, which a machine whose learner and "
+                  "load generator share its cores can give only if nothing else runs. "
+                  f"Round 1's sweep, Rank/s by callers per worker ({args.sweep_s:g} s each): {sweep}."]
+    lines += ["", f"**Tail at {args.open_loop_share:.0%} of the maximum** (open loop)", "",
+              "| workers | offered Rank/s | answered Rank/s | p50 ms | p99 ms | baseline fallbacks | "
+              "RESOURCE_EXHAUSTED | CPU: workers | learner | parent | client | other jobs |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for w, f in m.items():
+        lines.append(f"| {w} | {f['offered']:.0f} | {f['tail rate']:.0f} | {f['tail p50']:.1f} | {f['tail p99']:.1f} | "
+                     f"{f['tail fallback']:.1%} | {f['tail exhausted']:.0f} | "
+                     + " | ".join(f"{f[f'tail {c}']:.2f}" for c in cpu) + " |")
+    lines += ["", f"**Overload: {args.overload_factor}x the saturating callers** (closed loop; surface `default`, "
+                  f"decision budget {budget_ms:g} ms, so the goal is p99 <= {2 * budget_ms:g} ms)", "",
+              "| workers | callers | Rank/s | p50 ms | p99 ms | p99 / budget | learned | queued fallbacks | "
+              "other fallbacks | RESOURCE_EXHAUSTED | other errors |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for w, f in m.items():
+        lines.append(f"| {w} | {args.overload_factor * saturating[w]} | {f['overload rate']:.0f} | "  # type: ignore[operator]
+                     f"{f['overload p50']:.1f} | {f['overload p99']:.1f} | {f['overload p99'] / budget_ms:.2f} | "
+                     f"{f['overload learned']:.1%} | {f['overload queued']:.1%} | {f['overload other fallback']:.1%} | "
+                     f"{f['overload exhausted']:.0f} ({f['overload exhausted share']:.1%}) | "
+                     f"{f['overload other errors']:.0f} |")
+    lines += ["", f"**Outcomes** (during the tail phase: {args.outcome_share:.0%} of decisions, each on another "
+                  "connection than its Rank)", "",
+              "| workers | outcomes/s | forwarded to the owner | p50 / p99 ms where they landed | "
+              "p50 / p99 ms forwarded | attributed | errors |", "|---|---|---|---|---|---|---|"]
+    for w, f in m.items():
+        forwarded = f"{f['forwarded p50']:.1f} / {f['forwarded p99']:.1f}" if f["forwarded"] else "-"
+        lines.append(f"| {w} | {f['outcomes/s']:.0f} | {f['forwarded']:.0%} | {f['local p50']:.1f} / "
+                     f"{f['local p99']:.1f} | {forwarded} | {f['attributed']:.1%} | {f['outcome errors']:.0f} |")
+    memory = "; ".join(f"{w} worker(s): " + ", ".join(f"{role} {rss:.0f}/{pss:.0f}" for role, rss, pss in
+                                                       rs[-1]["memory"])  # type: ignore[attr-defined]
+                       for w, rs in results.items())
+    spread = "; ".join(f"{w}: " + ", ".join(f"{k}: {v}" for k, v in sorted(rs[-1]["spread"].items()))  # type: ignore[attr-defined]
+                       for w, rs in results.items())
+    lines += ["", f"Memory at the end of the last round, RSS/PSS MiB per process: {memory}. Log written per Rank "
+                  f"(its decision record, and outcome records for {args.outcome_share:.0%} of them): "
+              + "; ".join(f"{w} worker(s) {f['log bytes per rank']:,.0f} B" for w, f in m.items())
+              + "; model versions the learner published per server: "
+              + "; ".join(f"{w} worker(s) {f['model versions']:.0f}" for w, f in m.items())
+              + f" (`model.bin` {max(f['model MiB'] for f in m.values()):.1f} MiB)"
+              + f". Connections per worker (last round): {spread}."]
     return "\n".join(lines)
 
 
@@ -138,7 +331,8 @@ def main() -> None:
     for round_ in range(args.rounds):
         for workers in (1, 2):
             print(f"round {round_ + 1}: {workers} worker(s) ...", file=sys.stderr, flush=True)
-            results[workers].append(run_config(workers, payloads, args))
+            results[workers].append(run_config(workers, payloads, args, sweep=round_ == 0))
+    print(f"load average at the end {os.getloadavg()[0]:.2f}", file=sys.stderr)
     print(markdown(results, args))
 
 
