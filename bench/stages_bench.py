@@ -79,6 +79,7 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("recsys_rl.serving.outcomes", "OutcomeTracker.track", "outcome tracker"),
     # The log writer's thread (roots of their own: see WRITER_ROOTS).
     ("recsys_rl.serving.service", "decision_record", "writer: build the DecisionEvent"),
+    ("recsys_rl.serving.service", "decision_to_event", "writer: build the DecisionEvent"),  # before WireRecord
 )
 LONG_TERM = "long-term value"  # λ = 0 on the default surface: not computed (a row of zeros, for the record)
 WRITER_ROOTS: tuple[tuple[str, str, str], ...] = (
@@ -88,15 +89,16 @@ WRITER_ROOTS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _resolve(module: str, path: str) -> tuple[Any, str]:
+def _resolve(module: str, path: str) -> tuple[Any, str] | None:
+    """(owner, attribute) of a timed function; None when the server's code has no such function (another
+    checkout's, STAGES_BENCH_CODE): its row is then 0 and the report lists it."""
     import importlib
 
     owner: Any = importlib.import_module(module)
     *parents, attr = path.split(".")
     for name in parents:
-        owner = getattr(owner, name)
-    getattr(owner, attr)  # fails loudly when the code moved: update STAGES
-    return owner, attr
+        owner = getattr(owner, name, None)
+    return (owner, attr) if owner is not None and hasattr(owner, attr) else None
 
 
 class StageClock:
@@ -109,6 +111,7 @@ class StageClock:
         self._local = threading.local()
         self._installed: list[tuple[Any, str, Any]] = []
         self.decoded: tuple[int, int] = (0, 0)  # (end ns, wall ns) of the last Rank request deserialized
+        self.absent: list[str] = []  # module:function of STAGES that the server's code does not have
 
     def inner(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         local = self._local
@@ -160,12 +163,17 @@ class StageClock:
 
     def install(self) -> None:
         """Wraps every function of STAGES and WRITER_ROOTS (a staged phase)."""
-        for module, path, name in STAGES:
-            owner, attr = _resolve(module, path)
-            self._patch(owner, attr, self.inner(name, getattr(owner, attr)))
-        for module, path, name in WRITER_ROOTS:
-            owner, attr = _resolve(module, path)
-            self._patch(owner, attr, self.root(path.rsplit(".", 1)[-1], name, getattr(owner, attr)))
+        self.absent = []
+        for module, path, name in STAGES + WRITER_ROOTS:
+            found = _resolve(module, path)
+            if found is None:
+                self.absent.append(f"{module}:{path}")
+                continue
+            owner, attr = found
+            original = getattr(owner, attr)
+            wrapper = (self.inner(name, original) if (module, path, name) in STAGES
+                       else self.root(path.rsplit(".", 1)[-1], name, original))
+            self._patch(owner, attr, wrapper)
 
     def uninstall(self) -> None:
         while self._installed:
@@ -262,7 +270,7 @@ def serve(data_dir: Path) -> None:
             print(json.dumps({"ok": True}), flush=True)
         elif command == "dump":
             records, clock.records[:] = list(clock.records), []
-            print(json.dumps({"records": records}), flush=True)
+            print(json.dumps({"records": records, "absent": clock.absent}), flush=True)
     server.stop(grace_s=1.0)
 
 
@@ -345,13 +353,16 @@ def run(args: Args = Args()) -> dict[str, Any]:
     from logging_schema.reader import read_log
     from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
 
+    code = os.environ.get("STAGES_BENCH_CODE", str(REPO))
     rng = np.random.default_rng(0)
     per_phase = args.calls
+    absent: list[str] = []
     requests = [make_request(rng, RankArgs(), i) for i in range(args.warmup + 2 * args.rounds * per_phase)]
     phases: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as data_dir:
-        server = subprocess.Popen([sys.executable, "-m", "bench.stages_bench", "--serve", data_dir], cwd=REPO,
-                                  env=dict(os.environ, PYTHONPATH=str(REPO)), stdin=subprocess.PIPE,
+        # This file runs the server; the code it serves with is this checkout's, or STAGES_BENCH_CODE's.
+        server = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--serve", data_dir], cwd=code,
+                                  env=dict(os.environ, PYTHONPATH=code), stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
             assert server.stdout is not None
@@ -373,7 +384,8 @@ def run(args: Args = Args()) -> dict[str, Any]:
                     records = []
                     if kind == "staged":
                         _command(server, "off")
-                        records = _command(server, "dump")["records"]
+                        dump = _command(server, "dump")
+                        records, absent = dump["records"], dump["absent"]
                     phases.append({"kind": kind, "rank_ms": times["rank"], "check_ms": times["check"],
                                    "records": records})
             channel.close()
@@ -385,7 +397,8 @@ def run(args: Args = Args()) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 server.kill()
         logged = [e.latency_micros for e in read_log(Path(data_dir) / "logs").decisions]
-    return {"phases": phases, "logged_latency_p50_us": float(np.median(logged)), "logged": len(logged)}
+    return {"phases": phases, "logged_latency_p50_us": float(np.median(logged)), "logged": len(logged),
+            "code": code, "absent": absent}
 
 
 def _pooled(phases: list[dict[str, Any]], kind: str, key: str) -> list[float]:
@@ -394,7 +407,10 @@ def _pooled(phases: list[dict[str, Any]], kind: str, key: str) -> list[float]:
 
 def markdown(result: dict[str, Any], args: Args = Args()) -> str:
     phases = result["phases"]
+    code = Path(result["code"]).resolve()
     lines = [
+        *([] if code == REPO else [f"**Server code: `{code.name}`** (STAGES_BENCH_CODE; the client and this bench "
+                                   "are this checkout's).", ""]),
         f"One server (RankingServer + DecisionService in their own process, as `recsys-rl serve --workers 1` builds "
         f"them: learner process and model watcher running, default surface, {2} handler threads), one client process, "
         f"one channel. Rank: 100 candidates (catalog of 2000), slate 10; calls alternate Rank / Check; "
@@ -461,6 +477,11 @@ def markdown(result: dict[str, Any], args: Args = Args()) -> str:
         f"{w['wall_per_record_us']:.1f} µs wall and {w['cpu_per_record_us']:.1f} µs CPU per record including its "
         f"writes and fsyncs. Of its busy time {w['in_rank']:.0%} fell inside a Rank handler and {w['in_check']:.0%} "
         f"inside a Check handler (the rest between calls).",
+        "",
+        f"Timers: staged Rank p50 / plain Rank p50 = {staged[0] / plain[0]:.3f} (what ~20 wrappers cost, with this "
+        f"machine's noise).",
+        *([] if not result["absent"] else ["", "Not in the server's code (rows of 0): " + ", ".join(
+            f"`{a}`" for a in result["absent"]) + "."]),
     ]
     return "\n".join(lines)
 
