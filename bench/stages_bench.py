@@ -478,6 +478,8 @@ def markdown(result: dict[str, Any], args: Args = Args()) -> str:
         f"writes and fsyncs. Of its busy time {w['in_rank']:.0%} fell inside a Rank handler and {w['in_check']:.0%} "
         f"inside a Check handler (the rest between calls).",
         "",
+        _where_it_goes(rows, plain),
+        "",
         f"Timers: staged Rank p50 / plain Rank p50 = {staged[0] / plain[0]:.3f} (what ~20 wrappers cost, with this "
         f"machine's noise).",
         *([] if not result["absent"] else ["", "Not in the server's code (rows of 0): " + ", ".join(
@@ -486,9 +488,84 @@ def markdown(result: dict[str, Any], args: Args = Args()) -> str:
     return "\n".join(lines)
 
 
+GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("gRPC around the handler (hand-off, decode, encode)", (BEFORE, DECODE, ENCODE)),
+    ("reading and checking the candidates", ("validate + candidate view",)),
+    ("VW: features and predict", ("VW scorer: lock, example list (own)", "features: context line",
+                                  "features: item examples from the cache", "features: VW parses the shared example",
+                                  "VW predict")),
+    ("exploration: sampling the slate", ("explore: sample the slate",)),
+)
+
+
+def _where_it_goes(rows: dict[str, tuple[float, float]], plain: tuple[float, float, float, float]) -> str:
+    """One sentence: the server's part of a Rank by group (means, which add up), and what the goal asks of it."""
+    total = sum(mean for mean, _ in rows.values())
+    grouped = {name: sum(rows[r][0] for r in members) for name, members in GROUPS}
+    grouped["the rest: servicer, service, policy, decide and score bookkeeping, event id, log submit, tracker"] = (
+        total - sum(grouped.values()))
+    parts = "; ".join(f"{name} {us:.0f} µs ({us / total:.0%})" for name, us in grouped.items())
+    rank_ms, check_ms = plain[0], plain[2]
+    return (f"Where the server's part of a Rank goes (means, staged phases; {total:.0f} µs in all): {parts}. "
+            f"Rank p50 ≈ Check p50 + the server's extra work, so Rank / Check ≤ 2.0× needs that extra to fit in "
+            f"one Check p50 ({check_ms * 1e3:.0f} µs here); the plain phases' Rank − Check p50 is "
+            f"{(rank_ms - check_ms) * 1e3:.0f} µs.")
+
+
+WHAT_CHANGED = (
+    "What changed (issue 11, task P), each checked against the breakdown above: (1) the log writer's thread builds a "
+    "decision's record from the candidates' bytes that `CandidateView` already holds (`logging_schema.views."
+    "WireRecord`: events.proto with `context`/`candidates` as opaque bytes; it parses as the same LogRecord) instead "
+    "of copying 100 Candidate messages with their feature maps: ~115 → ~17 µs per record in process, so the GIL "
+    "is held that much less while the next Rank waits for it; (2) `sample_slate` looks the explorer's method up "
+    "once per slate and keeps the remaining candidates as a list (same doubles, same draws; ~10% less CPU). "
+    "Propensities and decisions are unchanged (tests/recsys_rl/serving, tests/ranker, tests/evaluators/replay)."
+)
+
+
+def comparison(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """Rows of the headline figures of two runs of this bench (another checkout's server code, then this one's)."""
+    def figures(result: dict[str, Any]) -> list[str]:
+        rank_ms = _pooled(result["phases"], "plain", "rank_ms")
+        check_ms = _pooled(result["phases"], "plain", "check_ms")
+        b = breakdown([r for p in result["phases"] for r in p["records"]])
+        w = b["writer"]
+        return [f"{statistics.median(rank_ms):.3f}", f"{np.percentile(rank_ms, 99):.3f}",
+                f"{statistics.median(check_ms):.3f}", f"**{statistics.median(rank_ms) / statistics.median(check_ms):.2f}×**",
+                f"{b['handler_p50_us']:.0f}", f"{b['handler_cpu_mean_us']:.0f}", f"{w['cpu_per_record_us']:.0f}",
+                f"{w['in_rank']:.0%}"]
+
+    header = ["Rank p50 ms", "Rank p99 ms", "Check p50 ms", "Rank / Check p50", "handler p50 µs",
+              "handler CPU mean µs", "writer CPU µs / record", "writer busy inside a Rank"]
+    return "\n".join([
+        "| server code | " + " | ".join(header) + " |",
+        "|---|" + "---|" * len(header),
+        f"| `{Path(before['code']).name}` (before) | " + " | ".join(figures(before)) + " |",
+        "| this checkout | " + " | ".join(figures(after)) + " |",
+    ])
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:
         serve(Path(sys.argv[2]))
     else:
+        # STAGES_BENCH_BEFORE=DIR (a checkout named after its commit, e.g. `git archive REV | tar -x -C
+        # /tmp/before-REV`): the whole bench first with that code serving, then with this checkout's, one table each
+        # and the headline figures side by side.
         bench_args = Args()
-        print(markdown(run(bench_args), bench_args))
+        before_dir = os.environ.pop("STAGES_BENCH_BEFORE", "")
+        before_result = None
+        if before_dir:
+            os.environ["STAGES_BENCH_CODE"] = before_dir
+            before_result = run(bench_args)
+            del os.environ["STAGES_BENCH_CODE"]
+        after_result = run(bench_args)
+        print(markdown(after_result, bench_args))
+        print()
+        print(WHAT_CHANGED)
+        if before_result is not None:
+            print()
+            print(f"The same bench, run just before in this invocation with the server code of "
+                  f"`{Path(before_dir).name}` (plain phases; handler and writer from its staged phases):")
+            print()
+            print(comparison(before_result, after_result))
