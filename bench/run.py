@@ -21,6 +21,7 @@ OUT = REPO / "docs" / "benchmarks.md"
 # (name, module, title) in the order they appear in the document.
 BENCHES: list[tuple[str, str, str]] = [
     ("rank", "bench.rank_bench", "Rank latency vs grpc.health Check (issue 2)"),
+    ("stages", "bench.stages_bench", "Rank time per stage vs grpc.health Check (issue 11)"),
     ("decision_path", "bench.decision_path_bench", "Rank before and after the single decision path (issue 7)"),
     ("guardrail", "bench.guardrail_bench", "Canary guardrail: detection delay and false reverts (issue 9)"),
     ("shadow", "bench.shadow_bench", "Rank at rollout stage shadow vs live (issue 9)"),

@@ -10,6 +10,12 @@ simply not declared; protobuf keeps them as unknown fields.
 The descriptor is built here, in a private pool, from the real descriptors' field numbers and types (only the
 choice of fields and which of them stay opaque is written here), so it never collides with the real messages and
 cannot drift from events.proto. ``tests/logging_schema/test_views.py`` checks the view against the real messages.
+
+``WireRecord`` is the same idea for writing: events.proto whole, except that a DecisionEvent's ``context`` and
+``candidates`` (and ``long_term.history``) are opaque bytes. The serving path already holds each candidate
+serialized (``recsys_rl.serving.candidates.CandidateView``), so the log writer's thread copies 100 byte strings
+instead of building 100 Candidate messages with their feature maps (~100 µs a decision, with the GIL held while the
+next Rank waits); it serializes to bytes that parse as the LogRecord they stand for.
 """
 
 from __future__ import annotations
@@ -82,3 +88,33 @@ def _build() -> descriptor_pool.DescriptorPool:
 POOL = _build()
 TableRecord: type[Message] = message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"{PACKAGE}.LogRecord"))
 CandidateId: type[Message] = message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"{PACKAGE}.CandidateId"))
+
+
+# --- writing ------------------------------------------------------------------------------------------------------
+WIRE_PACKAGE = "recsys_rl_wireview"
+# (message, field) of events.proto written as opaque bytes: messages the request brought, copied as they arrived.
+_WIRE_OPAQUE = frozenset({("DecisionEvent", "context"), ("DecisionEvent", "candidates"), ("LongTermState", "history")})
+
+
+def _build_wire() -> descriptor_pool.DescriptorPool:
+    """events.proto (and what it imports) in a private pool, under WIRE_PACKAGE, with _WIRE_OPAQUE as bytes."""
+    pool = descriptor_pool.DescriptorPool()
+    for dependency in events_pb2.DESCRIPTOR.dependencies:
+        pool.Add(descriptor_pb2.FileDescriptorProto.FromString(dependency.serialized_pb))
+    file = descriptor_pb2.FileDescriptorProto.FromString(events_pb2.DESCRIPTOR.serialized_pb)
+    real_prefix = f".{file.package}."
+    file.name, file.package = f"{WIRE_PACKAGE}/events.proto", WIRE_PACKAGE
+    for message in file.message_type:
+        for field in message.field:
+            if (message.name, field.name) in _WIRE_OPAQUE:
+                field.type = _F.TYPE_BYTES
+                field.ClearField("type_name")  # proto2: an empty string would still count as set
+            elif field.type_name.startswith(real_prefix):
+                field.type_name = f".{WIRE_PACKAGE}.{field.type_name[len(real_prefix):]}"
+    pool.Add(file)
+    return pool
+
+
+WIRE_POOL = _build_wire()
+WireRecord: type[Message] = message_factory.GetMessageClass(
+    WIRE_POOL.FindMessageTypeByName(f"{WIRE_PACKAGE}.LogRecord"))

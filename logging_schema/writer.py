@@ -70,6 +70,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from zlib import crc32
 
+from google.protobuf.message import Message
+
 from logging_schema.segments import FRAME_HEADER, HEADER_BYTES, file_header, next_sequence, segment_name
 from recsys_rl.logging.v1.events_pb2 import LogRecord
 
@@ -117,14 +119,15 @@ class LogRecordsLost(LogWriterError):
 class DeferredRecord:
     """A record whose protobuf is built on the writer's thread, off the request path.
 
-    Copying a 100-candidate request into a DecisionEvent costs ~100 µs; deferring it lets Rank reply first.
-    ``build`` must only read objects nobody mutates after ``submit`` (the request, the decision). If it
+    Building a DecisionEvent costs tens of µs (its slate, its candidates' bytes); deferring it lets Rank reply first.
+    ``build`` returns a LogRecord or a message wire-compatible with one (``views.WireRecord``: it is only
+    serialized). It must only read objects nobody mutates after ``submit`` (the request, the decision). If it
     raises, the record is skipped, logged and counted (``WriterStats.build_errors``); the writer goes on.
     """
 
     __slots__ = ("build",)
 
-    def __init__(self, build: Callable[[], LogRecord]) -> None:
+    def __init__(self, build: Callable[[], Message]) -> None:
         self.build = build
 
 

@@ -119,21 +119,24 @@ CANDIDATE_INFO = CandidateInfoCache()
 class CandidateView:
     """The candidates of one RankRequest, read once (see the module docstring); raises InvalidInput for a bad one.
 
-    ``keys[i]``: :func:`item_key` of candidate i; ``baseline``: the host's baseline scores (float64);
+    ``keys[i]``: :func:`item_key` of candidate i; ``raw[i]``: its whole serialization (baseline included: what the
+    decision log records, ``policy.decision_record``); ``baseline``: the host's baseline scores (float64);
     ``item_ids[i]``: its id. Immutable by convention: built per request, shared by everything deciding it.
     """
 
-    __slots__ = ("request", "keys", "baseline", "item_ids", "_infos")
+    __slots__ = ("request", "keys", "raw", "baseline", "item_ids", "_infos")
 
     def __init__(self, request: pb.RankRequest, *, cache: CandidateInfoCache = CANDIDATE_INFO) -> None:
         self.request = request
         candidates = request.candidates
         keys: list[bytes] = []
+        self.raw = whole = []
         baselines: list[float] = []
         # One pass, one wrapper per candidate: its bytes and its baseline (item_key's rule, inlined: a call per
         # candidate is ~10% of this loop).
         for candidate in candidates:
             raw = candidate.SerializeToString()
+            whole.append(raw)
             baseline = candidate.baseline_score
             if baseline != 0.0 and raw[-9:] == _BASELINE_TAG + _BASELINE_SUFFIX(baseline):
                 raw = raw[:-9]

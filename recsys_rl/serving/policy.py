@@ -10,7 +10,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import replace
+from typing import Any
 
+from google.protobuf.message import Message
+
+from logging_schema.views import WireRecord
 from recsys_rl.config import SurfaceConfig
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
@@ -166,29 +170,62 @@ def decision_to_event(
     latency_us: int,
 ) -> events_pb2.DecisionEvent:
     """The logged DecisionEvent: the full request (context, candidates), the slate, and seed material."""
-    event = events_pb2.DecisionEvent(
-        event_id=event_id,
-        request_id=request.request_id,
-        surface=decision.surface,
-        user_id=request.user_id,
-        slate_size=request.slate_size,
-        slate_propensity=decision.slate_propensity,
-        policy_version=decision.policy_version,
-        serving_mode=decision.serving_mode,
-        fallback_reason=decision.fallback_reason,
-        attribution_window_seconds=window_s,
-        latency_micros=int(latency_us),
-    )
-    event.served_at.FromNanoseconds(served_at_ns)
+    event = events_pb2.DecisionEvent()
+    _fill_event(event, request, decision, event_id=event_id, served_at_ns=served_at_ns, window_s=window_s,
+                latency_us=latency_us)
     event.context.CopyFrom(request.context)
     event.candidates.extend(request.candidates)
+    if decision.long_term is not None:
+        event.long_term.history.extend(decision.long_term.history)
+    return event
+
+
+def decision_record(
+    request: pb.RankRequest,
+    decision: Decision,
+    candidates: CandidateView,
+    *,
+    event_id: str,
+    served_at_ns: int,
+    window_s: float,
+    latency_us: int,
+) -> Message:
+    """The LogRecord of :func:`decision_to_event`'s event, as the log writer's thread builds it: a
+    ``logging_schema.views.WireRecord`` whose candidates are the bytes ``candidates`` read them as (it parses as
+    ``LogRecord(decision=decision_to_event(...))``). ~4x cheaper to build: no Candidate message is built."""
+    record = WireRecord()
+    event = record.decision
+    _fill_event(event, request, decision, event_id=event_id, served_at_ns=served_at_ns, window_s=window_s,
+                latency_us=latency_us)
+    event.context = request.context.SerializeToString()
+    event.candidates.extend(candidates.raw)
+    if decision.long_term is not None:
+        event.long_term.history.extend([c.SerializeToString() for c in decision.long_term.history])
+    return record
+
+
+def _fill_event(event: Any, request: pb.RankRequest, decision: Decision, *, event_id: str, served_at_ns: int,
+                window_s: float, latency_us: int) -> None:
+    """Every field of ``event`` but context, candidates and long-term history: a DecisionEvent or its WireRecord
+    view (the same fields, so one filler writes both and they cannot drift apart)."""
+    event.event_id = event_id
+    event.request_id = request.request_id
+    event.surface = decision.surface
+    event.user_id = request.user_id
+    event.slate_size = request.slate_size
+    event.slate_propensity = decision.slate_propensity
+    event.policy_version = decision.policy_version
+    event.serving_mode = decision.serving_mode
+    event.fallback_reason = decision.fallback_reason
+    event.attribution_window_seconds = window_s
+    event.latency_micros = int(latency_us)
+    event.served_at.FromNanoseconds(served_at_ns)
     event.shield_rules_fired.extend(decision.shield_rules_fired)
     event.shield_version = decision.shield_version
     event.baseline_version = decision.baseline_version
     if decision.long_term is not None:
         event.long_term.model_version = decision.long_term.model_version
         event.long_term.weight = decision.long_term_weight
-        event.long_term.history.extend(decision.long_term.history)
     event.rollout_stage = decision.rollout_stage
     _fill_exploration(event.exploration, decision)
     _add_slots(event.slate, decision.slots)
@@ -205,10 +242,9 @@ def decision_to_event(
         _add_slots(logged.slate, shadow.slots)
         if shadow.candidate_scores is not None:
             logged.candidate_scores.extend(shadow.candidate_scores)
-    return event
 
 
-def _fill_exploration(exploration: events_pb2.ExplorationParams, decision: Decision) -> None:
+def _fill_exploration(exploration: Message, decision: Decision) -> None:
     exploration.algorithm = decision.algorithm
     exploration.epsilon = decision.epsilon
     exploration.temperature = decision.temperature
@@ -220,7 +256,7 @@ def _fill_exploration(exploration: events_pb2.ExplorationParams, decision: Decis
 
 def _add_slots(slate: object, slots: list[DecisionSlot]) -> None:
     for position, slot in enumerate(slots):
-        slate.add(  # type: ignore[attr-defined]
+        slate.add(
             item_id=slot.item_id,
             position=position,
             propensity=slot.propensity,
@@ -246,6 +282,7 @@ __all__ = [
     "LongTermValue",
     "NoLongTermValue",
     "SurfacePolicy",
+    "decision_record",
     "decision_to_event",
     "logged_long_term",
 ]

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from google.protobuf.message import Message
+
 from logging_schema.writer import DeferredRecord, LogQueueFull, LogUnavailable, LogWriter
 from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.caps.store import CapStore
@@ -31,7 +33,7 @@ from recsys_rl.serving.outcomes import OutcomeAck, OutcomeTracker
 from recsys_rl.rollout.guardrail import Guardrail, GuardrailSnapshot
 from recsys_rl.rollout.monitor import RolloutMonitor, evidence_json
 from recsys_rl.logging.v1 import events_pb2
-from recsys_rl.serving.policy import Decision, LongTermValue, NoLongTermValue, SurfacePolicy, decision_to_event
+from recsys_rl.serving.policy import Decision, LongTermValue, NoLongTermValue, SurfacePolicy, decision_record
 from recsys_rl.serving.requests import validate_outcome_request, validate_rank_request
 from recsys_rl.serving.shadow import ShadowStats, ShadowTracker
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
@@ -359,11 +361,9 @@ class DecisionService:
         window_s = entry.config.reward.attribution_window_seconds
         latency_us = (time.perf_counter_ns() - started_ns) // 1000
 
-        def build() -> events_pb2.LogRecord:
-            return events_pb2.LogRecord(decision=decision_to_event(
-                request, decision, event_id=event_id, served_at_ns=served_at_ns, window_s=window_s,
-                latency_us=latency_us,
-            ))
+        def build() -> Message:  # a LogRecord's WireRecord view: the candidates as the view read them, as bytes
+            return decision_record(request, decision, candidates, event_id=event_id, served_at_ns=served_at_ns,
+                                   window_s=window_s, latency_us=latency_us)
 
         try:
             # The event is built on the writer's thread; from here on it is in the queue (invariant 3).

@@ -1,10 +1,11 @@
-"""The table view of LogRecord must stay wire-compatible with recsys_rl.logging.v1 (events.proto)."""
+"""The table view (reading) and the wire view (writing) of LogRecord must stay wire-compatible with
+recsys_rl.logging.v1 (events.proto)."""
 
 from __future__ import annotations
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from logging_schema.views import TableRecord
+from logging_schema.views import TableRecord, WireRecord
 from recsys_rl.logging.v1.events_pb2 import LogRecord
 from tests.logging_schema.builders import decision_record, outcome_record
 
@@ -46,3 +47,32 @@ def test_view_parses_real_records_with_the_same_values() -> None:
     assert view.decision.exploration.cap == decision.decision.exploration.cap
     outcome = outcome_record("e1", "a", "click")
     assert TableRecord.FromString(outcome.SerializeToString()).outcome.outcome == "click"
+
+
+def test_the_wire_view_declares_every_field_of_the_real_schema() -> None:
+    def names(descriptor: Descriptor) -> set[str]:
+        return {f.name for f in descriptor.fields}
+
+    assert _check(WireRecord.DESCRIPTOR, LogRecord.DESCRIPTOR) > 60
+    decision = WireRecord.DESCRIPTOR.fields_by_name["decision"].message_type
+    real = LogRecord.DESCRIPTOR.fields_by_name["decision"].message_type
+    assert names(decision) == names(real)  # nothing the serving path logs can be left out
+    assert {f.name for f in decision.fields if f.type == FieldDescriptor.TYPE_BYTES} == {"context", "candidates"}
+
+
+def test_a_wire_record_with_serialized_candidates_parses_as_the_real_record() -> None:
+    real = decision_record("e1", n_candidates=5)
+    wire = WireRecord()
+    event = wire.decision
+    event.MergeFromString(_without(real.decision, "context", "candidates").SerializeToString())
+    event.context = real.decision.context.SerializeToString()
+    event.candidates.extend(c.SerializeToString() for c in real.decision.candidates)
+    assert LogRecord.FromString(wire.SerializeToString()) == real
+
+
+def _without(event, *fields: str):  # noqa: ANN001, ANN202 - a DecisionEvent copy
+    copy = type(event)()
+    copy.CopyFrom(event)
+    for name in fields:
+        copy.ClearField(name)
+    return copy

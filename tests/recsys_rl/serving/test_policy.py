@@ -14,7 +14,10 @@ from recsys_rl.config import ExplorationConfig, ModelConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput
 from recsys_rl.serving.exploration import make_explorer, slate_propensities
 from recsys_rl.serving.decision import LongTermInput
-from recsys_rl.serving.policy import NoLongTermValue, SurfacePolicy, decision_to_event
+from recsys_rl.logging.v1 import events_pb2
+from recsys_rl.rollout.config import RolloutState, Stage
+from recsys_rl.serving.candidates import CandidateView
+from recsys_rl.serving.policy import NoLongTermValue, SurfacePolicy, decision_record, decision_to_event
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 
 ARGS = ModelConfig().vw_args
@@ -171,3 +174,25 @@ def test_decision_to_event_carries_everything() -> None:
     assert list(event.candidate_scores) == VWBandit(ARGS).score(request).tolist()
     # The logged event is enough to learn from.
     assert VWBandit(ARGS).learn(event, [1.0, 0.0, 0.0]) == 3
+
+
+@pytest.mark.parametrize("stage", [Stage.LIVE, Stage.SHADOW])
+def test_the_logged_record_is_the_event_built_from_the_candidates_bytes(stage: Stage) -> None:
+    """What the server logs (decision_record: the candidates as CandidateView read them, as bytes) parses as the
+    LogRecord of decision_to_event, field for field: slate, scores, shadow, long-term input and its history."""
+    policy = SurfacePolicy(surface(exploration_cap=0.3), VWBandit(ARGS), "v7", server_seed=3,
+                           long_term=FixedValue(np.linspace(0.0, 1.0, 8)))
+    request = make_request()
+    request.context.tags.append("evening")
+    request.candidates[2].embedding.extend([0.25, -1.5])
+    request.candidates[3].baseline_score = 0.0  # not serialized: the candidate's bytes end elsewhere
+    decision = policy.rank(request, rollout=RolloutState(stage=stage))
+    history = (pb.Candidate(item_id="seen-1", baseline_score=2.0), pb.Candidate(item_id="seen-2"))
+    decision.long_term, decision.long_term_weight = LongTermInput("ltv-3", history), 0.5
+    fields = dict(event_id="ev-1", served_at_ns=1_700_000_000_123_456_789, window_s=5.0, latency_us=812)
+    expected = events_pb2.LogRecord(decision=decision_to_event(request, decision, **fields))
+    logged = decision_record(request, decision, CandidateView(request), **fields).SerializeToString()
+    assert events_pb2.LogRecord.FromString(logged) == expected
+    assert expected.decision.HasField("shadow") == (stage is Stage.SHADOW)
+    scored = expected.decision.shadow if stage is Stage.SHADOW else expected.decision  # the learned policy's draw
+    assert len(expected.decision.long_term.history) == 2 and len(scored.candidate_scores) == 8
