@@ -11,6 +11,8 @@ the slot's item id (the candidates stay unparsed bytes; only that one candidate'
 
 from __future__ import annotations
 
+from operator import attrgetter
+
 import numpy as np
 import polars as pl
 
@@ -22,6 +24,7 @@ DECISION_COLUMNS = ("event_id", "position", "item_id", "propensity", "user_id", 
                     "serving_mode", "n_candidates", "surface")
 _PER_DECISION = ("event_id", "user_id", "served_at", "policy_version", "serving_mode", "n_candidates")
 _PER_SLOT = ("position", "item_id", "propensity")
+_ITEM_ID = attrgetter("item_id")
 
 
 class DecisionColumns:
@@ -39,6 +42,15 @@ class DecisionColumns:
         self.position: list[int] = []
         self.item_id: list[str] = []
         self.propensity: list[float] = []
+        self._index: list[int] = []  # candidate_index per slot
+
+    @staticmethod
+    def _reject(event: object, n_candidates: int, indices: list[int], items: list[str]) -> None:
+        raw = event.candidates  # type: ignore[attr-defined]
+        for k, (i, item) in enumerate(zip(indices, items)):
+            if not 0 <= i < n_candidates or CandidateId.FromString(raw[i]).item_id != item:
+                raise InvalidInput(f"event {event.event_id}: slate[{k}].candidate_index",  # type: ignore[attr-defined]
+                                   f"{i} does not point at item {item!r} among {n_candidates} candidates")
 
     @property
     def decisions(self) -> int:
@@ -51,18 +63,19 @@ class DecisionColumns:
     def add(self, event: object, n_candidates: int) -> list[int]:
         """Append a decision (a DecisionEvent or its view, with a non-empty slate) and return its logged slots'
         candidate indices; InvalidInput when one does not point at the slot's item among the ``n_candidates``."""
-        raw: list[bytes] = event.candidates  # type: ignore[attr-defined]
-        indices = []
-        position, item_id, propensity = self.position, self.item_id, self.propensity
-        for k, slot in enumerate(event.slate):  # type: ignore[attr-defined]
-            i, item = slot.candidate_index, slot.item_id
-            if not 0 <= i < n_candidates or CandidateId.FromString(raw[i]).item_id != item:
-                raise InvalidInput(f"event {event.event_id}: slate[{k}].candidate_index",  # type: ignore[attr-defined]
-                                   f"{i} does not point at item {item!r} among {n_candidates} candidates")
-            indices.append(i)
+        start = len(self.position)
+        position, item_id, propensity, index = self.position, self.item_id, self.propensity, self._index
+        for slot in event.slate:  # type: ignore[attr-defined]
             position.append(slot.position)
-            item_id.append(item)
+            item_id.append(slot.item_id)
             propensity.append(slot.propensity)
+            index.append(slot.candidate_index)
+        indices, items = index[start:], item_id[start:]
+        # The candidates stay bytes: only the logged ones are parsed, for their item ids (map: no Python frame each).
+        raw = event.candidates  # type: ignore[attr-defined]
+        if (min(indices) < 0 or max(indices) >= n_candidates
+                or list(map(_ITEM_ID, map(CandidateId.FromString, map(raw.__getitem__, indices)))) != items):
+            self._reject(event, n_candidates, indices, items)
         self.slots.append(len(indices))
         self.event_id.append(event.event_id)  # type: ignore[attr-defined]
         self.user_id.append(event.user_id)  # type: ignore[attr-defined]
