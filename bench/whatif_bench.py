@@ -7,6 +7,8 @@
 2. Replay ``logged@cap=0.2`` end to end (log read, target propensities, reward join, table), alternating
    ``logged_scores=False`` (today's path: rebuild each request, score it through VW) and the default (the scores
    from the log), --repeats times each; medians. Both tables are checked equal (bit for bit).
+   Also timed, as often: reading the log alone (segments read, CRC32-checked, parsed into the replay view; nothing
+   done with the records) - the floor under any replay of this log, and so a bound on the ratio.
 3. What logging the scores costs: bytes per logged decision with and without them (the same events, the field
    cleared), and the time serving adds per decision (``ndarray.tolist`` + one ``extend`` of n doubles), against
    the in-process Rank mean of step 1.
@@ -26,6 +28,7 @@ import numpy as np
 from bench.replay_bench import Args as ServeArgs, serve
 from evaluators.replay.run import ReplayStats, replay
 from logging_schema.reader import iter_records
+from logging_schema.views import ReplayRecord
 from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.logging.v1 import events_pb2
 
@@ -42,6 +45,13 @@ def _replay_seconds(data_dir: Path, config: ServiceConfig, logged_scores: bool, 
         raise RuntimeError(f"logged_scores={logged_scores}: {stats.from_logged_scores} from logged scores, "
                            f"{stats.rescored} re-scored of {decisions}")
     return seconds, table
+
+
+def _read_seconds(data_dir: Path) -> float:
+    started = time.perf_counter()
+    for _ in iter_records(data_dir / "logs", record_type=ReplayRecord):
+        pass
+    return time.perf_counter() - started
 
 
 def _log_bytes(data_dir: Path, sample: int) -> tuple[float, float, list[float]]:
@@ -77,20 +87,21 @@ def run(decisions: int, candidates: int, slate_size: int, repeats: int) -> None:
         data_dir = Path(tmp)
         serving_s = serve(data_dir, config, ServeArgs(decisions=decisions, candidates=candidates,
                                                       slate_size=slate_size))
-        rescore, logged = [], []
+        rescore, logged, reading = [], [], []
         differing = None
         for _ in range(repeats):
             seconds, slow = _replay_seconds(data_dir, config, False, decisions)
             rescore.append(seconds)
             seconds, fast = _replay_seconds(data_dir, config, True, decisions)
             logged.append(seconds)
+            reading.append(_read_seconds(data_dir))
             differing = int((fast["target_pscore"] != slow["target_pscore"]).sum())  # type: ignore[index]
             rows = fast.height  # type: ignore[attr-defined]
         assert differing is not None
         before, after, scores = _log_bytes(data_dir, 5_000)
         cost_us = _logging_cost_us(scores)
 
-    slow_s, fast_s = statistics.median(rescore), statistics.median(logged)
+    slow_s, fast_s, read_s = statistics.median(rescore), statistics.median(logged), statistics.median(reading)
     rank_us = serving_s / decisions * 1e6
     print(f"`replay --policy {SPEC}` on {decisions:,} served decisions, {candidates} candidates, slate {slate_size}, "
           f"ε-greedy (median of {repeats} alternating runs each; {platform.python_implementation()} "
@@ -101,6 +112,11 @@ def run(decisions: int, candidates: int, slate_size: int, repeats: int) -> None:
     print(f"| re-scoring through VW (`logged_scores=False`, today's path) | {slow_s:.2f} | {decisions / slow_s:,.0f} "
           f"| 1.00× |")
     print(f"| from the logged scores (default) | {fast_s:.2f} | {decisions / fast_s:,.0f} | {slow_s / fast_s:.1f}× |")
+    print(f"| reading the log alone (no replay: the floor) | {read_s:.2f} | {decisions / read_s:,.0f} "
+          f"| {slow_s / read_s:.1f}× |")
+    print(f"\nReading the log bounds the ratio: every decision record ({after:,.0f} B, mostly the candidates' features) is "
+          f"read, CRC32-checked and parsed, although the what-if uses only its scores ({after - before:,.0f} B) and "
+          f"slate. The next segment is read and checked in a thread while one is parsed.")
     print(f"\nLogging the scores: {before:,.0f} → {after:,.0f} bytes per decision record "
           f"(+{after - before:,.0f} B, +{(after / before - 1) * 100:.1f}%; mean of 5,000). Serving adds "
           f"{cost_us:.1f} µs per decision (median: `tolist` + one `extend` of {candidates} doubles), "

@@ -30,22 +30,24 @@ from recsys_rl.logging.v1 import events_pb2
 
 _F = descriptor_pb2.FieldDescriptorProto
 PACKAGE = "recsys_rl_tableview"
+REPLAY_PACKAGE = "recsys_rl_replayview"
 
-# View message name -> (the real message, the fields the view declares, those kept as opaque bytes). Field numbers
-# and types are read from the real descriptors, so the view cannot drift from events.proto; an embedded message
-# kept as bytes is wire-compatible (length-delimited either way), and so is an enum read as int32 (varint).
-_VIEWS: dict[str, tuple[Descriptor, tuple[str, ...], frozenset[str]]] = {
+# A view: message name -> (the real message, the fields it declares, those kept as opaque bytes). Field numbers and
+# types are read from the real descriptors, so a view cannot drift from events.proto; an embedded message kept as
+# bytes is wire-compatible (length-delimited either way), and so is an enum read as int32 (varint). A repeated
+# scalar kept opaque becomes one ``bytes`` field: its packed encoding (proto3's default, and what every writer of
+# these logs emits) is one length-delimited field, so the view holds the raw little-endian array (see ReplayRecord).
+_View = dict[str, tuple[Descriptor, tuple[str, ...], frozenset[str]]]
+
+_DECISION_FIELDS = (
+    "event_id", "request_id", "surface", "user_id", "served_at", "context", "candidates", "slate_size", "slate",
+    "slate_propensity", "policy_version", "serving_mode", "exploration", "long_term", "rollout_stage",
+    "shield_version", "baseline_version", "candidate_scores",
+)
+_COMMON: _View = {
     "Timestamp": (Timestamp.DESCRIPTOR, ("seconds", "nanos"), frozenset()),
-    "LoggedSlot": (events_pb2.LoggedSlot.DESCRIPTOR, (
-        "item_id", "position", "propensity", "score", "explored", "candidate_index", "exploration_mass",
-    ), frozenset()),
     "ExplorationParams": (events_pb2.ExplorationParams.DESCRIPTOR,
                           ("algorithm", "epsilon", "temperature", "gamma", "cap"), frozenset()),
-    "DecisionEvent": (events_pb2.DecisionEvent.DESCRIPTOR, (
-        "event_id", "request_id", "surface", "user_id", "served_at", "context", "candidates", "slate_size", "slate",
-        "slate_propensity", "policy_version", "serving_mode", "exploration", "long_term", "rollout_stage",
-        "shield_version", "baseline_version", "candidate_scores",
-    ), frozenset({"context", "candidates", "long_term"})),  # Features, Candidate, LongTermState: unparsed
     # A logged candidate's item id alone (its features skipped as unknown fields): replay from logged scores checks
     # the logged slots against it without parsing feature maps.
     "CandidateId": (events_pb2.DecisionEvent.DESCRIPTOR.fields_by_name["candidates"].message_type, ("item_id",),
@@ -56,17 +58,33 @@ _VIEWS: dict[str, tuple[Descriptor, tuple[str, ...], frozenset[str]]] = {
     ), frozenset()),
     "LogRecord": (events_pb2.LogRecord.DESCRIPTOR, ("decision", "outcome", "gap"), frozenset({"gap"})),
 }
+_TABLE_VIEWS: _View = _COMMON | {
+    "LoggedSlot": (events_pb2.LoggedSlot.DESCRIPTOR, (
+        "item_id", "position", "propensity", "score", "explored", "candidate_index", "exploration_mass",
+    ), frozenset()),
+    "DecisionEvent": (events_pb2.DecisionEvent.DESCRIPTOR, _DECISION_FIELDS,
+                      frozenset({"context", "candidates", "long_term"})),  # Features, Candidate, LongTermState: unparsed
+}
+# Replay's view: as the table view, but the slots keep only what replay reads, and the candidates' scores stay the
+# packed bytes they were written as (np.frombuffer instead of building 100 Python floats: ~12 µs a decision).
+_REPLAY_VIEWS: _View = _COMMON | {
+    "LoggedSlot": (events_pb2.LoggedSlot.DESCRIPTOR, ("item_id", "position", "propensity", "candidate_index"),
+                   frozenset()),
+    "DecisionEvent": (events_pb2.DecisionEvent.DESCRIPTOR, _DECISION_FIELDS,
+                      frozenset({"context", "candidates", "long_term", "candidate_scores"})),
+}
 
 
-def _build() -> descriptor_pool.DescriptorPool:
-    file = descriptor_pb2.FileDescriptorProto(name=f"{PACKAGE}.proto", package=PACKAGE, syntax="proto3")
-    for name, (real, field_names, opaque) in _VIEWS.items():
+def _build(package: str, views: _View) -> descriptor_pool.DescriptorPool:
+    file = descriptor_pb2.FileDescriptorProto(name=f"{package}.proto", package=package, syntax="proto3")
+    for name, (real, field_names, opaque) in views.items():
         message = file.message_type.add(name=name)
         if name == "LogRecord":
             message.oneof_decl.add(name="event")
         for field_name in field_names:
             source = real.fields_by_name[field_name]
-            repeated = source.is_repeated
+            packed = field_name in opaque and source.type != FieldDescriptor.TYPE_MESSAGE and source.is_repeated
+            repeated = source.is_repeated and not packed
             field = message.field.add(name=field_name, number=source.number,
                                       label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
             if field_name in opaque:
@@ -75,7 +93,7 @@ def _build() -> descriptor_pool.DescriptorPool:
                 field.type = _F.TYPE_INT32
             elif source.type == FieldDescriptor.TYPE_MESSAGE:
                 field.type = _F.TYPE_MESSAGE
-                field.type_name = f".{PACKAGE}.{source.message_type.name}"
+                field.type_name = f".{package}.{source.message_type.name}"
             else:
                 field.type = source.type
             if name == "LogRecord":
@@ -85,9 +103,17 @@ def _build() -> descriptor_pool.DescriptorPool:
     return pool
 
 
-POOL = _build()
-TableRecord: type[Message] = message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"{PACKAGE}.LogRecord"))
-CandidateId: type[Message] = message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"{PACKAGE}.CandidateId"))
+def _message(pool: descriptor_pool.DescriptorPool, package: str, name: str) -> type[Message]:
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{package}.{name}"))
+
+
+POOL = _build(PACKAGE, _TABLE_VIEWS)
+TableRecord: type[Message] = _message(POOL, PACKAGE, "LogRecord")
+CandidateId: type[Message] = _message(POOL, PACKAGE, "CandidateId")
+REPLAY_POOL = _build(REPLAY_PACKAGE, _REPLAY_VIEWS)
+# ``decision.candidate_scores`` is the packed array's raw bytes (8 per candidate, little-endian doubles): b"" when
+# no scores were logged, and when a writer emitted them unpacked (another wire type: kept as an unknown field).
+ReplayRecord: type[Message] = _message(REPLAY_POOL, REPLAY_PACKAGE, "LogRecord")
 
 
 # --- writing ------------------------------------------------------------------------------------------------------

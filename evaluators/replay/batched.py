@@ -10,9 +10,6 @@ gives; ``tests/evaluators/replay/test_batched.py`` checks it, ties included. Oth
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from recsys_rl.serving.exploration import CappedExplorer, EpsilonGreedy, Explorer
@@ -53,25 +50,49 @@ def epsilon_greedy_propensities(scores: np.ndarray, logged: np.ndarray, epsilon:
     return out
 
 
-@dataclass
 class PendingBatch:
-    """Decisions deferred to one batched computation: each fills ``len(logged)`` values at its offset."""
+    """Decisions deferred to one batched computation: each fills ``len(logged)`` values at its offset.
 
-    groups: dict[tuple[int, int], list[tuple[int, np.ndarray, list[int], float, float]]] = field(
-        default_factory=lambda: defaultdict(list))
+    Scores are kept as the raw little-endian doubles (a ReplayRecord's packed ``candidate_scores``, or an array's
+    bytes) and become one (decisions × candidates) array per group at :meth:`fill`; so is their finiteness check,
+    which a decision's caller may leave to the batch (``key``: what to hand back for a decision whose scores are
+    not all finite, so the caller re-scores it instead).
+    """
 
-    def add(self, offset: int, scores: np.ndarray, logged: list[int], epsilon: float, cap: float) -> None:
-        self.groups[(scores.size, len(logged))].append((offset, scores, logged, epsilon, cap))
+    def __init__(self) -> None:
+        # (candidates, slots) -> [offsets, scores, logged (flat), epsilons, caps, keys]
+        self.groups: dict[tuple[int, int], tuple[list[int], list[bytes], list[int], list[float], list[float],
+                                                 list[object]]] = {}
 
-    def fill(self, out: np.ndarray) -> None:
-        """Write every deferred decision's propensities into ``out`` (the chunk's flat target_pscore column)."""
-        for (_, k), items in self.groups.items():
-            offsets = np.array([item[0] for item in items])
-            p = epsilon_greedy_propensities(np.stack([item[1] for item in items]),
-                                            np.array([item[2] for item in items], dtype=np.int64).reshape(-1, k),
-                                            np.array([item[3] for item in items]), np.array([item[4] for item in items]))
-            out[(offsets[:, None] + np.arange(k)).ravel()] = p.ravel()
+    def add(self, offset: int, scores: np.ndarray | bytes, logged: list[int], epsilon: float, cap: float,
+            key: object = None) -> None:
+        raw = scores if isinstance(scores, bytes) else np.asarray(scores, dtype="<f8").tobytes()
+        group = self.groups.get((len(raw) // 8, len(logged)))
+        if group is None:
+            group = self.groups[(len(raw) // 8, len(logged))] = ([], [], [], [], [], [])
+        offsets, all_scores, all_logged, epsilons, caps, keys = group
+        offsets.append(offset)
+        all_scores.append(raw)
+        all_logged.extend(logged)
+        epsilons.append(epsilon)
+        caps.append(cap)
+        keys.append(key)
+
+    def fill(self, out: np.ndarray) -> list[object]:
+        """Write every deferred decision's propensities into ``out`` (the chunk's flat target_pscore column); returns
+        the keys of those whose scores are not all finite (their values are left as they are)."""
+        not_finite: list[object] = []
+        for (n, k), (offsets, all_scores, all_logged, epsilons, caps, keys) in self.groups.items():
+            scores = np.frombuffer(b"".join(all_scores), dtype="<f8").reshape(-1, n).astype(np.float64, copy=False)
+            where = np.array(offsets)
+            finite = np.isfinite(scores).all(axis=1)
+            if not finite.all():
+                not_finite += [keys[d] for d in np.flatnonzero(~finite)]
+            p = epsilon_greedy_propensities(scores[finite], np.array(all_logged, dtype=np.int64).reshape(-1, k)[finite],
+                                            np.array(epsilons)[finite], np.array(caps)[finite])
+            out[(where[finite][:, None] + np.arange(k)).ravel()] = p.ravel()
         self.groups.clear()
+        return not_finite
 
 
 __all__ = ["PendingBatch", "batchable", "epsilon_greedy_propensities"]

@@ -47,25 +47,24 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
-from logging_schema.views import CandidateId, TableRecord
+from logging_schema.views import ReplayRecord
 from logging_schema.reader import ReadStats, gap_of, iter_records
-from logging_schema.tables import JoinStats, decisions_frame, join_rewards, outcomes_frame
+from logging_schema.tables import JoinStats, join_rewards, outcomes_frame
 from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig, default_config, load_config
 from recsys_rl.errors import InvalidInput
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.decision import (
-    DecisionPolicy, LongTermInput, LongTermValue, NoLongTermValue, target_propensities,
+    DecisionPolicy, LongTermInput, LongTermValue, NoLongTermValue, TargetScores, target_propensities,
 )
 from recsys_rl.serving.exploration import Explorer, slate_propensities
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from evaluators.replay.batched import PendingBatch, batchable
+from evaluators.replay.columns import DecisionColumns
 from evaluators.replay.shield import ReplayShield, what_if_rules
 from recsys_rl.shield.rules import ShieldRules
 from evaluators.replay.targets import BASELINE_SERVED, PolicySpec, TargetPolicy, parse_policy_spec, resolve_policy
 
 CHUNK_DECISIONS = 20_000  # decisions turned into a DataFrame chunk at a time (bounds Python-object memory)
-_DECISION_COLUMNS = ("event_id", "position", "item_id", "propensity", "user_id", "served_at", "policy_version",
-                     "serving_mode", "n_candidates", "surface")
 
 
 @dataclass
@@ -140,18 +139,6 @@ def rank_request(event: object) -> pb.RankRequest:
     return pb.RankRequest.FromString(b"".join(parts))
 
 
-def _logged_indices(event: object, request: pb.RankRequest) -> list[int]:
-    indices = []
-    n = len(request.candidates)
-    for k, slot in enumerate(event.slate):  # type: ignore[attr-defined]
-        i = slot.candidate_index
-        if not 0 <= i < n or request.candidates[i].item_id != slot.item_id:
-            raise InvalidInput(f"event {event.event_id}: slate[{k}].candidate_index",  # type: ignore[attr-defined]
-                               f"{i} does not point at item {slot.item_id!r} among {n} candidates")
-        indices.append(i)
-    return indices
-
-
 def _surface_config(config: ServiceConfig | None, surface: str) -> SurfaceConfig:
     config = config or default_config()
     found = config.surface(surface)
@@ -181,39 +168,36 @@ def logged_long_term(event: object) -> LongTermInput | None:
     return LongTermInput(state.model_version, tuple(state.history))
 
 
+def _reusable_raw(event: object, policy: DecisionPolicy, n_candidates: int) -> object | None:
+    """The scores logged with ``event`` (ReplayRecord: packed bytes; DecisionEvent: its repeated field) when
+    ``policy`` would compute exactly them (:func:`reusable_scores`), unchecked for finiteness; else None."""
+    raw = event.candidate_scores  # type: ignore[attr-defined]
+    count = len(raw) // 8 if isinstance(raw, bytes) else len(raw)
+    if (not raw or count != n_candidates or (isinstance(raw, bytes) and len(raw) % 8)
+            or event.serving_mode in BASELINE_SERVED  # type: ignore[attr-defined]
+            or event.policy_version != policy.policy_version):  # type: ignore[attr-defined]
+        return None
+    long_term: bytes = event.long_term  # type: ignore[attr-defined]
+    weight = events_pb2.LongTermState.FromString(long_term).weight if long_term else 0.0
+    return raw if weight == policy.long_term_weight else None
+
+
+def _finite(raw: object) -> np.ndarray | None:
+    scores = np.frombuffer(raw, dtype="<f8").astype(np.float64) if isinstance(raw, bytes) else np.array(raw, np.float64)
+    return scores if np.isfinite(scores).all() else None  # a damaged record: re-scoring decides what serves
+
+
 def reusable_scores(event: object, policy: DecisionPolicy) -> np.ndarray | None:
     """The scores logged with ``event`` when ``policy`` would compute exactly them, else None (re-score).
 
     They are the target's own scores when the target is the model version that served the decision (a model
     target's ``policy_version`` is its registry version; baseline and uniform targets never match one) and blends
     the long-term value with the same λ (the value itself is recomputed from the logged long-term input either
-    way, so it is the logged one). Baseline-served decisions log no scores; a malformed count re-scores.
+    way, so it is the logged one). Baseline-served decisions log no scores; a malformed count or a score that is not
+    finite re-scores. ``event``: a DecisionEvent, or a ReplayRecord's (scores as the packed array's bytes).
     """
-    raw = event.candidate_scores  # type: ignore[attr-defined]
-    if (not raw or len(raw) != len(event.candidates)  # type: ignore[attr-defined]
-            or event.serving_mode in BASELINE_SERVED  # type: ignore[attr-defined]
-            or event.policy_version != policy.policy_version):  # type: ignore[attr-defined]
-        return None
-    long_term: bytes = event.long_term  # type: ignore[attr-defined]
-    weight = events_pb2.LongTermState.FromString(long_term).weight if long_term else 0.0
-    if weight != policy.long_term_weight:
-        return None
-    scores = np.array(raw, dtype=np.float64)
-    return scores if np.isfinite(scores).all() else None  # a damaged record: re-scoring decides what serves
-
-
-def _logged_slot_indices(event: object) -> list[int]:
-    """The logged slots' candidate indices, checked against the raw candidates' item ids (no feature parsing)."""
-    raw: list[bytes] = event.candidates  # type: ignore[attr-defined]
-    n = len(raw)
-    indices = []
-    for k, slot in enumerate(event.slate):  # type: ignore[attr-defined]
-        i = slot.candidate_index
-        if not 0 <= i < n or CandidateId.FromString(raw[i]).item_id != slot.item_id:
-            raise InvalidInput(f"event {event.event_id}: slate[{k}].candidate_index",  # type: ignore[attr-defined]
-                               f"{i} does not point at item {slot.item_id!r} among {n} candidates")
-        indices.append(i)
-    return indices
+    raw = _reusable_raw(event, policy, len(event.candidates))  # type: ignore[attr-defined]
+    return None if raw is None else _finite(raw)
 
 
 def replay(
@@ -272,33 +256,40 @@ def _replay_pass(
 ) -> tuple[list[pl.DataFrame], list[pl.DataFrame]]:
     decision_chunks: list[pl.DataFrame] = []
     outcome_chunks: list[pl.DataFrame] = [outcomes_frame([])]
-    events: list[object] = []
+    columns = DecisionColumns()
     outcome_events: list[object] = []
-    target_p: list[float] = []
-    fallback: list[bool] = []
+    target_p: list[float] = []  # one value per row; zeros where the batch fills them in at flush()
+    # Capped ε-greedy decisions from logged scores: their propensities are computed a chunk at a time, and so is the
+    # scores' finiteness check (key: what re-scores one whose scores are not all finite).
+    pending = PendingBatch()
 
-    pending = PendingBatch()  # decisions whose target propensities are computed a chunk at a time
+    def rescore(event: object, policy: DecisionPolicy, request: pb.RankRequest, logged: list[int],
+                decision: int) -> tuple[np.ndarray, TargetScores]:
+        probabilities, scored = target_propensities(policy, request, logged, long_term_input=logged_long_term(event))
+        stats.rescored += 1
+        stats.target_fallbacks += scored.fell_back
+        columns.fallback[decision] = scored.fell_back
+        return probabilities, scored
 
     def flush() -> None:
-        if events:
-            column: list[float] | np.ndarray = target_p
-            if pending.groups:
-                column = np.array(target_p, dtype=np.float64)
-                pending.fill(column)
-            frame = decisions_frame(events).select(_DECISION_COLUMNS)  # type: ignore[arg-type]
-            decision_chunks.append(frame.with_columns(
-                pl.Series("target_pscore", column, dtype=pl.Float64),
-                pl.Series("target_fallback", fallback, dtype=pl.Boolean),
-            ))
+        nonlocal columns
+        if columns.decisions:
+            column = np.array(target_p, dtype=np.float64)
+            for event, policy, logged, offset, decision in pending.fill(column):  # type: ignore[misc]
+                # Deferred scores that are not all finite (a damaged record): re-scoring decides, as in serving.
+                stats.from_logged_scores -= 1
+                column[offset:offset + len(logged)] = rescore(event, policy, rank_request(event), logged, decision)[0]
+            decision_chunks.append(columns.frame(surface, column))
+            columns = DecisionColumns()
         if outcome_events:
             outcome_chunks.append(outcomes_frame(outcome_events))  # type: ignore[arg-type]
-        for buffer in (events, outcome_events, target_p, fallback):
+        for buffer in (outcome_events, target_p):
             buffer.clear()
 
     bar = tqdm(unit=" decisions", desc=f"replay {target.name}", disable=not progress, file=sys.stderr,
                mininterval=0.5)
     with bar:
-        for record in iter_records(log_dir, stats=stats.read, record_type=TableRecord):
+        for record in iter_records(log_dir, stats=stats.read, record_type=ReplayRecord):
             kind = record.WhichOneof("event")
             if kind == "outcome":
                 if record.outcome.surface in (surface, ""):  # other surfaces' outcomes would only be orphans
@@ -321,37 +312,38 @@ def _replay_pass(
                 continue
             # The rules the decision was served under (its logged version), or the what-if's.
             policy = shields.policy(target.policy_for(event), event.event_id, event.shield_version)
-            scores = reusable_scores(event, policy) if logged_scores else None
-            if scores is not None:
+            n_candidates = len(event.candidates)
+            offset, decision = columns.rows, columns.decisions
+            logged = columns.add(event, n_candidates)
+            raw = _reusable_raw(event, policy, n_candidates) if logged_scores else None
+            batch = batchable(policy.explorer) if raw is not None and len(set(logged)) == len(logged) else None
+            if batch is not None and candidates is None and not policy.shield.active:
+                # The common what-if (logged@cap=X): nothing per decision but the bookkeeping; flush() computes it.
+                pending.add(offset, raw, logged, *batch, key=(event, policy, logged, offset, decision))
+                target_p.extend([0.0] * len(logged))
+                stats.from_logged_scores += 1
+            elif (scores := _finite(raw) if raw is not None else None) is not None:
                 # The scores the decision was drawn from: the explorer alone differs (no VW, and the request is
                 # rebuilt only when a shield or the reward model reads its features).
-                logged = _logged_slot_indices(event)
                 request = rank_request(event) if policy.shield.active or candidates is not None else None
                 shield = policy.shield.for_request(request) if request is not None else None
-                batch = batchable(policy.explorer) if shield is None and len(set(logged)) == len(logged) else None
-                if batch is not None:  # filled in at flush(), vectorised over the chunk (evaluators.replay.batched)
-                    pending.add(len(target_p), scores, logged, *batch)
-                    probabilities = np.zeros(len(logged))
+                if batch is not None and shield is None:  # filled in at flush(), vectorised over the chunk
+                    pending.add(offset, scores, logged, *batch)
+                    target_p.extend([0.0] * len(logged))
                 else:
-                    probabilities = slate_propensities(scores, logged, policy.explorer, feasibility=shield)
-                fell_back, explorer = False, policy.explorer
+                    target_p.extend(slate_propensities(scores, logged, policy.explorer, feasibility=shield).tolist())
+                if candidates is not None:
+                    candidates.add(event.event_id, request, scores, logged, policy.explorer)
                 stats.from_logged_scores += 1
             else:
                 request = rank_request(event)
-                logged = _logged_indices(event, request)
-                probabilities, scored = target_propensities(policy, request, logged,
-                                                            long_term_input=logged_long_term(event))
-                fell_back, scores, explorer = scored.fell_back, scored.scores, scored.explorer
-                stats.rescored += 1
-            if candidates is not None:
-                candidates.add(event.event_id, request, scores, logged, explorer)
-            target_p.extend(probabilities.tolist())
-            fallback.extend([fell_back] * len(logged))
-            stats.target_fallbacks += fell_back
+                probabilities, scored = rescore(event, policy, request, logged, decision)
+                target_p.extend(probabilities.tolist())
+                if candidates is not None:
+                    candidates.add(event.event_id, request, scored.scores, logged, scored.explorer)
             stats.decisions += 1
-            events.append(event)
             bar.update()
-            if len(events) >= CHUNK_DECISIONS:
+            if columns.decisions >= CHUNK_DECISIONS:
                 flush()
         flush()
     if candidates is not None:

@@ -213,6 +213,7 @@ class LoggedTarget(TargetPolicy):
     """Each decision's own model version and logged exploration, with the spec's overrides (module docstring)."""
 
     _MAX_MODELS = 8  # versions kept loaded; logs are in time order, so a small LRU sees each version once
+    _MAX_LOGGED = 1024  # (version, logged exploration) pairs remembered
 
     def __init__(self, spec: PolicySpec, data_dir: Path, surface: SurfaceConfig, *,
                  long_term: LongTermValue = NoLongTermValue()) -> None:
@@ -225,6 +226,8 @@ class LoggedTarget(TargetPolicy):
         self._models: dict[str, ModelTarget] = {}
         self._policies: dict[tuple[str, tuple[str, float, float, float, float]], DecisionPolicy] = {}
         self._baselines: dict[str, BaselineTarget] = {"": BaselineTarget(surface)}  # by logged baseline_version
+        # (logged version, logged exploration) -> its policy: one dict lookup a decision (replay asks for each).
+        self._by_logged: dict[tuple[str, str, float, float, float, float], DecisionPolicy] = {}
         # What a model that fails in replay falls back to: the surface's configured baseline, as in serving.
         self._fallback = _learned_baseline(PolicySpec(text="baseline", kind="baseline"), self.data_dir, surface)
 
@@ -239,6 +242,7 @@ class LoggedTarget(TargetPolicy):
             while len(self._models) >= self._MAX_MODELS:
                 evicted = self._models.pop(next(iter(self._models)))
                 self._policies = {k: v for k, v in self._policies.items() if k[0] != evicted.policy_version}
+                self._by_logged.clear()
         self._models[version] = model  # most recently used last
         return model
 
@@ -265,6 +269,17 @@ class LoggedTarget(TargetPolicy):
                 spec = PolicySpec(text=f"baseline@{version}", kind="baseline", version=version)
                 baseline = self._baselines[version] = _learned_baseline(spec, self.data_dir, self.surface)
             return baseline.policy_for()
+        logged = event.exploration  # type: ignore[attr-defined]
+        seen = (event.policy_version, logged.algorithm, logged.epsilon, logged.temperature,  # type: ignore[attr-defined]
+                logged.gamma, logged.cap)
+        policy = self._by_logged.get(seen)
+        if policy is None:
+            if len(self._by_logged) >= self._MAX_LOGGED:  # e.g. a NaN in the key never matches itself
+                self._by_logged.clear()
+            policy = self._by_logged[seen] = self._model_policy(event)
+        return policy
+
+    def _model_policy(self, event: object) -> DecisionPolicy:
         model = self._model(event.policy_version)  # type: ignore[attr-defined]
         key = (model.policy_version, self._exploration_key(event.exploration))  # type: ignore[attr-defined]
         policy = self._policies.get(key)

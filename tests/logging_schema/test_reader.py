@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -198,3 +200,25 @@ def test_record_batches_are_one_list_per_segment(tmp_path: Path) -> None:
     batches = list(iter_record_batches(tmp_path, stats=stats))
     assert batches == [records[:25], records[25:-1]]
     assert (stats.segments, stats.records, stats.torn_tail_records) == (3, 39, 1)
+
+
+def test_segments_read_ahead_still_come_in_their_turn(tmp_path: Path) -> None:
+    """The next segment is read and checksummed in a thread while one is parsed: a foreign file still raises in its
+    turn, after every record before it, and a reader closed early leaves no reading thread behind."""
+    records = _records(60)
+    _write_segment(tmp_path / segment_name(0), records[:30])
+    _write_segment(tmp_path / segment_name(1), records[30:])
+    (tmp_path / segment_name(2)).write_bytes(b"PAR1 definitely not ours")
+    seen = []
+    with pytest.raises(SegmentFormatError, match="bad magic"):
+        for record in iter_records(tmp_path):
+            seen.append(record)
+    assert seen == records
+
+    reader = iter_records(tmp_path)
+    assert next(reader) == records[0]
+    reader.close()
+    deadline = time.monotonic() + 10
+    while any(thread.name.startswith("log-read") for thread in threading.enumerate()):
+        assert time.monotonic() < deadline, "the read-ahead thread outlived its reader"
+        time.sleep(0.01)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,10 @@ import polars as pl
 import pytest
 
 from evaluators.replay.run import ReplayStats, replay
+from recsys_rl.errors import InvalidInput
 from logging_schema.reader import iter_records, read_log
 from logging_schema.writer import LogWriter
+from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.config import ExplorationConfig, ServiceConfig, SurfaceConfig
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.serving.bandit import VWBandit
@@ -84,6 +87,16 @@ def test_logged_what_ifs_equal_rescoring_bit_for_bit(scored_log: ScoredLog, spec
         assert (fast["target_pscore"] == fast["pscore"]).all()
     if spec == "logged@cap=0.2":
         assert (fast["target_pscore"] != fast["pscore"]).any()
+
+
+@pytest.mark.parametrize("spec", ["logged@cap=0.2", "logged@cap=0", "current@cap=0.5@epsilon=0.5"])
+def test_unshielded_what_ifs_batched_from_logged_scores_equal_rescoring(scored_log: ScoredLog, spec: str) -> None:
+    """Without a shield, capped ε-greedy from logged scores is computed a chunk at a time (``batched``, the
+    ``logged@cap=X`` path the what-if benchmark measures); it is re-scoring's table bit for bit."""
+    fast, fast_stats, slow, slow_stats = _both(scored_log, spec, shield="none")
+    assert fast.equals(slow)
+    assert fast_stats.rescored == (200 if spec.startswith("current") else 0)  # the first version's decisions
+    assert (slow_stats.from_logged_scores, slow_stats.rescored) == (0, 400)
 
 
 def test_softmax_what_if_from_logged_scores(scored_log: ScoredLog) -> None:
@@ -168,3 +181,51 @@ def test_the_gate_replays_from_logged_scores(scored_log: ScoredLog) -> None:
     assert [spec for spec, _ in seen] == ["logged@cap=0.2", "logged"]
     assert all((s.from_logged_scores, s.rescored) == (400, 0) for _, s in seen)
     assert report["estimates"]["target"]["policy"] == "logged@cap=0.2"
+
+
+def _rewritten(log: ScoredLog, data_dir: Path, edit: Callable[[int, events_pb2.DecisionEvent], None]) -> Path:
+    """A copy of the log (models and shield store too) with ``edit(n, decision)`` applied to the n-th decision."""
+    shutil.copytree(log.data_dir / "models", data_dir / "models")
+    if (log.data_dir / "shield").exists():
+        shutil.copytree(log.data_dir / "shield", data_dir / "shield")
+    n = 0
+    with LogWriter(data_dir / "logs") as writer:
+        for record in iter_records(log.data_dir / "logs"):
+            if record.WhichOneof("event") == "decision":
+                edit(n, record.decision)
+                n += 1
+            writer.submit(record)
+    return data_dir
+
+
+def test_scores_that_are_not_finite_are_rescored(scored_log: ScoredLog, tmp_path: Path) -> None:
+    """The batch checks the logged scores' finiteness for a whole chunk; a decision whose scores are not all finite
+    (a damaged record) is re-scored, in its place in the table, as re-scoring replay does."""
+    def damage(n: int, decision: events_pb2.DecisionEvent) -> None:
+        if n % 3 == 0:
+            decision.candidate_scores[n % len(decision.candidate_scores)] = float("nan" if n % 2 else "inf")
+
+    data_dir = _rewritten(scored_log, tmp_path / "damaged", damage)
+    # Unshielded: the batch's own check (the served shield's decisions take the per-decision path, checked there).
+    for spec, shield in (("logged@cap=0.2", "none"), ("logged@cap=0.2", None),
+                         ("logged@algorithm=softmax@temperature=0.5", None)):
+        fast, fast_stats, slow, _ = _both(scored_log, spec, data_dir=data_dir, shield=shield)
+        assert (fast_stats.from_logged_scores, fast_stats.rescored) == (266, 134)
+        if spec == "logged@cap=0.2":
+            assert fast.equals(slow)
+            assert fast.equals(replay(scored_log.data_dir, spec, config=scored_log.config, progress=False,
+                                      shield=shield))
+
+
+@pytest.mark.parametrize("logged_scores", [True, False])
+def test_a_slot_that_points_at_another_candidate_is_refused(scored_log: ScoredLog, tmp_path: Path,
+                                                            logged_scores: bool) -> None:
+    def misdirect(n: int, decision: events_pb2.DecisionEvent) -> None:
+        if n == 250:
+            slot = decision.slate[1]
+            slot.candidate_index = (slot.candidate_index + 1) % len(decision.candidates)
+
+    data_dir = _rewritten(scored_log, tmp_path / "misdirected", misdirect)
+    event_id = [e.event_id for e in read_log(data_dir / "logs").decisions][250]
+    with pytest.raises(InvalidInput, match=rf"event {event_id}: slate\[1\]\.candidate_index"):
+        replay(data_dir, "logged@cap=0.2", config=scored_log.config, progress=False, logged_scores=logged_scores)
