@@ -4,8 +4,7 @@ A real server (RankingServer on 127.0.0.1:0 over a data dir) serves; a second, r
 dir (``tests/ranker/admin_worker.py``: the store calls another worker's PolicyAdminService makes) changes the cap, the
 rollout stage and the shield rules. The server must serve each change within 1 s of its acknowledgement (the
 watcher's 0.25 s tick; measured by polling Rank), show it in every admin read at once, lose no update when two
-processes change the same surface concurrently, and keep it all across a restart: a restarted process serves what the
-running ones serve, and a configuration changed between starts is applied (or refused) once, however many start.
+processes change the same surface concurrently, and keep it all across a restart.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +27,10 @@ import pytest
 
 from ranker.server import RankingServer
 from recsys_rl.config import ExplorationConfig, ModelConfig, ServiceConfig, SurfaceConfig
-from recsys_rl.rollout.config import RolloutConfig
 from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
-from recsys_rl.caps.store import CapStore
 from recsys_rl.rollout.store import RolloutStore
 from recsys_rl.serving.service import DecisionService
 from tests.helpers import make_request
@@ -66,9 +63,9 @@ class Server:
 def serve(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     started: list[Server] = []
 
-    def start(*, watch: bool = True, config: ServiceConfig = CONFIG) -> Server:
+    def start(*, watch: bool = True) -> Server:
         """``watch``: the model watcher's tick (which also adopts admin state); without it only admin reads do."""
-        service = DecisionService(config, tmp_path / "data", learner="off", watch_models=watch)
+        service = DecisionService(CONFIG, tmp_path / "data", learner="off", watch_models=watch)
         server = RankingServer(service).start()
         assert server.port != 0
         channel = grpc.insecure_channel(server.address)
@@ -279,72 +276,3 @@ def test_a_read_modify_write_that_lost_to_another_process_is_aborted(serve, tmp_
     after = server.admin.GetShield(admin_pb.GetShieldRequest(surface="default", include_blocked_items=True),
                                    timeout=10)
     assert after.version == theirs["version"] and list(after.rules.blocked_items) == ["item-0", "item-1"]
-
-
-def _configured(cap: float, stage: str, share: float) -> ServiceConfig:
-    return replace(CONFIG, surfaces={"default": replace(CONFIG.surfaces["default"], exploration_cap=cap,
-                                                        rollout=RolloutConfig(stage=stage, canary_share=share))})
-
-
-def _serves(server: Server) -> dict[str, Any]:
-    """What a server says it serves (admin reads) and serves (Rank): the stand-in's ``show`` for comparison."""
-    surface = server.admin.GetSurface(admin_pb.GetSurfaceRequest(surface="default"), timeout=10)
-    rollout = server.admin.GetRollout(admin_pb.GetRolloutRequest(surface="default"), timeout=10)
-    stage = admin_pb.RolloutStage.Name(rollout.stage).removeprefix("ROLLOUT_STAGE_").lower()
-    served = [server.rank(f"serves-{i}") for i in range(5)]
-    assert all(r.exploration_cap == pytest.approx(surface.exploration_cap) for r in served)
-    mode = {"live": pb.SERVING_MODE_LEARNED, "shadow": pb.SERVING_MODE_SHADOW}[stage]
-    assert {r.serving_mode for r in served} <= {mode}  # a learned decision may fall back only with a reason
-    return {"cap": pytest.approx(surface.exploration_cap), "stage": stage, "share": rollout.canary_share}
-
-
-def test_a_restarted_process_serves_what_a_running_one_serves(serve, tmp_path: Path) -> None:
-    """The configuration is unchanged across the restart: a gate-approved raise and an approved forward move made
-    by another process since (above the configured cap, past the configured stage) keep serving."""
-    configured = _configured(0.5, "canary", 0.1)
-    server = serve(config=configured)
-    with stand_ins(tmp_path / "data", "bob") as (bob,):
-        bob.call("cap", surface="default", cap=0.8)  # the gate passed for 0.8 (the stand-in does not judge)
-        bob.call("stage", surface="default", stage="live")  # the guardrail held (the stand-in vouches)
-        server.stop()
-        server = serve(config=configured)  # a restarted worker, same configuration
-        running = bob.call("show", surface="default")
-        assert _serves(server) == {k: running[k] for k in ("cap", "stage", "share")} == {
-            "cap": pytest.approx(0.8), "stage": "live", "share": 0.1}
-
-        server.stop()
-        server = serve(config=_configured(0.3, "shadow", 0.1))  # the configuration lowered both: one audited change
-        lowered = _serves(server)
-        assert lowered == {"cap": pytest.approx(0.3), "stage": "shadow", "share": 0.1}
-        running = bob.call("show", surface="default")  # the running process adopts it through its refresh
-        assert {k: running[k] for k in ("cap", "stage", "share")} == lowered
-    surface = server.admin.GetSurface(admin_pb.GetSurfaceRequest(surface="default"), timeout=10)
-    assert [(c.actor, c.new_cap) for c in surface.history] == [
-        ("recsys-rl serve", 0.5), ("bob", 0.8), ("recsys-rl serve (configuration)", 0.3)]
-
-
-def test_workers_starting_together_apply_a_changed_configuration_once(tmp_path: Path) -> None:
-    """Two real processes start with the same changed configuration at once, round after round: each change is one
-    audit entry per trail (the second process finds it under the admin lock), a raise or a forward move is refused
-    once and not applied, and both serve the same state."""
-    data = tmp_path / "data"
-    rounds = [(0.5, "live", 0.05), (0.4, "canary", 0.5), (0.45, "canary", 0.5), (0.45, "canary", 0.25),
-              (0.45, "live", 0.25), (0.2, "shadow", 0.25)]
-    expected = [(0.5, "live", 0.05), (0.4, "canary", 0.5), (0.4, "canary", 0.5), (0.4, "canary", 0.25),
-                (0.4, "canary", 0.25), (0.2, "shadow", 0.25)]
-    with stand_ins(data, "ann", "bob") as (ann, bob):
-        for (cap, stage, share), (cap_in_force, stage_in_force, share_in_force) in zip(rounds, expected):
-            ann.send("start", surface="default", cap=cap, stage=stage, share=share)
-            bob.send("start", surface="default", cap=cap, stage=stage, share=share)
-            served = [{k: reply[k] for k in ("cap", "stage", "share")} for reply in (ann.reply(), bob.reply())]
-            assert served == [{"cap": pytest.approx(cap_in_force), "stage": stage_in_force,
-                               "share": share_in_force}] * 2, (cap, stage, share)
-    caps = CapStore(data).history("default")
-    assert [(e.kind, e.outcome, e.new_cap) for e in caps] == [
-        ("initial", "accepted", 0.5), ("config", "accepted", 0.4), ("config", "refused", 0.45),
-        ("config", "accepted", 0.2)]  # round 4 and 5 left the cap's configuration as round 3's: no entry
-    rollout = RolloutStore(data).history("default")
-    assert [(e.kind, e.outcome, e.new_stage.value, e.new_canary_share) for e in rollout] == [
-        ("initial", "accepted", "live", 0.05), ("config", "accepted", "canary", 0.5),
-        ("config", "accepted", "canary", 0.25), ("config", "refused", "live", 0.25),
-        ("config", "accepted", "shadow", 0.25)]  # round 3 left the rollout's configuration as round 2's
