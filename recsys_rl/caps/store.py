@@ -16,9 +16,15 @@ strictly increasing. :meth:`CapStore.refresh` (one ``stat`` when nothing changed
 and every admin read call it) adopts other processes' accepted changes and puts each in force through
 ``on_change``, in audit order, exactly as the process that accepted it did.
 
-At start a DecisionService serves ``effective_cap(configured, approved)`` for each surface (and records the
-configured cap as the approved baseline on a surface's first start), so an accepted change survives restarts
-and a configuration can lower a cap but never raise it past the approved one.
+Start-up (``apply_config``), per configured surface — the configuration is an input that changes the shared state
+only when *it* changed, as for shield rules, so a restarted worker serves what the running ones serve:
+
+1. first start (no cap recorded): the configured cap is recorded as "initial configuration" and serves;
+2. the configured cap differs from the one the trail last recorded (by an ``initial`` or ``config`` entry): at or
+   below the cap in force it is applied as an audited change by ``recsys-rl serve (configuration)``; above it, it is
+   not applied (only the gate raises caps, invariant 2): a refused ``config`` entry records it as seen, with one
+   warning naming the key, so the next start does not refuse it again;
+3. otherwise the recorded cap serves: a gate-approved raise above the configured cap survives every restart.
 """
 
 from __future__ import annotations
@@ -43,7 +49,13 @@ CAPS_FILE = "caps.json"
 AUDIT_FILE = "audit.jsonl"
 
 SERVER_ACTOR = "recsys-rl serve"
+CONFIG_ACTOR = "recsys-rl serve (configuration)"
 Outcome = Literal["accepted", "refused"]
+# initial: a surface's first start recorded its configured cap; config: the configured cap changed between starts
+# (accepted when at or below the cap in force, else refused); set: a change over the admin API.
+Kind = Literal["initial", "config", "set"]
+_KINDS = ("initial", "config", "set")
+CONFIG_RAISE_REFUSED = "configuration: a cap goes up only with a passing gate report (`recsys-rl caps set`)"
 # Puts a surface's accepted cap in force (DecisionService: the surface's policy); called under the store's lock.
 OnChange = Callable[[str, float], None]
 
@@ -62,10 +74,16 @@ class AuditEntry:
     evidence_digest: str  # sha256 hex of the evidence as sent; "" when none was sent
     outcome: Outcome
     failed_checks: list[str] = field(default_factory=list)
+    kind: Kind = "set"
 
     @property
     def accepted(self) -> bool:
         return self.outcome == "accepted"
+
+    @property
+    def records_configuration(self) -> bool:
+        """Whether ``new_cap`` is the configured cap seen at a start (applied or not)."""
+        return self.kind in ("initial", "config")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, allow_nan=False)
@@ -75,6 +93,9 @@ class AuditEntry:
         outcome = str(data["outcome"])
         if outcome not in ("accepted", "refused"):
             raise ValueError(f"outcome: unknown value {outcome!r}")
+        kind = str(data.get("kind") or _older_kind(data))
+        if kind not in _KINDS:
+            raise ValueError(f"kind: unknown value {kind!r}")
         return cls(
             sequence=int(data["sequence"]), time_unix=float(data["time_unix"]),  # type: ignore[arg-type]
             surface=str(data["surface"]), actor=str(data["actor"]),
@@ -82,7 +103,14 @@ class AuditEntry:
             reason=str(data.get("reason", "")), evidence_digest=str(data.get("evidence_digest", "")),
             outcome=outcome,  # type: ignore[arg-type]
             failed_checks=[str(c) for c in data.get("failed_checks", [])],  # type: ignore[union-attr]
+            kind=kind,  # type: ignore[arg-type]
         )
+
+
+def _older_kind(data: Mapping[str, object]) -> Kind:
+    """Trails written before entries had a kind: the first start's entry is the only one the server made."""
+    initial = data.get("actor") == SERVER_ACTOR and data.get("reason") == "initial configuration"
+    return "initial" if initial else "set"
 
 
 def check_cap(cap: float, field_name: str = "cap") -> float:
@@ -138,31 +166,51 @@ class CapStore:
     # --- start ---------------------------------------------------------------------------------------------
 
     def apply_config(self, configured: Mapping[str, float]) -> dict[str, float]:
-        """The cap to serve per configured surface: ``effective_cap(configured, approved)``.
+        """The cap to serve per configured surface, by the start-up rules of the module docstring (audited).
 
-        A surface's first start records its configured cap as the approved baseline ("initial configuration"),
-        under the lock, so workers starting together on a fresh data dir record it once.
+        Under the lock, after adopting the disk: workers starting together with a changed configuration record
+        it once (the second one finds it recorded), and every running process adopts an applied change.
         """
         with self._locked():
             self._adopt()
+            seen = {e.surface: e.new_cap for e in self._read_audit() if e.records_configuration}
             for name in sorted(set(self._caps) - set(configured)):
                 log.warning("approved cap %g of surface %r ignored: the surface is not configured",
                             self._caps[name], name)
             in_force: dict[str, float] = {}
             for name, cap in configured.items():
-                approved = self._caps.get(name)
-                if approved is None:
+                cap = check_cap(cap, f"surfaces.{name}.exploration_cap")
+                current = self._caps.get(name)
+                if current is None:
                     self._record(AuditEntry(
                         sequence=self._sequence + 1, time_unix=time.time(), surface=name, actor=SERVER_ACTOR,
-                        old_cap=cap, new_cap=check_cap(cap), reason="initial configuration", evidence_digest="",
-                        outcome="accepted"))
-                    in_force[name] = cap
-                    continue
-                in_force[name] = effective_cap(cap, approved)
-                if cap > approved:
-                    log.warning("surface %s: configured cap %g is above the approved %g; serving %g (raise it with "
-                                "`recsys-rl caps set` and gate evidence)", name, cap, approved, approved)
+                        old_cap=cap, new_cap=cap, reason="initial configuration", evidence_digest="",
+                        outcome="accepted", kind="initial"))
+                elif seen.get(name) == cap:
+                    if cap != current:
+                        log.info("surface %s: serving cap %g recorded at run time (surfaces.%s.exploration_cap is "
+                                 "%g, unchanged since the last start)", name, current, name, cap)
+                else:
+                    self._apply_changed_config(name, cap, current, seen.get(name))
+                in_force[name] = self._caps[name]
             return in_force
+
+    def _apply_changed_config(self, name: str, cap: float, current: float, last: float | None) -> None:
+        """A configured cap that differs from the last one recorded: applied at or below ``current``, else recorded
+        as a refused raise. Called under ``_locked``."""
+        key = f"surfaces.{name}.exploration_cap"
+        since = "" if last is None else f" (was {last:g})"
+        refused = cap > current
+        self._record(AuditEntry(
+            sequence=self._sequence + 1, time_unix=time.time(), surface=name, actor=CONFIG_ACTOR, old_cap=current,
+            new_cap=cap, reason=f"the configuration's {key} changed to {cap:g}{since} since the last start",
+            evidence_digest="", outcome="refused" if refused else "accepted",
+            failed_checks=[CONFIG_RAISE_REFUSED] if refused else [], kind="config"))
+        if refused:
+            log.warning("surface %s: configured %s %g is above the cap in force %g and is not applied; serving %g "
+                        "(raise it with `recsys-rl caps set` and gate evidence)", name, key, cap, current, current)
+        else:
+            log.info("surface %s: configured %s %g applied (was %g), audited", name, key, cap, current)
 
     # --- writing -------------------------------------------------------------------------------------------
 
@@ -270,10 +318,11 @@ class CapStore:
                                                "caps": dict(sorted(self._caps.items()))})
 
 
-def effective_cap(configured: float, approved: float | None) -> float:
-    """The cap in force: the configured one, never above the last approved one.
+def effective_cap(configured: float, recorded: float | None) -> float:
+    """The cap in force: the one the trail recorded (changes, and configurations applied at start), else the
+    configured one (a surface that never started).
 
-    A configuration may lower a cap (lowering never needs evidence) but cannot raise it past what the gate or
-    the initial configuration approved: a raise goes through SetExplorationCap with evidence.
+    Never ``min(configured, recorded)``: after a gate-approved raise above the configured cap, every process serves
+    the raised cap, and a report must be judged against it.
     """
-    return configured if approved is None else min(configured, approved)
+    return configured if recorded is None else recorded

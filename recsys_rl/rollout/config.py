@@ -13,9 +13,9 @@ Example::
     max_fallback_rate = 0.05    # the canary's baseline-fallback rate above which the guardrail fails
     max_latency_p50_ms = 50.0   # the learned path's median decision latency above which the guardrail fails
 
-A configuration file cannot move a surface past what was approved: the stage in force is the store's
-(``recsys_rl.rollout.store``), and the configured stage only applies on a surface's first start or when it is
-behind (toward baseline) the approved one.
+A configuration file cannot move a surface forward of what serves: the stage in force is the store's
+(``recsys_rl.rollout.store``); the configured stage and share apply on a surface's first start, and later only when
+they changed since the last start and do not move the surface forward (an audited change).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class RolloutState:
     stage: Stage = Stage.LIVE
     canary_share: float = 0.05
     reverted: bool = False  # at stage baseline because the guardrail reverted it, until a person re-arms it
-    sequence: int = 0  # the audit entry that made this state (0: the configuration's, never audited)
+    sequence: int = 0  # the audit entry that made this state (0: not made by the trail, e.g. a default)
 
 
 __all__ = ["RolloutConfig", "RolloutState", "STAGES", "Stage", "parse_stage"]

@@ -14,9 +14,17 @@ processes on one data dir are serialised by ``flock`` on ``admin/.lock`` (shared
 
 The rules (invariant 2's counterpart for rollout): moving back — toward baseline, or a smaller canary share —
 is always accepted at once; moving forward needs ``GuardrailEvidence`` whose checks all pass, otherwise the
-refusal is audited and ``RolloutRefused`` lists the failed checks. At start ``apply_config`` serves the
-configured state where it is behind the approved one and the approved one otherwise, so a configuration file
-can hold a surface back but never move it past what was approved (``recsys-rl rollout set`` does that).
+refusal is audited and ``RolloutRefused`` lists the failed checks.
+
+At start (``apply_config``) the configuration is an input that changes the shared state only when *it* changed,
+as for caps and shield rules, so a restarted worker serves what the running ones serve:
+
+1. first start (no state recorded): the configured stage and share are recorded ("initial") and serve;
+2. the configured stage or share differs from what the trail last recorded (an ``initial`` or ``config`` entry): a
+   move back (or to the same reach) is applied as an audited ``config`` change by ``recsys-rl serve
+   (configuration)``; a move forward is not applied (it needs evidence: ``recsys-rl rollout set``), a refused
+   ``config`` entry records it as seen, with one warning naming the key, so the next start does not refuse it again;
+3. otherwise the recorded state serves: an approved forward move or a revert survives every restart.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -47,13 +55,16 @@ ROLLOUT_FILE = "rollout.json"
 AUDIT_FILE = "rollout-audit.jsonl"
 SERVER_ACTOR = "recsys-rl serve"
 GUARDRAIL_ACTOR = "recsys-rl guardrail"
+CONFIG_ACTOR = "recsys-rl serve (configuration)"
+CONFIG_FORWARD_REFUSED = "configuration: a forward move needs the guardrail's evidence (`recsys-rl rollout set`)"
 
 Outcome = Literal["accepted", "refused"]
-# initial: a surface's first start records its configured state as the approved baseline; set: a person's
+# initial: a surface's first start records its configured state as the approved baseline; config: the configured
+# state changed between starts (accepted when not forward of the state in force, else refused); set: a person's
 # change (re-arming after a revert included); revert: the guardrail pulled the surface back to baseline;
 # advance: auto_advance moved the canary one ramp step (or to live) because the guardrail held.
-Kind = Literal["initial", "set", "revert", "advance"]
-_KINDS = ("initial", "set", "revert", "advance")
+Kind = Literal["initial", "config", "set", "revert", "advance"]
+_KINDS = ("initial", "config", "set", "revert", "advance")
 
 
 @dataclass(frozen=True)
@@ -216,41 +227,60 @@ class RolloutStore:
     # --- start ---------------------------------------------------------------------------------------------
 
     def apply_config(self, surfaces: Mapping[str, SurfaceConfig]) -> None:
-        """Puts each configured surface's state in force: the configured one where it is behind the approved one.
+        """Puts each configured surface's state in force, by the start-up rules of the module docstring (audited).
 
-        A surface's first start records its configured stage and share as the approved baseline ("initial").
-        A configuration behind the approved state holds the surface back without changing what is approved
-        (``RolloutState.sequence`` 0 says so); one ahead of it is ignored with a warning.
+        Under the lock, after adopting the disk: workers starting together with a changed configuration record it
+        once (the second one finds it recorded), and every running process adopts an applied change.
         """
         self._configs = {name: surface.rollout for name, surface in surfaces.items()}
         with self._locked():
             self._apply_config()
 
     def _apply_config(self) -> None:
-        self._approved, self._sequence = self._load()
-        self._seen_audit = self._audit_stamp()
+        self._adopt()
+        seen = {e.surface: (e.new_stage, e.new_canary_share) for e in self._read_audit()
+                if e.kind in ("initial", "config")}
         for name in sorted(set(self._approved) - set(self._configs)):
             log.warning("rollout state of surface %r ignored: the surface is not configured", name)
-        in_force: dict[str, RolloutState] = {}
         for name, rollout in self._configs.items():
             configured = RolloutState(rollout.initial_stage, rollout.canary_share)
-            approved = self._approved.get(name)
-            if approved is None:
-                entry = self._record(name, actor=SERVER_ACTOR, kind="initial", old=configured,
-                                     new=configured, reason="initial configuration", outcome="accepted")
-                in_force[name] = entry.state
-                continue
-            held_back = reach(configured.stage, configured.canary_share) < reach(approved.stage, approved.canary_share)
-            if held_back:
-                log.warning("surface %s: configuration holds the rollout at %s (share %g) behind the approved %s "
-                            "(share %g)", name, configured.stage.value, configured.canary_share,
-                            approved.stage.value, approved.canary_share)
-            elif (configured.stage, configured.canary_share) != (approved.stage, approved.canary_share):
-                log.warning("surface %s: configured rollout %s (share %g) is not approved; serving %s (share %g) "
-                            "(move it forward with `recsys-rl rollout set`)", name, configured.stage.value,
-                            configured.canary_share, approved.stage.value, approved.canary_share)
-            in_force[name] = configured if held_back else approved
-        self._in_force = in_force
+            current = self._approved.get(name)
+            if current is None:
+                self._record(name, actor=SERVER_ACTOR, kind="initial", old=configured, new=configured,
+                             reason="initial configuration", outcome="accepted")
+            elif seen.get(name) == (configured.stage, configured.canary_share):
+                if (current.stage, current.canary_share) != (configured.stage, configured.canary_share):
+                    log.info("surface %s: serving rollout %s (share %g) recorded at run time (the configuration's "
+                             "%s, share %g, is unchanged since the last start)", name, current.stage.value,
+                             current.canary_share, configured.stage.value, configured.canary_share)
+            else:
+                self._apply_changed_config(name, configured, current, seen.get(name))
+        # What serves is what the trail recorded, on every process: never a configuration-only state.
+        self._in_force = {name: self._approved[name] for name in self._configs}
+
+    def _apply_changed_config(self, name: str, configured: RolloutState, current: RolloutState,
+                              last: tuple[Stage, float] | None) -> None:
+        """A configured state that differs from the last one recorded: applied unless it moves forward of
+        ``current``, else recorded as a refused move. Called under ``_locked``."""
+        stage_changed = last is None or last[0] is not configured.stage
+        # The share reaches traffic at canary only: name it when it is what changed or when it matters.
+        share_changed = (last is None or last[1] != configured.canary_share) and (
+            not stage_changed or configured.stage is Stage.CANARY)
+        named = ", ".join([f"surfaces.{name}.rollout.stage = {configured.stage.value}"] * stage_changed
+                          + [f"surfaces.{name}.rollout.canary_share = {configured.canary_share:g}"] * share_changed)
+        reason = f"the configuration changed since the last start: {named}"
+        if is_forward(current, configured.stage, configured.canary_share):
+            self._record(name, actor=CONFIG_ACTOR, kind="config", old=current, new=configured, reason=reason,
+                         outcome="refused", failed=[CONFIG_FORWARD_REFUSED])
+            log.warning("surface %s: configured %s is forward of the rollout in force and is not applied; serving %s "
+                        "(share %g) (move it forward with `recsys-rl rollout set`)", name, named,
+                        current.stage.value, current.canary_share)
+            return
+        # A configuration is not a re-arm: a reverted surface configured at baseline stays "reverted".
+        new = replace(configured, reverted=current.reverted and configured.stage is Stage.BASELINE)
+        self._record(name, actor=CONFIG_ACTOR, kind="config", old=current, new=new, reason=reason, outcome="accepted")
+        log.info("surface %s: configured rollout %s (share %g) applied (was %s, share %g), audited", name,
+                 configured.stage.value, configured.canary_share, current.stage.value, current.canary_share)
 
     # --- changes -------------------------------------------------------------------------------------------
 
@@ -402,5 +432,5 @@ class RolloutStore:
 
 
 
-__all__ = ["AUDIT_FILE", "GuardrailEvidence", "NO_EVIDENCE", "ROLLOUT_FILE", "RolloutAuditEntry", "RolloutRefused",
-           "RolloutStore", "check_share", "is_forward", "reach"]
+__all__ = ["AUDIT_FILE", "CONFIG_ACTOR", "GuardrailEvidence", "NO_EVIDENCE", "ROLLOUT_FILE", "RolloutAuditEntry",
+           "RolloutRefused", "RolloutStore", "check_share", "is_forward", "reach"]

@@ -94,7 +94,7 @@ class DecisionService:
         # (refresh_admin_state) and judges its own changes against the disk under the admin lock.
         self.caps = CapStore(self.data_dir, on_change=self._put_cap_in_force)
         self._apply_approved_caps()
-        self.rollout = RolloutStore(self.data_dir)  # stages survive restarts; config cannot pass the approved one
+        self.rollout = RolloutStore(self.data_dir)  # stages survive restarts; a changed config moves them back only
         self.rollout.apply_config(config.surfaces)
         # Shield rules survive restarts; a TOML whose rules changed since the last start is an audited change.
         self.shields = ShieldStore(self.data_dir, on_change=self._put_shield_in_force)
@@ -113,9 +113,11 @@ class DecisionService:
         self._watcher = ModelWatcher(self.refresh_models).start() if watch_models else None
 
     def _apply_approved_caps(self) -> None:
-        """Caps survive restarts, and a configuration cannot raise one past what was approved (invariant 2).
+        """Serves the caps the data dir recorded, so a restarted worker serves what the running ones serve.
 
-        The first start of a surface records its configured cap as the approved baseline in the audit log.
+        The configuration changes them only when it changed since the last start (``CapStore.apply_config``): the
+        first start records it, a lower configured cap is an audited change, a higher one is not applied (only the
+        gate raises caps, invariant 2). A gate-approved raise above the configured cap survives restarts.
         """
         configured = {name: entry.config.exploration_cap for name, entry in self._surfaces.items()}
         for name, cap in self.caps.apply_config(configured).items():

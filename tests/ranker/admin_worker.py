@@ -1,7 +1,9 @@
 """A second process on a data dir, standing in for another worker's admin side: ``python -m tests.ranker.admin_worker D``.
 
 It holds the three governance stores on ``D`` and changes them through the same store calls a worker's
-PolicyAdminService makes (``CapStore.change``, ``RolloutStore.set/revert``, ``ShieldStore.set``). Commands are
+PolicyAdminService makes (``CapStore.change``, ``RolloutStore.set/revert``, ``ShieldStore.set``); ``start`` applies a
+configuration as a (re)starting worker's DecisionService does, and ``show`` reports what this process serves after
+adopting the others' changes (what its watcher tick does). Commands are
 JSON lines on stdin, one JSON reply per line on stdout; ``acked_unix`` is ``time.time()`` right after the change is
 durable (the moment a worker would acknowledge the RPC). Bursts of changes run in a loop so that two of these
 processes contend for the admin lock.
@@ -16,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from recsys_rl.caps.store import CapStore
+from recsys_rl.config import SurfaceConfig
 from recsys_rl.errors import Aborted
-from recsys_rl.rollout.config import Stage
+from recsys_rl.rollout.config import RolloutConfig, Stage
 from recsys_rl.rollout.store import GuardrailEvidence, RolloutStore
 from recsys_rl.shield.edits import ShieldEdit
 from recsys_rl.shield.store import ShieldStore
@@ -46,6 +49,20 @@ class Worker:
         entry = self.rollout.set(surface, Stage(stage), share, actor=self.actor, reason="shared-state test",
                                  evidence=lambda: PASSING)
         return {"sequence": entry.sequence}
+
+    def start(self, surface: str, cap: float, stage: str, share: float) -> dict[str, Any]:
+        """A (re)start with this configuration: the store calls DecisionService makes at start; then ``show``."""
+        rollout = RolloutConfig(stage=stage, canary_share=share)
+        self.in_force.update(self.caps.apply_config({surface: cap}))
+        self.rollout.apply_config({surface: SurfaceConfig(name=surface, exploration_cap=cap, rollout=rollout)})
+        return self.show(surface)
+
+    def show(self, surface: str) -> dict[str, Any]:
+        """What this process serves once it has adopted other processes' changes."""
+        self.caps.refresh()
+        self.rollout.refresh()
+        state = self.rollout.state(surface)
+        return {"cap": self.in_force[surface], "stage": state.stage.value, "share": state.canary_share}
 
     def revert(self, surface: str) -> dict[str, Any]:
         entry = self.rollout.revert(surface, reason=f"{self.actor}: canary worse")

@@ -143,10 +143,18 @@ def test_the_stage_survives_a_restart_and_the_config_cannot_move_it_forward(star
     first = start()
     _set(first, admin_pb.ROLLOUT_STAGE_SHADOW, reason="pause")
     first.stop()
+    second = start()  # the configuration did not change: the paused stage stands
+    assert _get(second).stage == admin_pb.ROLLOUT_STAGE_SHADOW and len(_get(second).history) == 2
+    second.stop()
     live = ServiceConfig(surfaces={n: replace(s, rollout=RolloutConfig(stage="live")) for n, s in CONFIG.surfaces.items()})
-    second = start(live)
-    reply = _get(second)
-    assert reply.stage == admin_pb.ROLLOUT_STAGE_SHADOW and len(reply.history) == 2
+    for _ in range(2):  # a configuration moved forward: refused (audited once), not applied
+        restarted = start(live)
+        reply = _get(restarted)
+        restarted.stop()
+        assert reply.stage == admin_pb.ROLLOUT_STAGE_SHADOW and len(reply.history) == 3
+    refused = reply.history[-1]
+    assert (refused.actor, refused.outcome, refused.new_stage) == (
+        "recsys-rl serve (configuration)", admin_pb.CAP_CHANGE_OUTCOME_REFUSED, admin_pb.ROLLOUT_STAGE_LIVE)
 
 
 @pytest.mark.parametrize(("surface", "stage", "share", "actor", "field"), [

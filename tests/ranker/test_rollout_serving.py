@@ -206,7 +206,8 @@ def test_canary_assignment_is_sticky_and_its_share_is_right(start_server, tmp_pa
 
 def test_replay_logged_reproduces_propensities_on_a_mixed_stage_log(start_server, tmp_path: Path) -> None:
     data_dir = tmp_path / "mixed"
-    for stage in ("live", "shadow", "canary", "baseline"):  # one data dir, a restart per stage
+    # One data dir, a restart per stage; each configuration moves the surface back (a forward one is not applied).
+    for stage in ("live", "canary", "shadow", "baseline"):
         running = start_server(config(stage, canary_share=0.5), data_dir=data_dir)
         for i in range(40):
             running.stub.Rank(request(f"{stage}-{i}", f"user-{i}"), timeout=10)

@@ -1,13 +1,15 @@
-"""CapStore: durable caps, the audit log as write-ahead record, torn lines, and caps applied at start."""
+"""CapStore: durable caps, the audit log as write-ahead record, torn lines, and a configuration applied at start only
+when it changed (lower: audited once; higher: not applied)."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
-from recsys_rl.caps.store import AUDIT_FILE, CAPS_FILE, CapStore, check_cap
+from recsys_rl.caps.store import AUDIT_FILE, CAPS_FILE, CONFIG_ACTOR, CONFIG_RAISE_REFUSED, CapStore, check_cap
 from recsys_rl.config import default_config
 from recsys_rl.serving.service import DecisionService
 
@@ -140,3 +142,61 @@ def test_workers_starting_together_record_the_initial_cap_once(tmp_path: Path) -
     assert [s.apply_config({"default": 0.1}) for s in stores] == [{"default": 0.1}] * 3
     assert [e.reason for e in CapStore(tmp_path).history()] == ["initial configuration"]
     assert CapStore(tmp_path).apply_config({"default": 0.2}) == {"default": 0.1}  # config cannot raise it
+
+
+def _raise_by_gate(data_dir: Path, cap: float) -> None:
+    """What a worker's SetExplorationCap does once the gate report passed (the judge here: no failed check)."""
+    in_force: dict[str, float] = {}
+    store = CapStore(data_dir, on_change=in_force.__setitem__)
+    in_force.update(store.caps())
+    store.change("default", cap, in_force=in_force.__getitem__, judge=lambda old: [], actor="alice",
+                 reason="gate passed", evidence_digest="cd" * 32)
+
+
+def test_a_gate_approved_raise_above_the_configured_cap_survives_restarts(tmp_path: Path) -> None:
+    CapStore(tmp_path).apply_config({"default": 0.1})
+    _raise_by_gate(tmp_path, 0.3)
+    for _ in range(2):  # restarted workers, with the configuration they started with
+        assert CapStore(tmp_path).apply_config({"default": 0.1}) == {"default": 0.3}
+    assert [e.kind for e in CapStore(tmp_path).history()] == ["initial", "set"]
+
+
+def test_a_changed_config_lowers_the_cap_audited_once_and_never_raises_it(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    CapStore(tmp_path).apply_config({"default": 0.1})
+    _raise_by_gate(tmp_path, 0.3)
+    running = CapStore(tmp_path, on_change=lambda surface, cap: None)  # another worker, serving 0.3
+    with caplog.at_level(logging.WARNING, logger="recsys_rl.caps.store"):
+        assert CapStore(tmp_path).apply_config({"default": 0.5}) == {"default": 0.3}  # a raise: not applied
+        assert CapStore(tmp_path).apply_config({"default": 0.5}) == {"default": 0.3}  # unchanged since: no entry
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "surfaces.default.exploration_cap 0.5 is above the cap in force 0.3" in warning
+    assert "serving 0.3" in warning
+    refused = CapStore(tmp_path).history()[-1]
+    assert (refused.kind, refused.actor, refused.outcome, refused.old_cap, refused.new_cap) == (
+        "config", CONFIG_ACTOR, "refused", 0.3, 0.5)
+    assert refused.failed_checks == [CONFIG_RAISE_REFUSED]
+
+    assert CapStore(tmp_path).apply_config({"default": 0.2}) == {"default": 0.2}  # lower than in force: applied
+    lowered = CapStore(tmp_path).history()[-1]
+    assert (lowered.kind, lowered.actor, lowered.outcome, lowered.old_cap, lowered.new_cap) == (
+        "config", CONFIG_ACTOR, "accepted", 0.3, 0.2)
+    assert "surfaces.default.exploration_cap changed to 0.2 (was 0.5)" in lowered.reason
+    assert running.refresh() == {"default": 0.2}  # in force on the running worker too
+    assert CapStore(tmp_path).apply_config({"default": 0.2}) == {"default": 0.2}
+    assert [(e.kind, e.outcome) for e in CapStore(tmp_path).history()] == [
+        ("initial", "accepted"), ("set", "accepted"), ("config", "refused"), ("config", "accepted")]
+
+
+def test_a_trail_written_before_entries_had_a_kind_reads_its_first_start(tmp_path: Path) -> None:
+    old_lines = [{"sequence": 1, "time_unix": 1.0, "surface": "default", "actor": "recsys-rl serve", "old_cap": 0.1,
+                  "new_cap": 0.1, "reason": "initial configuration", "evidence_digest": "", "outcome": "accepted",
+                  "failed_checks": []},
+                 {"sequence": 2, "time_unix": 2.0, "surface": "default", "actor": "alice", "old_cap": 0.1,
+                  "new_cap": 0.25, "reason": "gate passed", "evidence_digest": "cd" * 32, "outcome": "accepted",
+                  "failed_checks": []}]
+    (tmp_path / "admin").mkdir()
+    (tmp_path / "admin" / AUDIT_FILE).write_text("".join(json.dumps(line) + "\n" for line in old_lines))
+    assert [e.kind for e in CapStore(tmp_path).history()] == ["initial", "set"]
+    assert CapStore(tmp_path).apply_config({"default": 0.1}) == {"default": 0.25}  # unchanged: the raise stands
+    assert len(CapStore(tmp_path).history()) == 2

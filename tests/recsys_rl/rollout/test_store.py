@@ -1,8 +1,10 @@
-"""RolloutStore: durable stages, the config/approved rule, backward vs forward moves, revert, advance, audit."""
+"""RolloutStore: durable stages, a changed config (applied once, never forward), backward vs forward moves, revert,
+advance, audit."""
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +14,9 @@ import pytest
 from recsys_rl.config import SurfaceConfig
 from recsys_rl.errors import InvalidInput
 from recsys_rl.rollout.config import RolloutConfig, RolloutState, Stage
-from recsys_rl.rollout.store import AUDIT_FILE, ROLLOUT_FILE, GuardrailEvidence, RolloutRefused, RolloutStore
+from recsys_rl.rollout.store import (
+    AUDIT_FILE, CONFIG_ACTOR, CONFIG_FORWARD_REFUSED, ROLLOUT_FILE, GuardrailEvidence, RolloutRefused, RolloutStore,
+)
 
 PASSING = GuardrailEvidence([("canary_decisions", True, "600 >= 500"), ("difference_low", True, "-0.002 >= -0.01")],
                             {"difference_low": -0.002})
@@ -55,17 +59,58 @@ def test_first_start_records_the_configured_state_and_a_restart_keeps_changes(tm
         "stage": "shadow", "canary_share": 0.05, "reverted": False, "sequence": 2}}}
 
 
-def test_a_config_can_hold_a_surface_back_but_never_move_it_past_what_was_approved(tmp_path: Path) -> None:
+def test_a_changed_config_moves_a_surface_back_audited_once_but_never_forward(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _open(tmp_path, "canary", 0.25)
-    assert _open(tmp_path, "live").state("home").stage is Stage.CANARY  # forward by config: ignored
-    assert _open(tmp_path, "canary", 0.5).state("home").canary_share == 0.25  # a larger share: ignored
-    held = _open(tmp_path, "canary", 0.05)
-    assert held.state("home") == RolloutState(Stage.CANARY, 0.05, False, 0)  # smaller share: in force, unaudited
-    assert held.approved("home") == RolloutState(Stage.CANARY, 0.25, False, 1)
-    assert _open(tmp_path, "baseline").state("home").stage is Stage.BASELINE
-    # Holding back changes nothing approved: restoring the configuration restores the approved state.
-    assert _open(tmp_path, "canary", 0.25).state("home") == RolloutState(Stage.CANARY, 0.25, False, 1)
-    assert len(_open(tmp_path, "live").history()) == 1
+    with caplog.at_level(logging.WARNING, logger="recsys_rl.rollout.store"):
+        forward = _open(tmp_path, "live")  # forward by config: not applied, recorded as seen
+    assert forward.state("home") == RolloutState(Stage.CANARY, 0.25, False, 1)
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "surfaces.home.rollout.stage = live is forward" in warning and "serving canary (share 0.25)" in warning
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="recsys_rl.rollout.store"):
+        assert _open(tmp_path, "live").state("home").stage is Stage.CANARY  # unchanged since: no entry, no warning
+    assert caplog.records == []
+    refused = _open(tmp_path, "live").history("home")[-1]
+    assert (refused.kind, refused.actor, refused.outcome, refused.new_stage) == (
+        "config", CONFIG_ACTOR, "refused", Stage.LIVE)
+    assert refused.failed_checks == [CONFIG_FORWARD_REFUSED] and len(_moves(forward)) == 2
+
+    assert _open(tmp_path, "canary", 0.5).state("home").canary_share == 0.25  # a larger share: not applied either
+    smaller = _open(tmp_path, "canary", 0.05)  # a smaller share: an audited change, in force from now on
+    assert smaller.state("home") == RolloutState(Stage.CANARY, 0.05, False, 4)
+    applied = smaller.history("home")[-1]
+    assert (applied.kind, applied.actor, applied.outcome, applied.old_canary_share) == (
+        "config", CONFIG_ACTOR, "accepted", 0.25)
+    assert applied.reason.endswith(": surfaces.home.rollout.canary_share = 0.05")
+    assert _open(tmp_path, "canary", 0.05).state("home").sequence == 4  # unchanged: the recorded state stands
+    assert [m[5] for m in _moves(smaller)] == ["accepted", "refused", "refused", "accepted"]
+
+
+def test_an_approved_forward_move_survives_restarts_with_an_unchanged_config(tmp_path: Path) -> None:
+    store = _open(tmp_path, "canary", 0.05)
+    store.set("home", Stage.LIVE, None, actor="alice", evidence=lambda: PASSING)
+    for _ in range(2):  # a worker restarted (twice) with the configuration it started with
+        assert _open(tmp_path, "canary", 0.05).state("home") == RolloutState(Stage.LIVE, 0.05, False, 2)
+    assert len(RolloutStore(tmp_path).history()) == 2
+    back = _open(tmp_path, "shadow", 0.05)  # the configuration moved back: in force, audited, on every process
+    assert back.state("home") == RolloutState(Stage.SHADOW, 0.05, False, 3)
+    assert store.refresh() and store.state("home") == back.state("home")
+
+
+def test_workers_starting_together_with_a_changed_config_record_it_once(tmp_path: Path) -> None:
+    _open(tmp_path, "live", 0.05)
+    stores = [RolloutStore(tmp_path) for _ in range(3)]  # loaded before any of them applied the configuration
+    for store in stores:
+        store.apply_config(_surfaces("shadow", 0.05))
+    assert {store.state("home") for store in stores} == {RolloutState(Stage.SHADOW, 0.05, False, 2)}
+    assert [m[0] for m in _moves(RolloutStore(tmp_path))] == ["initial", "config"]
+
+
+def test_a_config_does_not_re_arm_a_reverted_surface(tmp_path: Path) -> None:
+    _open(tmp_path, "canary", 0.05).revert("home", reason="canary worse")
+    assert _open(tmp_path, "canary", 0.1).state("home") == RolloutState(Stage.BASELINE, 0.05, True, 2)  # forward
+    assert _open(tmp_path, "baseline", 0.05).state("home") == RolloutState(Stage.BASELINE, 0.05, True, 4)
 
 
 @pytest.mark.parametrize(("start", "stage", "share"), [
