@@ -73,7 +73,8 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("vowpalwabbit.pyvw", "Workspace.predict", "VW predict"),
     ("recsys_rl.serving.decision", "sample_slate", "explore: sample the slate"),
     ("recsys_rl.serving.decision", "_decision", "decision record (shield explain)"),
-    ("uuid", "uuid4", "event id (uuid4)"),
+    ("uuid", "uuid4", "event id (uuid4, os.urandom)"),  # uuid4 before task P2; os.urandom(16).hex() since
+    ("recsys_rl.serving.service", "os.urandom", "event id (uuid4, os.urandom)"),
     ("logging_schema.writer", "LogWriter.submit", "log submit"),
     ("recsys_rl.rollout.monitor", "RolloutMonitor.decided", "rollout monitor"),
     ("recsys_rl.serving.outcomes", "OutcomeTracker.track", "outcome tracker"),
@@ -513,15 +514,14 @@ def _where_it_goes(rows: dict[str, tuple[float, float]], plain: tuple[float, flo
 
 
 WHAT_CHANGED = (
-    "What changed (issue 11, task P), each checked against the breakdown above: (1) the log writer's thread builds a "
-    "decision's record from the candidates' bytes that `CandidateView` already holds (`logging_schema.views."
-    "WireRecord`: events.proto with `context`/`candidates` as opaque bytes; it parses as the same LogRecord) instead "
-    "of copying 100 Candidate messages with their feature maps: ~115 → ~17 µs per record in process (the writer "
-    "thread's CPU per record in the table below). That is CPU and GIL time a loaded server gets back; a sequential "
-    "caller sees little of it, since most of the writer's work falls between its calls (*writer busy inside a "
-    "Rank*); (2) `sample_slate` looks the explorer's method up "
-    "once per slate and keeps the remaining candidates as a list (same doubles, same draws; ~10% less CPU). "
-    "Propensities and decisions are unchanged (tests/recsys_rl/serving, tests/ranker, tests/evaluators/replay)."
+    "What changed (issue 11, task P2), each checked against the breakdown above: (1) `CandidateView` serializes the "
+    "request once and has upb slice each candidate's bytes out of it (a RankRequest view whose `candidates` are "
+    "opaque bytes) instead of serializing 100 candidates one by one from Python; a cached candidate's baseline_score "
+    "is read from its trailing 9-byte record, exact because every cached key is a complete Candidate serialization "
+    "(checked by parsing it when inserted), so the record after it is a record of its own, the last one; the bytes "
+    "(keys, and what the log records) are the same as before; (2) event ids are `os.urandom(16).hex()` (the same 32 "
+    "hex digits as `uuid4().hex`). Propensities and decisions are unchanged (tests/recsys_rl/serving, tests/ranker, "
+    "tests/evaluators/replay)."
 )
 
 

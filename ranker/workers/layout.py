@@ -1,6 +1,6 @@
 """What the parent and the workers share: where each worker writes, listens and reports, and how event ids name it.
 
-Event ids of worker K are ``wK.<32 hex digits>`` (a uuid4): self-describing, so the worker that receives a
+Event ids of worker K are ``wK.<32 hex digits>`` (16 random bytes): self-describing, so the worker that receives a
 ReportOutcome knows which worker's stream and memory hold the decision without a shared index. They need no
 signature: a forged id gains nothing, because the owner accepts outcomes only for decisions it served (anything
 else is NOT_FOUND). Ids without a ``.`` (a single-process server's plain hex) are handled where they land.

@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -358,7 +358,9 @@ class DecisionService:
                                                              serve_baseline=LOG_UNAVAILABLE, rollout=rollout,
                                                              late=late))
         decision = entry.policy.rank(request, deadline=deadline, candidates=candidates, rollout=rollout, late=late)
-        event_id = self._event_id_prefix + uuid.uuid4().hex
+        # 128 random bits as 32 hex digits, the format a uuid4's hex had (ranker.workers.layout): a quarter of the
+        # cost (uuid4 builds a UUID object and checks its version bits).
+        event_id = self._event_id_prefix + os.urandom(16).hex()
         served_at_ns = time.time_ns()
         window_s = entry.config.reward.attribution_window_seconds
         latency_us = (time.perf_counter_ns() - started_ns) // 1000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -36,6 +37,37 @@ def test_view_reads_the_same_values_as_the_protobuf() -> None:
     assert view.item_ids == [c.item_id for c in request.candidates]
     assert view.categorical("creator") == [c.features.categorical.get("creator") for c in request.candidates]
     assert view.categorical("missing") == [None] * 9 and len(view) == 9
+
+
+def test_view_bytes_are_each_candidates_serialization_and_baselines_come_from_the_wire_only_when_exact() -> None:
+    # A float whose last byte is baseline_score's tag (0x21): an embedding ending in it, then two more floats, puts
+    # 0x21 + 8 bytes at the end of a candidate whose baseline is 0 (not serialized): a trailing "record" that is not one.
+    trap = struct.unpack("<f", b"\0\0\0\x21")[0]
+    request = _request(4)
+    request.candidates[0].baseline_score = 0.0
+    request.candidates[0].embedding[:] = [1.0, trap, 2.0, 3.0]
+    request.candidates[1].embedding[:] = [1.0, trap, 2.0, 5.0]
+    request.candidates[1].baseline_score = 0.0
+    # Unknown fields (a newer host's schema) are serialized after the baseline: its record is not last.
+    request.candidates[2].MergeFromString(b"\x28\x07")
+    raw = [c.SerializeToString() for c in request.candidates]
+    assert raw[0][-9] == raw[1][-9] == 0x21 and raw[2][-2:] == b"\x28\x07"
+    cache = CandidateInfoCache()
+    for _ in range(2):  # cold, then every candidate cached
+        view = CandidateView(request, cache=cache)
+        assert view.raw == raw  # what the decision log records: unchanged bytes
+        assert view.baseline.tolist() == [c.baseline_score for c in request.candidates] == [0.0, 0.0, -2.0, 0.0]
+        assert view.keys == [item_key(c) for c in request.candidates] and view.keys[0] != view.keys[1]
+    assert len(cache) == 4
+    other = _request(4)  # the same candidates with other baselines: found by their keys, baselines from the wire
+    for i, baseline in enumerate([4.0, -0.5, 7.25, 1e-300]):
+        other.candidates[i].baseline_score = baseline
+    first = view
+    view = CandidateView(other, cache=cache)
+    assert view.baseline.tolist() == [4.0, -0.5, 7.25, 1e-300]
+    # 0-2 are other content (no trap embedding, no unknown field); 3 is request's candidate 3 plus a baseline: its key
+    # is the one cached for that candidate's whole bytes, and its baseline is read from its own last 9 bytes.
+    assert view.keys[3] is first.keys[3] and len(cache) == 7
 
 
 def test_cached_info_is_per_candidate_content_not_per_id() -> None:
