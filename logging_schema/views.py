@@ -58,9 +58,10 @@ _VIEWS: dict[str, tuple[Descriptor, tuple[str, ...], frozenset[str]]] = {
 }
 
 
-def _build() -> descriptor_pool.DescriptorPool:
-    file = descriptor_pb2.FileDescriptorProto(name=f"{PACKAGE}.proto", package=PACKAGE, syntax="proto3")
-    for name, (real, field_names, opaque) in _VIEWS.items():
+def _build(package: str = PACKAGE, views: dict[str, tuple[Descriptor, tuple[str, ...], frozenset[str]]] = _VIEWS
+           ) -> descriptor_pool.DescriptorPool:
+    file = descriptor_pb2.FileDescriptorProto(name=f"{package}.proto", package=package, syntax="proto3")
+    for name, (real, field_names, opaque) in views.items():
         message = file.message_type.add(name=name)
         if name == "LogRecord":
             message.oneof_decl.add(name="event")
@@ -75,7 +76,7 @@ def _build() -> descriptor_pool.DescriptorPool:
                 field.type = _F.TYPE_INT32
             elif source.type == FieldDescriptor.TYPE_MESSAGE:
                 field.type = _F.TYPE_MESSAGE
-                field.type_name = f".{PACKAGE}.{source.message_type.name}"
+                field.type_name = f".{package}.{source.message_type.name}"
             else:
                 field.type = source.type
             if name == "LogRecord":
@@ -88,6 +89,19 @@ def _build() -> descriptor_pool.DescriptorPool:
 POOL = _build()
 TableRecord: type[Message] = message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"{PACKAGE}.LogRecord"))
 CandidateId: type[Message] = message_factory.GetMessageClass(POOL.FindMessageTypeByName(f"{PACKAGE}.CandidateId"))
+
+# A DecisionEvent's candidates' baseline scores alone (everything else skipped as unknown fields). With the table
+# view's candidate bytes they give each candidate's serving-side cache key (``recsys_rl.serving.candidates.item_key``:
+# the bytes without the trailing baseline record) without parsing the candidates' feature maps: the online learner
+# keys its cache of parsed VW examples by them.
+BASELINE_PACKAGE = "recsys_rl_baselineview"
+_CANDIDATE = events_pb2.DecisionEvent.DESCRIPTOR.fields_by_name["candidates"].message_type
+BASELINE_POOL = _build(BASELINE_PACKAGE, {
+    _CANDIDATE.name: (_CANDIDATE, ("baseline_score",), frozenset()),
+    "DecisionEvent": (events_pb2.DecisionEvent.DESCRIPTOR, ("candidates",), frozenset()),
+})
+CandidateBaselines: type[Message] = message_factory.GetMessageClass(
+    BASELINE_POOL.FindMessageTypeByName(f"{BASELINE_PACKAGE}.DecisionEvent"))
 
 
 # --- writing ------------------------------------------------------------------------------------------------------
