@@ -217,7 +217,8 @@ class ItemExampleCache(Generic[T]):
         """The entries of ``keys``; a missing one is built from ``candidate(i)`` (read only on a miss)."""
         entries_get, move_to_end = self._entries.get, self._entries.move_to_end
         out = list(map(entries_get, keys))
-        if None not in out:  # every candidate cached (the usual case): only their recency to update
+        # all(): entries are always true, None is not; `None not in out` would call the dataclass's __eq__ per entry.
+        if all(out):  # every candidate cached (the usual case): only their recency to update
             for key in keys:
                 move_to_end(key)
             self.hits += len(out)

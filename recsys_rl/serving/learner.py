@@ -66,6 +66,9 @@ _PUBLISH_RETRY_S = (1.0, 30.0)
 # many such outcomes wait: outcomes of decisions this learner never sees (served before it started) expire.
 _EARLY_OUTCOME_S = 5.0
 _EARLY_OUTCOMES_MAX = 100_000
+# Items whose parsed VW example the learner keeps (its bandit's item cache): a parsed example takes ~32 kB, so this
+# bounds the cache near 0.6 GiB. Items beyond it cost what every item cost before the cache (parse and build).
+LEARNER_CACHE_ITEMS = 20_000
 
 
 def _seconds(ts: object) -> float:
@@ -222,7 +225,8 @@ def build_learners(config: ServiceConfig, registry: ModelRegistry, *,
     for name, surface in config.surfaces.items():
         if not surface.model.learn:
             continue
-        found = registry.load_newest(name, lambda checkpoint: VWBandit(surface.model.vw_args, model=checkpoint.model))
+        found = registry.load_newest(name, lambda checkpoint: VWBandit(surface.model.vw_args, model=checkpoint.model,
+                                                                       cache_items=LEARNER_CACHE_ITEMS))
         if found is None:
             continue
         checkpoint, bandit = found
