@@ -154,7 +154,7 @@ def breakdown(data_dir: Path, scratch: Path, path: str) -> dict[str, float]:
     timers.wrap(bandit, "logged_item_keys", "item cache keys from the logged bytes")
     timers.wrap(bandit, "context_line", "context line")
     timers.wrap(OnlineLearner, "publish", "publish (model to bytes, registry)")
-    timers.wrap(pyvw.Workspace, "learn", "VW learn (10 updates per decision)")
+    timers.wrap(pyvw.Workspace, "learn", "VW learn (one update per slot)")
     timers.wrap(pyvw.Example, "__init__", "VW parses examples")
     timers.wrap(pyvw.Example, "set_label_string", "VW parses labels")
     try:
@@ -215,7 +215,8 @@ def report(args: Args, runs: dict[str, list[dict[str, float]]], parts: dict[str,
     names = sorted({name for seconds in parts.values() for name in seconds}, key=lambda n: -parts["before"].get(n, 0))
     print("Inside *learn + publish*, one instrumented pass per path (own CPU time, µs per decision). Each timed call "
           "costs ~1-2 µs of timer, counted in its caller's *own* row (about 120 timed calls per decision before, 30 "
-          "after): the rows add up to more than the uninstrumented *learn + publish* above (sums: "
+          "after), and this pass is one run, not a median: the rows' sums differ from *learn + publish* above by "
+          "both (sums: "
           f"{sum(parts['before'].values()) / decisions * 1e6:.0f} / {sum(parts['after'].values()) / decisions * 1e6:.0f}"
           " µs).\n")
     print("| part | before | after |")
@@ -223,7 +224,7 @@ def report(args: Args, runs: dict[str, list[dict[str, float]]], parts: dict[str,
     for name in names:
         print(f"| {name} | {parts['before'].get(name, 0.0) / decisions * 1e6:.0f} | "
               f"{parts['after'].get(name, 0.0) / decisions * 1e6:.0f} |")
-    vw_name = "VW learn (10 updates per decision)"
+    vw_name = "VW learn (one update per slot)"
     vw_share = parts["after"].get(vw_name, 0.0) / sum(parts["after"].values())
     print(f"\nWhat changed (recsys_rl/serving/learner.py, bandit.py): the learner reads the log through its table view "
           f"(`LogTailer(record_type=TableRecord)`: a decision's candidates stay the bytes the server logged, not 100 "
