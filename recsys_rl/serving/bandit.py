@@ -141,6 +141,7 @@ class VWBandit:
             return self._learn(event, slot_rewards, n)
 
     def _learn_logged(self, event: Message, slot_rewards: Sequence[float]) -> int:
+        """``_learn`` for a table-view decision: the same VW calls on the same examples, cached where unlabelled."""
         raw: Sequence[bytes] = event.candidates  # type: ignore[attr-defined]
         baselines = CandidateBaselines.FromString(event.SerializeToString()).candidates  # type: ignore[attr-defined]
         keys = logged_item_keys(raw, [candidate.baseline_score for candidate in baselines])
@@ -156,6 +157,7 @@ class VWBandit:
             index = slot.candidate_index
             self._check_slot(k, slot, reward, index in remaining, entries[index].item_id if index < len(raw) else "")
             at = remaining.index(index)
+            # Parsed unlabelled and then labelled, as ``_learn`` does; fresh because a label cannot be cleared.
             labelled = pyvw.Example(workspace, entries[index].line)
             labelled.set_label_string(f"0:{-float(reward)!r}:{float(slot.propensity)!r}")
             batch = [shared, *actions]
@@ -187,6 +189,7 @@ class VWBandit:
             raise ValueError(f"slot_rewards[{k}]: must be finite, got {reward}")
 
     def _learn(self, event: events_pb2.DecisionEvent, slot_rewards: Sequence[float], n: int) -> int:
+        """The reference path (a DecisionEvent): every candidate's line from its features, fresh examples."""
         workspace = self._workspace
         lines = self.cache.lines(event.candidates)
         shared = pyvw.Example(workspace, context_line(event.context))
