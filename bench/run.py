@@ -34,6 +34,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("logging", "bench.logging_bench", "Decision log writer and reader"),
     ("disk_full", "bench.disk_full_bench", "Rank through a full disk (issue 7)"),
     ("overload", "bench.overload_bench", "Rank under overload: queue-aware admission (issue 11)"),
+    ("learner", "bench.learner_bench", "Online learner CPU per decision (issue 11)"),
     ("workers", "bench.workers_bench", "Load test: Rank and ReportOutcome with 1 vs 2 serving workers (issue 11)"),
     ("sim", "bench.sim_bench", "Simulator speed without the server"),
     ("replay", "bench.replay_bench", "Replay vs serving the same decisions (issue 3)"),

@@ -115,6 +115,18 @@ REPLAY_POOL = _build(REPLAY_PACKAGE, _REPLAY_VIEWS)
 # no scores were logged, and when a writer emitted them unpacked (another wire type: kept as an unknown field).
 ReplayRecord: type[Message] = _message(REPLAY_POOL, REPLAY_PACKAGE, "LogRecord")
 
+# A DecisionEvent's candidates' baseline scores alone (everything else skipped as unknown fields). With the table
+# view's candidate bytes they give each candidate's serving-side cache key (``recsys_rl.serving.candidates.item_key``:
+# the bytes without the trailing baseline record) without parsing the candidates' feature maps: the online learner
+# keys its cache of parsed VW examples by them.
+BASELINE_PACKAGE = "recsys_rl_baselineview"
+_CANDIDATE = events_pb2.DecisionEvent.DESCRIPTOR.fields_by_name["candidates"].message_type
+BASELINE_POOL = _build(BASELINE_PACKAGE, {
+    _CANDIDATE.name: (_CANDIDATE, ("baseline_score",), frozenset()),
+    "DecisionEvent": (events_pb2.DecisionEvent.DESCRIPTOR, ("candidates",), frozenset()),
+})
+CandidateBaselines: type[Message] = _message(BASELINE_POOL, BASELINE_PACKAGE, "DecisionEvent")
+
 
 # --- writing ------------------------------------------------------------------------------------------------------
 WIRE_PACKAGE = "recsys_rl_wireview"

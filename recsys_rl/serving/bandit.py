@@ -9,7 +9,10 @@ a new shared example each time gives bit-identical scores to parsing the whole m
 while the model learns; memory stays flat. Examples are built with ``pyvw.Example(workspace, line)``,
 whose Python object owns and frees the native example: examples from ``Workspace.parse`` come from the
 workspace's pool and leak (about 30 kB each) unless ``finish_example`` returns them, which cannot be
-done for a cached item. Learning uses fresh examples (a label cannot be cleared from an example).
+done for a cached item. A label cannot be cleared from an example (setting "" leaves the cost in place), so
+learning labels a fresh example of the served item only; the other actions of a slot's update are unlabelled, and
+the online learner takes them from the item cache (``learn`` on a decision read through the log's table view):
+identical examples in the same order, so the same model bit for bit (tests/recsys_rl/serving/test_learner_exact.py).
 
 Thread-safe: a VW workspace is not, and neither is the cache, so the bandit holds its own lock around every
 use of them (a swapped-out bandit finishes its calls under its own lock while the new one serves).
@@ -23,13 +26,17 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
+from google.protobuf.message import Message
 from vowpalwabbit import pyvw
 
-from recsys_rl.serving.candidates import current_view
+from logging_schema.views import CandidateBaselines
+from recsys_rl.serving.candidates import current_view, logged_item_keys
 from recsys_rl.serving.features import ItemExampleCache, context_line
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 
+# Distinct logged contexts whose shared line the learner keeps (cleared when full).
+_CONTEXT_LINES_MAX = 10_000
 _EXPLORE_OPTIONS = ("--cb_explore_adf", "--epsilon", "--squarecb", "--softmax", "--bag", "--cover", "--first")
 
 
@@ -54,6 +61,8 @@ class VWBandit:
             cache_items, prepare=lambda line: pyvw.Example(workspace, line)
         )
         self.updates = 0
+        # Logged context bytes -> shared line, for learning from the log (contexts repeat: hour, device, segment).
+        self._context_lines: dict[bytes, str] = {}
 
     @staticmethod
     def _load(vw_args: str, model: bytes | None) -> pyvw.Workspace:
@@ -109,12 +118,17 @@ class VWBandit:
 
     # --- learning --------------------------------------------------------------------------------
 
-    def learn(self, event: events_pb2.DecisionEvent, slot_rewards: Sequence[float]) -> int:
+    def learn(self, event: events_pb2.DecisionEvent | Message, slot_rewards: Sequence[float]) -> int:
         """One cb_adf update per served slot; returns the number of updates.
 
         Slot k's action set is the candidates not placed in slots < k; the label sits on the served
         item with cost = −reward and probability = the logged propensity, so VW's IPS/DR reduction
         corrects for how the slot was drawn (not a regression on served items only).
+
+        ``event``: a DecisionEvent, or a decision of the log's table view (``logging_schema.views.TableRecord``:
+        candidates and context as logged bytes), as the online learner reads the log. The view's path reads no
+        candidate's features: each candidate's parsed example comes from the item cache (a miss parses that
+        candidate), and only the shared example and one labelled example per slot are parsed per decision.
         """
         if len(slot_rewards) != len(event.slate):
             raise ValueError(f"slot_rewards: expected {len(event.slate)} values (one per slot), got {len(slot_rewards)}")
@@ -122,9 +136,60 @@ class VWBandit:
         if n == 0 or not event.slate:
             return 0
         with self._lock:
+            if isinstance(event.candidates[0], bytes):
+                return self._learn_logged(event, slot_rewards)
             return self._learn(event, slot_rewards, n)
 
+    def _learn_logged(self, event: Message, slot_rewards: Sequence[float]) -> int:
+        """``_learn`` for a table-view decision: the same VW calls on the same examples, cached where unlabelled."""
+        raw: Sequence[bytes] = event.candidates  # type: ignore[attr-defined]
+        baselines = CandidateBaselines.FromString(event.SerializeToString()).candidates  # type: ignore[attr-defined]
+        keys = logged_item_keys(raw, [candidate.baseline_score for candidate in baselines])
+        entries = self.cache.logged(keys, raw)
+        workspace = self._workspace
+        if len(set(keys)) == len(keys):
+            actions: list[pyvw.Example] = [entry.example for entry in entries]  # type: ignore[misc]
+        else:  # the same cached example twice in one update would be corrupted (see score): fresh ones
+            actions = [pyvw.Example(workspace, entry.line) for entry in entries]
+        shared = pyvw.Example(workspace, self._logged_context_line(event.context))  # type: ignore[attr-defined]
+        remaining = list(range(len(raw)))  # candidate index of each of ``actions``
+        for k, (slot, reward) in enumerate(zip(event.slate, slot_rewards, strict=True)):  # type: ignore[attr-defined]
+            index = slot.candidate_index
+            self._check_slot(k, slot, reward, index in remaining, entries[index].item_id if index < len(raw) else "")
+            at = remaining.index(index)
+            # Parsed unlabelled and then labelled, as ``_learn`` does; fresh because a label cannot be cleared.
+            labelled = pyvw.Example(workspace, entries[index].line)
+            labelled.set_label_string(f"0:{-float(reward)!r}:{float(slot.propensity)!r}")
+            batch = [shared, *actions]
+            batch[at + 1] = labelled
+            workspace.learn(batch)
+            del actions[at], remaining[at]
+        self.updates += len(event.slate)  # type: ignore[attr-defined]
+        return len(event.slate)  # type: ignore[attr-defined]
+
+    def _logged_context_line(self, context: bytes) -> str:
+        line = self._context_lines.get(context)
+        if line is None:
+            line = context_line(pb.Features.FromString(context))
+            if len(self._context_lines) >= _CONTEXT_LINES_MAX:
+                self._context_lines.clear()  # bounded; refilled from the next decisions
+            self._context_lines[context] = line
+        return line
+
+    @staticmethod
+    def _check_slot(k: int, slot: events_pb2.LoggedSlot, reward: float, index_ok: bool, candidate_item_id: str) -> None:
+        index = slot.candidate_index
+        if not index_ok:
+            raise ValueError(f"slate[{k}].candidate_index: {index} is out of range or repeated")
+        if candidate_item_id != slot.item_id:
+            raise ValueError(f"slate[{k}].item_id: {slot.item_id!r} is not candidates[{index}].item_id")
+        if not 0.0 < slot.propensity <= 1.0:
+            raise ValueError(f"slate[{k}].propensity: must be in (0, 1], got {slot.propensity}")
+        if not np.isfinite(reward):
+            raise ValueError(f"slot_rewards[{k}]: must be finite, got {reward}")
+
     def _learn(self, event: events_pb2.DecisionEvent, slot_rewards: Sequence[float], n: int) -> int:
+        """The reference path (a DecisionEvent): every candidate's line from its features, fresh examples."""
         workspace = self._workspace
         lines = self.cache.lines(event.candidates)
         shared = pyvw.Example(workspace, context_line(event.context))

@@ -55,6 +55,17 @@ def item_key(candidate: pb.Candidate) -> bytes:
     return _strip_baseline(candidate.SerializeToString(), candidate.baseline_score)
 
 
+def logged_item_keys(raw: Sequence[bytes], baselines: Sequence[float]) -> list[bytes]:
+    """:func:`item_key` of each candidate of a decision log record, from its logged bytes and baseline score.
+
+    The log records each candidate as the serving side serialized it (``CandidateView.raw``), the very bytes
+    ``item_key`` strips: so these keys equal the serving side's, and no candidate is parsed to get them.
+    """
+    tag, suffix = _BASELINE_TAG, _BASELINE_SUFFIX  # _strip_baseline's rule, inlined (it runs per logged candidate)
+    return [candidate[:-9] if baseline != 0.0 and candidate.endswith(tag + suffix(baseline)) else candidate
+            for candidate, baseline in zip(raw, baselines, strict=True)]
+
+
 def _strip_baseline(raw: bytes, baseline: float) -> bytes:
     if baseline != 0.0 and raw[-9:] == _BASELINE_TAG + _BASELINE_SUFFIX(baseline):
         return raw[:-9]
@@ -233,4 +244,4 @@ def current_view(request: pb.RankRequest) -> CandidateView | None:
 
 
 __all__ = ["CANDIDATE_INFO", "CandidateInfoCache", "CandidateView", "check_item_ids", "current_view", "item_key",
-           "reading"]
+           "logged_item_keys", "reading"]

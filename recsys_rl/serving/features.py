@@ -205,22 +205,31 @@ class ItemExampleCache(Generic[T]):
     def entries(self, view: CandidateView) -> list[ItemExample[T]]:
         """Entries for every candidate of a request already read into ``view`` (its keys computed, its ids checked):
         :meth:`items` without reading the protobufs again. Raises InvalidInput naming the first bad field."""
-        keys = view.keys
+        return self._by_keys(view.keys, view.request.candidates.__getitem__)
+
+    def logged(self, keys: Sequence[bytes], raw: Sequence[bytes]) -> list[ItemExample[T]]:
+        """Entries for the candidates of a logged decision (``raw[i]``: candidate i's logged bytes, ``keys[i]`` its
+        :func:`item_key`): a hit parses nothing; a miss parses that candidate alone. Raises InvalidInput naming the
+        first bad field. For the online learner, whose log records keep their candidates as bytes."""
+        return self._by_keys(keys, lambda i: pb.Candidate.FromString(raw[i]))
+
+    def _by_keys(self, keys: Sequence[bytes], candidate: Callable[[int], pb.Candidate]) -> list[ItemExample[T]]:
+        """The entries of ``keys``; a missing one is built from ``candidate(i)`` (read only on a miss)."""
         entries_get, move_to_end = self._entries.get, self._entries.move_to_end
         out = list(map(entries_get, keys))
-        if None not in out:  # every candidate cached (the usual case): only their recency to update
+        # all(): entries are always true, None is not; `None not in out` would call the dataclass's __eq__ per entry.
+        if all(out):  # every candidate cached (the usual case): only their recency to update
             for key in keys:
                 move_to_end(key)
             self.hits += len(out)
             return out  # type: ignore[return-value]
-        # Some missing: the per-candidate loop of items() (an insert may evict a key of this very request).
-        candidates = view.request.candidates
+        # Some missing: one candidate at a time (an insert may evict a key of this very request).
         misses = 0
         for i, key in enumerate(keys):
             entry = entries_get(key)
             if entry is None:
                 misses += 1
-                entry = self._insert(key, candidates[i], i, "candidates")
+                entry = self._insert(key, candidate(i), i, "candidates")
             else:
                 move_to_end(key)
             out[i] = entry

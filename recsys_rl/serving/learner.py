@@ -25,6 +25,12 @@ decisions by event id whichever stream holds them. The server logs an outcome in
 served its decision, after the decision, so it normally comes after it; should an outcome ever be read before its
 decision (two streams, the decision's writer lagging), it waits up to ``_EARLY_OUTCOME_S`` for the decision.
 
+Cost. The learner reads the log through its table view (``logging_schema.views.TableRecord``: a decision's candidates
+stay the bytes the server logged) and ``VWBandit.learn`` keeps each item's parsed VW example in its item cache, keyed
+as serving keys it: a decision costs its VW updates plus parsing its context and one labelled example per slot, not
+reading and parsing 100 candidates' features. What it learns is unchanged, bit for bit
+(tests/recsys_rl/serving/test_learner_exact.py); docs/benchmarks.md "Online learner CPU per decision (issue 11)".
+
 A publish that fails (disk full in ``D/models``) does not stop the learner: it logs an ERROR, keeps learning, and
 retries with backoff (1 s doubling to 30 s); ``LATEST`` keeps naming the previous version meanwhile.
 """
@@ -41,8 +47,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+from google.protobuf.message import Message
+
 from logging_schema.rewards import DecisionRewards, micros
 from logging_schema.tail import LogTailer
+from logging_schema.views import TableRecord
 from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.registry import Checkpoint, ModelRegistry, PublishError
@@ -57,6 +66,9 @@ _PUBLISH_RETRY_S = (1.0, 30.0)
 # many such outcomes wait: outcomes of decisions this learner never sees (served before it started) expire.
 _EARLY_OUTCOME_S = 5.0
 _EARLY_OUTCOMES_MAX = 100_000
+# Items whose parsed VW example the learner keeps (its bandit's item cache): a parsed example takes ~32 kB, so this
+# bounds the cache near 0.6 GiB. Items beyond it cost what every item cost before the cache (parse and build).
+LEARNER_CACHE_ITEMS = 20_000
 
 
 def _seconds(ts: object) -> float:
@@ -65,7 +77,7 @@ def _seconds(ts: object) -> float:
 
 @dataclass
 class _Pending:
-    event: events_pb2.DecisionEvent
+    event: events_pb2.DecisionEvent | Message  # or its table view (candidates as bytes)
     rewards: DecisionRewards
 
 
@@ -109,7 +121,8 @@ class OnlineLearner:
         self._early_order: deque[tuple[float, str]] = deque()  # (expires at, event_id), oldest first
         self.stats = LearnerStats()
 
-    def consume(self, record: events_pb2.LogRecord) -> None:
+    def consume(self, record: events_pb2.LogRecord | Message) -> None:
+        """One log record: a LogRecord or its table view (``logging_schema.views.TableRecord``)."""
         kind = record.WhichOneof("event")
         if kind == "decision":
             event = record.decision
@@ -212,7 +225,8 @@ def build_learners(config: ServiceConfig, registry: ModelRegistry, *,
     for name, surface in config.surfaces.items():
         if not surface.model.learn:
             continue
-        found = registry.load_newest(name, lambda checkpoint: VWBandit(surface.model.vw_args, model=checkpoint.model))
+        found = registry.load_newest(name, lambda checkpoint: VWBandit(surface.model.vw_args, model=checkpoint.model,
+                                                                       cache_items=LEARNER_CACHE_ITEMS))
         if found is None:
             continue
         checkpoint, bandit = found
@@ -224,7 +238,8 @@ def build_learners(config: ServiceConfig, registry: ModelRegistry, *,
     return learners
 
 
-def learn_from_log(learners: dict[str, OnlineLearner], records: Iterable[events_pb2.LogRecord], now_s: float) -> int:
+def learn_from_log(learners: dict[str, OnlineLearner], records: Iterable[events_pb2.LogRecord | Message],
+                   now_s: float) -> int:
     for record in records:
         kind = record.WhichOneof("event")
         if kind == "gap":  # decisions served unlogged: nothing to learn
@@ -236,7 +251,7 @@ def learn_from_log(learners: dict[str, OnlineLearner], records: Iterable[events_
     return sum(learner.step(now_s) for learner in learners.values())
 
 
-def _not_learned_yet(records: list[events_pb2.LogRecord], after: dict[str, float]) -> list[events_pb2.LogRecord]:
+def _not_learned_yet(records: list[Message], after: dict[str, float]) -> list[Message]:
     """Drops decisions a resumed learner's model already holds (served at or before its surface's resume point)."""
     return [record for record in records
             if record.WhichOneof("event") != "decision"
@@ -256,12 +271,12 @@ def run_learner(config: ServiceConfig, data_dir: Path, stop: threading.Event | o
     learners = build_learners(config, registry, last_served=last_served)
     after: dict[str, float] | None = None
     if resume_after_s is None:
-        tailer = LogTailer(Path(data_dir) / "logs", from_end=from_end)
+        tailer = LogTailer(Path(data_dir) / "logs", from_end=from_end, record_type=TableRecord)
     else:
         after = {name: max(resume_after_s, last) for name, last in last_served.items()}
         # A segment last written (1 s of clock slack) before every resume point holds nothing left to learn.
         skip_before = min(after.values(), default=math.inf) - 1.0
-        tailer = LogTailer(Path(data_dir) / "logs", skip_written_before=skip_before)
+        tailer = LogTailer(Path(data_dir) / "logs", skip_written_before=skip_before, record_type=TableRecord)
         log.info("learner resumes after %s", ", ".join(f"{name}@{at:.3f}" for name, at in after.items()))
     while not stop.wait(interval_s):  # type: ignore[attr-defined]
         records = tailer.poll()
