@@ -14,20 +14,24 @@ from recsys_rl.sim.rollout_demo import ScenarioArgs, format_revert, plot_scenari
 
 SEED = 7
 ARGS = ScenarioArgs(requests=2_000, seed=SEED, min_decisions=200, chunk=50, quiet=True)
+# The bad canary's budget: with the default workers (2 here) traffic is spread and each worker's guardrail judges
+# half of it, so the revert comes after about twice the page views of one process (~1,700 here); the scenario stops
+# three chunks after it.
+BAD_ARGS = ScenarioArgs(requests=3_500, seed=SEED, min_decisions=200, chunk=50, quiet=True)
 
 
 def test_bad_canary_is_reverted_automatically(tmp_path: Path) -> None:
     model = train_model(tmp_path / "train", requests=1_500, click_weight=-1.0, seed=SEED)
-    result = run_bad(ARGS, tmp_path / "bad", model)
+    result = run_bad(BAD_ARGS, tmp_path / "bad", model)
     assert result.reverted and result.final_stage == "baseline"
     entry = result.revert_entry
     assert entry is not None and entry["automatic"] and entry["actor"] == "recsys-rl guardrail"
     assert entry["new_stage"] == "baseline" and entry["reason"].startswith("guardrail failed: reward")
     evidence = entry["evidence"]
-    assert evidence["difference_high"] < -ARGS.tolerance  # the bound that triggered it
+    assert evidence["difference_high"] < -BAD_ARGS.tolerance  # the bound that triggered it
     assert evidence["canary_mean_reward"] < evidence["control_mean_reward"]
     revert_at = next(at for at, label in result.marks if label == "automatic revert")
-    assert revert_at < ARGS.requests
+    assert revert_at < BAD_ARGS.requests
     # After the revert every page view got the baseline by choice (hosts kept getting slates).
     after = [r for i, r in result.records if i >= revert_at]
     assert after and all(r.serving_mode == "SERVING_MODE_BASELINE" for r in after)
