@@ -2,8 +2,10 @@
 (automatic audit entry with its estimates) and a policy that beats the baseline walks to live without a revert.
 
 Budget: a model trained for 1,500 page views at cap 0.3 (the good one: reward = click; the bad one: click = −1),
-then 2,000 page views per scenario with min_decisions 200. Measured (seed 7): the bad canary (click rate ~0.05 vs
-control's ~0.25) is reverted after ~400 rewarded canary decisions (~1,000 page views at share 0.5).
+then 2,000 page views for the good walk and up to 5,000 for the bad canary, with min_decisions 200. The servers run
+the default workers (one per core) and the walk spreads its traffic over them. Measured (seed 7, 2 workers): the
+bad canary (click rate ~0.05 vs control's ~0.25) is reverted after ~2,200 page views at share 0.5, when the
+reverting worker's guardrail has ~515 rewarded canary decisions of its own (one process: ~400, ~1,000 page views).
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from recsys_rl.sim.rollout_demo import ScenarioArgs, format_revert, plot_scenari
 SEED = 7
 ARGS = ScenarioArgs(requests=2_000, seed=SEED, min_decisions=200, chunk=50, quiet=True)
 # The bad canary's budget: with the default workers (2 here) traffic is spread and each worker's guardrail judges
-# half of it, so the revert comes after about twice the page views of one process (~1,700 here); the scenario stops
-# three chunks after it.
-BAD_ARGS = ScenarioArgs(requests=3_500, seed=SEED, min_decisions=200, chunk=50, quiet=True)
+# half of it, so the revert comes after about twice the page views of one process (~2,200 here, ~515 rewarded canary
+# decisions of the reverting worker's own); the scenario stops three chunks after it.
+BAD_ARGS = ScenarioArgs(requests=5_000, seed=SEED, min_decisions=200, chunk=50, quiet=True)
 
 
 def test_bad_canary_is_reverted_automatically(tmp_path: Path) -> None:
