@@ -8,6 +8,8 @@ needs every worker's own guardrail to pass, and the refusal names the worker tha
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -20,8 +22,9 @@ from logging_schema.reader import read_log
 from recsys_rl.caps.devcerts import AdminCredentials
 from recsys_rl.caps.gate import FAILED_CHECKS_METADATA
 from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
+from recsys_rl.cli import main
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
-from tests.helpers import make_request
+from tests.helpers import OPERATOR, make_request
 from tests.ranker.workers.conftest import Fleet, admin_stub, poll, start_with_admin, worker_of
 
 MIN_DECISIONS = 20
@@ -97,6 +100,15 @@ def test_shadow_evidence_is_the_fleets_through_any_worker(serve_workers, tmp_pat
     poll(lambda: views_agree(16), timeout_s=10, what="every worker's GetRollout to show the fleet's 16 decisions")
     checks = _refused_checks(lambda: _set(address, admin_credentials, admin_pb.ROLLOUT_STAGE_CANARY))
     assert checks == [f"shadow_decisions: 16 of {MIN_DECISIONS} (worker-0 8, worker-1 8)"], checks
+    # `rollout show`: the fleet's line, then one line per worker.
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["rollout", "show", "--surface", "default", "--server", address,
+                     *admin_credentials.client_args(OPERATOR)]) == 0
+    lines = out.getvalue().splitlines()
+    assert any(line.startswith("fleet shadow: 16 decisions") for line in lines), lines
+    for worker in (0, 1):
+        assert any(line.startswith(f"  worker-{worker} (pid ") and "shadow 8 decisions" in line for line in lines), lines
 
     top_up(11)  # 22 in all: the fleet has MIN_DECISIONS, neither worker alone does
     poll(lambda: _logged_shadow_decisions(fleet) == shadow, timeout_s=20, what="both streams to log the decisions")
