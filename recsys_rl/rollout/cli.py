@@ -130,7 +130,8 @@ def run_rollout_show(args: argparse.Namespace) -> int:
             status = "" if worker["status"] == "current" else f" [{worker['status']}]"
             shadow, guard = worker["shadow"] or {}, worker["guardrail"]
             line = (f"  {worker['worker']} (pid {worker['pid']}, rollout #{worker['rollout_sequence']}){status}: "
-                    f"shadow {shadow.get('decisions', 0)} decisions (fallback rate {shadow.get('fallback_rate', 0):.3g})")
+                    f"shadow {shadow.get('decisions', 0)} decisions "
+                    f"(fallback rate {shadow.get('fallback_rate', 0):.3g})")
             if guard:
                 line += (f"; guardrail {guard['status']}: canary {guard['canary_mean_reward']:.4g} over "
                          f"{guard['canary_decisions']}, control {guard['control_mean_reward']:.4g} over "

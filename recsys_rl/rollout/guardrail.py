@@ -381,4 +381,5 @@ def evidence_estimates(snapshot: GuardrailSnapshot) -> dict[str, object]:
     return {k: v for k, v in snapshot.to_dict().items() if not isinstance(v, list) and v is not None}
 
 
-__all__ = ["Arm", "Check", "Guardrail", "GuardrailShare", "GuardrailSnapshot", "LatencyHistogram", "MeanConfidenceSequence", "Status"]
+__all__ = ["Arm", "Check", "Guardrail", "GuardrailShare", "GuardrailSnapshot", "LatencyHistogram", "MeanConfidenceSequence",
+           "Status", "evidence_estimates"]

@@ -442,5 +442,5 @@ def plot_scenario(result: ScenarioResult, out: Path, *, title: str) -> None:
     plt.close(fig)
 
 
-__all__ = ["ScenarioArgs", "ScenarioResult", "Snapshot", "config_toml", "format_revert", "plot_scenario", "run_bad", "run_good",
+__all__ = ["ScenarioArgs", "ScenarioResult", "Snapshot", "SpreadStub", "config_toml", "format_revert", "plot_scenario", "run_bad", "run_good",
            "serving", "train_model"]

@@ -108,7 +108,8 @@ def test_shadow_evidence_is_the_fleets_through_any_worker(serve_workers, tmp_pat
     lines = out.getvalue().splitlines()
     assert any(line.startswith("fleet shadow: 16 decisions") for line in lines), lines
     for worker in (0, 1):
-        assert any(line.startswith(f"  worker-{worker} (pid ") and "shadow 8 decisions" in line for line in lines), lines
+        assert any(line.startswith(f"  worker-{worker} (pid ") and "shadow 8 decisions" in line
+                   for line in lines), lines
 
     top_up(11)  # 22 in all: the fleet has MIN_DECISIONS, neither worker alone does
     poll(lambda: _logged_shadow_decisions(fleet) == shadow, timeout_s=20, what="both streams to log the decisions")

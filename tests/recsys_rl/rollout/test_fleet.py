@@ -113,7 +113,7 @@ def test_the_summary_pools_counts_and_means_and_averages_bounds() -> None:
     assert summary is not None and summary.canary_decisions == 160 and summary.canary_served == 160
     assert summary.canary_mean_reward == pytest.approx((120 * s0.canary_mean_reward + 40 * s1.canary_mean_reward) / 160)
     assert summary.alpha == pytest.approx(0.1)  # a union bound over the two guardrails
-    c0, o0, c1, o1 = g0.share().canary_bounds, g0.share().control_bounds, g1.share().canary_bounds, g1.share().control_bounds
+    (c0, o0), (c1, o1) = [(g.share().canary_bounds, g.share().control_bounds) for g in (g0, g1)]
     assert summary.difference_high == pytest.approx(0.75 * c0[1] + 0.25 * c1[1] - (0.75 * o0[0] + 0.25 * o1[0]))
     assert summary.difference_low == pytest.approx(0.75 * c0[0] + 0.25 * c1[0] - (0.75 * o0[1] + 0.25 * o1[1]))
     assert summary.difference_low <= 0.1 <= summary.difference_high  # the true difference, here
