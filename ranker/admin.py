@@ -14,6 +14,9 @@ encodes. The order matters for the invariants:
 Rollout (GetRollout/SetRollout) follows the same order, with ``recsys_rl.rollout.store`` holding the rules: a
 backward move is accepted at once, a forward one needs the guardrail's evidence (``service.rollout_evidence``);
 a refusal is audited and fails with FAILED_PRECONDITION, the failed checks in the same trailing metadata as caps.
+With several workers on the data dir, GetRollout shows and SetRollout judges the fleet's evidence (every worker's
+published snapshot, ``recsys_rl.rollout.fleet``); a forward move first waits (bounded) for snapshots made after it
+was asked for.
 
 Who asks: the servicer is mounted only on the admin listener (``ranker.server.AdminListener``), behind
 ``ranker.admin_auth``'s interceptor, which refuses unauthenticated or unauthorized calls before they get here; every
@@ -42,7 +45,8 @@ from recsys_rl.caps.gate import FAILED_CHECKS_METADATA, EvidenceRefused, GateCon
 from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
 from recsys_rl.rollout.config import Stage
-from recsys_rl.rollout.store import NO_EVIDENCE, GuardrailEvidence, RolloutAuditEntry, RolloutRefused, check_share
+from recsys_rl.rollout.store import (NO_EVIDENCE, GuardrailEvidence, RolloutAuditEntry, RolloutRefused, check_share,
+                                     is_forward)
 from recsys_rl.serving.service import DecisionService
 from recsys_rl.shield.edits import ShieldEdit
 from recsys_rl.shield.rules import rules_to_dict
@@ -188,11 +192,18 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
         _check_history_limit(request.history_limit)
         self.service.refresh_admin_state()  # a change another worker just accepted shows here, not a tick later
         state = self.service.rollout_state(surface)
+        fleet = self.service.fleet_rollout(surface)  # every worker's evidence, whichever worker answers
+        workers = [admin_pb.WorkerRollout(
+            worker=w.label, pid=w.pid, rollout_sequence=w.rollout_sequence, status=w.status,
+            guardrail=None if w.guardrail is None else admin_pb.GuardrailState(
+                **_fields(w.guardrail, admin_pb.GuardrailState)),
+            shadow=admin_pb.ShadowStats(**_fields(w.shadow, admin_pb.ShadowStats))) for w in fleet.workers()]
         return admin_pb.GetRolloutResponse(
             surface=surface, stage=_STAGE_PB[state.stage], canary_share=state.canary_share, reverted=state.reverted,
-            guardrail=admin_pb.GuardrailState(**_fields(self.service.guardrail_state(surface), admin_pb.GuardrailState)),
-            shadow=admin_pb.ShadowStats(**_fields(self.service.shadow_stats(surface), admin_pb.ShadowStats)),
+            guardrail=admin_pb.GuardrailState(**_fields(fleet.guardrail(), admin_pb.GuardrailState)),
+            shadow=admin_pb.ShadowStats(**_fields(fleet.shadow(), admin_pb.ShadowStats)),
             history=[_rollout_change(e) for e in self.service.rollout.history(surface, limit=request.history_limit)],
+            workers=workers,
         )
 
     @map_errors
@@ -215,6 +226,13 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
             found = self.service.rollout_evidence(surface, target, current.canary_share if share is None else share)
             return NO_EVIDENCE if found is None else found
 
+        self.service.refresh_admin_state()
+        current = self.service.rollout_state(surface)
+        if is_forward(current, current.stage if stage is None else stage,
+                      current.canary_share if share is None else share):
+            # Judge what every worker had served when the move was asked for (bounded wait, before the admin lock:
+            # a worker adopting a change needs that lock). Backward moves never wait.
+            self.service.settle_fleet(surface)
         try:
             entry = self.service.rollout.set(surface, stage, share, actor=actor, reason=reason, evidence=evidence)
         except RolloutRefused as refused:

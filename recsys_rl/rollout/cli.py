@@ -83,6 +83,26 @@ def _message_dict(message: Any) -> dict[str, Any]:
     return {f.name: getattr(message, f.name) for f in message.DESCRIPTOR.fields}
 
 
+def _worker_dict(worker: Any) -> dict[str, Any]:
+    return {"worker": worker.worker, "pid": worker.pid, "rollout_sequence": worker.rollout_sequence,
+            "status": worker.status,
+            "guardrail": _message_dict(worker.guardrail) if worker.HasField("guardrail") else None,
+            "shadow": _message_dict(worker.shadow) if worker.HasField("shadow") else None}
+
+
+def _guardrail_line(title: str, guard: dict[str, Any]) -> str:
+    return (f"{title} {guard['status'] or 'off'}: canary {guard['canary_mean_reward']:.4g} over "
+            f"{guard['canary_decisions']} decisions, control {guard['control_mean_reward']:.4g} over "
+            f"{guard['control_decisions']}; difference in [{guard['difference_low']:.4g}, "
+            f"{guard['difference_high']:.4g}] (tolerance {guard['tolerance']:g}, alpha {guard['alpha']:g})")
+
+
+def _shadow_line(title: str, shadow: dict[str, Any]) -> str:
+    return (f"{title}: {shadow['decisions']} decisions, top-1 match {shadow['top1_match']:.3f}, overlap@k "
+            f"{shadow['overlap_at_k']:.3f}, added latency p50 {shadow['added_latency_p50_ms']:.3g} ms, fallback rate "
+            f"{shadow['fallback_rate']:.3g}")
+
+
 def run_rollout_show(args: argparse.Namespace) -> int:
     from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 
@@ -93,7 +113,8 @@ def run_rollout_show(args: argparse.Namespace) -> int:
         return reply
     shown = {"surface": reply.surface, "stage": _stage_name(reply.stage), "canary_share": reply.canary_share,
              "reverted": reply.reverted, "guardrail": _message_dict(reply.guardrail),
-             "shadow": _message_dict(reply.shadow), "history": [_change_dict(c) for c in reply.history]}
+             "shadow": _message_dict(reply.shadow), "history": [_change_dict(c) for c in reply.history],
+             "workers": [_worker_dict(w) for w in reply.workers]}
     if args.data_dir:
         shown["counterfactual"] = counterfactual_value(Path(args.data_dir), args.surface, args.config)
     if args.format == "json":
@@ -101,15 +122,22 @@ def run_rollout_show(args: argparse.Namespace) -> int:
         return 0
     reverted = " (reverted by the guardrail; re-arm with `rollout set`)" if shown["reverted"] else ""
     print(f"surface {shown['surface']}: stage {shown['stage']}, canary share {shown['canary_share']:g}{reverted}")
-    guard = shown["guardrail"]
-    print(f"guardrail {guard['status'] or 'off'}: canary {guard['canary_mean_reward']:.4g} over "
-          f"{guard['canary_decisions']} decisions, control {guard['control_mean_reward']:.4g} over "
-          f"{guard['control_decisions']}; difference in [{guard['difference_low']:.4g}, "
-          f"{guard['difference_high']:.4g}] (tolerance {guard['tolerance']:g}, alpha {guard['alpha']:g})")
-    shadow = shown["shadow"]
-    print(f"shadow: {shadow['decisions']} decisions, top-1 match {shadow['top1_match']:.3f}, overlap@k "
-          f"{shadow['overlap_at_k']:.3f}, added latency p50 {shadow['added_latency_p50_ms']:.3g} ms, fallback rate "
-          f"{shadow['fallback_rate']:.3g}")
+    fleet = len(shown["workers"]) > 1
+    print(_guardrail_line("fleet guardrail" if fleet else "guardrail", shown["guardrail"]))
+    print(_shadow_line("fleet shadow" if fleet else "shadow", shown["shadow"]))
+    if fleet:  # one line per worker: its own evidence, and why it does not count when it does not
+        for worker in shown["workers"]:
+            status = "" if worker["status"] == "current" else f" [{worker['status']}]"
+            shadow, guard = worker["shadow"] or {}, worker["guardrail"]
+            line = (f"  {worker['worker']} (pid {worker['pid']}, rollout #{worker['rollout_sequence']}){status}: "
+                    f"shadow {shadow.get('decisions', 0)} decisions "
+                    f"(fallback rate {shadow.get('fallback_rate', 0):.3g})")
+            if guard:
+                line += (f"; guardrail {guard['status']}: canary {guard['canary_mean_reward']:.4g} over "
+                         f"{guard['canary_decisions']}, control {guard['control_mean_reward']:.4g} over "
+                         f"{guard['control_decisions']}, difference in [{guard['difference_low']:.4g}, "
+                         f"{guard['difference_high']:.4g}]")
+            print(line)
     for row in shown.get("counterfactual", []):
         verdict = "ok" if row["verdict"] == "ok" else f"UNRELIABLE: {'; '.join(row['reasons'])}"
         print(f"learned policy (replay current) {row['estimator']}: {row['value']:.4g} [{row['ci_low']:.4g}, "

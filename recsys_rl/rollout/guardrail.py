@@ -39,8 +39,10 @@ from __future__ import annotations
 import bisect
 import math
 import threading
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
+from typing import Any
 
 from recsys_rl.rollout.config import RolloutConfig, Stage
 from recsys_rl.rollout.store import GuardrailEvidence
@@ -120,13 +122,34 @@ class LatencyHistogram:
         self.counts = [0] * (len(self._EDGES) + 1)
         self.count = 0
 
+    @classmethod
+    def bin_of(cls, latency_ms: float) -> int:
+        return bisect.bisect_right(cls._EDGES, max(latency_ms, 0.0))
+
     def add(self, latency_ms: float) -> None:
-        self.counts[bisect.bisect_right(self._EDGES, max(latency_ms, 0.0))] += 1
-        self.count += 1
+        self.add_bin(self.bin_of(latency_ms))
+
+    def add_bin(self, index: int, count: int = 1) -> None:
+        self.counts[index] += count
+        self.count += count
 
     def merge(self, other: LatencyHistogram) -> None:
         self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
         self.count += other.count
+
+    def sparse(self) -> dict[int, int]:
+        """The non-empty bins (bin index -> count): what another process needs to merge this histogram."""
+        return {index: n for index, n in enumerate(self.counts) if n}
+
+    @classmethod
+    def from_sparse(cls, bins: dict[int, int] | dict[str, int]) -> LatencyHistogram:
+        """The inverse of ``sparse`` (JSON keys are strings); an index out of range raises ValueError."""
+        histogram = cls()
+        for index, n in bins.items():
+            if not 0 <= int(index) < len(histogram.counts) or int(n) < 0:
+                raise ValueError(f"latency_bins: bin {index!r} with count {n!r} is not a bin of this histogram")
+            histogram.add_bin(int(index), int(n))
+        return histogram
 
     def median(self) -> float:
         if not self.count:
@@ -166,6 +189,60 @@ class GuardrailSnapshot:
     def to_dict(self) -> dict[str, object]:
         return {key: (None if isinstance(value, float) and not math.isfinite(value) else value)
                 for key, value in asdict(self).items()} | {"failed_checks": list(self.failed_checks)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> GuardrailSnapshot:
+        """The inverse of ``to_dict`` (null → NaN); raises KeyError/TypeError/ValueError on a malformed dict."""
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            value = data[item.name]
+            if item.name == "failed_checks":
+                value = tuple(str(check) for check in value)  # type: ignore[attr-defined]
+            elif item.name == "status":
+                value = Status(str(value)).value
+            elif item.name in ("canary_decisions", "control_decisions", "canary_served"):
+                value = int(value)  # type: ignore[call-overload]
+            else:
+                value = math.nan if value is None else float(value)  # type: ignore[arg-type]
+            values[item.name] = value
+        return cls(**values)
+
+
+Check = tuple[str, bool, str]  # (name, passed, detail), as in GuardrailEvidence
+
+
+@dataclass(frozen=True)
+class GuardrailShare:
+    """What one process's guardrail publishes for the fleet view (``recsys_rl.rollout.fleet``): its snapshot and
+    forward-move checks, plus what merges across processes - each arm's confidence-sequence bounds (reward units),
+    the canary's fallback count and its latency histogram bins."""
+
+    snapshot: GuardrailSnapshot
+    checks: tuple[Check, ...]
+    canary_bounds: tuple[float, float]
+    control_bounds: tuple[float, float]
+    canary_fallbacks: int
+    latency_bins: Mapping[int, int]
+
+    def to_dict(self) -> dict[str, object]:
+        return {"snapshot": self.snapshot.to_dict(), "checks": [list(check) for check in self.checks],
+                "canary_bounds": list(self.canary_bounds), "control_bounds": list(self.control_bounds),
+                "canary_fallbacks": self.canary_fallbacks,
+                "latency_bins": {str(k): v for k, v in sorted(self.latency_bins.items())}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GuardrailShare:
+        """Raises KeyError/TypeError/ValueError on a malformed dict (the reader skips such a file)."""
+        def bounds(value: Any) -> tuple[float, float]:
+            low, high = (float(b) for b in value)
+            return low, high
+
+        bins = {int(k): int(v) for k, v in dict(data["latency_bins"]).items()}
+        LatencyHistogram.from_sparse(bins)  # validates the indices
+        return cls(GuardrailSnapshot.from_dict(data["snapshot"]),
+                   tuple((str(n), bool(p), str(d)) for n, p, d in data["checks"]),
+                   bounds(data["canary_bounds"]), bounds(data["control_bounds"]), int(data["canary_fallbacks"]),
+                   bins)
 
 
 class Guardrail:
@@ -232,30 +309,33 @@ class Guardrail:
 
     def state(self) -> GuardrailSnapshot:
         with self._lock:
-            canary, control = self._rewards[Arm.CANARY], self._rewards[Arm.CONTROL]
-            low, high = self._difference()
-            if self._failed:
-                status = Status.FAILED
-            elif min(canary.count, control.count) >= self.config.min_decisions:
-                status = Status.HOLDING
-            else:
-                status = Status.COLLECTING
-            scale, shift = self.high - self.low, self.low
-            return GuardrailSnapshot(
-                status=status.value,
-                canary_decisions=canary.count,
-                control_decisions=control.count,
-                canary_mean_reward=shift + scale * canary.mean,
-                control_mean_reward=shift + scale * control.mean,
-                difference_low=low,
-                difference_high=high,
-                tolerance=self.config.tolerance,
-                alpha=self.config.alpha,
-                canary_fallback_rate=self._fallbacks.mean,
-                canary_latency_p50_ms=self._latency.median(),
-                canary_served=self._fallbacks.count,
-                failed_checks=self._failed,
-            )
+            return self._state()
+
+    def _state(self) -> GuardrailSnapshot:  # under the lock
+        canary, control = self._rewards[Arm.CANARY], self._rewards[Arm.CONTROL]
+        low, high = self._difference()
+        if self._failed:
+            status = Status.FAILED
+        elif min(canary.count, control.count) >= self.config.min_decisions:
+            status = Status.HOLDING
+        else:
+            status = Status.COLLECTING
+        scale, shift = self.high - self.low, self.low
+        return GuardrailSnapshot(
+            status=status.value,
+            canary_decisions=canary.count,
+            control_decisions=control.count,
+            canary_mean_reward=shift + scale * canary.mean,
+            control_mean_reward=shift + scale * control.mean,
+            difference_low=low,
+            difference_high=high,
+            tolerance=self.config.tolerance,
+            alpha=self.config.alpha,
+            canary_fallback_rate=self._fallbacks.mean,
+            canary_latency_p50_ms=self._latency.median(),
+            canary_served=self._fallbacks.count,
+            failed_checks=self._failed,
+        )
 
     def evidence(self, for_move: Stage | str = Stage.LIVE) -> GuardrailEvidence:
         """The checks a forward move out of (or within) the canary needs: a larger share, or live.
@@ -266,9 +346,12 @@ class Guardrail:
         """
         Stage(for_move)  # a bad name raises ValueError naming the value
         snapshot = self.state()
+        return GuardrailEvidence(checks=list(self._checks(snapshot)), estimates=evidence_estimates(snapshot))
+
+    def _checks(self, snapshot: GuardrailSnapshot) -> tuple[Check, ...]:
         need = self.config.min_decisions
         failed = " ".join(snapshot.failed_checks)
-        checks = [
+        return (
             ("canary_decisions", snapshot.canary_decisions >= need, f"{snapshot.canary_decisions} of {need}"),
             ("control_decisions", snapshot.control_decisions >= need, f"{snapshot.control_decisions} of {need}"),
             ("reward", "reward:" not in failed,
@@ -278,9 +361,25 @@ class Guardrail:
              f"{snapshot.canary_fallback_rate:.4f} (max {self.config.max_fallback_rate:g})"),
             ("latency_p50", "latency_p50:" not in failed,
              f"{snapshot.canary_latency_p50_ms:.2f} ms (max {self.config.max_latency_p50_ms:g})"),
-        ]
-        return GuardrailEvidence(checks=checks, estimates={k: v for k, v in snapshot.to_dict().items()
-                                                           if not isinstance(v, list) and v is not None})
+        )
+
+    def share(self) -> GuardrailShare:
+        """This guardrail's part of the fleet view (``recsys_rl.rollout.fleet``)."""
+        with self._lock:
+            canary, control = self._rewards[Arm.CANARY], self._rewards[Arm.CONTROL]
+            scale, shift = self.high - self.low, self.low
+            canary_bounds = (shift + scale * canary.lower, shift + scale * canary.upper)
+            control_bounds = (shift + scale * control.lower, shift + scale * control.upper)
+            fallbacks = round(self._fallbacks.sum_x)
+            bins = self._latency.sparse()
+            snapshot = self._state()
+        return GuardrailShare(snapshot, self._checks(snapshot), canary_bounds, control_bounds, fallbacks, bins)
 
 
-__all__ = ["Arm", "Guardrail", "GuardrailSnapshot", "LatencyHistogram", "MeanConfidenceSequence", "Status"]
+def evidence_estimates(snapshot: GuardrailSnapshot) -> dict[str, object]:
+    """The snapshot's numbers as a forward move's estimates (lists and unknown values left out)."""
+    return {k: v for k, v in snapshot.to_dict().items() if not isinstance(v, list) and v is not None}
+
+
+__all__ = ["Arm", "Check", "Guardrail", "GuardrailShare", "GuardrailSnapshot", "LatencyHistogram", "MeanConfidenceSequence",
+           "Status", "evidence_estimates"]

@@ -7,7 +7,6 @@ the log writer's queue, track it for outcome attribution, and only then return (
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -30,6 +29,8 @@ from recsys_rl.serving.learner import ModelWatcher
 from recsys_rl.metrics.hooks import NO_METRICS, ServingHooks
 from recsys_rl.serving.log_guard import LOG_UNAVAILABLE, LogGuard
 from recsys_rl.serving.outcomes import OutcomeAck, OutcomeTracker
+from recsys_rl.rollout.evidence_files import EvidencePublisher, ProcessEvidence, SurfaceEvidence, read_members
+from recsys_rl.rollout.fleet import FleetRollout
 from recsys_rl.rollout.guardrail import Guardrail, GuardrailSnapshot
 from recsys_rl.rollout.monitor import RolloutMonitor, evidence_json
 from recsys_rl.logging.v1 import events_pb2
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 
 # How long close() lets the learner learn what is due and publish before it is killed (part of SIGTERM's 10 s).
 LEARNER_STOP_S = 2.5
+# The longest a forward rollout move waits for the other workers' evidence to catch up (settle_fleet): a heartbeat
+# is 0.25 s, so 1 s only runs out when a worker is stuck or gone (it is then judged on what it last published).
+SETTLE_S = 1.0
 
 @dataclass
 class _Surface:
@@ -110,6 +114,8 @@ class DecisionService:
                                       trackers=lambda: {n: e.tracker for n, e in self._surfaces.items()},
                                       on_advance=self._advance_rollout).start()
         self._refresh_lock = threading.Lock()
+        # This process's shadow sums and guardrails, for the fleet view of every process on the data dir.
+        self._evidence = EvidencePublisher(self.data_dir, self.own_evidence).start()
         self._watcher = ModelWatcher(self.refresh_models).start() if watch_models else None
 
     def _apply_approved_caps(self) -> None:
@@ -203,8 +209,35 @@ class DecisionService:
                      recovered, restored)
 
     def shadow_stats(self, surface: str) -> ShadowStats:
-        """Agreement, added latency and fallback rate of ``surface``'s shadow decisions since the server started."""
+        """Agreement, added latency and fallback rate of the shadow decisions *this process* served on ``surface``
+        since it started (the whole fleet's: ``fleet_rollout(surface).shadow()``)."""
         return self._entry(surface).shadow.snapshot()
+
+    def own_evidence(self) -> ProcessEvidence:
+        """This process's rollout evidence, as it publishes it to ``D/run/evidence/<pid>.json``."""
+        surfaces = {}
+        for name, entry in self._surfaces.items():
+            guardrail = self.monitor.guardrail(name)
+            surfaces[name] = SurfaceEvidence(self.rollout.state(name).sequence, entry.shadow.sums(),
+                                             None if guardrail is None else guardrail.share())
+        return ProcessEvidence(os.getpid(), time.time(), surfaces)
+
+    def fleet_rollout(self, surface: str) -> FleetRollout:
+        """``surface``'s shadow statistics and guardrails over every process serving the data dir (this one's from
+        memory, the others' as published): what admin reads show and forward moves are judged on."""
+        config = self._entry(surface).config.rollout
+        own = self.own_evidence()
+        return FleetRollout(surface, own.surfaces[surface].rollout_sequence, config,
+                            tuple(read_members(self.data_dir, own)))
+
+    def settle_fleet(self, surface: str, *, timeout_s: float = SETTLE_S) -> None:
+        """Waits (at most ``timeout_s``) until every other process has published evidence made after this call
+        about the rollout state in force here, so that a forward move counts everything served before it was asked
+        for, whichever worker takes it (another worker's snapshot is otherwise up to one heartbeat old)."""
+        since = time.time()
+        deadline = time.monotonic() + timeout_s
+        while not self.fleet_rollout(surface).settled(since) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def cap(self, surface: str) -> float:
         """The exploration cap in force for ``surface``."""
@@ -479,13 +512,14 @@ class DecisionService:
         return self.rollout.state(surface)
 
     def guardrail_state(self, surface: str) -> GuardrailSnapshot | None:
-        """The canary guardrail's current estimates (None when the surface has none running)."""
+        """This process's canary guardrail's current estimates (None when the surface has none running here; the
+        whole fleet's: ``fleet_rollout(surface).guardrail()``)."""
         self._entry(surface)
         guardrail = self.monitor.guardrail(surface)
         return guardrail.state() if guardrail is not None else None
 
     def guardrail_evidence(self, surface: str, for_move: Stage) -> GuardrailEvidence | None:
-        """The forward-move evidence of the running canary guardrail (None without one)."""
+        """The forward-move evidence of this process's canary guardrail (None without one)."""
         guardrail = self.monitor.guardrail(surface)
         return guardrail.evidence(for_move) if guardrail is not None else None
 
@@ -495,21 +529,17 @@ class DecisionService:
         baseline → shadow changes nothing users see; shadow → canary needs ``min_decisions`` shadow decisions and a
         shadow fallback rate within ``max_fallback_rate``; a larger share or live needs the canary guardrail's
         checks. Anything else (e.g. baseline → canary) has no evidence and is refused: go through the stages.
+        With several processes on the data dir, the evidence is the fleet's (``recsys_rl.rollout.fleet``): shadow
+        sums over every process, and every process's guardrail passing its own checks.
         """
+        self._entry(surface)
         current = self.rollout_state(surface).stage
-        config = self._entry(surface).config.rollout
         if stage is Stage.SHADOW and current is Stage.BASELINE:
             return GuardrailEvidence([("users_keep_the_baseline", True, "shadow serves the baseline order")])
         if stage is Stage.CANARY and current is Stage.SHADOW:
-            shadow = self.shadow_stats(surface)
-            return GuardrailEvidence([
-                ("shadow_decisions", shadow.decisions >= config.min_decisions,
-                 f"{shadow.decisions} of {config.min_decisions}"),
-                ("shadow_fallback_rate", shadow.fallback_rate <= config.max_fallback_rate,
-                 f"{shadow.fallback_rate:.4f} (max {config.max_fallback_rate:g})"),
-            ], {"shadow": dataclasses.asdict(shadow)})
+            return self.fleet_rollout(surface).shadow_evidence()
         if current is Stage.CANARY:
-            return self.guardrail_evidence(surface, stage)
+            return self.fleet_rollout(surface).guardrail_evidence()
         return None
 
     def _advance_rollout(self, surface: str, guardrail: Guardrail) -> bool:
@@ -518,8 +548,12 @@ class DecisionService:
         Only from the state this process serves: when another process moved the surface first (e.g. its own
         guardrail advanced it a moment ago), the store declines and this guardrail counts afresh once adopted."""
         serving = self.rollout.state(surface)
-        entry = self.rollout.advance(surface, evidence=lambda: guardrail.evidence(Stage.LIVE),
-                                     expected_sequence=serving.sequence)
+
+        def evidence() -> GuardrailEvidence:  # every worker's guardrail, this one's included (fleet_rollout)
+            found = self.fleet_rollout(surface).guardrail_evidence()
+            return guardrail.evidence(Stage.LIVE) if found is None else found
+
+        entry = self.rollout.advance(surface, evidence=evidence, expected_sequence=serving.sequence)
         if entry is not None:
             state = self.rollout.state(surface)
             log.info("surface %s: the guardrail held; rollout advanced to %s (canary share %g)", surface,
@@ -538,6 +572,7 @@ class DecisionService:
         if self._closed.is_set():
             return
         self._closed.set()
+        self._evidence.stop()  # removes D/run/evidence/<pid>.json: a stopped process is not part of the fleet
         self.log_guard.close()  # writes a pending gap record, gives up on a failing disk in bounded time
         if self._watcher is not None:
             self._watcher.stop()

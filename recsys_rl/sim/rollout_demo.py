@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from recsys_rl.caps.access import OPERATOR, admin_channel
 from recsys_rl.caps.devcerts import AdminCredentials, throwaway_admin_credentials
 from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
+from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
 from recsys_rl.sim.compare import Served
 from recsys_rl.sim.compare import serving as compare_serving
@@ -41,6 +43,7 @@ from recsys_rl.sim.host import RequestRecord, run_host
 from recsys_rl.sim.world import World
 
 SURFACE = "default"
+WORKER_METADATA = "x-recsys-rl-worker"  # which worker of `serve --workers N` answered (ranker.workers.forwarding)
 DEMO_IDENTITY = "demo-operator"  # the walk's admin identity, recorded as the actor of its changes
 
 
@@ -72,6 +75,7 @@ class Snapshot:
     difference_low: float
     difference_high: float
     status: str
+    alpha: float = 0.0  # the confidence sequence's level (the fleet summary's: workers' alpha × guardrails combined)
 
 
 @dataclass
@@ -147,6 +151,52 @@ def train_model(data_dir: Path, *, requests: int, click_weight: float, seed: int
     return data_dir / "models" / SURFACE
 
 
+class SpreadStub:
+    """Rank and ReportOutcome over one connection per worker of ``serve --workers N``, as a host with many
+    connections spreads its traffic: Ranks take the connections in turn, an outcome goes to the worker that served
+    its decision (event id ``wK.…``). With one worker it is a plain stub."""
+
+    def __init__(self, address: str, workers: int, *, attempts: int = 64) -> None:
+        self.channels: dict[int, grpc.Channel] = {}
+        self._stubs: dict[int, pb_grpc.RankingServiceStub] = {}
+        for n in range(attempts if workers > 1 else 1):
+            # A local subchannel pool: channels to one address would otherwise share one TCP connection.
+            channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+            stub = pb_grpc.RankingServiceStub(channel)
+            worker = 0
+            if workers > 1:  # the kernel picks a worker per connection: ask who answers (a baseline-stage probe)
+                _, call = stub.Rank.with_call(_probe(n), timeout=10)
+                worker = int(dict(call.initial_metadata()).get(WORKER_METADATA, 0))
+            if worker in self._stubs:
+                channel.close()
+            else:
+                self.channels[worker], self._stubs[worker] = channel, stub
+            if len(self._stubs) == workers:
+                break
+        self._order = sorted(self._stubs)
+        self._next = 0
+
+    def Rank(self, request: pb.RankRequest, **kwargs: Any) -> pb.RankResponse:  # noqa: N802 - the stub's name
+        worker = self._order[self._next % len(self._order)]
+        self._next += 1
+        return self._stubs[worker].Rank(request, **kwargs)
+
+    def ReportOutcome(self, request: pb.ReportOutcomeRequest, **kwargs: Any) -> pb.ReportOutcomeResponse:  # noqa: N802
+        owner = request.event_id.partition(".")[0]
+        worker = int(owner[1:]) if owner[:1] == "w" and owner[1:].isdigit() else self._order[0]
+        return self._stubs.get(worker, self._stubs[self._order[0]]).ReportOutcome(request, **kwargs)
+
+    def close(self) -> None:
+        for channel in self.channels.values():
+            channel.close()
+
+
+def _probe(n: int) -> pb.RankRequest:
+    request = pb.RankRequest(request_id=f"probe-{n}", surface=SURFACE, user_id="probe", slate_size=1)
+    request.candidates.add(item_id="probe-item", baseline_score=1.0)
+    return request
+
+
 class _Walk:
     """Drives one scenario's server: traffic in chunks, GetRollout polls, and ``recsys-rl rollout`` commands."""
 
@@ -155,11 +205,12 @@ class _Walk:
         self.result = result
         self.args = result.args
         self.admin_args = ["--server", served.admin_address, *credentials.client_args(DEMO_IDENTITY)]
-        self.channel = grpc.insecure_channel(served.address)
-        self.ranking = pb_grpc.RankingServiceStub(self.channel)
         self.admin_channel = admin_channel(served.admin_address, ca=str(credentials.ca),
                                            token_file=str(credentials.tokens[DEMO_IDENTITY]))
         self.admin = admin_grpc.PolicyAdminServiceStub(self.admin_channel)
+        # Traffic reaches every worker (a host's connections spread over them): each worker's guardrail needs
+        # evidence of its own before the canary may grow (docs/operations.md, "What a guardrail sees with N workers").
+        self.ranking = SpreadStub(served.address, max(1, len(self.rollout().workers)))
         self.world = World(SimConfig(), seed=self.args.seed)
         self.sent = 0
 
@@ -179,7 +230,7 @@ class _Walk:
         stop = self.sent + min(limit, self.left)
         while self.sent < stop:
             n = min(self.args.chunk, stop - self.sent)
-            stats = run_host(self.ranking, self.world, n_requests=n, surface=SURFACE,
+            stats = run_host(self.ranking, self.world, n_requests=n, surface=SURFACE,  # type: ignore[arg-type]
                              request_id_prefix=f"{self.result.name}-{self.sent}")
             self.result.records.extend((self.sent + i, r) for i, r in enumerate(stats.records))
             self.sent += n
@@ -189,10 +240,22 @@ class _Walk:
                 request=self.sent, stage=admin_pb.RolloutStage.Name(reply.stage).removeprefix("ROLLOUT_STAGE_").lower(),
                 canary_decisions=g.canary_decisions, control_decisions=g.control_decisions,
                 canary_mean=g.canary_mean_reward, control_mean=g.control_mean_reward,
-                difference_low=g.difference_low, difference_high=g.difference_high, status=g.status))
+                difference_low=g.difference_low, difference_high=g.difference_high, status=g.status,
+                alpha=g.alpha))
             if until is not None and until(reply):
                 return True
         return until is None
+
+    def wait_adopted(self, timeout_s: float = 5.0) -> bool:
+        """Waits until every worker serves the rollout state in force (each one adopts another's change within 1 s;
+        its published evidence says which state it serves). True when they all do within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if all(w.status == "current" for w in self.rollout().workers):
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
 
     def cli(self, *argv: str, mark: str | None = None) -> int:
         """Runs ``recsys-rl rollout ARGV --server ADMIN_ADDRESS --ca CA --token-file TOKEN`` through the CLI entry
@@ -219,7 +282,7 @@ class _Walk:
         reply = self.rollout()
         self.result.final_stage = admin_pb.RolloutStage.Name(reply.stage).removeprefix("ROLLOUT_STAGE_").lower()
         self.result.reverted = reply.reverted
-        self.channel.close()
+        self.ranking.close()
         self.admin_channel.close()
 
 
@@ -228,7 +291,9 @@ def _shadow_ready(reply: admin_pb.GetRolloutResponse, need: int) -> bool:
 
 
 def _arms_ready(reply: admin_pb.GetRolloutResponse, need: int) -> bool:
-    return min(reply.guardrail.canary_decisions, reply.guardrail.control_decisions) >= need
+    """Every worker's guardrail has ``need`` rewarded decisions per arm (a forward move needs each one's)."""
+    guardrails = [w.guardrail for w in reply.workers] or [reply.guardrail]
+    return all(min(g.canary_decisions, g.control_decisions) >= need for g in guardrails)
 
 
 def run_good(args: ScenarioArgs, data_dir: Path, model_dir: Path | None) -> ScenarioResult:
@@ -283,6 +348,7 @@ def run_bad(args: ScenarioArgs, data_dir: Path, model_dir: Path) -> ScenarioResu
         walk.show()
         reverted = walk.traffic(args.requests - 3 * args.chunk, lambda r: r.reverted)
         if reverted:
+            walk.wait_adopted()  # the worker that reverted serves the baseline at once, the others within 1 s
             result.marks.append((walk.sent, "automatic revert"))
             walk.traffic(3 * args.chunk)  # hosts keep getting slates: control's baseline for everyone now
         walk.show()
@@ -352,8 +418,9 @@ def plot_scenario(result: ScenarioResult, out: Path, *, title: str) -> None:
                            ev["difference_high"]))
     if points:
         x, est, low, high = zip(*points)
+        level = max((s.alpha for s in shots), default=result.args.alpha) or result.args.alpha
         bottom.fill_between(x, low, high, alpha=0.25, step="post",
-                            label=f"confidence sequence (1 − α = {1 - result.args.alpha:g})")
+                            label=f"confidence sequence (1 − α = {1 - level:g})")
         bottom.plot(x, est, "k.-", ms=3, label="canary − control (guardrail)")
         # Zoomed on the final bound: the first bounds are as wide as the reward range and would flatten the rest.
         span = max(0.02, 3 * max(abs(low[-1]), abs(high[-1])), 4 * result.args.tolerance)
@@ -375,5 +442,5 @@ def plot_scenario(result: ScenarioResult, out: Path, *, title: str) -> None:
     plt.close(fig)
 
 
-__all__ = ["ScenarioArgs", "ScenarioResult", "Snapshot", "config_toml", "format_revert", "plot_scenario", "run_bad", "run_good",
+__all__ = ["ScenarioArgs", "ScenarioResult", "Snapshot", "SpreadStub", "config_toml", "format_revert", "plot_scenario", "run_bad", "run_good",
            "serving", "train_model"]

@@ -228,7 +228,7 @@ class GetRolloutRequest(_message.Message):
     def __init__(self, surface: _Optional[str] = ..., history_limit: _Optional[int] = ...) -> None: ...
 
 class GetRolloutResponse(_message.Message):
-    __slots__ = ("surface", "stage", "canary_share", "reverted", "guardrail", "shadow", "history")
+    __slots__ = ("surface", "stage", "canary_share", "reverted", "guardrail", "shadow", "history", "workers")
     SURFACE_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     CANARY_SHARE_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +236,7 @@ class GetRolloutResponse(_message.Message):
     GUARDRAIL_FIELD_NUMBER: _ClassVar[int]
     SHADOW_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
     surface: str
     stage: RolloutStage
     canary_share: float
@@ -243,7 +244,24 @@ class GetRolloutResponse(_message.Message):
     guardrail: GuardrailState
     shadow: ShadowStats
     history: _containers.RepeatedCompositeFieldContainer[RolloutChange]
-    def __init__(self, surface: _Optional[str] = ..., stage: _Optional[_Union[RolloutStage, str]] = ..., canary_share: _Optional[float] = ..., reverted: _Optional[bool] = ..., guardrail: _Optional[_Union[GuardrailState, _Mapping]] = ..., shadow: _Optional[_Union[ShadowStats, _Mapping]] = ..., history: _Optional[_Iterable[_Union[RolloutChange, _Mapping]]] = ...) -> None: ...
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerRollout]
+    def __init__(self, surface: _Optional[str] = ..., stage: _Optional[_Union[RolloutStage, str]] = ..., canary_share: _Optional[float] = ..., reverted: _Optional[bool] = ..., guardrail: _Optional[_Union[GuardrailState, _Mapping]] = ..., shadow: _Optional[_Union[ShadowStats, _Mapping]] = ..., history: _Optional[_Iterable[_Union[RolloutChange, _Mapping]]] = ..., workers: _Optional[_Iterable[_Union[WorkerRollout, _Mapping]]] = ...) -> None: ...
+
+class WorkerRollout(_message.Message):
+    __slots__ = ("worker", "pid", "rollout_sequence", "status", "guardrail", "shadow")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    GUARDRAIL_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    worker: str
+    pid: int
+    rollout_sequence: int
+    status: str
+    guardrail: GuardrailState
+    shadow: ShadowStats
+    def __init__(self, worker: _Optional[str] = ..., pid: _Optional[int] = ..., rollout_sequence: _Optional[int] = ..., status: _Optional[str] = ..., guardrail: _Optional[_Union[GuardrailState, _Mapping]] = ..., shadow: _Optional[_Union[ShadowStats, _Mapping]] = ...) -> None: ...
 
 class SetRolloutRequest(_message.Message):
     __slots__ = ("surface", "stage", "canary_share", "actor", "reason")

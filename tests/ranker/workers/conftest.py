@@ -16,9 +16,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from recsys_rl.caps.access import admin_channel
+from recsys_rl.caps.devcerts import AdminCredentials
+from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
-from tests.helpers import make_request
+from tests.helpers import OPERATOR, make_request
 
 REPO = Path(__file__).resolve().parents[3]
 WORKER_METADATA = "x-recsys-rl-worker"
@@ -85,6 +88,24 @@ def rank(stub: pb_grpc.RankingServiceStub, request_id: str = "r1") -> tuple[pb.R
 
 def worker_of(call: grpc.Call) -> int:
     return int(dict(call.initial_metadata())[WORKER_METADATA])
+
+
+def start_with_admin(serve_workers: Callable[..., Fleet], tmp_path: Path, credentials: AdminCredentials,
+                     config: str) -> tuple[Fleet, str]:
+    """``serve --workers 2`` with ``config`` (TOML text) and its admin listener; returns the fleet and the admin
+    address."""
+    path = tmp_path / "fleet.toml"
+    path.write_text(config)
+    fleet = serve_workers("--config", str(path), "--admin-port", "0", *credentials.serve_args())
+    line = fleet.proc.stdout.readline()  # type: ignore[union-attr]
+    assert line.startswith("admin on "), line + "".join(fleet.stderr)
+    return fleet, line.split()[-1]
+
+
+def admin_stub(address: str, credentials: AdminCredentials) -> admin_grpc.PolicyAdminServiceStub:
+    """A stub on its own connection (SO_REUSEPORT picks a worker per connection), as OPERATOR."""
+    channel = admin_channel(address, ca=str(credentials.ca), token_file=str(credentials.tokens[OPERATOR]))
+    return admin_grpc.PolicyAdminServiceStub(channel)
 
 
 @pytest.fixture

@@ -10,13 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-from recsys_rl.caps.access import admin_channel
 from recsys_rl.caps.devcerts import AdminCredentials
 from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 from recsys_rl.ranking.v1 import policy_admin_service_pb2_grpc as admin_grpc
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
-from tests.helpers import OPERATOR
-from tests.ranker.workers.conftest import Fleet, poll, rank, worker_of
+from tests.ranker.workers.conftest import Fleet, admin_stub, poll, rank, start_with_admin, worker_of
 
 IN_FORCE_WITHIN_S = 1.0  # issue 11: a change accepted by any worker is in force on every worker within 1 s
 N, SLATE = 20, 5
@@ -36,18 +34,11 @@ publish_every = 10
 
 
 def _start(serve_workers: Callable[..., Fleet], tmp_path: Path, credentials: AdminCredentials) -> tuple[Fleet, str]:
-    config = tmp_path / "fleet.toml"
-    config.write_text(CONFIG)
-    fleet = serve_workers("--config", str(config), "--admin-port", "0", *credentials.serve_args())
-    line = fleet.proc.stdout.readline()  # type: ignore[union-attr]
-    assert line.startswith("admin on "), line + "".join(fleet.stderr)
-    return fleet, line.split()[-1]
+    return start_with_admin(serve_workers, tmp_path, credentials, CONFIG)
 
 
 def _admin(address: str, credentials: AdminCredentials) -> admin_grpc.PolicyAdminServiceStub:
-    """A stub on its own connection (SO_REUSEPORT picks a worker per connection)."""
-    channel = admin_channel(address, ca=str(credentials.ca), token_file=str(credentials.tokens[OPERATOR]))
-    return admin_grpc.PolicyAdminServiceStub(channel)
+    return admin_stub(address, credentials)
 
 
 def _in_force_everywhere(fleet: Fleet, stubs: dict[int, object], acked: float,

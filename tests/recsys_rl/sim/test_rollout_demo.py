@@ -2,8 +2,10 @@
 (automatic audit entry with its estimates) and a policy that beats the baseline walks to live without a revert.
 
 Budget: a model trained for 1,500 page views at cap 0.3 (the good one: reward = click; the bad one: click = −1),
-then 2,000 page views per scenario with min_decisions 200. Measured (seed 7): the bad canary (click rate ~0.05 vs
-control's ~0.25) is reverted after ~400 rewarded canary decisions (~1,000 page views at share 0.5).
+then 2,500 page views for the good walk and up to 5,000 for the bad canary, with min_decisions 200. The servers run
+the default workers (one per core) and the walk spreads its traffic over them. Measured (seed 7, 2 workers): the
+bad canary (click rate ~0.05 vs control's ~0.25) is reverted after ~2,200 page views at share 0.5, when the
+reverting worker's guardrail has ~515 rewarded canary decisions of its own (one process: ~400, ~1,000 page views).
 """
 
 from __future__ import annotations
@@ -13,21 +15,25 @@ from pathlib import Path
 from recsys_rl.sim.rollout_demo import ScenarioArgs, format_revert, plot_scenario, run_bad, run_good, train_model
 
 SEED = 7
-ARGS = ScenarioArgs(requests=2_000, seed=SEED, min_decisions=200, chunk=50, quiet=True)
+ARGS = ScenarioArgs(requests=2_500, seed=SEED, min_decisions=200, chunk=50, quiet=True)
+# The bad canary's budget: with the default workers (2 here) traffic is spread and each worker's guardrail judges
+# half of it, so the revert comes after about twice the page views of one process (~2,200 here, ~515 rewarded canary
+# decisions of the reverting worker's own); the scenario stops three chunks after it.
+BAD_ARGS = ScenarioArgs(requests=5_000, seed=SEED, min_decisions=200, chunk=50, quiet=True)
 
 
 def test_bad_canary_is_reverted_automatically(tmp_path: Path) -> None:
     model = train_model(tmp_path / "train", requests=1_500, click_weight=-1.0, seed=SEED)
-    result = run_bad(ARGS, tmp_path / "bad", model)
+    result = run_bad(BAD_ARGS, tmp_path / "bad", model)
     assert result.reverted and result.final_stage == "baseline"
     entry = result.revert_entry
     assert entry is not None and entry["automatic"] and entry["actor"] == "recsys-rl guardrail"
     assert entry["new_stage"] == "baseline" and entry["reason"].startswith("guardrail failed: reward")
     evidence = entry["evidence"]
-    assert evidence["difference_high"] < -ARGS.tolerance  # the bound that triggered it
+    assert evidence["difference_high"] < -BAD_ARGS.tolerance  # the bound that triggered it
     assert evidence["canary_mean_reward"] < evidence["control_mean_reward"]
     revert_at = next(at for at, label in result.marks if label == "automatic revert")
-    assert revert_at < ARGS.requests
+    assert revert_at < BAD_ARGS.requests
     # After the revert every page view got the baseline by choice (hosts kept getting slates).
     after = [r for i, r in result.records if i >= revert_at]
     assert after and all(r.serving_mode == "SERVING_MODE_BASELINE" for r in after)
@@ -49,5 +55,13 @@ def test_good_policy_walks_to_live_without_a_revert(tmp_path: Path) -> None:
     assert live == [3, 0]
     canary = [s for s in result.snapshots if s.stage == "canary"]
     assert canary and all(s.status != "failed" for s in canary)
-    assert canary[-1].canary_mean > canary[-1].control_mean  # it does beat the baseline on this world
+    assert canary[-1].difference_high > 0  # the guardrail's bound admits the gain (never near −tolerance)
+    # It does beat the baseline on this world: the simulator's exact click probability of the slates served by the
+    # learned policy (canary and live) against the baseline's (~0.27 vs ~0.245 per page view at this budget, 1.5 to 4
+    # standard errors over runs; the guardrail's realised rewards differ by about one, so their means would not say
+    # it reliably).
+    learned = [r.served_click_prob for _, r in result.records
+               if r.serving_mode in ("SERVING_MODE_CANARY", "SERVING_MODE_LEARNED")]
+    baseline = [r.served_click_prob for _, r in result.records if r.serving_mode == "SERVING_MODE_BASELINE"]
+    assert sum(learned) / len(learned) > sum(baseline) / len(baseline)
     plot_scenario(result, tmp_path / "good.png", title="good")
