@@ -99,8 +99,13 @@ class ModelConfig:
     # baseline_score; else a published LambdaRank version of "<surface>.baseline" (docs/baseline.md). An explicit
     # version, never "latest": what the fallback is changes only when the configuration says so.
     baseline: str = ""
+    # Items whose parsed VW example serving keeps (per model, LRU). A parsed example takes ~32 kB, so the default
+    # bounds it near 0.65 GiB per worker (twice that for a moment while a new version warms its cache).
+    item_cache: int = 20_000
 
     def __post_init__(self) -> None:
+        if self.item_cache <= 0:
+            raise ConfigError(f"model.item_cache: must be a positive number of items, got {self.item_cache}")
         if self.publish_every <= 0:
             raise ConfigError(f"model.publish_every: must be positive, got {self.publish_every}")
         if not math.isfinite(self.long_term_weight) or self.long_term_weight < 0:

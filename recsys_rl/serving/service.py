@@ -265,7 +265,8 @@ class DecisionService:
     def _load_surface(self, surface: SurfaceConfig) -> _Surface:
         """Serves the newest version that loads; refused ones (corrupt, VW refuses) are logged and skipped."""
         refused = self._refused_models[surface.name]
-        found = self.registry.load_newest(surface.name, lambda cp: VWBandit(surface.model.vw_args, model=cp.model),
+        found = self.registry.load_newest(surface.name, lambda cp: VWBandit(surface.model.vw_args, model=cp.model,
+                                                                            cache_items=surface.model.item_cache),
                                           refused=refused)
         if found is not None:
             checkpoint, serving = found
@@ -283,7 +284,7 @@ class DecisionService:
                 log.error("surface %s: no published version loads (refused %s); starting from a fresh model",
                           surface.name, ", ".join(sorted(refused)))
             # A fresh surface starts from an untrained model, published so the version names a real file.
-            serving = VWBandit(surface.model.vw_args)
+            serving = VWBandit(surface.model.vw_args, cache_items=surface.model.item_cache)
             checkpoint = self.registry.publish(
                 surface.name, serving.to_bytes(), parent=None, data_range={},
                 parameters={"vw_args": surface.model.vw_args, "updates": 0},
@@ -481,7 +482,7 @@ class DecisionService:
     def load_version(self, surface: str, checkpoint: Checkpoint) -> None:
         """Hot-swaps the serving model; a checkpoint that fails to load raises and the old one keeps serving."""
         entry = self._entry(surface)
-        bandit = VWBandit(entry.config.model.vw_args, model=checkpoint.model)
+        bandit = VWBandit(entry.config.model.vw_args, model=checkpoint.model, cache_items=entry.config.model.item_cache)
         bandit.cache.warm(entry.policy.hot_items())  # parse off the request path, then swap
         entry.policy.swap_model(bandit, checkpoint.version)
 

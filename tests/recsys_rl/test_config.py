@@ -56,6 +56,7 @@ long_term_weight = 0.5
     ({"surfaces": {"a": {"reward": {"weights": {}}}}}, "surfaces.a.reward.weights"),
     ({"surfaces": {"a": {"reward": {"attribution_window_seconds": 0}}}}, "surfaces.a.reward.attribution_window"),
     ({"surfaces": {"a": {"model": {"publish_every": 0}}}}, "surfaces.a.model.publish_every"),
+    ({"surfaces": {"a": {"model": {"item_cache": 0}}}}, "surfaces.a.model.item_cache"),
     ({"surfaces": {"a": {"colour": "red"}}}, "surfaces.a.colour"),
     ({"surfaces": {"a": {"exploration": {"tau": 1}}}}, "surfaces.a.exploration.tau"),
     ({"surfaces": {"a": {"name": "b"}}}, "surfaces.a.name"),

@@ -144,3 +144,23 @@ def test_learn_rejects_inconsistent_events() -> None:
     with pytest.raises(ValueError, match=r"slate\[0\].propensity"):
         bandit.learn(event_for(request, [0], [0.0]), [1.0])
     assert isinstance(bandit._workspace, pyvw.Workspace)
+
+
+def test_the_serving_item_cache_is_bounded_by_the_surfaces_item_cache(tmp_path) -> None:  # noqa: ANN001
+    """A parsed VW example takes ~32 kB: the serving cache holds at most ``model.item_cache`` of them per model."""
+    from recsys_rl.config import ModelConfig, ServiceConfig, SurfaceConfig
+    from recsys_rl.serving.service import DecisionService
+    from tests.helpers import make_request as request_of
+
+    config = ServiceConfig(surfaces={"default": SurfaceConfig(model=ModelConfig(item_cache=150, learn=False))})
+    service = DecisionService(config, tmp_path / "data", learner="off", watch_models=False)
+    try:
+        for k in range(5):
+            request = request_of(100, 5, request_id=f"r{k}")
+            for i, candidate in enumerate(request.candidates):
+                candidate.item_id = f"item-{k}-{i}"  # 500 distinct items in all
+            service.rank(request)
+        cache = service._entry("default").policy.bandit.cache  # noqa: SLF001 - the bound under test
+        assert len(cache) == 150 and cache.evictions == 350
+    finally:
+        service.close()
