@@ -13,6 +13,7 @@ from recsys_rl.errors import InvalidInput
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.serving.candidates import CandidateInfoCache, CandidateView, current_view, item_key, reading
+from tests.helpers import make_request
 from recsys_rl.serving.features import ItemExampleCache
 from tests.recsys_rl.serving.test_bandit import event_for
 
@@ -137,3 +138,16 @@ def test_vw_scores_from_the_view_are_the_scores_from_the_request() -> None:
     hits = bandit.cache.hits
     reading(view, bandit.validate)
     assert bandit.cache.hits == hits + 8  # validated through the same item cache entries
+
+
+def test_a_candidate_without_a_baseline_never_takes_the_baseline_of_the_request_that_cached_its_bytes() -> None:
+    """Regression: the cache keyed the bytes without the baseline but kept the first request's baseline with them, so
+    the same candidate sent later with baseline 0 (not serialized) read that old baseline - and the baseline order
+    of a later request changed with what earlier requests had sent."""
+    cache = CandidateInfoCache()
+    first = make_request(20, 5, request_id="a")  # baselines 20, 19, ...
+    assert CandidateView(first, cache=cache).baseline.tolist() == [c.baseline_score for c in first.candidates]
+    later = make_request(20, 5, request_id="b")
+    for i, candidate in enumerate(later.candidates):
+        candidate.baseline_score = 0.0 if i % 3 == 0 else 0.5 + i
+    assert CandidateView(later, cache=cache).baseline.tolist() == [c.baseline_score for c in later.candidates]
