@@ -121,7 +121,7 @@ def add_embedding_propensities(
     """Add ``action_embedding``, ``embedding_pscore`` and ``embedding_target_pscore`` to a feedback table.
 
     ``logging_policy`` and ``target_policy`` are each row's full action distributions (n, K) for the row's slot
-    (what replay holds per decision); ``embedding_of_action`` (K,) the integer embedding of each action;
+    (what replay holds per decision); ``embedding_of_action`` (K,) each action's integer embedding id (any ids);
     ``action_index`` (n,) the logged action's column in the distributions (default: the ``action`` column).
     Raises TableError naming the column when the logged action's probability disagrees with ``pscore``.
     """
@@ -131,15 +131,20 @@ def add_embedding_propensities(
                                            f"{target_policy.shape} do not match the table's {n} rows")
     index = table.get_column("action").to_numpy() if action_index is None else np.asarray(action_index)
     embedding_of_action = np.asarray(embedding_of_action, dtype=np.int64)
-    if embedding_of_action.shape != (logging_policy.shape[1],) or embedding_of_action.min() < 0:
-        raise TableError(ACTION_EMBEDDING, "need one non-negative integer embedding per action")
+    if embedding_of_action.shape != (logging_policy.shape[1],):
+        raise TableError(ACTION_EMBEDDING, f"need one integer embedding per action ({logging_policy.shape[1]}), "
+                                           f"got shape {embedding_of_action.shape}")
     rows = np.arange(n)
     if not np.allclose(logging_policy[rows, index], table.get_column("pscore").to_numpy(), rtol=1e-9, atol=1e-12):
         raise TableError("pscore", "the logging distribution's probability of the logged action differs from pscore")
     embedding = embedding_of_action[index]
-    same = embedding_of_action[None, :] == embedding[:, None]           # (n, K): actions sharing the row's embedding
+    labels, compact = np.unique(embedding_of_action, return_inverse=True)   # sparse ids → 0..C−1
+    n_embeddings = labels.size
+    # (n, C) marginals through one matrix product: no (n, K) mask for large catalogs.
+    logging_e = marginal_propensities(logging_policy, compact, n_embeddings)[rows, compact[index]]
+    target_e = marginal_propensities(target_policy, compact, n_embeddings)[rows, compact[index]]
     return table.with_columns(
         pl.Series(ACTION_EMBEDDING, embedding),
-        pl.Series(EMBEDDING_PSCORE, np.where(same, logging_policy, 0.0).sum(axis=1)),
-        pl.Series(EMBEDDING_TARGET_PSCORE, np.where(same, target_policy, 0.0).sum(axis=1)),
+        pl.Series(EMBEDDING_PSCORE, logging_e),
+        pl.Series(EMBEDDING_TARGET_PSCORE, target_e),
     )

@@ -91,9 +91,11 @@ def test_add_embedding_propensities_sums_siblings() -> None:
     pi = np.array([[0.7, 0.1, 0.1, 0.1], [0.0, 0.5, 0.0, 0.5]])
     table = pl.DataFrame({"event_id": ["a", "b"], "position": [0, 0], "action": [2, 3], "reward": [1.0, 0.0],
                           "pscore": [0.3, 0.25], "target_pscore": [0.1, 0.5]})
-    out = add_embedding_propensities(table, mu, pi, np.array([0, 1, 0, 1]))
-    assert out["action_embedding"].to_list() == [0, 1]
+    out = add_embedding_propensities(table, mu, pi, np.array([7, 40, 7, 40]))  # sparse ids
+    assert out["action_embedding"].to_list() == [7, 40]
     assert out["embedding_pscore"].to_list() == pytest.approx([0.4, 0.5])
     assert out["embedding_target_pscore"].to_list() == pytest.approx([0.8, 1.0])
     with pytest.raises(TableError, match="column 'pscore'"):
         add_embedding_propensities(table.with_columns(pl.Series("pscore", [0.2, 0.25])), mu, pi, np.array([0, 1, 0, 1]))
+    with pytest.raises(TableError, match="column 'action_embedding': need one integer embedding per action \\(4\\)"):
+        add_embedding_propensities(table, mu, pi, np.array([0, 1, 0]))
