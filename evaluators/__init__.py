@@ -17,12 +17,14 @@ from evaluators.estimators import (
     SwitchDR,
     parse_estimators,
 )
+from evaluators.embeddings import MIPS, MIPSDR, SNMIPS, add_embedding_propensities
 from evaluators.evaluate import estimate
 from evaluators.slate import CascadeDR, IndependentIPS, PseudoInverse, RIPS, StandardIPS
 from evaluators.table import TableError, validate_table
 
 __all__ = [
-    "DM", "DR", "DROS", "IPS", "SNDR", "SNIPS", "CascadeDR", "ClippedIPS", "Estimator", "IndependentIPS",
-    "PseudoInverse", "RIPS", "StandardIPS", "Statistics", "SwitchDR", "TableError", "estimate",
+    "DM", "DR", "DROS", "IPS", "MIPS", "MIPSDR", "SNDR", "SNIPS", "SNMIPS", "CascadeDR", "ClippedIPS", "Estimator", "IndependentIPS",
+    "PseudoInverse", "RIPS", "StandardIPS", "Statistics", "SwitchDR", "TableError", "add_embedding_propensities",
+    "estimate",
     "parse_estimators", "validate_table",
 ]

@@ -377,10 +377,11 @@ _PARAM_ALIASES: dict[str, str] = {"lambda_": "lambda"}
 
 
 def registry() -> dict[str, type[Estimator]]:
-    """Every estimator by name, standard and slate."""
-    from evaluators import slate  # slate.py imports this module, so import it lazily
+    """Every estimator by name: standard, slate and embedding (MIPS)."""
+    from evaluators import embeddings, slate  # both import this module, so import them lazily
 
-    classes: list[type[Estimator]] = [IPS, ClippedIPS, SNIPS, DM, DR, SNDR, SwitchDR, DROS, *slate.SLATE_ESTIMATORS]
+    classes: list[type[Estimator]] = [IPS, ClippedIPS, SNIPS, DM, DR, SNDR, SwitchDR, DROS, *slate.SLATE_ESTIMATORS,
+                                      *embeddings.EMBEDDING_ESTIMATORS]
     return {cls.name: cls for cls in classes}
 
 

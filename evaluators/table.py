@@ -20,6 +20,8 @@ SLATE_COLUMNS: tuple[str, ...] = (
     "cascade_pscore", "cascade_target_pscore",
     "marginal_pscore", "marginal_target_pscore",
 )
+# Marginal propensities of the logged item's embedding (``evaluators.embeddings``): Σ over the items sharing it.
+EMBEDDING_COLUMNS: tuple[str, ...] = ("embedding_pscore", "embedding_target_pscore")
 
 # (logging propensity, target propensity) pairs: the logging one must be in (0, 1] except on
 # support-violation rows, the target one in [0, 1].
@@ -28,13 +30,17 @@ PROPENSITY_PAIRS: dict[str, str] = {
     "slate_pscore": "slate_target_pscore",
     "cascade_pscore": "cascade_target_pscore",
     "marginal_pscore": "marginal_target_pscore",
+    "embedding_pscore": "embedding_target_pscore",
 }
 # The reward range the logging surface declared (``logging_schema.rewards``); optional, but when a table carries
 # them (``logs export``, replay) every reward must lie in [reward_min, reward_max]: the bounded-reward intervals
 # and the gate assume it, so a reward outside it means the table was built with another reward rule.
 RANGE_COLUMNS: tuple[str, str] = ("reward_min", "reward_max")
 _TARGET_COLUMNS = frozenset(PROPENSITY_PAIRS.values())
-_FLOAT_COLUMNS = frozenset(("reward", *MODEL_COLUMNS, *SLATE_COLUMNS, "pscore", "target_pscore"))
+_FLOAT_COLUMNS = frozenset(("reward", *MODEL_COLUMNS, *SLATE_COLUMNS, *EMBEDDING_COLUMNS, "pscore", "target_pscore"))
+# An embedding's probability sums the logged item's with its siblings': smaller than the item's means the columns
+# were filled for another embedding or policy (tolerance for float sums).
+_EMBEDDING_AT_LEAST = {"embedding_pscore": "pscore", "embedding_target_pscore": "target_pscore"}
 
 
 class TableError(ValueError):
@@ -115,6 +121,10 @@ def validate_table(
         exprs.append(_support_violation(p).sum().alias(f"violations:{p}"))
         t = pl.col(PROPENSITY_PAIRS[p]).cast(pl.Float64)
         exprs.append(((t < 0) | (t > 1)).sum().alias(f"outside:{PROPENSITY_PAIRS[p]}"))
+    for marginal, item in _EMBEDDING_AT_LEAST.items():
+        if marginal in columns:
+            below = pl.col(marginal).cast(pl.Float64) < pl.col(item).cast(pl.Float64) * (1 - 1e-9)
+            exprs.append(below.sum().alias(f"below_item:{marginal}"))
     has_range = all(c in df.columns for c in RANGE_COLUMNS)
     if has_range:
         reward = pl.col("reward").cast(pl.Float64)
@@ -130,6 +140,10 @@ def validate_table(
         raise TableError("reward", f"{counts['outside:reward']} value(s) outside the declared reward range "
                                    f"[reward_min, reward_max] (here within [{counts['range:low']:g}, "
                                    f"{counts['range:high']:g}])")
+    for marginal, item in _EMBEDDING_AT_LEAST.items():
+        if counts.get(f"below_item:{marginal}"):
+            raise TableError(marginal, f"{counts[f'below_item:{marginal}']} value(s) below {item}: the embedding's "
+                                       "probability sums the logged item's and its siblings'")
     violations: dict[str, int] = {}
     for p in pairs:
         if counts[f"nonpositive:{p}"]:
