@@ -102,6 +102,8 @@ class CatalogVersion:
         head = whole[:-9] if baseline != 0.0 and whole.endswith(tail) else whole
         stored = self.items.get(candidate.item_id)
         ids_only = not candidate.embedding and not candidate.features.ByteSize()
+        if not candidate.item_id:
+            return head, b""  # as sent: the request's rules say "must not be empty" (candidates.check_item_ids)
         if stored is None:
             if ids_only:
                 raise InvalidInput(f"candidates[{i}].item_id", f"item {candidate.item_id!r} is not in the catalog "
