@@ -124,7 +124,8 @@ class CatalogVersion:
 
 
 def _merge(stored: bytes, sent: pb.Candidate) -> bytes:
-    """The catalog's item with what the request sent over it, per field (module docstring)."""
+    """The catalog's item with what the request sent over it, per field (module docstring); b"" when that is what
+    the request sent (a full-feature request for a held item then builds no new request)."""
     merged = pb.Candidate.FromString(stored)
     features = sent.features
     merged.features.numeric.update(features.numeric)
@@ -135,6 +136,10 @@ def _merge(stored: bytes, sent: pb.Candidate) -> bytes:
     if sent.embedding:
         merged.ClearField("embedding")
         merged.embedding.extend(sent.embedding)
+    merged.baseline_score = sent.baseline_score
+    if merged == sent:  # message equality: map order and unknown bytes aside, the same content
+        return b""
+    merged.ClearField("baseline_score")
     return merged.SerializeToString(deterministic=True)
 
 
