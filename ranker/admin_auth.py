@@ -23,11 +23,14 @@ import grpc
 
 from recsys_rl.caps.access import Grant, load_authz, may_call, read_pem, token_sha256
 from recsys_rl.errors import InvalidInput, Unauthenticated
+from recsys_rl.catalog.v1 import catalog_service_pb2 as catalog_pb
 from recsys_rl.ranking.v1 import policy_admin_service_pb2 as admin_pb
 
 log = logging.getLogger(__name__)
 
 ADMIN_SERVICE = admin_pb.DESCRIPTOR.services_by_name["PolicyAdminService"].full_name
+# Every service behind the interceptor: the item catalog's writes change what is served, like a policy change.
+GUARDED_SERVICES = frozenset({ADMIN_SERVICE, catalog_pb.DESCRIPTOR.services_by_name["CatalogService"].full_name})
 _CALLER: ContextVar[Grant | None] = ContextVar("admin_caller", default=None)
 
 
@@ -95,19 +98,23 @@ class AuthzFile:
 
 
 class AdminAuthInterceptor(grpc.ServerInterceptor):
-    """Authenticates and authorizes every PolicyAdminService call (all unary-unary); other services pass."""
+    """Authenticates and authorizes every PolicyAdminService and CatalogService call (unary, or client-streaming:
+    CatalogService.UpsertItems); other services (health, reflection) pass."""
 
     def __init__(self, authz: AuthzFile) -> None:
         self.authz = authz
 
     def intercept_service(self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails) -> Any:
         service, _, method = details.method.lstrip("/").partition("/")
-        if service != ADMIN_SERVICE:
+        if service not in GUARDED_SERVICES:
             return continuation(details)  # health and reflection: open, over the same TLS
         grant = self._authorize(method, details.invocation_metadata)
+        handler = continuation(details)  # only looked up: nothing of the request is read before the check
+        streaming = handler is not None and handler.stream_unary is not None
         if not isinstance(grant, Grant):
-            return _refusal(*grant, method)
-        handler = continuation(details)
+            return _refusal(*grant, method, streaming=streaming)
+        if streaming:
+            return handler._replace(stream_unary=_as_caller(grant, handler.stream_unary))
         if handler is None or handler.unary_unary is None:
             return handler  # unknown method: gRPC answers UNIMPLEMENTED
         return handler._replace(unary_unary=_as_caller(grant, handler.unary_unary))
@@ -133,12 +140,15 @@ class AdminAuthInterceptor(grpc.ServerInterceptor):
         return grant
 
 
-def _refusal(code: grpc.StatusCode, message: str, method: str) -> grpc.RpcMethodHandler:
-    def refuse(request: bytes, context: grpc.ServicerContext) -> None:
+def _refusal(code: grpc.StatusCode, message: str, method: str, *, streaming: bool = False) -> grpc.RpcMethodHandler:
+    def refuse(request: object, context: grpc.ServicerContext) -> None:
         log.warning("admin %s from %s refused: %s: %s", method, context.peer(), code.name, message)
         context.abort(code, message)
 
-    return grpc.unary_unary_rpc_method_handler(refuse)  # the request stays undecoded: nothing of it is trusted
+    # The request stays undecoded (no deserializer): nothing of it is trusted, a stream is never read.
+    if streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    return grpc.unary_unary_rpc_method_handler(refuse)
 
 
 def _as_caller(grant: Grant, behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Callable[..., Any]:

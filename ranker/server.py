@@ -28,6 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ranker.admin import add_admin_servicer
+from ranker.catalog import CATALOG_SERVICE, add_catalog_servicer
 from ranker.admin_auth import ADMIN_SERVICE, AdminAuthInterceptor, AdminSettings, AuthzFile
 from ranker.admission import StampingExecutor
 from ranker.servicer import RankingServicer
@@ -56,7 +57,7 @@ RANKING_SERVICE = pb.DESCRIPTOR.services_by_name["RankingService"].full_name
 
 
 class AdminListener:
-    """PolicyAdminService (+ health, reflection) on its own TLS port, every admin call through AdminAuthInterceptor.
+    """PolicyAdminService and CatalogService (+ health, reflection) on its own TLS port, every admin call through AdminAuthInterceptor.
 
     Its own small thread pool: an admin call (a gate verification re-hashes log segments) never queues behind Rank
     in the Rank pool, nor Rank behind it. Binds with SO_REUSEPORT like the Rank port when workers share a port: the
@@ -67,10 +68,11 @@ class AdminListener:
         self._server = grpc.server(ThreadPoolExecutor(2, thread_name_prefix="admin"), interceptors=[interceptor],
                                    maximum_concurrent_rpcs=64, options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
         add_admin_servicer(self._server, service, service.data_dir)
+        add_catalog_servicer(self._server, service.catalog)  # catalog writes change what is served: admin's
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection((ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),
-                                            self._server)
+        reflection.enable_server_reflection((ADMIN_SERVICE, CATALOG_SERVICE, health.SERVICE_NAME,
+                                             reflection.SERVICE_NAME), self._server)
         bind_host = settings.host or host
         self.port = self._server.add_secure_port(f"{bind_host}:{settings.port}", settings.server_credentials())
         if self.port == 0:
@@ -79,11 +81,11 @@ class AdminListener:
 
     def start(self) -> None:
         self._server.start()
-        for name in ("", ADMIN_SERVICE):
+        for name in ("", ADMIN_SERVICE, CATALOG_SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace_s: float) -> threading.Event:
-        for name in ("", ADMIN_SERVICE):
+        for name in ("", ADMIN_SERVICE, CATALOG_SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         return self._server.stop(grace_s)
 

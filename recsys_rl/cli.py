@@ -223,7 +223,7 @@ def build_parser(*, full: bool = True) -> argparse.ArgumentParser:
 
         add_evaluate_parser(sub).set_defaults(run=run_evaluate)
         for module in ("evaluators.replay.run", "recsys_rl.slateq.cli", "recsys_rl.baseline.cli", "recsys_rl.caps.cli",
-                       "recsys_rl.sim.compare", "recsys_rl.rollout.cli", "recsys_rl.shield.cli"):
+                       "recsys_rl.sim.compare", "recsys_rl.rollout.cli", "recsys_rl.shield.cli", "recsys_rl.catalog.cli"):
             importlib.import_module(module).register(sub)
     return parser
 

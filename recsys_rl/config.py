@@ -5,6 +5,7 @@ Example::
     [surfaces.home_feed]
     exploration_cap = 0.1          # largest non-greedy probability mass at any slot
     decision_budget_ms = 25        # past this the baseline serves
+    catalog = true                 # candidates sent by id are completed from the item catalog (default true)
 
     [surfaces.home_feed.exploration]
     algorithm = "softmax"          # epsilon_greedy | softmax | squarecb
@@ -157,8 +158,12 @@ class SurfaceConfig:
     shield: ShieldRules = NO_SHIELD  # [surfaces.NAME.shield]: business rules (recsys_rl/shield/rules.py)
     decision_budget_ms: float = 25.0
     max_candidates: int = 10_000
+    # Complete candidates sent by id from the data dir's item catalog (recsys_rl/catalog); false: used as sent.
+    catalog: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.catalog, bool):
+            raise ConfigError(f"surfaces.{self.name}.catalog: must be true or false, got {self.catalog!r}")
         if not (0.0 <= self.exploration_cap <= 1.0):
             raise ConfigError(f"surfaces.{self.name}.exploration_cap: must be in [0, 1], got {self.exploration_cap}")
         if not self.decision_budget_ms > 0:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGES = ("recsys_rl", "ranker", "logging_schema", "evaluators")
-STUBS = ("recsys_rl.logging.v1", "recsys_rl.ranking.v1")
+STUBS = ("recsys_rl.logging.v1", "recsys_rl.ranking.v1", "recsys_rl.catalog.v1")
 COMPOSITION_ROOT = "recsys_rl.cli"
 # Packages whose rules an unresolvable dynamic import could break unseen.
 PROTECTED = ("recsys_rl", "logging_schema", "evaluators")

@@ -31,6 +31,7 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
+from recsys_rl.catalog.items import CatalogVersion
 from recsys_rl.errors import InvalidInput
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 
@@ -173,11 +174,25 @@ class CandidateView:
     a key not cached yet; unknown fields after the baseline) takes the per-candidate path, :meth:`_read_slow`.
     """
 
-    __slots__ = ("request", "keys", "raw", "baseline", "item_ids", "_infos")
+    __slots__ = ("request", "keys", "raw", "baseline", "item_ids", "catalog_version", "_infos")
 
-    def __init__(self, request: pb.RankRequest, *, cache: CandidateInfoCache = CANDIDATE_INFO) -> None:
+    def __init__(self, request: pb.RankRequest, *, cache: CandidateInfoCache = CANDIDATE_INFO,
+                 catalog: CatalogVersion | None = None) -> None:
+        """``catalog``: the surface's catalog version, which completes candidates sent by id (``complete``); the
+        view's ``request`` is then a RankRequest with the completed candidates (everything downstream reads it)."""
+        wire = _RequestCandidates.FromString(request.SerializeToString())
+        raw = list(wire.candidates)
+        self.catalog_version = ""
+        if catalog is not None:
+            self.catalog_version = catalog.version
+            completed = catalog.complete(raw)
+            if completed is not None:  # one new request, built in C from bytes: no Candidate copied in Python
+                raw = completed
+                wire.ClearField("candidates")
+                wire.candidates.extend(raw)
+                request = pb.RankRequest.FromString(wire.SerializeToString())
         self.request = request
-        self.raw = raw = list(_RequestCandidates.FromString(request.SerializeToString()).candidates)
+        self.raw = raw
         infos = list(map(cache.get, [r[:-9] for r in raw]))
         tags = [r[-9:-8] for r in raw]
         tails = [r[-8:] for r in raw]

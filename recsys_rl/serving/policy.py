@@ -199,6 +199,7 @@ def decision_record(
                 latency_us=latency_us)
     event.context = request.context.SerializeToString()
     event.candidates.extend(candidates.raw)
+    event.catalog_version = candidates.catalog_version
     if decision.long_term is not None:
         event.long_term.history.extend([c.SerializeToString() for c in decision.long_term.history])
     return record

@@ -6,7 +6,9 @@ Checked here, once per request, for every path (learned, baseline, replay):
 * ``candidates``: 1 to ``SurfaceConfig.max_candidates`` of them;
 * ``slate_size``: 1 to the number of candidates;
 * ``candidates[i].baseline_score``: finite, and ``candidates[i].item_id``: not empty, not repeated — checked where
-  the candidates are read, once per request (:class:`recsys_rl.serving.candidates.CandidateView`).
+  the candidates are read, once per request (:class:`recsys_rl.serving.candidates.CandidateView`);
+* on a surface with a catalog, ``candidates[i].item_id`` of a candidate sent by id only (no features, no embedding):
+  held by the catalog (``recsys_rl.catalog.items``, which also completes the candidates);
 
 Checked where the candidate's features are first read, by :class:`recsys_rl.serving.features.ItemExampleCache` (a
 cached item was already checked, so the hot path reads no protobuf field of it again): feature values and
@@ -21,13 +23,16 @@ from __future__ import annotations
 
 import math
 
+from recsys_rl.catalog.items import CatalogVersion
 from recsys_rl.errors import InvalidInput
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.serving.candidates import CandidateView, check_item_ids
 
 
-def validate_rank_request(request: pb.RankRequest, *, max_candidates: int) -> CandidateView:
-    """Checks the request's structure; returns its candidates, read once (baseline scores, ids, cache keys)."""
+def validate_rank_request(request: pb.RankRequest, *, max_candidates: int,
+                          catalog: CatalogVersion | None = None) -> CandidateView:
+    """Checks the request's structure; returns its candidates, read once (baseline scores, ids, cache keys), completed
+    from ``catalog`` when the surface has one (the view's ``request`` is then the completed request)."""
     if not request.surface:
         raise InvalidInput("surface", "must not be empty")
     n = len(request.candidates)
@@ -39,7 +44,7 @@ def validate_rank_request(request: pb.RankRequest, *, max_candidates: int) -> Ca
         raise InvalidInput("slate_size", f"must be positive, got {request.slate_size}")
     if request.slate_size > n:
         raise InvalidInput("slate_size", f"{request.slate_size} is larger than the {n} candidates")
-    return CandidateView(request)
+    return CandidateView(request, catalog=catalog)
 
 
 # google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.

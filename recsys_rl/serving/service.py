@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from logging_schema.writer import DeferredRecord, LogQueueFull, LogUnavailable, LogWriter
 from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.caps.store import CapStore
+from recsys_rl.catalog.store import CatalogStore, CatalogStoreError
 from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig
 from recsys_rl.rollout.config import RolloutState, Stage
 from recsys_rl.rollout.store import GuardrailEvidence, RolloutStore
@@ -104,6 +105,8 @@ class DecisionService:
         self.shields = ShieldStore(self.data_dir, on_change=self._put_shield_in_force)
         for name, rules in self.shields.apply_config({n: s.shield for n, s in config.surfaces.items()}).items():
             self._surfaces[name].policy.set_shield(rules)
+        # The item catalog (one per data dir): completes candidates sent by id; versions adopted on the watcher tick.
+        self.catalog = CatalogStore(self.data_dir)
         self._recover_open_decisions()
         self.writer = LogWriter(self.log_dir)
         self.log_guard = LogGuard(self.writer)  # a log that cannot take records: baseline, unlogged, counted
@@ -146,6 +149,10 @@ class DecisionService:
                     if self.rollout.state(name) != old:  # another process reverted, advanced or re-armed it
                         self._rollout_adopted(name, old)
             self.shields.refresh()  # put in force through _put_shield_in_force
+            try:
+                self.catalog.refresh()  # read once per Rank (CatalogStore.current): in force from the next one
+            except CatalogStoreError as exc:  # a damaged version is refused once; the one in force keeps serving
+                log.error("%s", exc)
 
     def _rollout_adopted(self, surface: str, old: RolloutState) -> None:
         """Tells the guardrail of ``surface`` that another process moved it: a ramp within the same canary keeps the
@@ -380,7 +387,9 @@ class DecisionService:
             raise NotReady("the service is shutting down")
         started_ns = time.perf_counter_ns()
         entry = self._entry(request.surface)
-        candidates = validate_rank_request(request, max_candidates=entry.config.max_candidates)
+        catalog = self.catalog.current if entry.config.catalog else None  # one read: one version per request
+        candidates = validate_rank_request(request, max_candidates=entry.config.max_candidates, catalog=catalog)
+        request = candidates.request  # with the candidates sent by id completed from the catalog
         now = started_ns / 1e9
         arrived = now if queued_since is None else min(queued_since, now)
         budget_deadline = arrived + entry.config.decision_budget_ms / 1000.0

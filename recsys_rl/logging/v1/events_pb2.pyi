@@ -84,7 +84,7 @@ class LoggedSlot(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., position: _Optional[int] = ..., propensity: _Optional[float] = ..., score: _Optional[float] = ..., explored: _Optional[bool] = ..., candidate_index: _Optional[int] = ..., exploration_mass: _Optional[float] = ..., draw: _Optional[float] = ...) -> None: ...
 
 class DecisionEvent(_message.Message):
-    __slots__ = ("event_id", "request_id", "surface", "user_id", "served_at", "context", "candidates", "slate_size", "slate", "slate_propensity", "policy_version", "serving_mode", "exploration", "fallback_reason", "shield_rules_fired", "attribution_window_seconds", "latency_micros", "long_term", "rollout_stage", "shadow", "shield_version", "baseline_version", "candidate_scores")
+    __slots__ = ("event_id", "request_id", "surface", "user_id", "served_at", "context", "candidates", "slate_size", "slate", "slate_propensity", "policy_version", "serving_mode", "exploration", "fallback_reason", "shield_rules_fired", "attribution_window_seconds", "latency_micros", "long_term", "rollout_stage", "shadow", "shield_version", "baseline_version", "candidate_scores", "catalog_version")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SURFACE_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,7 @@ class DecisionEvent(_message.Message):
     SHIELD_VERSION_FIELD_NUMBER: _ClassVar[int]
     BASELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_SCORES_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     request_id: str
     surface: str
@@ -131,7 +132,8 @@ class DecisionEvent(_message.Message):
     shield_version: str
     baseline_version: str
     candidate_scores: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., surface: _Optional[str] = ..., user_id: _Optional[str] = ..., served_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[_Union[_ranking_service_pb2.Features, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[_ranking_service_pb2.Candidate, _Mapping]]] = ..., slate_size: _Optional[int] = ..., slate: _Optional[_Iterable[_Union[LoggedSlot, _Mapping]]] = ..., slate_propensity: _Optional[float] = ..., policy_version: _Optional[str] = ..., serving_mode: _Optional[_Union[_ranking_service_pb2.ServingMode, str]] = ..., exploration: _Optional[_Union[ExplorationParams, _Mapping]] = ..., fallback_reason: _Optional[str] = ..., shield_rules_fired: _Optional[_Iterable[str]] = ..., attribution_window_seconds: _Optional[float] = ..., latency_micros: _Optional[int] = ..., long_term: _Optional[_Union[LongTermState, _Mapping]] = ..., rollout_stage: _Optional[str] = ..., shadow: _Optional[_Union[ShadowDecision, _Mapping]] = ..., shield_version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., candidate_scores: _Optional[_Iterable[float]] = ...) -> None: ...
+    catalog_version: str
+    def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., surface: _Optional[str] = ..., user_id: _Optional[str] = ..., served_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[_Union[_ranking_service_pb2.Features, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[_ranking_service_pb2.Candidate, _Mapping]]] = ..., slate_size: _Optional[int] = ..., slate: _Optional[_Iterable[_Union[LoggedSlot, _Mapping]]] = ..., slate_propensity: _Optional[float] = ..., policy_version: _Optional[str] = ..., serving_mode: _Optional[_Union[_ranking_service_pb2.ServingMode, str]] = ..., exploration: _Optional[_Union[ExplorationParams, _Mapping]] = ..., fallback_reason: _Optional[str] = ..., shield_rules_fired: _Optional[_Iterable[str]] = ..., attribution_window_seconds: _Optional[float] = ..., latency_micros: _Optional[int] = ..., long_term: _Optional[_Union[LongTermState, _Mapping]] = ..., rollout_stage: _Optional[str] = ..., shadow: _Optional[_Union[ShadowDecision, _Mapping]] = ..., shield_version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., candidate_scores: _Optional[_Iterable[float]] = ..., catalog_version: _Optional[str] = ...) -> None: ...
 
 class ShadowDecision(_message.Message):
     __slots__ = ("slate", "slate_propensity", "policy_version", "exploration", "fallback_reason", "latency_micros", "candidate_scores")

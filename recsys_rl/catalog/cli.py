@@ -1,0 +1,102 @@
+"""``recsys-rl catalog load --data-dir D FILE.parquet``: items, features and embeddings into the catalog, offline.
+
+Columns: ``item_id`` (string, required); ``embedding`` (list of floats, optional; every row the same length); every
+other string column a categorical feature and every other numeric column a numeric feature of that name; a list of
+strings column named ``tags`` the item's tags. A null value means "no such feature" for that item. The whole file is
+one new catalog version (``recsys_rl.catalog.store``), written under the data dir's catalog lock, so a server running
+on the data dir adopts it on its next watcher tick (within a second). A bad file exits 2 with one line naming the
+column, or the row and the column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from pathlib import Path
+
+import polars as pl
+
+from recsys_rl.catalog.v1 import catalog_service_pb2 as catalog_pb
+from recsys_rl.errors import InvalidInput
+
+ACTOR = "recsys-rl catalog load"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    catalog = subparsers.add_parser("catalog", help="the item catalog (ids-only requests)")
+    sub = catalog.add_subparsers(dest="catalog_command", required=True, parser_class=type(catalog))
+    load = sub.add_parser("load", help="items from a parquet file into the catalog, as one new version")
+    load.add_argument("--data-dir", required=True)
+    load.add_argument("file", metavar="FILE.parquet")
+    load.set_defaults(run=run_load)
+
+
+def read_items(path: Path) -> list[catalog_pb.CatalogItem]:
+    """The file's rows as catalog items; InvalidInput names the column (or row and column) at fault."""
+    try:
+        table = pl.read_parquet(path)
+    except (OSError, pl.exceptions.PolarsError) as exc:
+        raise InvalidInput(str(path), f"not a readable parquet file: {str(exc).splitlines()[0]}") from None
+    schema = table.schema
+    if "item_id" not in schema:
+        raise InvalidInput("item_id", f"{path}: the column is missing (columns: {', '.join(schema) or 'none'})")
+    if schema["item_id"] != pl.Utf8:
+        raise InvalidInput("item_id", f"{path}: must be a string column, got {schema['item_id']}")
+    numeric, categorical = [], []
+    for name, dtype in schema.items():
+        if name in ("item_id", "embedding"):
+            continue
+        if name == "tags" and dtype == pl.List(pl.Utf8):
+            continue
+        if dtype == pl.Utf8:
+            categorical.append(name)
+        elif dtype.is_numeric():
+            numeric.append(name)
+        else:
+            raise InvalidInput(name, f"{path}: column type {dtype} is neither string nor numeric")
+    if "embedding" in schema and not (isinstance(schema["embedding"], (pl.List, pl.Array))
+                                      and schema["embedding"].inner.is_numeric()):  # type: ignore[union-attr]
+        raise InvalidInput("embedding", f"{path}: must be a list of floats, got {schema['embedding']}")
+    items = []
+    for row, values in enumerate(table.iter_rows(named=True)):
+        item_id = values["item_id"]
+        if not item_id:
+            raise InvalidInput(f"row {row}: item_id", "must not be empty or null")
+        item = catalog_pb.CatalogItem(item_id=item_id)
+        for name in numeric:
+            value = values[name]
+            if value is not None:
+                if not math.isfinite(value):
+                    raise InvalidInput(f"row {row}: {name}", f"item {item_id!r}: must be finite, got {value}")
+                item.features.numeric[name] = float(value)
+        for name in categorical:
+            if values[name] is not None:
+                item.features.categorical[name] = values[name]
+        if values.get("tags"):
+            item.features.tags.extend(values["tags"])
+        embedding = values.get("embedding")
+        if embedding is not None:
+            if any(v is None for v in embedding):
+                raise InvalidInput(f"row {row}: embedding", f"item {item_id!r}: has a null value")
+            item.embedding.extend(embedding)
+        items.append(item)
+    return items
+
+
+def run_load(args: argparse.Namespace) -> int:
+    from recsys_rl.catalog.store import CatalogStore
+
+    path = Path(args.file)
+    items = read_items(path)
+    try:
+        version, written = CatalogStore(Path(args.data_dir)).upsert([items], actor=ACTOR)
+    except InvalidInput as exc:  # the store names the item's index in the call: the file's row
+        found = re.fullmatch(r"requests\[0\]\.items\[(\d+)\]\.(.+)", exc.field)
+        raise InvalidInput(f"row {found[1]}: {found[2]}" if found else exc.field, exc.reason) from None
+    print(f"catalog version {version.version}: {written:,} items loaded from {path} ({len(version):,} in the "
+          f"catalog, dimension {version.dimension})")
+    return 0
+
+
+__all__ = ["read_items", "register", "run_load"]
