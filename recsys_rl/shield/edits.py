@@ -96,6 +96,8 @@ def describe(rules: ShieldRules) -> str:
     parts += [f"blocked_values.{k} ({len(v)} values)" for k, v in rules.blocked_values]
     parts += [f"max_per_value.{k} = {n}" for k, n in rules.max_per_value]
     parts += [f"pinned {item}@{slot}" for item, slot in rules.pinned]
+    if rules.near_duplicates_max_cosine is not None:
+        parts.append(f"near_duplicates.max_cosine = {rules.near_duplicates_max_cosine}")
     return ", ".join(parts + [f"min_feasible {rules.min_feasible}"])
 
 

@@ -8,6 +8,9 @@ Rules, each keyed by a candidate's ``features.categorical`` name where a feature
   without the feature is not limited.
 * ``pinned = { "item-id" = 0 }``: the item takes that slot (propensity 1, not drawn) when it is a candidate and
   feasible there; it is never drawn at another slot of the slate.
+* ``near_duplicates = { max_cosine = 0.95 }``: no two items of a slate whose embeddings (``Candidate.embedding``,
+  from the request or the catalog) have cosine similarity >= max_cosine, in (0, 1]; a candidate without an
+  embedding (or with an all-zero one) is never removed by it and removes nothing (:mod:`recsys_rl.shield.near_duplicates`).
 * ``min_feasible = N`` (default 1): fewer candidates than N left after the static rules → the request is refused
   (:class:`ShieldInfeasible`, gRPC FAILED_PRECONDITION).
 
@@ -33,8 +36,11 @@ import numpy as np
 from recsys_rl.errors import PreconditionFailed
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.shield import bulk
+from recsys_rl.shield.near_duplicates import NearDuplicates, check_max_cosine
 
-_KEYS = ("blocked_items", "blocked_items_file", "blocked_values", "max_per_value", "pinned", "min_feasible")
+_KEYS = ("blocked_items", "blocked_items_file", "blocked_values", "max_per_value", "pinned", "min_feasible",
+         "near_duplicates")
+_NEAR_DUPLICATE_KEYS = ("max_cosine",)
 
 
 class ShieldInfeasible(PreconditionFailed):
@@ -53,6 +59,7 @@ class ShieldRules:
     pinned: tuple[tuple[str, int], ...] = ()
     min_feasible: int = 1
     version: str = ""
+    near_duplicates_max_cosine: float | None = None  # near_duplicates.max_cosine; None: no near-duplicate rule
 
     @property
     def active(self) -> bool:
@@ -79,10 +86,13 @@ NO_SHIELD = ShieldRules()
 
 
 class ShieldCandidates(Protocol):
-    """What the shield reads of a request's candidates: their ids and, per feature name, their categorical values
-    (None where a candidate lacks the feature). ``recsys_rl.serving.candidates.CandidateView`` is one."""
+    """What the shield reads of a request's candidates: their ids, per feature name their categorical values
+    (None where a candidate lacks the feature), and each one's whole serialization (``raw``: the near-duplicate
+    rule reads the embeddings from it, only when the surface has that rule). ``recsys_rl.serving.candidates.
+    CandidateView`` is one."""
 
     item_ids: list[str]
+    raw: list[bytes]
 
     def categorical(self, name: str) -> list[str | None]: ...
 
@@ -94,6 +104,14 @@ class _ProtobufCandidates:
         pairs = list(map(_id_and_categorical, request.candidates))  # one pass: each candidate's wrappers once
         self.item_ids = [item for item, _ in pairs]
         self._maps = [categorical for _, categorical in pairs]
+        self._request = request
+        self._raw: list[bytes] | None = None
+
+    @property
+    def raw(self) -> list[bytes]:
+        if self._raw is None:  # only the near-duplicate rule reads it
+            self._raw = [c.SerializeToString() for c in self._request.candidates]
+        return self._raw
 
     def categorical(self, name: str) -> list[str | None]:
         return list(map(operator.methodcaller("get", name), self._maps))
@@ -147,6 +165,9 @@ class RequestShield:
         self.ok = ok
         self._caps = [_Cap(key, values[key] if key in values else candidates.categorical(key), cap, ok)
                       for key, cap in rules.max_per_value]
+        theta = rules.near_duplicates_max_cosine
+        self._near = None if theta is None else NearDuplicates(candidates.raw, theta)
+        self._near_out = np.zeros(n, dtype=bool)  # too similar to an item of the placed prefix
         # Pins: slot -> candidate index (first candidate with the id); pinned items are drawn nowhere else.
         self.pins: dict[int, int] = {}
         for item, slot in rules.pinned:
@@ -167,6 +188,7 @@ class RequestShield:
         self._placed: list[int] = []
         for cap in self._caps:
             cap.used.clear()
+        self._near_out[:] = False
         self._open_now = self._drawable.copy()  # static rules, pins, caps, and not placed yet: feasible()
 
     def _advance(self, placed: Sequence[int]) -> None:
@@ -188,6 +210,10 @@ class RequestShield:
                     cap.used[v] = count = cap.used.get(v, 0) + 1
                     if count == cap.cap:  # this value just reached its cap: its other candidates are out
                         self._open_now[cap.members(v)[1]] = False
+            if self._near is not None:
+                out = self._near.removed_by(j)
+                self._near_out |= out
+                self._open_now[out] = False
 
     def _cap_free(self, i: int) -> bool:
         """No cap is reached (for the placed prefix) for any of candidate i's values."""
@@ -203,7 +229,7 @@ class RequestShield:
         if i is None or i in placed:
             return None
         self._advance(placed)
-        return i if self._cap_free(i) else None
+        return i if self._cap_free(i) and not self._near_out[i] else None
 
     def mask(self, remaining: np.ndarray, placed: Sequence[int]) -> np.ndarray:
         """Which of ``remaining`` may be drawn at the next slot given the items ``placed`` before it."""
@@ -213,6 +239,8 @@ class RequestShield:
             for v, count in cap.used.items():
                 if count >= cap.cap:
                     drawable[cap.members(v)[1]] = False
+        if self._near is not None:
+            drawable[self._near_out] = False
         return drawable[remaining]
 
     def feasible(self, placed: Sequence[int]) -> np.ndarray:
@@ -231,9 +259,13 @@ class RequestShield:
         such k (per key, by slot, by index) - the full per-slot list says nothing more and cost ~70 entries per
         decision on a skewed slate. That first k is the slot after the one whose item brought its value to the cap,
         so only the values reaching their cap are looked at (:meth:`_Cap.members`), each once.
+
+        The near-duplicate rule the same way, after the caps: ``near_duplicates:ID@slotK`` for a candidate that
+        passed the static rules, is not among slots < K, and is too similar to an item of slots < K, at the first
+        such K (by slot, by index).
         """
         fired = list(self.fired)
-        if not self._caps:
+        if not self._caps and self._near is None:
             return fired
         slate = [int(i) for i in slate]
         ids = self.item_ids
@@ -248,6 +280,14 @@ class RequestShield:
                     placed = set(slate[: k + 1])
                     prefix, suffix = f"max_per_value[{cap.key}]:", f"@slot{k + 1}"
                     fired += [prefix + ids[i] + suffix for i in cap.members(v)[0] if i not in placed]
+        if self._near is not None:
+            listed = ~self.ok  # the static rules' removals are listed above, never here
+            for k, j in enumerate(slate[:-1]):
+                listed[j] = True  # placed: never listed from here on
+                new = self._near.removed_by(j) & ~listed
+                if new.any():
+                    listed |= new
+                    fired += [f"near_duplicates:{ids[i]}@slot{k + 1}" for i in new.nonzero()[0]]
         return fired
 
 
@@ -338,10 +378,13 @@ def rules_from_dict(table: dict[str, Any], *, base_dir: Path | None = None, owne
     if len(set(slots)) != len(slots):
         raise ShieldConfigError("shield.pinned: two items pinned to the same slot")
     min_feasible = _int(table.get("min_feasible", 1), "min_feasible", 1)
+    max_cosine = _near_duplicates(_table("near_duplicates")) if "near_duplicates" in table else None
+    hashed: dict[str, Any] = {"blocked_values": [(k, sorted(v)) for k, v in blocked_values],
+                              "max_per_value": max_per_value, "pinned": pinned, "min_feasible": min_feasible}
+    if max_cosine is not None:  # only when set: every version stored before the rule existed keeps its hash
+        hashed["near_duplicates"] = {"max_cosine": max_cosine}
     h = hashlib.blake2b(digest_size=8)
-    h.update(json.dumps({"blocked_values": [(k, sorted(v)) for k, v in blocked_values],
-                         "max_per_value": max_per_value, "pinned": pinned, "min_feasible": min_feasible},
-                        sort_keys=True).encode())
+    h.update(json.dumps(hashed, sort_keys=True).encode())
     # Already sorted without duplicates (a stored version, an edit of one): no sort, only a chunked check.
     ordered = blocked if bulk.is_strictly_sorted(blocked) else bulk.sorted_unique(blocked)
     if not owned and ordered is table.get("blocked_items"):
@@ -351,7 +394,21 @@ def rules_from_dict(table: dict[str, Any], *, base_dir: Path | None = None, owne
     for data in bulk.line_chunks(ordered):
         h.update(data)
     _remember_sorted(unique, ordered)
-    return ShieldRules(unique, blocked_values, max_per_value, pinned, min_feasible, "shield-" + h.hexdigest())
+    return ShieldRules(unique, blocked_values, max_per_value, pinned, min_feasible, "shield-" + h.hexdigest(),
+                       max_cosine)
+
+
+def _near_duplicates(table: dict[str, Any]) -> float:
+    """θ of ``near_duplicates = { max_cosine = θ }`` (required in the table)."""
+    for key in table:
+        if key not in _NEAR_DUPLICATE_KEYS:
+            raise ShieldConfigError(f"shield.near_duplicates.{key}: unknown key (expected max_cosine)")
+    if "max_cosine" not in table:
+        raise ShieldConfigError("shield.near_duplicates.max_cosine: required (a number in (0, 1])")
+    try:
+        return check_max_cosine(table["max_cosine"], "shield.near_duplicates.max_cosine")
+    except ValueError as exc:
+        raise ShieldConfigError(str(exc)) from None
 
 
 # The sorted ids of a rules object's frozenset, kept while the frozenset lives: writing the version file, the admin
@@ -405,6 +462,8 @@ def rules_to_dict(rules: ShieldRules, *, blocked_items: bool = True) -> dict[str
         "pinned": dict(rules.pinned),
         "min_feasible": rules.min_feasible,
     }
+    if rules.near_duplicates_max_cosine is not None:  # absent otherwise: older stored versions read the same
+        data["near_duplicates"] = {"max_cosine": rules.near_duplicates_max_cosine}
     if blocked_items:
         data["blocked_items"] = list(sorted_blocked(rules.blocked_items))
     return data
