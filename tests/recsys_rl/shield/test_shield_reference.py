@@ -2,7 +2,8 @@
 
 ``_ReferenceShield`` is the first, straightforward implementation kept here as the specification: every slot
 recounts the placed prefix, ``explain`` loops over slots × candidates, and it offers no ``feasible`` method, so
-``exploration`` takes its generic path with it. On seeded random requests and rules both must agree exactly:
+``exploration`` takes its generic path with it. The near-duplicate rule's reference compares every pair with its own
+cosine (np.dot over norms, float64). On seeded random requests and rules both must agree exactly:
 static fired lists and pins, masks for arbitrary (also non-prefix) call orders, sampled slates and their
 propensities bit for bit, replay propensities of arbitrary (also rule-breaking) slates, and ``explain``.
 """
@@ -45,10 +46,22 @@ class _ReferenceShield:
         self.item_ids = [c.item_id for c in candidates]
         self.caps: list[tuple[str, list[str | None], int]] = [
             (key, [c.features.categorical.get(key) for c in candidates], cap) for key, cap in rules.max_per_value]
+        theta = rules.near_duplicates_max_cosine
+        self.near = None if theta is None else (theta, [list(c.embedding) for c in candidates])
         self.pins: dict[int, int] = {}
         for item, slot in rules.pinned:
             if item in self.item_ids and ok[self.item_ids.index(item)]:
                 self.pins[slot] = self.item_ids.index(item)
+
+    def _similar(self, i: int, j: int) -> bool:
+        theta, vectors = self.near  # type: ignore[misc]
+        a, b = np.asarray(vectors[i], dtype=np.float64), np.asarray(vectors[j], dtype=np.float64)
+        if a.size == 0 or a.size != b.size or not a.any() or not b.any():
+            return False
+        return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b))) >= theta - 1e-12
+
+    def _near_ok(self, i: int, placed: Sequence[int]) -> bool:
+        return self.near is None or not any(self._similar(i, j) for j in placed)
 
     def _cap_ok(self, i: int, placed: Sequence[int]) -> bool:
         for _key, values, cap in self.caps:
@@ -58,14 +71,14 @@ class _ReferenceShield:
 
     def pinned_at(self, slot: int, placed: Sequence[int]) -> int | None:
         i = self.pins.get(slot)
-        if i is None or i in placed or not self._cap_ok(i, placed):
+        if i is None or i in placed or not self._cap_ok(i, placed) or not self._near_ok(i, placed):
             return None
         return i
 
     def mask(self, remaining: np.ndarray, placed: Sequence[int]) -> np.ndarray:
         pinned = set(self.pins.values())
         return np.array([bool(self.ok[i]) and int(i) not in pinned and self._cap_ok(int(i), placed)
-                         for i in remaining], dtype=bool)
+                         and self._near_ok(int(i), placed) for i in remaining], dtype=bool)
 
     def explain(self, slate: Sequence[int]) -> list[str]:
         fired = list(self.fired)
@@ -78,10 +91,21 @@ class _ReferenceShield:
                             and sum(values[j] == values[i] for j in placed) >= cap):
                         listed.add(i)
                         fired.append(f"max_per_value[{key}]:{self.item_ids[i]}@slot{k}")
+        if self.near is not None:
+            listed = set()
+            for k in range(len(slate)):
+                placed = [int(i) for i in slate[:k]]
+                for i in range(len(self.item_ids)):
+                    if self.ok[i] and i not in placed and i not in listed and not self._near_ok(i, placed):
+                        listed.add(i)
+                        fired.append(f"near_duplicates:{self.item_ids[i]}@slot{k}")
         return fired
 
 
-def _random_case(rng: np.random.Generator) -> tuple[pb.RankRequest, ShieldRules]:
+def _random_case(rng: np.random.Generator, near: np.random.Generator | None = None) -> tuple[pb.RankRequest,
+                                                                                             ShieldRules]:
+    """``near``: draws the embeddings and the near-duplicate rule (apart from ``rng``, whose stream the other
+    rules' cases keep)."""
     n = int(rng.integers(1, 30))
     request = pb.RankRequest(request_id="r", slate_size=int(rng.integers(1, 12)))
     for _ in range(n):
@@ -103,16 +127,24 @@ def _random_case(rng: np.random.Generator) -> tuple[pb.RankRequest, ShieldRules]
     if len(table["pinned"]) < len(slots):
         table["pinned"] = {}  # two pins drew the same item: parse_shield would keep one; keep the case simple
     table["min_feasible"] = int(rng.integers(1, 3))
+    if near is not None and near.random() < 0.6:
+        table["near_duplicates"] = {"max_cosine": float(near.choice([0.8, 0.95, 1.0]))}
+        centres = near.normal(size=(3, 3))
+        for c in request.candidates:  # near-duplicates around a few directions; another dimension; none
+            if near.random() < 0.85:
+                c.embedding.extend((centres[near.integers(0, 3)] + near.normal(scale=0.2, size=3))
+                                   .astype(np.float32).tolist() if near.random() < 0.9 else [1.0, 0.0])
     return request, parse_shield(table)
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_fast_shield_matches_reference(seed: int) -> None:
-    rng = np.random.default_rng(seed)
+    rng, near = np.random.default_rng(seed), np.random.default_rng(1_000 + seed)
     explorers = [Greedy(), CappedExplorer(Softmax(0.7), 0.4), CappedExplorer(EpsilonGreedy(0.5), 1.0)]
-    checked = with_view = 0
+    checked = with_view = with_rule = near_fired = 0
     for _ in range(150):
-        request, rules = _random_case(rng)
+        request, rules = _random_case(rng, near)
+        with_rule += rules.near_duplicates_max_cosine is not None
         try:
             reference = _ReferenceShield(rules, request)
         except ShieldInfeasible as exc:
@@ -146,7 +178,9 @@ def test_fast_shield_matches_reference(seed: int) -> None:
                     expected = sample_slate(scores, request.slate_size, explorer, draw_key=key,
                                             feasibility=reference)
                     assert draw == expected
-                    assert shield.explain(draw.indices) == reference.explain(draw.indices)
+                    fired = shield.explain(draw.indices)
+                    assert fired == reference.explain(draw.indices)
+                    near_fired += any(f.startswith("near_duplicates:") for f in fired)
                     got = slate_propensities(scores, draw.indices, explorer, feasibility=shield)
                     assert got.tobytes() == np.array([s.propensity for s in expected.slots]).tobytes()
             # Any slate, also one the rules would never produce: zeros where the reference says so, same explain.
@@ -159,6 +193,7 @@ def test_fast_shield_matches_reference(seed: int) -> None:
         with_view += len(from_view)
     assert checked > 100  # most random cases are feasible: the comparison is not vacuous
     assert with_view > 30  # and many have distinct ids, so the CandidateView path is compared too
+    assert with_rule > 60 and near_fired > 200  # and many have the near-duplicate rule, which removes items
 
 
 def test_repeated_index_still_refused() -> None:
