@@ -274,6 +274,8 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
         )
         for key, values in table["blocked_values"].items():
             ruleset.blocked_values[key].values.extend(values)
+        if "near_duplicates" in table:
+            ruleset.near_duplicates.max_cosine = table["near_duplicates"]["max_cosine"]
         history = self.service.shields.history(surface, limit=request.history_limit)
         return admin_pb.GetShieldResponse(surface=surface, version=rules.version, rules=ruleset,
                                           history=[_shield_change(e) for e in history])
@@ -294,6 +296,8 @@ class PolicyAdminServicer(admin_grpc.PolicyAdminServiceServicer):
                                                          "blocked_items, blocked_items_file and the edits apply)")
             if rules.min_feasible:
                 raise InvalidInput("rules.min_feasible", "set replace_rules to replace the rules")
+            if rules.HasField("near_duplicates"):
+                raise InvalidInput("rules.near_duplicates", "set replace_rules to replace the rules")
         edit = ShieldEdit(replacement=replacement,
                           block=[*request.block_items, *([] if request.replace_rules else rules.blocked_items)],
                           unblock=list(request.unblock_items),
@@ -314,6 +318,8 @@ def _rules_table(rules: admin_pb.ShieldRuleSet) -> dict[str, Any]:
     }
     if rules.blocked_items_file:
         table["blocked_items_file"] = rules.blocked_items_file
+    if rules.HasField("near_duplicates"):  # unset: no near-duplicate rule (max_cosine 0 is refused, naming it)
+        table["near_duplicates"] = {"max_cosine": rules.near_duplicates.max_cosine}
     return table
 
 

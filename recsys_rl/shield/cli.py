@@ -75,6 +75,8 @@ def run_shield_show(args: argparse.Namespace) -> int:
         "max_per_value": dict(sorted(rules.max_per_value.items())), "pinned": dict(sorted(rules.pinned.items())),
         "min_feasible": rules.min_feasible, "history": [_change_dict(c) for c in reply.history],
     }
+    if rules.HasField("near_duplicates"):
+        shown["near_duplicates"] = {"max_cosine": rules.near_duplicates.max_cosine}
     if args.include_blocked_items:
         shown["blocked_items"] = list(rules.blocked_items)
     if args.format == "json":
@@ -88,6 +90,8 @@ def run_shield_show(args: argparse.Namespace) -> int:
         for key in ("blocked_values", "max_per_value", "pinned"):
             for name, value in shown[key].items():
                 print(f"  {key}.{name} = {value}")
+        if "near_duplicates" in shown:
+            print(f"  near_duplicates.max_cosine = {shown['near_duplicates']['max_cosine']}")
         for item in shown.get("blocked_items", []):
             print(f"  blocked {item}")
     for entry in shown["history"]:
@@ -141,6 +145,8 @@ def run_shield_set(args: argparse.Namespace) -> int:
         rules.pinned.update(table.get("pinned", {}))
         rules.min_feasible = table.get("min_feasible", 1)
         rules.blocked_items_file = table.get("blocked_items_file", "")
+        if "near_duplicates" in table:
+            rules.near_duplicates.max_cosine = table["near_duplicates"]["max_cosine"]
     if args.blocked_items_file:
         if args.rules:  # the request has one file field; with --rules it belongs to the replacement
             raise InvalidInput("--blocked-items-file", "with --rules, put blocked_items_file in the rules file")

@@ -39,7 +39,7 @@ class BlockedValues(_message.Message):
     def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ShieldRuleSet(_message.Message):
-    __slots__ = ("blocked_items", "blocked_items_file", "blocked_values", "max_per_value", "pinned", "min_feasible", "blocked_items_count")
+    __slots__ = ("blocked_items", "blocked_items_file", "blocked_values", "max_per_value", "pinned", "min_feasible", "blocked_items_count", "near_duplicates")
     class BlockedValuesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class ShieldRuleSet(_message.Message):
     PINNED_FIELD_NUMBER: _ClassVar[int]
     MIN_FEASIBLE_FIELD_NUMBER: _ClassVar[int]
     BLOCKED_ITEMS_COUNT_FIELD_NUMBER: _ClassVar[int]
+    NEAR_DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     blocked_items: _containers.RepeatedScalarFieldContainer[str]
     blocked_items_file: str
     blocked_values: _containers.MessageMap[str, BlockedValues]
@@ -75,7 +76,14 @@ class ShieldRuleSet(_message.Message):
     pinned: _containers.ScalarMap[str, int]
     min_feasible: int
     blocked_items_count: int
-    def __init__(self, blocked_items: _Optional[_Iterable[str]] = ..., blocked_items_file: _Optional[str] = ..., blocked_values: _Optional[_Mapping[str, BlockedValues]] = ..., max_per_value: _Optional[_Mapping[str, int]] = ..., pinned: _Optional[_Mapping[str, int]] = ..., min_feasible: _Optional[int] = ..., blocked_items_count: _Optional[int] = ...) -> None: ...
+    near_duplicates: NearDuplicates
+    def __init__(self, blocked_items: _Optional[_Iterable[str]] = ..., blocked_items_file: _Optional[str] = ..., blocked_values: _Optional[_Mapping[str, BlockedValues]] = ..., max_per_value: _Optional[_Mapping[str, int]] = ..., pinned: _Optional[_Mapping[str, int]] = ..., min_feasible: _Optional[int] = ..., blocked_items_count: _Optional[int] = ..., near_duplicates: _Optional[_Union[NearDuplicates, _Mapping]] = ...) -> None: ...
+
+class NearDuplicates(_message.Message):
+    __slots__ = ("max_cosine",)
+    MAX_COSINE_FIELD_NUMBER: _ClassVar[int]
+    max_cosine: float
+    def __init__(self, max_cosine: _Optional[float] = ...) -> None: ...
 
 class ShieldChange(_message.Message):
     __slots__ = ("sequence", "changed_at", "surface", "actor", "old_version", "new_version", "reason", "summary")
