@@ -15,8 +15,12 @@ Definitions (what serving, replay and the tests share):
   θ = 1 remove exact duplicates (and parallel vectors), whose computed cosine may round to just below 1.
 
 Deterministic: each row's dot products are numpy's elementwise product and row sum (a fixed order of additions),
-not a BLAS call whose summation order may depend on the machine or its threads, so replay decides bit for bit as
-serving did.
+not a BLAS call (``U @ u``, ~6x faster) nor ``einsum`` (~2x faster), whose summation order may depend on the
+machine's vector width or threads, so replay decides bit for bit as serving did, on any machine.
+
+Cost at 100 candidates x 64 dimensions, slate 10 (in-process, 2-core machine shared with other jobs): ~70 µs per
+request to read and normalise the embeddings (half of it the one C call that slices them out of the candidates'
+bytes) and ~9 µs per placed item, memoised (``explain`` reuses the rows).
 """
 
 from __future__ import annotations
@@ -101,8 +105,11 @@ class NearDuplicates:
         with np.errstate(invalid="ignore", over="ignore"):
             norms = np.sqrt((units * units).sum(axis=1))
         has = (dims > 0) & np.isfinite(norms) & (norms > 0)
-        units[~has] = 0.0
-        units[has] /= norms[has, None]
+        if has.all():
+            units /= norms[:, None]
+        else:
+            units[~has] = 0.0
+            units[has] /= norms[has, None]
         self.threshold = max_cosine - TOLERANCE
         self.has = has
         self._units = units
