@@ -25,7 +25,7 @@ import struct
 import threading
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -174,7 +174,7 @@ class CandidateView:
     a key not cached yet; unknown fields after the baseline) takes the per-candidate path, :meth:`_read_slow`.
     """
 
-    __slots__ = ("request", "keys", "raw", "baseline", "item_ids", "catalog_version", "_infos")
+    __slots__ = ("request", "keys", "raw", "baseline", "item_ids", "catalog_version", "retrieval", "_infos")
 
     def __init__(self, request: pb.RankRequest, *, cache: CandidateInfoCache = CANDIDATE_INFO,
                  catalog: CatalogVersion | None = None) -> None:
@@ -182,6 +182,9 @@ class CandidateView:
         view's ``request`` is then a RankRequest with the completed candidates (everything downstream reads it)."""
         wire = _RequestCandidates.FromString(request.SerializeToString())
         raw = list(wire.candidates)
+        # How the candidates were retrieved, set by the service on a retrieval request (recsys_rl.retrieval.request:
+        # a RetrievalResult, with the outside-exploration plan the decision draws with); None otherwise.
+        self.retrieval: Any = None
         self.catalog_version = ""
         if catalog is not None:
             self.catalog_version = catalog.version
