@@ -69,12 +69,15 @@ def nth_free(excluded: list[int], n: int) -> int:
 
 def plan_outside(catalog_ids: list[str], positions: dict[str, int], candidate_ids: list[str], *, slate_size: int,
                  share: float, cap: float, draw_key: int) -> OutsidePlan | None:
-    """Which slots go outside and with which items (module docstring); None when ``share·cap`` is 0."""
+    """Which slots go outside and with which items (module docstring); None when ``share·cap`` is 0 or no catalog
+    item is outside the candidates (the usual draw, at the full cap)."""
     q = share * cap
     if q <= 0.0:
         return None
     excluded = sorted({positions[i] for i in candidate_ids if i in positions})
     pool = len(catalog_ids) - len(excluded)
+    if pool == 0:
+        return None
     remaining = pool
     key = draw_key ^ _OUTSIDE_STREAM
     probabilities: list[float] = []
