@@ -129,6 +129,7 @@ class RetrievalIndexes:
     def __init__(self) -> None:
         self._built: dict[tuple[str, int, int, int], ItemIndex] = {}
         self._building: dict[tuple[str, int, int, int], str] = {}  # key -> version being built
+        self._failed: set[tuple[tuple[str, int, int, int], str]] = set()  # not retried on every request
         self._lock = threading.Lock()
 
     def get(self, config: RetrievalConfig) -> ItemIndex | None:
@@ -145,8 +146,8 @@ class RetrievalIndexes:
             for config in {c.build_key: c for c in configs}.values():
                 key = config.build_key
                 built = self._built.get(key)
-                if (built is not None and built.version == catalog.version) or self._building.get(key) == \
-                        catalog.version:
+                if ((built is not None and built.version == catalog.version)
+                        or self._building.get(key) == catalog.version or (key, catalog.version) in self._failed):
                     continue
                 self._building[key] = catalog.version
                 todo.append(config)
@@ -177,6 +178,7 @@ class RetrievalIndexes:
                 for config in configs:
                     if self._building.get(config.build_key) == catalog.version:
                         del self._building[config.build_key]
+                        self._failed.add((config.build_key, catalog.version))
 
 
 __all__ = ["ItemIndex", "RetrievalIndexes", "build_index", "catalog_vectors"]

@@ -29,7 +29,7 @@ from recsys_rl.retrieval.index import ItemIndex
 from recsys_rl.retrieval.outside import OutsidePlan, plan_outside
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RetrievalResult:
     """How one request's candidates were retrieved (logged as ``DecisionEvent.retrieval``)."""
 

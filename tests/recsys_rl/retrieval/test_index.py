@@ -6,8 +6,10 @@ import time
 
 import numpy as np
 
+from recsys_rl.catalog.items import CatalogVersion
+from recsys_rl.catalog.v1 import catalog_service_pb2 as catalog_pb
 from recsys_rl.retrieval.config import RetrievalConfig
-from recsys_rl.retrieval.index import build_index
+from recsys_rl.retrieval.index import RetrievalIndexes, build_index
 
 N_ITEMS, DIM, K, N_QUERIES = 100_000, 64, 100, 200
 
@@ -66,3 +68,32 @@ def test_small_catalog_gets_the_exact_index() -> None:
     scores, found = index.search(queries[:1], 5, RetrievalConfig())
     brute = vectors[:1000] @ queries[0]
     assert list(found[0]) == list(np.argsort(-brute, kind="stable")[:5])
+
+
+def _version(name: str, n: int) -> CatalogVersion:
+    vectors = np.random.default_rng(n).normal(size=(n, 4))
+    items = {f"i{i}": catalog_pb.CatalogItem(item_id=f"i{i}", embedding=vectors[i].tolist()).SerializeToString()
+             for i in range(n)}
+    return CatalogVersion(name, 4, 0.0, items)
+
+
+def test_indexes_build_per_version_in_the_background_and_swap_whole() -> None:
+    indexes = RetrievalIndexes()
+    config = RetrievalConfig()
+    assert indexes.get(config) is None
+    first = _version("000001-aaaa", 100)
+    indexes.ensure(first, [config], wait=True)
+    built = indexes.get(config)
+    assert built is not None and (built.version, len(built), built.catalog) == ("000001-aaaa", 100, first)
+    second = _version("000002-bbbb", 150)
+    indexes.ensure(second, [config, RetrievalConfig(nprobe=3)])  # same build key: one index
+    deadline = time.monotonic() + 10
+    while indexes.get(config).version != second.version:  # type: ignore[union-attr]
+        assert indexes.get(config) is not None  # the old index serves until the new one is in
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert len(indexes.get(config)) == 150  # type: ignore[arg-type]
+    damaged = CatalogVersion("000003-cccc", 4, 0.0, {"x": b"\xff\xff"})  # an item that does not parse
+    indexes.ensure(damaged, [config], wait=True)
+    assert indexes.get(config).version == second.version  # type: ignore[union-attr]  # the last good one serves
+    assert (config.build_key, damaged.version) in indexes._failed  # not rebuilt on every request
