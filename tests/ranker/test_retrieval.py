@@ -177,3 +177,53 @@ def test_bad_retrieval_input_is_refused_naming_the_field_and_the_server_keeps_se
     assert no_retrieval.value.code() is grpc.StatusCode.FAILED_PRECONDITION
     assert "retrieval: surface 'plain' has no [surfaces.plain.retrieval]" in no_retrieval.value.details()
     assert len(running.stub.Rank(_request("after", query), timeout=10).slate) == SLATE
+
+
+def test_propensity_truth_with_outside_exploration_over_a_real_server(start_server, tmp_path: Path) -> None:
+    """3000 identical retrieval requests (only request_id, hence the draw, differs) on a 12-item catalog, K = 4,
+    slate 3, cap 0.5, outside_share 0.6. Every catalog item has positive probability at every slot (epsilon-greedy
+    inside, uniform outside), so E[1/p] at slot k is the 12 - k items left (5 standard errors); the top slot's
+    empirical item frequencies match its logged propensities (chi-square, alpha = 0.001, fixed seed)."""
+    from collections import Counter
+
+    from scipy import stats
+
+    from recsys_rl.catalog.v1 import catalog_service_pb2 as c
+
+    n_items, k, slate, n_requests = 12, 4, 3, 3000
+    retrieval = RetrievalConfig(size=k, outside_share=0.6)
+    config = ServiceConfig(surfaces={"default": SurfaceConfig(
+        exploration_cap=0.5, exploration=ExplorationConfig(algorithm="epsilon_greedy", epsilon=0.5),
+        model=ModelConfig(learn=False), decision_budget_ms=60_000, retrieval=retrieval)}, seed=11)
+    running = start_server(config, data_dir=tmp_path / "data", learner="off")
+    vectors = np.random.default_rng(5).normal(size=(n_items, 2))
+    stub = catalog_grpc.CatalogServiceStub(running.admin_channel)
+    stub.UpsertItems(iter([c.UpsertItemsRequest(items=[c.CatalogItem(item_id=f"c{i}", embedding=vectors[i].tolist())
+                                                       for i in range(n_items)])]), timeout=10)
+
+    def request(request_id: str) -> pb.RankRequest:
+        made = pb.RankRequest(request_id=request_id, surface="default", user_id="u", slate_size=slate)
+        made.retrieval.size = k
+        made.retrieval.query_embedding.extend([1.0, 0.5])
+        return made
+
+    _rank_when_indexed(running.stub, request("warm"))
+    inverse = np.zeros((n_requests, slate))
+    top_counts: Counter[str] = Counter()
+    top_propensity: dict[str, float] = {}
+    for i in range(n_requests):
+        reply = running.stub.Rank(request(f"req-{i}"), timeout=10)
+        assert reply.serving_mode == pb.SERVING_MODE_LEARNED
+        inverse[i] = [1.0 / s.propensity for s in reply.slate]
+        top = reply.slate[0]
+        top_counts[top.item_id] += 1
+        assert top_propensity.setdefault(top.item_id, top.propensity) == pytest.approx(top.propensity, abs=1e-12)
+    for slot in range(slate):
+        mean, sem = inverse[:, slot].mean(), inverse[:, slot].std(ddof=1) / np.sqrt(n_requests)
+        assert abs(mean - (n_items - slot)) <= 5 * sem + 1e-9, (slot, mean, sem)
+    assert len(top_counts) == n_items  # every catalog item was served at the top, retrieved or not
+    assert sum(top_propensity.values()) == pytest.approx(1.0, abs=1e-9)
+    items = sorted(top_counts)
+    observed = np.array([top_counts[i] for i in items], dtype=float)
+    expected = np.array([top_propensity[i] for i in items]) * n_requests
+    assert stats.chisquare(observed, expected).pvalue > 0.001
