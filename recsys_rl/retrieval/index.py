@@ -81,10 +81,10 @@ class ItemIndex:
             params = None
         return self.index.search(queries, k, params=params)
 
-    def search_params(self, config: RetrievalConfig) -> dict[str, int]:
-        """The search-time parameters a search with ``config`` used (0: not applicable to this kind)."""
+    def search_params(self, config: RetrievalConfig, k: int) -> dict[str, int]:
+        """The search-time parameters a top-``k`` search with ``config`` used (0: not applicable to this kind)."""
         return {"nlist": self.nlist, "nprobe": min(config.nprobe, self.nlist) if self.kind == "ivf" else 0,
-                "ef_search": config.ef_search if self.kind == "hnsw" else 0}
+                "ef_search": max(config.ef_search, min(k, len(self.ids))) if self.kind == "hnsw" else 0}
 
 
 def build_index(ids: list[str], vectors: np.ndarray, config: RetrievalConfig, *, version: str,

@@ -48,7 +48,7 @@ class RetrievalResult:
         record.catalog_version = index.version
         record.index_type = index.kind
         record.size = self.size
-        params = index.search_params(self.config)
+        params = index.search_params(self.config, self.size)
         record.nlist, record.nprobe, record.ef_search = params["nlist"], params["nprobe"], params["ef_search"]
         record.host_candidates = self.host_candidates
         record.retrieved_candidates = self.retrieved_candidates

@@ -56,6 +56,7 @@ def test_ivf_and_hnsw_recall_against_exact_on_100k_items() -> None:
     _, found_hnsw = hnsw.search(queries, K, hnsw_config)
     recall_hnsw = _recall(found_hnsw, truth_small)
     assert hnsw.kind == "hnsw" and hnsw.index_version == "v/hnswflat32"
+    assert hnsw.search_params(hnsw_config, 1000)["ef_search"] == 1000  # faiss needs ef_search >= k: logged as used
     assert recall_hnsw >= 0.95, recall_hnsw
     print(f"recall@{K}: ivf {recall_ivf:.4f}, hnsw {recall_hnsw:.4f}; {time.perf_counter() - started:.1f} s")
 
@@ -64,7 +65,7 @@ def test_small_catalog_gets_the_exact_index() -> None:
     ids, vectors, queries = _catalog()
     index = build_index(ids[:1000], vectors[:1000], RetrievalConfig(index="ivf"), version="v1")
     assert index.kind == "exact" and index.index_version == "v1/flatip"
-    assert index.search_params(RetrievalConfig(index="ivf")) == {"nlist": 0, "nprobe": 0, "ef_search": 0}
+    assert index.search_params(RetrievalConfig(index="ivf"), 5) == {"nlist": 0, "nprobe": 0, "ef_search": 0}
     scores, found = index.search(queries[:1], 5, RetrievalConfig())
     brute = vectors[:1000] @ queries[0]
     assert list(found[0]) == list(np.argsort(-brute, kind="stable")[:5])
