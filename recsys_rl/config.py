@@ -21,6 +21,9 @@ Example::
     publish_every = 2000           # learned decisions between published model versions
     baseline = "v000003-1a2b3c4d"  # a published LambdaRank baseline orders the baseline ("" = baseline_score)
 
+    [surfaces.home_feed.retrieval] # candidate retrieval from the catalog: see recsys_rl/retrieval/config.py
+    index = "ivf"
+
     [surfaces.home_feed.rollout]   # staged rollout: see recsys_rl/rollout/config.py
     stage = "shadow"               # baseline | shadow | canary | live (default live)
 
@@ -46,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from logging_schema.rewards import RewardDefinition
+from recsys_rl.retrieval.config import RetrievalConfig
 from recsys_rl.rollout.config import RolloutConfig
 from recsys_rl.shield.rules import NO_SHIELD, ShieldConfigError, ShieldRules, parse_shield
 
@@ -160,6 +164,8 @@ class SurfaceConfig:
     max_candidates: int = 10_000
     # Complete candidates sent by id from the data dir's item catalog (recsys_rl/catalog); false: used as sent.
     catalog: bool = True
+    # [surfaces.NAME.retrieval]: the faiss index a request may retrieve from (recsys_rl/retrieval); None: no retrieval
+    retrieval: RetrievalConfig | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.catalog, bool):
@@ -222,13 +228,16 @@ def parse_config(data: dict[str, Any], *, seed: int = 0, base_dir: Path | None =
         where = f"surfaces.{name}"
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: must be a table")
-        nested = {k: table[k] for k in ("exploration", "reward", "model", "gate", "rollout", "shield") if k in table}
+        nested = {k: table[k] for k in ("exploration", "reward", "model", "gate", "rollout", "shield", "retrieval")
+                  if k in table}
         flat = {k: v for k, v in table.items() if k not in nested}
         exploration = _build(ExplorationConfig, _section(table, "exploration", where), f"{where}.exploration")
         reward = _build(RewardDefinition, _section(table, "reward", where), f"{where}.reward")
         model = _build(ModelConfig, _section(table, "model", where), f"{where}.model")
         gate = _build(GateConfig, _section(table, "gate", where), f"{where}.gate")
         rollout = _build(RolloutConfig, _section(table, "rollout", where), f"{where}.rollout")
+        retrieval = (_build(RetrievalConfig, _section(table, "retrieval", where), f"{where}.retrieval")
+                     if "retrieval" in table else None)
         shield = NO_SHIELD
         if "shield" in table:
             try:
@@ -239,7 +248,7 @@ def parse_config(data: dict[str, Any], *, seed: int = 0, base_dir: Path | None =
             raise ConfigError(f"{where}.name: the surface name is the table key")
         surfaces[name] = _build(
             SurfaceConfig, flat, where, name=name, exploration=exploration, reward=reward, model=model, gate=gate,
-            rollout=rollout, shield=shield,
+            rollout=rollout, shield=shield, retrieval=retrieval,
         )
     return ServiceConfig(surfaces=surfaces, seed=seed)
 

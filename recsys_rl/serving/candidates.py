@@ -25,7 +25,7 @@ import struct
 import threading
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
@@ -34,6 +34,9 @@ from google.protobuf.message import DecodeError, Message
 from recsys_rl.catalog.items import CatalogVersion
 from recsys_rl.errors import InvalidInput
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+
+if TYPE_CHECKING:
+    from recsys_rl.retrieval.request import RetrievalResult
 
 _BASELINE = struct.Struct("<d")
 _BASELINE_SUFFIX = _BASELINE.pack
@@ -174,7 +177,7 @@ class CandidateView:
     a key not cached yet; unknown fields after the baseline) takes the per-candidate path, :meth:`_read_slow`.
     """
 
-    __slots__ = ("request", "keys", "raw", "baseline", "item_ids", "catalog_version", "_infos")
+    __slots__ = ("request", "keys", "raw", "baseline", "item_ids", "catalog_version", "retrieval", "_infos")
 
     def __init__(self, request: pb.RankRequest, *, cache: CandidateInfoCache = CANDIDATE_INFO,
                  catalog: CatalogVersion | None = None) -> None:
@@ -182,6 +185,9 @@ class CandidateView:
         view's ``request`` is then a RankRequest with the completed candidates (everything downstream reads it)."""
         wire = _RequestCandidates.FromString(request.SerializeToString())
         raw = list(wire.candidates)
+        # How the candidates were retrieved, set by the service on a retrieval request (recsys_rl.retrieval.request:
+        # a RetrievalResult, with the outside-exploration plan the decision draws with); None otherwise.
+        self.retrieval: RetrievalResult | None = None
         self.catalog_version = ""
         if catalog is not None:
             self.catalog_version = catalog.version

@@ -36,6 +36,8 @@ import numpy as np
 from recsys_rl.config import ExplorationConfig
 from recsys_rl.errors import InvalidInput
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+from recsys_rl.retrieval.outside import sample_with_outside
+from recsys_rl.retrieval.request import RetrievalResult
 from recsys_rl.serving.candidates import CandidateView, reading
 from recsys_rl.serving.exploration import Explorer, Greedy, effective_epsilon, sample_slate, slate_propensities
 from recsys_rl.shield.rules import NO_SHIELD, RequestShield, ShieldRules
@@ -134,6 +136,7 @@ class DecisionSlot:
     explored: bool
     exploration_mass: float
     draw: float
+    outside_probability: float = 0.0  # P(this slot drew from outside the retrieved set), 0 without that
 
 
 @dataclass
@@ -164,6 +167,7 @@ class Decision:
     # The scores the slate was drawn from (model + λ·long-term), logged so a what-if at another cap needs no
     # re-scoring (evaluators.replay); None when the baseline served. A list, not the array: decisions compare by value.
     candidate_scores: list[float] | None = None
+    retrieval: RetrievalResult | None = None  # how the candidates were retrieved (a retrieval request only)
 
 
 @dataclass(frozen=True)
@@ -227,14 +231,23 @@ def decide(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray
         return _baseline_decision(policy, request, baseline, reason, draw_key, scored.long_term,
                                   pb.SERVING_MODE_BASELINE_FALLBACK, shield, candidates.item_ids)
     scores = scored.scores
-    draw = sample_slate(scores, request.slate_size, policy.explorer, draw_key=draw_key, feasibility=shield)
     item_ids = candidates.item_ids
-    slots = [
-        DecisionSlot(s.index, item_ids[s.index], s.propensity, float(scores[s.index]), s.explored,
-                     s.exploration_mass, s.draw)
-        for s in draw.slots
-    ]
-    decision = _decision(policy, slots, draw.slate_propensity, mode, "", draw_key, scored.long_term, shield)
+    retrieval = candidates.retrieval
+    plan = None if retrieval is None or shield is not None else retrieval.plan
+    if plan is not None:  # exploration beyond the retrieved set (recsys_rl.retrieval.outside): exact propensities
+        planned, slate_propensity = sample_with_outside(scores, plan, policy.explorer, slate_size=request.slate_size,
+                                                        draw_key=draw_key)
+        slots = [DecisionSlot(s.index, item_ids[s.index], s.propensity, float(scores[s.index]), s.explored,
+                              s.exploration_mass, s.draw, s.outside_probability) for s in planned]
+    else:
+        draw = sample_slate(scores, request.slate_size, policy.explorer, draw_key=draw_key, feasibility=shield)
+        slots = [
+            DecisionSlot(s.index, item_ids[s.index], s.propensity, float(scores[s.index]), s.explored,
+                         s.exploration_mass, s.draw)
+            for s in draw.slots
+        ]
+        slate_propensity = draw.slate_propensity
+    decision = _decision(policy, slots, slate_propensity, mode, "", draw_key, scored.long_term, shield)
     decision.candidate_scores = scores.tolist()
     return decision
 

@@ -230,6 +230,8 @@ def _fill_event(event: Any, request: pb.RankRequest, decision: Decision, *, even
     event.rollout_stage = decision.rollout_stage
     _fill_exploration(event.exploration, decision)
     _add_slots(event.slate, decision.slots)
+    if decision.retrieval is not None:
+        decision.retrieval.fill(event.retrieval)
     if decision.candidate_scores is not None:  # one extend of n doubles: what-if replay without re-scoring
         event.candidate_scores.extend(decision.candidate_scores)
     shadow = decision.shadow
@@ -266,6 +268,7 @@ def _add_slots(slate: object, slots: list[DecisionSlot]) -> None:
             candidate_index=slot.candidate_index,
             exploration_mass=slot.exploration_mass,
             draw=slot.draw,
+            outside_probability=slot.outside_probability,
         )
 
 

@@ -25,7 +25,11 @@ from recsys_rl.catalog.store import CatalogStore, CatalogStoreError
 from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig
 from recsys_rl.rollout.config import RolloutState, Stage
 from recsys_rl.rollout.store import GuardrailEvidence, RolloutStore
-from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded
+from recsys_rl.catalog.items import CatalogVersion
+from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded, PreconditionFailed
+from recsys_rl.retrieval.index import RetrievalIndexes
+from recsys_rl.retrieval.request import RetrievalResult, retrieve
+from recsys_rl.serving.exploration import draw_key
 from recsys_rl.serving.learner import ModelWatcher
 from recsys_rl.metrics.hooks import NO_METRICS, ServingHooks
 from recsys_rl.serving.log_guard import LOG_UNAVAILABLE, LogGuard
@@ -107,6 +111,11 @@ class DecisionService:
             self._surfaces[name].policy.set_shield(rules)
         # The item catalog (one per data dir): completes candidates sent by id; versions adopted on the watcher tick.
         self.catalog = CatalogStore(self.data_dir)
+        # Retrieval indexes of the catalog version in force, built at start (here) and then in the background on
+        # every new version; a request reads the one built (recsys_rl/retrieval/index.py).
+        self.indexes = RetrievalIndexes()
+        self._retrieval_configs = [s.retrieval for s in config.surfaces.values() if s.retrieval is not None]
+        self.indexes.ensure(self.catalog.current, self._retrieval_configs, wait=True)
         self._recover_open_decisions()
         self.writer = LogWriter(self.log_dir)
         self.log_guard = LogGuard(self.writer)  # a log that cannot take records: baseline, unlogged, counted
@@ -153,6 +162,7 @@ class DecisionService:
                 self.catalog.refresh()  # read once per Rank (CatalogStore.current): in force from the next one
             except CatalogStoreError as exc:  # a damaged version is refused once; the one in force keeps serving
                 log.error("%s", exc)
+            self.indexes.ensure(self.catalog.current, self._retrieval_configs)  # in the background
 
     def _rollout_adopted(self, surface: str, old: RolloutState) -> None:
         """Tells the guardrail of ``surface`` that another process moved it: a ramp within the same canary keeps the
@@ -388,7 +398,12 @@ class DecisionService:
         started_ns = time.perf_counter_ns()
         entry = self._entry(request.surface)
         catalog = self.catalog.current if entry.config.catalog else None  # one read: one version per request
+        retrieval = None
+        if request.HasField("retrieval"):
+            request, retrieval = self._retrieve(entry, request, catalog)
+            catalog = retrieval.index.catalog  # features come from the version the index was built from
         candidates = validate_rank_request(request, max_candidates=entry.config.max_candidates, catalog=catalog)
+        candidates.retrieval = retrieval
         request = candidates.request  # with the candidates sent by id completed from the catalog
         now = started_ns / 1e9
         arrived = now if queued_since is None else min(queued_since, now)
@@ -401,6 +416,7 @@ class DecisionService:
                                                              serve_baseline=LOG_UNAVAILABLE, rollout=rollout,
                                                              late=late))
         decision = entry.policy.rank(request, deadline=deadline, candidates=candidates, rollout=rollout, late=late)
+        decision.retrieval = retrieval
         # 128 random bits as 32 hex digits, the format a uuid4's hex had (ranker.workers.layout): a quarter of the
         # cost (uuid4 builds a UUID object and checks its version bits).
         event_id = self._event_id_prefix + os.urandom(16).hex()
@@ -429,6 +445,25 @@ class DecisionService:
         entry.tracker.track(event_id, served_at_ns // 1000, [slot.item_id for slot in decision.slots],
                             request=request if self._long_term is not None else None, reward_tag=tag)
         return decision, event_id
+
+    def _retrieve(self, entry: _Surface, request: pb.RankRequest,
+                  catalog: CatalogVersion | None) -> tuple[pb.RankRequest, RetrievalResult]:
+        """The request with its retrieved candidates (recsys_rl.retrieval.request); a new catalog version in force
+        starts its index's build (the previous index serves until it is swapped in)."""
+        config = entry.config.retrieval
+        if config is None or not entry.config.catalog:
+            raise PreconditionFailed(f"retrieval: surface {entry.config.name!r} has no [surfaces."
+                                     f"{entry.config.name}.retrieval] with catalog = true; send candidates instead")
+        index = self.indexes.get(config)
+        if catalog is not None and (index is None or index.version != catalog.version):
+            self.indexes.ensure(catalog, self._retrieval_configs)
+        if index is None:
+            raise PreconditionFailed("retrieval: the catalog is empty or its index is still being built")
+        state = entry.policy.state
+        shielded = state.shield.active  # outside exploration: unshielded surfaces only (retrieval/outside.py)
+        key = draw_key(entry.policy.server_seed, entry.config.name, request.request_id)
+        return retrieve(request, index, config, max_candidates=entry.config.max_candidates, cap=state.cap,
+                        draw_key=key, explore_outside=not shielded)
 
     def refuse_overloaded(self, reason: str) -> Overloaded:
         """Counts a Rank refused because even the baseline cannot be served in time; returns the error to raise

@@ -85,3 +85,23 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("[surfaces\n")
     with pytest.raises(ConfigError, match="^--config: .* is not valid TOML"):
         load_config(bad)
+
+
+def test_retrieval_section_parses_and_bad_values_name_the_key() -> None:
+    from recsys_rl.retrieval.config import RetrievalConfig
+
+    surfaces = {"feed": {"retrieval": {"index": "ivf", "nlist": 256, "nprobe": 16, "outside_share": 0.25}},
+                "plain": {}}
+    parsed = parse_config({"surfaces": surfaces})
+    assert parsed.surfaces["feed"].retrieval == RetrievalConfig(index="ivf", nlist=256, nprobe=16, outside_share=0.25)
+    assert parsed.surfaces["plain"].retrieval is None  # retrieval is opt-in per surface
+    bad = {
+        "surfaces.feed.retrieval.index: 'lsh' is not one of exact, ivf, hnsw": {"index": "lsh"},
+        "surfaces.feed.retrieval.nprobe: must be a positive integer, got 0": {"nprobe": 0},
+        "surfaces.feed.retrieval.outside_share: must be in [0, 1), got 1.0": {"outside_share": 1.0},
+        "surfaces.feed.retrieval.nlists: unknown key": {"nlists": 4},
+    }
+    for message, table in bad.items():
+        with pytest.raises(ConfigError) as refused:
+            parse_config({"surfaces": {"feed": {"retrieval": table}}})
+        assert str(refused.value) == message

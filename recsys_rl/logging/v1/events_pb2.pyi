@@ -64,7 +64,7 @@ class ExplorationParams(_message.Message):
     def __init__(self, algorithm: _Optional[str] = ..., epsilon: _Optional[float] = ..., temperature: _Optional[float] = ..., gamma: _Optional[float] = ..., cap: _Optional[float] = ..., server_seed: _Optional[int] = ..., draw_key: _Optional[int] = ...) -> None: ...
 
 class LoggedSlot(_message.Message):
-    __slots__ = ("item_id", "position", "propensity", "score", "explored", "candidate_index", "exploration_mass", "draw")
+    __slots__ = ("item_id", "position", "propensity", "score", "explored", "candidate_index", "exploration_mass", "draw", "outside_probability")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     PROPENSITY_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class LoggedSlot(_message.Message):
     CANDIDATE_INDEX_FIELD_NUMBER: _ClassVar[int]
     EXPLORATION_MASS_FIELD_NUMBER: _ClassVar[int]
     DRAW_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     position: int
     propensity: float
@@ -81,10 +82,11 @@ class LoggedSlot(_message.Message):
     candidate_index: int
     exploration_mass: float
     draw: float
-    def __init__(self, item_id: _Optional[str] = ..., position: _Optional[int] = ..., propensity: _Optional[float] = ..., score: _Optional[float] = ..., explored: _Optional[bool] = ..., candidate_index: _Optional[int] = ..., exploration_mass: _Optional[float] = ..., draw: _Optional[float] = ...) -> None: ...
+    outside_probability: float
+    def __init__(self, item_id: _Optional[str] = ..., position: _Optional[int] = ..., propensity: _Optional[float] = ..., score: _Optional[float] = ..., explored: _Optional[bool] = ..., candidate_index: _Optional[int] = ..., exploration_mass: _Optional[float] = ..., draw: _Optional[float] = ..., outside_probability: _Optional[float] = ...) -> None: ...
 
 class DecisionEvent(_message.Message):
-    __slots__ = ("event_id", "request_id", "surface", "user_id", "served_at", "context", "candidates", "slate_size", "slate", "slate_propensity", "policy_version", "serving_mode", "exploration", "fallback_reason", "shield_rules_fired", "attribution_window_seconds", "latency_micros", "long_term", "rollout_stage", "shadow", "shield_version", "baseline_version", "candidate_scores", "catalog_version")
+    __slots__ = ("event_id", "request_id", "surface", "user_id", "served_at", "context", "candidates", "slate_size", "slate", "slate_propensity", "policy_version", "serving_mode", "exploration", "fallback_reason", "shield_rules_fired", "attribution_window_seconds", "latency_micros", "long_term", "rollout_stage", "shadow", "shield_version", "baseline_version", "candidate_scores", "catalog_version", "retrieval")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SURFACE_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +111,7 @@ class DecisionEvent(_message.Message):
     BASELINE_VERSION_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_SCORES_FIELD_NUMBER: _ClassVar[int]
     CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     request_id: str
     surface: str
@@ -133,7 +136,38 @@ class DecisionEvent(_message.Message):
     baseline_version: str
     candidate_scores: _containers.RepeatedScalarFieldContainer[float]
     catalog_version: str
-    def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., surface: _Optional[str] = ..., user_id: _Optional[str] = ..., served_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[_Union[_ranking_service_pb2.Features, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[_ranking_service_pb2.Candidate, _Mapping]]] = ..., slate_size: _Optional[int] = ..., slate: _Optional[_Iterable[_Union[LoggedSlot, _Mapping]]] = ..., slate_propensity: _Optional[float] = ..., policy_version: _Optional[str] = ..., serving_mode: _Optional[_Union[_ranking_service_pb2.ServingMode, str]] = ..., exploration: _Optional[_Union[ExplorationParams, _Mapping]] = ..., fallback_reason: _Optional[str] = ..., shield_rules_fired: _Optional[_Iterable[str]] = ..., attribution_window_seconds: _Optional[float] = ..., latency_micros: _Optional[int] = ..., long_term: _Optional[_Union[LongTermState, _Mapping]] = ..., rollout_stage: _Optional[str] = ..., shadow: _Optional[_Union[ShadowDecision, _Mapping]] = ..., shield_version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., candidate_scores: _Optional[_Iterable[float]] = ..., catalog_version: _Optional[str] = ...) -> None: ...
+    retrieval: RetrievalRecord
+    def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., surface: _Optional[str] = ..., user_id: _Optional[str] = ..., served_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[_Union[_ranking_service_pb2.Features, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[_ranking_service_pb2.Candidate, _Mapping]]] = ..., slate_size: _Optional[int] = ..., slate: _Optional[_Iterable[_Union[LoggedSlot, _Mapping]]] = ..., slate_propensity: _Optional[float] = ..., policy_version: _Optional[str] = ..., serving_mode: _Optional[_Union[_ranking_service_pb2.ServingMode, str]] = ..., exploration: _Optional[_Union[ExplorationParams, _Mapping]] = ..., fallback_reason: _Optional[str] = ..., shield_rules_fired: _Optional[_Iterable[str]] = ..., attribution_window_seconds: _Optional[float] = ..., latency_micros: _Optional[int] = ..., long_term: _Optional[_Union[LongTermState, _Mapping]] = ..., rollout_stage: _Optional[str] = ..., shadow: _Optional[_Union[ShadowDecision, _Mapping]] = ..., shield_version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., candidate_scores: _Optional[_Iterable[float]] = ..., catalog_version: _Optional[str] = ..., retrieval: _Optional[_Union[RetrievalRecord, _Mapping]] = ...) -> None: ...
+
+class RetrievalRecord(_message.Message):
+    __slots__ = ("index_version", "catalog_version", "index_type", "size", "nlist", "nprobe", "ef_search", "host_candidates", "retrieved_candidates", "outside_candidates", "outside_share", "query_embedding", "outside_pool")
+    INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INDEX_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    NLIST_FIELD_NUMBER: _ClassVar[int]
+    NPROBE_FIELD_NUMBER: _ClassVar[int]
+    EF_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    HOST_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVED_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_SHARE_FIELD_NUMBER: _ClassVar[int]
+    QUERY_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    OUTSIDE_POOL_FIELD_NUMBER: _ClassVar[int]
+    index_version: str
+    catalog_version: str
+    index_type: str
+    size: int
+    nlist: int
+    nprobe: int
+    ef_search: int
+    host_candidates: int
+    retrieved_candidates: int
+    outside_candidates: int
+    outside_share: float
+    query_embedding: _containers.RepeatedScalarFieldContainer[float]
+    outside_pool: int
+    def __init__(self, index_version: _Optional[str] = ..., catalog_version: _Optional[str] = ..., index_type: _Optional[str] = ..., size: _Optional[int] = ..., nlist: _Optional[int] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., host_candidates: _Optional[int] = ..., retrieved_candidates: _Optional[int] = ..., outside_candidates: _Optional[int] = ..., outside_share: _Optional[float] = ..., query_embedding: _Optional[_Iterable[float]] = ..., outside_pool: _Optional[int] = ...) -> None: ...
 
 class ShadowDecision(_message.Message):
     __slots__ = ("slate", "slate_propensity", "policy_version", "exploration", "fallback_reason", "latency_micros", "candidate_scores")

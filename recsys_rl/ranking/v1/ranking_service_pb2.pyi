@@ -62,20 +62,30 @@ class Candidate(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., features: _Optional[_Union[Features, _Mapping]] = ..., embedding: _Optional[_Iterable[float]] = ..., baseline_score: _Optional[float] = ...) -> None: ...
 
 class RankRequest(_message.Message):
-    __slots__ = ("request_id", "surface", "user_id", "context", "candidates", "slate_size")
+    __slots__ = ("request_id", "surface", "user_id", "context", "candidates", "slate_size", "retrieval")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SURFACE_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     SLATE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     surface: str
     user_id: str
     context: Features
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
     slate_size: int
-    def __init__(self, request_id: _Optional[str] = ..., surface: _Optional[str] = ..., user_id: _Optional[str] = ..., context: _Optional[_Union[Features, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., slate_size: _Optional[int] = ...) -> None: ...
+    retrieval: Retrieval
+    def __init__(self, request_id: _Optional[str] = ..., surface: _Optional[str] = ..., user_id: _Optional[str] = ..., context: _Optional[_Union[Features, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., slate_size: _Optional[int] = ..., retrieval: _Optional[_Union[Retrieval, _Mapping]] = ...) -> None: ...
+
+class Retrieval(_message.Message):
+    __slots__ = ("size", "query_embedding")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    QUERY_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    query_embedding: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, size: _Optional[int] = ..., query_embedding: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SlateItem(_message.Message):
     __slots__ = ("item_id", "position", "propensity", "score", "explored")

@@ -1,0 +1,1 @@
+"""Candidate retrieval from the item catalog (faiss) and exploration beyond the retrieved set."""

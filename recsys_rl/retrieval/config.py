@@ -1,0 +1,60 @@
+"""A surface's retrieval parameters (TOML ``[surfaces.NAME.retrieval]``).
+
+Example::
+
+    [surfaces.home_feed.retrieval]
+    index = "ivf"          # exact (IndexFlatIP) | ivf (IndexIVFFlat) | hnsw (IndexHNSWFlat, inner product)
+    nlist = 1024           # ivf: inverted lists (trained with a fixed seed)
+    nprobe = 32            # ivf: lists searched per query
+    hnsw_m = 32            # hnsw: links per node
+    ef_search = 128        # hnsw: candidate list size while searching
+    size = 200             # K when a request asks for retrieval without a size
+    outside_share = 0.0    # share of the exploration cap drawn uniformly from outside the retrieved set
+
+A catalog smaller than ``exact_below`` items always gets the exact index: an approximate one buys nothing there,
+and IVF needs ~39 training points per list.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+INDEX_KINDS = ("exact", "ivf", "hnsw")
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    index: str = "exact"
+    nlist: int = 1024
+    nprobe: int = 32
+    hnsw_m: int = 32
+    ef_search: int = 128
+    size: int = 200
+    outside_share: float = 0.0  # off by default: exploration stays within the candidates, as without retrieval
+    exact_below: int = 50_000
+
+    def __post_init__(self) -> None:
+        if self.index not in INDEX_KINDS:
+            raise ValueError(f"retrieval.index: {self.index!r} is not one of {', '.join(INDEX_KINDS)}")
+        for name in ("nlist", "nprobe", "hnsw_m", "ef_search", "size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"retrieval.{name}: must be a positive integer, got {value!r}")
+        if not isinstance(self.exact_below, int) or self.exact_below < 0:
+            raise ValueError(f"retrieval.exact_below: must be a non-negative integer, got {self.exact_below!r}")
+        if not (isinstance(self.outside_share, int | float) and math.isfinite(self.outside_share)
+                and 0.0 <= self.outside_share < 1.0):
+            raise ValueError(f"retrieval.outside_share: must be in [0, 1), got {self.outside_share!r}")
+
+    def kind_for(self, n_items: int) -> str:
+        """The index kind a catalog of ``n_items`` gets: the configured one, exact below ``exact_below``."""
+        return "exact" if n_items < self.exact_below else self.index
+
+    @property
+    def build_key(self) -> tuple[str, int, int, int]:
+        """What an index's build depends on (nprobe and ef_search are search-time: one index serves them all)."""
+        return self.index, self.nlist, self.hnsw_m, self.exact_below
+
+
+__all__ = ["INDEX_KINDS", "RetrievalConfig"]

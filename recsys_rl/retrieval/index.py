@@ -1,0 +1,184 @@
+"""faiss indexes over a catalog version's embeddings: top-K by inner product, built off the request path.
+
+One :class:`ItemIndex` per (catalog version, build parameters): ``exact`` is ``IndexFlatIP``; ``ivf`` is
+``IndexIVFFlat`` over an inner-product quantizer, k-means trained on a seeded sample; ``hnsw`` is ``IndexHNSWFlat``
+with the inner-product metric. Search-time parameters (``nprobe``, ``ef_search``) are passed per search, so one index
+serves every surface that shares its build parameters.
+
+Determinism: faiss runs single-threaded in this process (``omp_set_num_threads(1)``: a serving worker owns one core,
+and k-means and HNSW insertion order depend on the thread schedule otherwise), the IVF training sample and k-means
+seed are fixed, and ties are broken by faiss's scan order (catalog id order). The same catalog version and
+parameters therefore give the same index and the same results for the same query, in every process.
+
+:class:`RetrievalIndexes` keeps the newest built index per build key. ``ensure`` starts a build when the catalog
+version in force changed (one background thread per key; the newest version wins), and the index is swapped in with
+one attribute write when it is complete: a request sees the old index or the new one, never a half-built one. A
+request retrieves from the index it reads once, and its candidates are completed from that index's own catalog
+version, so features, embeddings and retrieval always come from one version (logged in the decision event).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from recsys_rl.catalog.items import CatalogVersion
+from recsys_rl.catalog.v1 import catalog_service_pb2 as catalog_pb
+from recsys_rl.retrieval.config import RetrievalConfig
+
+log = logging.getLogger(__name__)
+
+faiss.omp_set_num_threads(1)
+
+TRAIN_SEED = 1234
+TRAIN_POINTS_PER_LIST = 64  # k-means sample: 64 points per list (faiss warns below 39)
+
+
+@dataclass(eq=False)
+class ItemIndex:
+    """An immutable index of one catalog version. ``ids[i]``: the item at faiss id i (catalog id order)."""
+
+    catalog: CatalogVersion | None  # what candidates are completed from (None: built from arrays, in tests)
+    version: str  # the catalog version it indexes
+    kind: str  # exact | ivf | hnsw (the one built: small catalogs get exact)
+    ids: list[str]
+    dimension: int
+    index: faiss.Index
+    nlist: int = 0
+    hnsw_m: int = 0
+    build_seconds: float = 0.0
+    positions: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.positions:
+            self.positions = {item_id: i for i, item_id in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def index_version(self) -> str:
+        """Names the index: its catalog version and build parameters (logged with every retrieval)."""
+        built = {"exact": "flatip", "ivf": f"ivfflat{self.nlist}", "hnsw": f"hnswflat{self.hnsw_m}"}
+        return f"{self.version}/{built[self.kind]}"
+
+    def search(self, queries: np.ndarray, k: int, config: RetrievalConfig) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, faiss ids) of the top ``k`` by inner product for each row of ``queries`` (float32, (q, d));
+        ids are -1 past the end when fewer than ``k`` are found (an IVF probe can find fewer than the catalog)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        k = min(k, len(self.ids))
+        if self.kind == "ivf":
+            params: faiss.SearchParameters | None = faiss.SearchParametersIVF(nprobe=min(config.nprobe, self.nlist))
+        elif self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(config.ef_search, k))
+        else:
+            params = None
+        return self.index.search(queries, k, params=params)
+
+    def search_params(self, config: RetrievalConfig, k: int) -> dict[str, int]:
+        """The search-time parameters a top-``k`` search with ``config`` used (0: not applicable to this kind)."""
+        return {"nlist": self.nlist, "nprobe": min(config.nprobe, self.nlist) if self.kind == "ivf" else 0,
+                "ef_search": max(config.ef_search, min(k, len(self.ids))) if self.kind == "hnsw" else 0}
+
+
+def build_index(ids: list[str], vectors: np.ndarray, config: RetrievalConfig, *, version: str,
+                catalog: CatalogVersion | None = None) -> ItemIndex:
+    """Builds the index ``config`` asks for over ``vectors`` (float32, (n, d), row i = ``ids[i]``)."""
+    started = time.perf_counter()
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = vectors.shape
+    kind = config.kind_for(n)
+    nlist = 0
+    if kind == "exact":
+        index: faiss.Index = faiss.IndexFlatIP(d)
+    elif kind == "ivf":
+        nlist = min(config.nlist, max(1, n // 39))  # faiss needs >= 39 training points per list
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = TRAIN_SEED
+        sample = min(n, TRAIN_POINTS_PER_LIST * nlist)
+        rows = np.sort(np.random.default_rng(TRAIN_SEED).choice(n, size=sample, replace=False))
+        index.train(vectors[rows])  # faiss's wrapper keeps `quantizer` alive with the index
+    else:
+        index = faiss.IndexHNSWFlat(d, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index.add(vectors)
+    return ItemIndex(catalog, version, kind, list(ids), d, index, nlist, config.hnsw_m if kind == "hnsw" else 0,
+                     time.perf_counter() - started)
+
+
+def catalog_vectors(catalog: CatalogVersion) -> tuple[list[str], np.ndarray]:
+    """The catalog's ids (sorted: a deterministic order) and their embeddings as one float32 matrix."""
+    ids = sorted(catalog.items)
+    out = np.empty((len(ids), catalog.dimension), dtype=np.float32)
+    parse = catalog_pb.CatalogItem.FromString
+    items = catalog.items
+    for i, item_id in enumerate(ids):
+        out[i] = parse(items[item_id]).embedding
+    return ids, out
+
+
+class RetrievalIndexes:
+    """The newest built index per build key (:attr:`RetrievalConfig.build_key`); builds in the background."""
+
+    def __init__(self) -> None:
+        self._built: dict[tuple[str, int, int, int], ItemIndex] = {}
+        self._building: dict[tuple[str, int, int, int], str] = {}  # key -> version being built
+        self._failed: set[tuple[tuple[str, int, int, int], str]] = set()  # not retried on every request
+        self._lock = threading.Lock()
+
+    def get(self, config: RetrievalConfig) -> ItemIndex | None:
+        return self._built.get(config.build_key)  # one dict read: an index is swapped in whole
+
+    def ensure(self, catalog: CatalogVersion | None, configs: Iterable[RetrievalConfig], *,
+               wait: bool = False) -> None:
+        """Builds an index of ``catalog`` for every distinct build key of ``configs`` that lacks one (``wait``:
+        here and now, e.g. at start; otherwise on a background thread, the old index serving meanwhile)."""
+        if catalog is None or not catalog.items or catalog.dimension <= 0:
+            return
+        todo: list[RetrievalConfig] = []
+        with self._lock:
+            for config in {c.build_key: c for c in configs}.values():
+                key = config.build_key
+                built = self._built.get(key)
+                if ((built is not None and built.version == catalog.version)
+                        or self._building.get(key) == catalog.version or (key, catalog.version) in self._failed):
+                    continue
+                self._building[key] = catalog.version
+                todo.append(config)
+        if not todo:
+            return
+        if wait:
+            self._build(catalog, todo)
+        else:
+            threading.Thread(target=self._build, args=(catalog, todo), name="retrieval-index-build",
+                             daemon=True).start()
+
+    def _build(self, catalog: CatalogVersion, configs: list[RetrievalConfig]) -> None:
+        try:
+            ids, vectors = catalog_vectors(catalog)
+            for config in configs:
+                index = build_index(ids, vectors, config, version=catalog.version, catalog=catalog)
+                with self._lock:
+                    current = self._built.get(config.build_key)
+                    if current is None or current.version < catalog.version:  # names sort by sequence
+                        self._built[config.build_key] = index
+                    if self._building.get(config.build_key) == catalog.version:
+                        del self._building[config.build_key]
+                log.info("retrieval index %s built: %d items, %.2f s", index.index_version, len(index),
+                         index.build_seconds)
+        except Exception:  # noqa: BLE001 - a failed build leaves the previous index serving; logged, retried later
+            log.exception("retrieval index of catalog version %s failed to build", catalog.version)
+            with self._lock:
+                for config in configs:
+                    if self._building.get(config.build_key) == catalog.version:
+                        del self._building[config.build_key]
+                        self._failed.add((config.build_key, catalog.version))
+
+
+__all__ = ["ItemIndex", "RetrievalIndexes", "build_index", "catalog_vectors"]

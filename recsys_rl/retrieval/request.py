@@ -1,0 +1,115 @@
+"""A RankRequest that asks for retrieval, turned into an ordinary one: host-sent candidates, then retrieved ones.
+
+Rules (each error names the field, INVALID_ARGUMENT):
+
+* ``retrieval.size``: K; 0 means the surface's ``[retrieval] size`` (proto3 cannot tell 0 from unset); negative, or
+  more than the surface's ``max_candidates`` together with the host-sent candidates, is refused;
+* ``retrieval.query_embedding``: not empty, of the catalog's dimension, finite (a query kept per user id is not
+  supported yet: the host sends the query);
+* ``slate_size``: at most the host-sent and retrieved candidates together.
+
+Merge: the host's candidates first, in their order and as sent; then the retrieved items by descending inner
+product, each sent by id only (features and embedding come from the index's catalog version) with its inner product
+as ``baseline_score`` (so a baseline orders retrieved items by it); an item the host also sent is not repeated (the
+host's copy stays where the host put it). With ``outside_share`` > 0 the items planned by
+:func:`recsys_rl.retrieval.outside.plan_outside` follow, with a baseline below every other candidate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from recsys_rl.errors import InvalidInput
+from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
+from recsys_rl.retrieval.config import RetrievalConfig
+from recsys_rl.retrieval.index import ItemIndex
+from recsys_rl.retrieval.outside import OutsidePlan, plan_outside
+
+
+@dataclass(frozen=True, eq=False)
+class RetrievalResult:
+    """How one request's candidates were retrieved (logged as ``DecisionEvent.retrieval``)."""
+
+    index: ItemIndex
+    config: RetrievalConfig
+    size: int
+    query: np.ndarray
+    host_candidates: int
+    retrieved_candidates: int
+    plan: OutsidePlan | None  # None: no exploration outside the candidates for this request
+
+    def fill(self, record: object) -> None:
+        """Writes the record's fields (a DecisionEvent's ``retrieval`` or its WireRecord view)."""
+        index = self.index
+        record.index_version = index.index_version
+        record.catalog_version = index.version
+        record.index_type = index.kind
+        record.size = self.size
+        params = index.search_params(self.config, self.size)
+        record.nlist, record.nprobe, record.ef_search = params["nlist"], params["nprobe"], params["ef_search"]
+        record.host_candidates = self.host_candidates
+        record.retrieved_candidates = self.retrieved_candidates
+        plan = self.plan
+        record.outside_candidates = 0 if plan is None else len(plan.item_ids)
+        record.outside_share = 0.0 if plan is None else plan.share
+        record.outside_pool = 0 if plan is None else plan.pool
+        record.query_embedding.extend(self.query.tolist())
+
+
+def check_retrieval(request: pb.RankRequest, index: ItemIndex, config: RetrievalConfig, *,
+                    max_candidates: int) -> tuple[int, np.ndarray]:
+    """(K, the query as a (1, d) float32 array); raises InvalidInput naming the field."""
+    retrieval = request.retrieval
+    size = retrieval.size or config.size
+    if size < 0:
+        raise InvalidInput("retrieval.size", f"must be positive (0: the surface's {config.size}), got {size}")
+    if size + len(request.candidates) > max_candidates:
+        raise InvalidInput("retrieval.size", f"{size} retrieved with {len(request.candidates)} host-sent candidates "
+                                             f"is more than the limit of {max_candidates}")
+    query = retrieval.query_embedding
+    if not query:
+        raise InvalidInput("retrieval.query_embedding", "must not be empty (send the query embedding)")
+    if len(query) != index.dimension:
+        raise InvalidInput("retrieval.query_embedding", f"has {len(query)} values; the catalog's dimension is "
+                                                        f"{index.dimension}")
+    values = np.asarray(query, dtype=np.float32)
+    if not np.isfinite(values).all():
+        i = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise InvalidInput(f"retrieval.query_embedding[{i}]", f"must be finite, got {values[i]}")
+    return size, values.reshape(1, -1)
+
+
+def retrieve(request: pb.RankRequest, index: ItemIndex, config: RetrievalConfig, *, max_candidates: int,
+             cap: float, draw_key: int, explore_outside: bool) -> tuple[pb.RankRequest, RetrievalResult]:
+    """The request with the retrieved (and outside-planned) candidates appended, and how they were found."""
+    size, query = check_retrieval(request, index, config, max_candidates=max_candidates)
+    scores, found = index.search(query, size, config)
+    host_ids = [c.item_id for c in request.candidates]
+    host = set(host_ids)
+    ids = index.ids
+    retrieved = [(ids[i], float(s)) for i, s in zip(found[0].tolist(), scores[0].tolist(), strict=True)
+                 if i >= 0 and ids[i] not in host]
+    n_inside = len(host_ids) + len(retrieved)
+    if request.slate_size > n_inside:
+        raise InvalidInput("slate_size", f"{request.slate_size} is larger than the {n_inside} candidates "
+                                         f"({len(host_ids)} sent, {len(retrieved)} retrieved)")
+    out = pb.RankRequest()
+    out.CopyFrom(request)
+    out.ClearField("retrieval")  # logged as DecisionEvent.retrieval; the ranked request is an ordinary one
+    out.candidates.extend(pb.Candidate(item_id=item_id, baseline_score=score) for item_id, score in retrieved)
+    plan = None
+    if explore_outside and config.outside_share > 0.0:
+        plan = plan_outside(ids, index.positions, host_ids + [i for i, _ in retrieved],
+                            slate_size=max(request.slate_size, 0), share=config.outside_share, cap=cap,
+                            draw_key=draw_key)
+        if plan is not None and plan.item_ids:
+            floor = min((c.baseline_score for c in out.candidates), default=0.0) - 1.0
+            floor = floor if math.isfinite(floor) else -1e300
+            out.candidates.extend(pb.Candidate(item_id=item_id, baseline_score=floor) for item_id in plan.item_ids)
+    return out, RetrievalResult(index, config, size, query[0], len(host_ids), len(retrieved), plan)
+
+
+__all__ = ["RetrievalResult", "check_retrieval", "retrieve"]
