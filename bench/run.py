@@ -40,6 +40,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("replay", "bench.replay_bench", "Replay vs serving the same decisions (issue 3)"),
     ("whatif", "bench.whatif_bench", "What-if replay from logged scores vs re-scoring (issue 11)"),
     ("evaluators", "bench.evaluators_bench", "Estimators on a 10M-row table (issue 3)"),
+    ("mips", "bench.mips_bench", "MIPS vs IPS as the number of actions grows (issue 12)"),
 ]
 
 
