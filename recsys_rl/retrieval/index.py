@@ -24,17 +24,31 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
 from recsys_rl.catalog.items import CatalogVersion
 from recsys_rl.catalog.v1 import catalog_service_pb2 as catalog_pb
 from recsys_rl.retrieval.config import RetrievalConfig
 
+if TYPE_CHECKING:
+    import faiss
+
 log = logging.getLogger(__name__)
 
-faiss.omp_set_num_threads(1)
+
+def _faiss():  # noqa: ANN202 - the faiss module
+    """faiss, imported when a surface first builds or searches an index (not by every CLI command: its loader logs
+    INFO lines about CPU features, which would break the one-line errors of unrelated commands), single-threaded:
+    one search per Rank thread, and workers already use every core."""
+    import faiss
+
+    if not getattr(_faiss, "configured", False):
+        logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+        faiss.omp_set_num_threads(1)
+        _faiss.configured = True  # type: ignore[attr-defined]
+    return faiss
 
 TRAIN_SEED = 1234
 TRAIN_POINTS_PER_LIST = 64  # k-means sample: 64 points per list (faiss warns below 39)
@@ -71,6 +85,7 @@ class ItemIndex:
     def search(self, queries: np.ndarray, k: int, config: RetrievalConfig) -> tuple[np.ndarray, np.ndarray]:
         """(scores, faiss ids) of the top ``k`` by inner product for each row of ``queries`` (float32, (q, d));
         ids are -1 past the end when fewer than ``k`` are found (an IVF probe can find fewer than the catalog)."""
+        faiss = _faiss()
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(k, len(self.ids))
         if self.kind == "ivf":
@@ -90,6 +105,7 @@ class ItemIndex:
 def build_index(ids: list[str], vectors: np.ndarray, config: RetrievalConfig, *, version: str,
                 catalog: CatalogVersion | None = None) -> ItemIndex:
     """Builds the index ``config`` asks for over ``vectors`` (float32, (n, d), row i = ``ids[i]``)."""
+    faiss = _faiss()
     started = time.perf_counter()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
