@@ -203,13 +203,14 @@ class CandidateView:
         self._wire = wire
         self._request: pb.RankRequest | None = request
         self._raw: list[bytes] | None = raw
+        records: list[bytes] | None = None
         if catalog is None:
             heads = [r[:-9] for r in raw]
             tags = [r[-9:-8] for r in raw]
             tails = [r[-8:] for r in raw]
         else:
             self.catalog_version = catalog.version
-            heads, records, changed = catalog.complete(raw)
+            heads, records, changed = catalog.complete(raw)  # exact heads and records: no guess to check
             if changed:  # raw and request are built from the heads and records when asked for
                 self._heads, self._tails, self._raw, self._request = heads, records, None, None
             tags = [t[:1] for t in records]
@@ -218,7 +219,10 @@ class CandidateView:
         if None in infos or tags.count(_BASELINE_TAG_BYTE) != len(raw):  # some candidate off the usual path
             for i, info in enumerate(infos):
                 if info is None or tags[i] != _BASELINE_TAG_BYTE:
-                    infos[i], baseline = self._read_slow(self.raw[i], info, cache)
+                    if records is None:
+                        infos[i], baseline = self._read_slow(raw[i], info, cache)
+                    else:
+                        infos[i], baseline = self._read_completed(heads[i], records[i], info, cache)
                     tails[i] = _BASELINE.pack(baseline)
         # Every candidate's baseline as 8 little-endian bytes, from its record or from _read_slow: one array.
         baselines = np.frombuffer(b"".join(tails), dtype="<f8").astype(np.float64)
@@ -257,6 +261,17 @@ class CandidateView:
     def categorical(self, name: str) -> list[str | None]:
         """Each candidate's value of categorical feature ``name`` (None: the candidate lacks it)."""
         return [info[1].get(name) for info in self._infos]
+
+    @classmethod
+    def _read_completed(cls, head: bytes, record: bytes, info: CandidateInfo | None,
+                        cache: CandidateInfoCache) -> tuple[CandidateInfo, float]:
+        """(info, baseline) of a candidate completed from the catalog as ``head`` (its bytes less the baseline record:
+        the cache key, kept as the very object the catalog returned) and ``record`` (the baseline record or b"")."""
+        if info is None and _complete(head):
+            info = cache.insert(head)
+        if info is None:  # not a complete serialization (a host's odd field order): read the whole as without
+            return cls._read_slow(head + record, None, cache)
+        return info, _BASELINE.unpack_from(record, 1)[0] if record else info[3]
 
     @staticmethod
     def _read_slow(whole: bytes, info: CandidateInfo | None, cache: CandidateInfoCache) -> tuple[CandidateInfo, float]:
