@@ -15,7 +15,7 @@ from recsys_rl.config import ExplorationConfig, ModelConfig
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.serving.candidates import CandidateInfoCache, CandidateView
-from recsys_rl.serving.decision import DecisionPolicy, decide
+from recsys_rl.serving.decision import ConstantScorer, DecisionPolicy, decide, decide_baseline
 from recsys_rl.serving.exploration import make_explorer
 
 N = 8
@@ -94,3 +94,32 @@ def test_a_scorer_that_reads_protobuf_candidates_gets_them_completed_from_the_ca
     assert decision.candidate_scores == [float(i) for i in reversed(range(N))]  # the catalog's prices
     assert list(view.request.candidates) == list(full.candidates) and view.request.request_id == "r"
     assert view.sent is ids and len(ids.candidates[0].features.numeric) == 0  # the host's request is untouched
+
+
+class CheapFirst(PriceScorer):
+    def score(self, request: pb.RankRequest) -> np.ndarray:
+        return -super().score(request)
+
+
+class PriceLongTerm:
+    """A long-term value that reads candidate features from the protobuf (as slate-RL does)."""
+
+    def evaluate(self, request: pb.RankRequest, logged: object = None) -> tuple[np.ndarray, object]:
+        return np.array([c.features.numeric["price"] for c in request.candidates]), None
+
+
+def test_a_learned_baseline_and_a_long_term_value_read_the_completed_candidates(tmp_path: Path) -> None:
+    version = _catalog(tmp_path)
+    ids, _ = _requests(version, "r")
+    prices = [float(i) for i in reversed(range(N))]
+    view = CandidateView(ids, cache=CandidateInfoCache(), catalog=version)
+    policy = DecisionPolicy(**{**_policy(VWBandit(ModelConfig().vw_args)).__dict__, "baseline": CheapFirst(),
+                               "baseline_version": "lambdarank-1"})
+    served = decide_baseline(policy, ids, view.baseline, draw_key=1, mode=pb.SERVING_MODE_BASELINE, candidates=view)
+    assert served.baseline_version == "lambdarank-1" and not served.fallback_reason  # no baseline_error
+    # Cheapest first by the catalog's prices (unread prices would be 0: ties, in candidate order item-7, -6, -5).
+    assert [s.item_id for s in served.slots] == ["item-0", "item-1", "item-2"]
+    view = CandidateView(ids, cache=CandidateInfoCache(), catalog=version)
+    policy = DecisionPolicy(**{**_policy(ConstantScorer()).__dict__, "long_term": PriceLongTerm(),
+                               "long_term_weight": 1.0})
+    assert decide(policy, ids, view.baseline, draw_key=1, candidates=view).candidate_scores == prices
