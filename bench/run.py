@@ -29,6 +29,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("metrics", "bench.metrics_bench", "Rank with Prometheus metrics on vs off (issue 11)"),
     ("shield_store", "bench.shield_store_bench", "Run-time shield changes with 1M blocked ids (issue 10)"),
     ("baseline", "bench.baseline_bench", "LambdaRank baseline: serving cost, forced-fallback Rank, training (issue 10)"),
+    ("catalog", "bench.catalog_bench", "Rank with ids-only vs full-feature candidates from the item catalog (issue 12)"),
     ("long_term", "bench.long_term_bench", "Slate-RL inference inside Rank (issue 4)"),
     ("slateq_train", "bench.slateq_train_bench", "Slate-RL offline training (issue 4)"),
     ("logging", "bench.logging_bench", "Decision log writer and reader"),

@@ -63,9 +63,11 @@ def check_items(batches: Iterable[Sequence[catalog_pb.CatalogItem]], *, dimensio
 class CatalogVersion:
     """One immutable catalog version in memory: item_id -> serialized item. Shared by every Rank thread.
 
-    ``_completed`` caches a request candidate's bytes (less its baseline record) -> the completed bytes (b"": as
-    sent), so a
-    repeated candidate costs one dict probe; it belongs to this version, so a new version never serves old merges.
+    ``_completed`` caches a request candidate's bytes (less its baseline record) -> its completed bytes (less the
+    baseline record): the stored item itself for a candidate sent by id only, a merge for one sent with overrides,
+    and the very key object for one used as sent. A repeated candidate then costs one dict probe, and equal
+    candidates get the very same bytes object back, which the serving side's caches (keyed by these bytes) find by
+    identity. It belongs to this version, so a new version never serves old merges.
     """
 
     version: str
@@ -78,24 +80,24 @@ class CatalogVersion:
     def __len__(self) -> int:
         return len(self.items)
 
-    def complete(self, raw: Sequence[bytes]) -> list[bytes] | None:
+    def complete(self, raw: Sequence[bytes]) -> tuple[list[bytes], list[bytes], bool]:
         """The candidates ``raw`` (each a whole serialization, baseline included) completed from this version by the
-        module's rule; None when none changed (the request is then used as it is). Raises InvalidInput."""
-        completed_get = self._completed.get
-        out: list[bytes] | None = None
-        for i, whole in enumerate(raw):
-            head = whole[:-9] if whole[-9:-8] == _BASELINE_TAG else whole
-            done = completed_get(head)  # only complete serializations are keys: `head` then ends on a record
-            if done is None:
-                head, done = self._complete_one(i, whole)
-            if done:  # b"": used as sent
-                if out is None:
-                    out = list(raw)
-                out[i] = done + whole[len(head):]
-        return out
+        module's rule: (heads, tails, changed). ``heads[i] + tails[i]`` is candidate i completed; ``heads[i]``: its
+        bytes less the baseline record (a complete Candidate serialization, the version's cached object), ``tails[i]``
+        the request's own trailing bytes (the 9-byte baseline record, or b""); ``changed``: whether any candidate
+        differs from what was sent. Raises InvalidInput."""
+        tag = _BASELINE_TAG
+        sent = [whole[:-9] if whole[-9:-8] == tag else whole for whole in raw]
+        heads = list(map(self._completed.get, sent))  # only complete serializations are keys (see _complete_one)
+        if None in heads:
+            for i, head in enumerate(heads):
+                if head is None:
+                    sent[i], heads[i] = self._complete_one(i, raw[i])
+        tails = [whole[len(head):] for whole, head in zip(raw, sent, strict=True)]
+        return heads, tails, heads != sent  # type: ignore[return-value]  # list equality: identity, then bytes
 
     def _complete_one(self, i: int, whole: bytes) -> tuple[bytes, bytes]:
-        """(head, completed head or b"" for "as sent") of candidate ``i``; ``head``: its bytes less the baseline."""
+        """(head, completed head) of candidate ``i``; ``head``: its bytes less the baseline record."""
         candidate = pb.Candidate.FromString(whole)
         baseline = candidate.baseline_score
         tail = pb.Candidate(baseline_score=baseline).SerializeToString()  # the record, when not 0
@@ -103,23 +105,23 @@ class CatalogVersion:
         stored = self.items.get(candidate.item_id)
         ids_only = not candidate.embedding and not candidate.features.ByteSize()
         if not candidate.item_id:
-            return head, b""  # as sent: the request's rules say "must not be empty" (candidates.check_item_ids)
+            return head, head  # as sent: the request's rules say "must not be empty" (candidates.check_item_ids)
         if stored is None:
             if ids_only:
                 raise InvalidInput(f"candidates[{i}].item_id", f"item {candidate.item_id!r} is not in the catalog "
                                                                f"(version {self.version}); send its features")
-            done = b""  # not in the catalog: used as sent
+            done = head  # not in the catalog: used as sent
         else:
             if candidate.embedding and len(candidate.embedding) != self.dimension:
                 raise InvalidInput(f"candidates[{i}].embedding", f"has {len(candidate.embedding)} values; the "
                                                                  f"catalog's dimension is {self.dimension}")
-            done = stored if ids_only else _merge(stored, candidate)
+            done = stored if ids_only else _merge(stored, candidate) or head
         if head is whole and baseline != 0.0:
             return head, done  # unknown trailing fields after the baseline: not cached (the head is not the key)
         with self._lock:
             if len(self._completed) >= MAX_COMPLETIONS:
                 self._completed.clear()  # rare and cheap to refill: one parse per candidate
-            self._completed[head] = done
+            done = self._completed.setdefault(head, done)  # a concurrent request's object, if it got there first
         return head, done
 
 

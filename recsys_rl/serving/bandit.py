@@ -43,6 +43,10 @@ _EXPLORE_OPTIONS = ("--cb_explore_adf", "--epsilon", "--squarecb", "--softmax", 
 class VWBandit:
     """score(request) = −(VW predicted cost) per candidate; learn(event, rewards) = one IPS update per slot."""
 
+    # Inside the decision path score/validate read the candidates only through the view (decision.Scorer): they
+    # are handed the request as sent, and candidates sent by id only are never built as protobuf messages.
+    reads_view = True
+
     def __init__(self, vw_args: str, *, model: bytes | None = None, cache_items: int = 100_000) -> None:
         tokens = vw_args.split()
         if "--cb_adf" not in tokens:

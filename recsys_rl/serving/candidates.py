@@ -122,13 +122,13 @@ class CandidateInfoCache:
     def get(self, key: bytes) -> CandidateInfo | None:
         return self._entries.get(key)  # dict reads are atomic under the GIL: no lock on the hit path
 
-    def insert(self, key: bytes, candidate: pb.Candidate) -> CandidateInfo:
-        """Caches the info of ``key``, a complete serialization of ``candidate`` (less its trailing baseline).
+    def insert(self, key: bytes) -> CandidateInfo:
+        """Caches the info of ``key``, a complete Candidate serialization (less the request's trailing baseline).
 
         The baseline cached is the one ``key`` itself carries (usually 0: the request's was stripped), never the
         request's: a later candidate serialized as exactly ``key`` has that baseline, and reads it from here."""
-        own = pb.Candidate.FromString(key).baseline_score  # a miss only (~1.5 µs)
-        info = (candidate.item_id, dict(candidate.features.categorical), key, own)
+        candidate = pb.Candidate.FromString(key)  # a miss only (~1.5 µs)
+        info = (candidate.item_id, dict(candidate.features.categorical), key, candidate.baseline_score)
         with self._lock:
             entries = self._entries
             entries[key] = info
@@ -165,7 +165,9 @@ class CandidateView:
 
     ``keys[i]``: :func:`item_key` of candidate i; ``raw[i]``: its whole serialization (baseline included: what the
     decision log records, ``policy.decision_record``); ``baseline``: the host's baseline scores (float64);
-    ``item_ids[i]``: its id. Immutable by convention: built per request, shared by everything deciding it.
+    ``item_ids[i]``: its id; ``sent``: the request as the host sent it; ``request``: the same with its candidates
+    completed from the catalog (built on first use, see below). Immutable by convention: built per request, shared
+    by everything deciding it.
 
     How it reads them: the request is serialized once and the candidates' bytes sliced out of it in C
     (``_RequestCandidates``; the same bytes as serializing each candidate). A candidate with a non-zero baseline ends
@@ -175,37 +177,52 @@ class CandidateView:
     inserted), and a record that follows a complete serialization is a record of its own - the last one, so the
     baseline in force - never the tail of another field's value. Anything else (baseline 0, which is not serialized;
     a key not cached yet; unknown fields after the baseline) takes the per-candidate path, :meth:`_read_slow`.
+
+    On a surface with a catalog (``catalog``: its version in force) a candidate's key is its completed bytes less the
+    baseline record, which the version hands back as one cached object per distinct candidate
+    (``CatalogVersion.complete``): the item's stored bytes for a candidate sent by id only. Its info is then found in
+    the cache by identity, and the VW item cache, the shield and the log take those bytes as they are; no completed
+    Candidate message exists. ``request`` (a RankRequest with the completed candidates) is built only when a consumer
+    that needs protobuf candidates asks for it (a learned baseline, slate-RL, a scorer that does not read the view):
+    one rebuild of the request in C from bytes, ~50 µs at 100 candidates.
     """
 
-    __slots__ = ("request", "keys", "raw", "baseline", "item_ids", "catalog_version", "retrieval", "_infos")
+    __slots__ = ("sent", "keys", "baseline", "item_ids", "catalog_version", "retrieval", "_infos", "_wire", "_heads",
+                 "_tails", "_raw", "_request")
 
     def __init__(self, request: pb.RankRequest, *, cache: CandidateInfoCache = CANDIDATE_INFO,
                  catalog: CatalogVersion | None = None) -> None:
-        """``catalog``: the surface's catalog version, which completes candidates sent by id (``complete``); the
-        view's ``request`` is then a RankRequest with the completed candidates (everything downstream reads it)."""
+        """``catalog``: the surface's catalog version, which completes candidates sent by id (``complete``)."""
         wire = _RequestCandidates.FromString(request.SerializeToString())
         raw = list(wire.candidates)
+        self.sent = request
         # How the candidates were retrieved, set by the service on a retrieval request (recsys_rl.retrieval.request:
         # a RetrievalResult, with the outside-exploration plan the decision draws with); None otherwise.
         self.retrieval: RetrievalResult | None = None
         self.catalog_version = ""
-        if catalog is not None:
+        self._wire = wire
+        self._request: pb.RankRequest | None = request
+        self._raw: list[bytes] | None = raw
+        records: list[bytes] | None = None
+        if catalog is None:
+            heads = [r[:-9] for r in raw]
+            tags = [r[-9:-8] for r in raw]
+            tails = [r[-8:] for r in raw]
+        else:
             self.catalog_version = catalog.version
-            completed = catalog.complete(raw)
-            if completed is not None:  # one new request, built in C from bytes: no Candidate copied in Python
-                raw = completed
-                wire.ClearField("candidates")
-                wire.candidates.extend(raw)
-                request = pb.RankRequest.FromString(wire.SerializeToString())
-        self.request = request
-        self.raw = raw
-        infos = list(map(cache.get, [r[:-9] for r in raw]))
-        tags = [r[-9:-8] for r in raw]
-        tails = [r[-8:] for r in raw]
+            heads, records, changed = catalog.complete(raw)  # exact heads and records: no guess to check
+            if changed:  # raw and request are built from the heads and records when asked for
+                self._heads, self._tails, self._raw, self._request = heads, records, None, None
+            tags = [t[:1] for t in records]
+            tails = [t[1:] for t in records]
+        infos = list(map(cache.get, heads))
         if None in infos or tags.count(_BASELINE_TAG_BYTE) != len(raw):  # some candidate off the usual path
             for i, info in enumerate(infos):
                 if info is None or tags[i] != _BASELINE_TAG_BYTE:
-                    infos[i], baseline = self._read_slow(i, raw[i], info, cache)
+                    if records is None:
+                        infos[i], baseline = self._read_slow(raw[i], info, cache)
+                    else:
+                        infos[i], baseline = self._read_completed(heads[i], records[i], info, cache)
                     tails[i] = _BASELINE.pack(baseline)
         # Every candidate's baseline as 8 little-endian bytes, from its record or from _read_slow: one array.
         baselines = np.frombuffer(b"".join(tails), dtype="<f8").astype(np.float64)
@@ -221,21 +238,52 @@ class CandidateView:
     def __len__(self) -> int:
         return len(self.keys)
 
+    @property
+    def raw(self) -> list[bytes]:
+        """Each candidate's whole serialization, completed from the catalog (the log writer's thread reads it)."""
+        raw = self._raw
+        if raw is None:  # two threads may both build it: equal lists, either one kept
+            raw = self._raw = list(map(bytes.__add__, self._heads, self._tails))
+        return raw
+
+    @property
+    def request(self) -> pb.RankRequest:
+        """The request with its candidates completed from the catalog (``sent`` itself when none was completed)."""
+        request = self._request
+        if request is None:  # one new request, built in C from bytes: no Candidate copied in Python
+            wire = _RequestCandidates()
+            wire.CopyFrom(self._wire)
+            wire.ClearField("candidates")
+            wire.candidates.extend(self.raw)
+            request = self._request = pb.RankRequest.FromString(wire.SerializeToString())
+        return request
+
     def categorical(self, name: str) -> list[str | None]:
         """Each candidate's value of categorical feature ``name`` (None: the candidate lacks it)."""
         return [info[1].get(name) for info in self._infos]
 
-    def _read_slow(self, i: int, whole: bytes, info: CandidateInfo | None,
-                   cache: CandidateInfoCache) -> tuple[CandidateInfo, float]:
-        """(info, baseline) of candidate ``i``, serialized as ``whole``; ``info``: the cached info of ``whole[:-9]``."""
+    @classmethod
+    def _read_completed(cls, head: bytes, record: bytes, info: CandidateInfo | None,
+                        cache: CandidateInfoCache) -> tuple[CandidateInfo, float]:
+        """(info, baseline) of a candidate completed from the catalog as ``head`` (its bytes less the baseline record:
+        the cache key, kept as the very object the catalog returned) and ``record`` (the baseline record or b"")."""
+        if info is None and _complete(head):
+            info = cache.insert(head)
+        if info is None:  # not a complete serialization (a host's odd field order): read the whole as without
+            return cls._read_slow(head + record, None, cache)
+        return info, _BASELINE.unpack_from(record, 1)[0] if record else info[3]
+
+    @staticmethod
+    def _read_slow(whole: bytes, info: CandidateInfo | None, cache: CandidateInfoCache) -> tuple[CandidateInfo, float]:
+        """(info, baseline) of a candidate serialized as ``whole``; ``info``: the cached info of ``whole[:-9]``."""
         if whole[-9:-8] == _BASELINE_TAG_BYTE:
             head = whole[:-9]
             if info is None and _complete(head):
-                info = cache.insert(head, self.request.candidates[i])
+                info = cache.insert(head)
             if info is not None:  # the head is a complete serialization: the last 9 bytes are the baseline
                 return info, _BASELINE.unpack_from(whole, len(whole) - 8)[0]
         # No trailing baseline record: the whole serialization is the key, and its baseline is the cached one.
-        info = cache.get(whole) or cache.insert(whole, self.request.candidates[i])
+        info = cache.get(whole) or cache.insert(whole)
         return info, info[3]
 
 
@@ -253,11 +301,14 @@ _CURRENT: ContextVar[CandidateView | None] = ContextVar("recsys_rl_current_candi
 R = TypeVar("R")
 
 
-def reading(view: CandidateView, call: Callable[[pb.RankRequest], R]) -> R:
-    """``call(view.request)`` with ``view`` current (:func:`current_view`) for its duration, on this thread."""
+def reading(view: CandidateView, call: Callable[[pb.RankRequest], R], *, completed: bool = True) -> R:
+    """``call(view.request)`` with ``view`` current (:func:`current_view`) for its duration, on this thread.
+
+    ``completed`` False: ``call(view.sent)``, for a callee that reads the candidates only through the view (no
+    completed request is built for it)."""
     token = _CURRENT.set(view)
     try:
-        return call(view.request)
+        return call(view.request if completed else view.sent)
     finally:
         _CURRENT.reset(token)
 
@@ -265,7 +316,7 @@ def reading(view: CandidateView, call: Callable[[pb.RankRequest], R]) -> R:
 def current_view(request: pb.RankRequest) -> CandidateView | None:
     """The view the decision path read ``request``'s candidates into, while it scores or checks that request."""
     view = _CURRENT.get()
-    return view if view is not None and view.request is request else None
+    return view if view is not None and (view.sent is request or view._request is request) else None
 
 
 __all__ = ["CANDIDATE_INFO", "CandidateInfoCache", "CandidateView", "check_item_ids", "current_view", "item_key",

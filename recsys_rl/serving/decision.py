@@ -75,14 +75,23 @@ class Scorer(Protocol):
 
     While the decision path scores (or checks) a request, ``recsys_rl.serving.candidates.current_view(request)``
     gives the request's candidates as validation read them, so a scorer need not read the protobuf again (the VW
-    bandit keys its item cache by them).
+    bandit keys its item cache by them). A scorer whose class sets ``reads_view = True`` reads candidates only
+    through that view: it is handed the request as sent (candidates sent by id only stay so), so no completed
+    request is built for it; any other scorer is handed the request with its candidates completed from the catalog.
     """
 
     def score(self, request: pb.RankRequest) -> np.ndarray: ...
 
 
 def _score(scorer: Scorer, request: pb.RankRequest, candidates: CandidateView | None) -> np.ndarray:
-    return scorer.score(request) if candidates is None else reading(candidates, scorer.score)
+    if candidates is None:
+        return scorer.score(request)
+    return reading(candidates, scorer.score, completed=not getattr(scorer, "reads_view", False))
+
+
+def _completed(request: pb.RankRequest, candidates: CandidateView | None) -> pb.RankRequest:
+    """The request with its candidates completed from the catalog, for a consumer that reads their features."""
+    return request if candidates is None else candidates.request
 
 
 def baseline_scores(request: pb.RankRequest) -> np.ndarray:
@@ -196,7 +205,7 @@ def score(policy: DecisionPolicy, request: pb.RankRequest, *, deadline: float | 
     long_term = None
     if policy.long_term_weight != 0.0:
         try:
-            values, long_term = policy.long_term.evaluate(request, long_term_input)
+            values, long_term = policy.long_term.evaluate(_completed(request, candidates), long_term_input)
             scores = scores + policy.long_term_weight * np.asarray(values, dtype=np.float64)
         except InvalidInput:
             raise
@@ -229,7 +238,7 @@ def decide(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray
     reason = serve_baseline or scored.fallback_reason
     if reason or scored.scores is None:
         return _baseline_decision(policy, request, baseline, reason, draw_key, scored.long_term,
-                                  pb.SERVING_MODE_BASELINE_FALLBACK, shield, candidates.item_ids)
+                                  pb.SERVING_MODE_BASELINE_FALLBACK, shield, candidates)
     scores = scored.scores
     item_ids = candidates.item_ids
     retrieval = candidates.retrieval
@@ -265,7 +274,7 @@ def check_request(policy: DecisionPolicy, request: pb.RankRequest, candidates: C
         if candidates is None:
             validate(request)
         else:
-            reading(candidates, validate)
+            reading(candidates, validate, completed=not getattr(policy.scorer, "reads_view", False))
         return
     try:
         _score(policy.scorer, request, candidates)
@@ -291,7 +300,7 @@ def decide_baseline(policy: DecisionPolicy, request: pb.RankRequest, baseline: n
     shield = policy.shield.for_request(candidates)
     if check:
         check_request(policy, request, candidates)
-    return _baseline_decision(policy, request, baseline, reason, draw_key, None, mode, shield, candidates.item_ids)
+    return _baseline_decision(policy, request, baseline, reason, draw_key, None, mode, shield, candidates)
 
 
 def baseline_order(baseline: np.ndarray, slate_size: int, shield: RequestShield | None = None) -> np.ndarray:
@@ -307,21 +316,22 @@ def baseline_order(baseline: np.ndarray, slate_size: int, shield: RequestShield 
     return np.lexsort((np.arange(baseline.size), -baseline))[: min(slate_size, baseline.size)]
 
 
-def policy_baseline(policy: DecisionPolicy, request: pb.RankRequest,
-                    host: np.ndarray | None = None) -> tuple[np.ndarray, str, str]:
+def policy_baseline(policy: DecisionPolicy, request: pb.RankRequest, host: np.ndarray | None = None, *,
+                    candidates: CandidateView | None = None) -> tuple[np.ndarray, str, str]:
     """The scores the baseline orders ``request`` by: (scores, baseline_version, error).
 
     A learned baseline (``policy.baseline_version``) is scored only here, i.e. only when the baseline serves: a
     learned decision never pays for it. If it raises or returns non-finite or misshapen scores, the host's
     baseline_score orders instead: version "" and ``error`` says why (the decision's reason carries it).
-    ``host``: the host scores when the caller has them (``validate_rank_request``).
+    ``host``: the host scores when the caller has them (``validate_rank_request``); ``candidates``: the request's
+    candidates as Rank read them (the learned baseline reads the completed request).
     """
     if host is None:
         host = baseline_scores(request)
     if not policy.baseline_version:
         return host, "", ""
     try:
-        scores = np.asarray(policy.baseline.score(request), dtype=np.float64)
+        scores = np.asarray(policy.baseline.score(_completed(request, candidates)), dtype=np.float64)
     except Exception as exc:  # noqa: BLE001 - the baseline is the last resort: the host's score stands in
         return host, "", f"baseline_error: {policy.baseline_version}: {type(exc).__name__}: {exc}"
     if scores.shape != (len(request.candidates),) or not np.isfinite(scores).all():
@@ -331,9 +341,10 @@ def policy_baseline(policy: DecisionPolicy, request: pb.RankRequest,
 
 def _baseline_decision(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray, reason: str,
                        draw_key: int, long_term: LongTermInput | None, mode: int,
-                       shield: RequestShield | None, item_ids: list[str]) -> Decision:
+                       shield: RequestShield | None, candidates: CandidateView) -> Decision:
     """``baseline``: the host's scores; a surface with a learned baseline is ordered by it (:func:`policy_baseline`)."""
-    scores, version, error = policy_baseline(policy, request, baseline)
+    scores, version, error = policy_baseline(policy, request, baseline, candidates=candidates)
+    item_ids = candidates.item_ids
     if error:
         reason = f"{reason}; {error}" if reason else error
     slots = [

@@ -205,7 +205,8 @@ class ItemExampleCache(Generic[T]):
     def entries(self, view: CandidateView) -> list[ItemExample[T]]:
         """Entries for every candidate of a request already read into ``view`` (its keys computed, its ids checked):
         :meth:`items` without reading the protobufs again. Raises InvalidInput naming the first bad field."""
-        return self._by_keys(view.keys, view.request.candidates.__getitem__)  # completed from a catalog, if any
+        raw = view.raw  # completed from a catalog, if any; parsed only on a miss
+        return self._by_keys(view.keys, lambda i: pb.Candidate.FromString(raw[i]))
 
     def logged(self, keys: Sequence[bytes], raw: Sequence[bytes]) -> list[ItemExample[T]]:
         """Entries for the candidates of a logged decision (``raw[i]``: candidate i's logged bytes, ``keys[i]`` its

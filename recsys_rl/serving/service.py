@@ -404,7 +404,8 @@ class DecisionService:
             catalog = retrieval.index.catalog  # features come from the version the index was built from
         candidates = validate_rank_request(request, max_candidates=entry.config.max_candidates, catalog=catalog)
         candidates.retrieval = retrieval
-        request = candidates.request  # with the candidates sent by id completed from the catalog
+        # `request` stays as sent: its candidates are read through the view (ids, keys, baselines, the log's bytes);
+        # a consumer that needs them as messages reads candidates.request, completed from the catalog on first use.
         now = started_ns / 1e9
         arrived = now if queued_since is None else min(queued_since, now)
         budget_deadline = arrived + entry.config.decision_budget_ms / 1000.0
@@ -443,7 +444,7 @@ class DecisionService:
             entry.shadow.record(decision, decision.shadow, decision.shadow_latency_us)
         tag = self.monitor.decided(request.surface, rollout.stage, decision.serving_mode, latency_ms=latency_us / 1000)
         entry.tracker.track(event_id, served_at_ns // 1000, [slot.item_id for slot in decision.slots],
-                            request=request if self._long_term is not None else None, reward_tag=tag)
+                            request=candidates.request if self._long_term is not None else None, reward_tag=tag)
         return decision, event_id
 
     def _retrieve(self, entry: _Surface, request: pb.RankRequest,

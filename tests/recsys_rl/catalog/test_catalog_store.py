@@ -61,23 +61,30 @@ def test_completion_fills_ids_only_candidates_overrides_per_field_and_leaves_the
     version, _ = CatalogStore(tmp_path).upsert([[_item("a", 2.0), _item("b", 3.0)]], actor="test")
     as_sent = pb.Candidate(item_id="other", baseline_score=1.0)
     as_sent.features.numeric["price"] = 5.0
-    assert version.complete(_raw(as_sent)) is None  # nothing held: the request is used as it is
-    assert version.complete(_raw(as_sent)) is None  # (cached)
+    for _ in range(2):  # nothing held: used as it is (the second time from the per-version cache)
+        heads, tails, changed = version.complete(_raw(as_sent))
+        assert not changed and [h + t for h, t in zip(heads, tails, strict=True)] == _raw(as_sent)
 
     override = pb.Candidate(item_id="b", baseline_score=0.25)
     override.features.numeric["price"] = 9.0
     override.features.numeric["stock"] = 4.0
     ids_only = pb.Candidate(item_id="a", baseline_score=0.5)
     zero_baseline = pb.Candidate(item_id="a")
+    stored: list[bytes] = []
     for _ in range(2):  # the second time from the per-version cache
-        done = [pb.Candidate.FromString(raw) for raw in version.complete(_raw(ids_only, override, zero_baseline,
-                                                                                as_sent))]  # type: ignore[union-attr]
+        heads, tails, changed = version.complete(_raw(ids_only, override, zero_baseline, as_sent))
+        done = [pb.Candidate.FromString(head + tail) for head, tail in zip(heads, tails, strict=True)]
+        assert changed and tails[2] == b"" and len(tails[0]) == 9  # the request's own baseline records
+        # The very stored item for a candidate sent by id only (the serving caches find it by identity), each time.
+        assert heads[0] is heads[2] is version.items["a"] and heads[3] == _raw(as_sent)[0][:-9]
+        stored.append(heads[1])
         assert (done[0].features.numeric["price"], list(done[0].embedding), done[0].baseline_score) == (2.0, [1, 0],
                                                                                                          0.5)
         assert dict(done[1].features.numeric) == {"price": 9.0, "stock": 4.0}
         assert (done[1].features.categorical["topic"], list(done[1].features.tags)) == ("news", ["fresh"])
         assert done[1].baseline_score == 0.25 and done[2].features.numeric["price"] == 2.0
         assert done[3] == as_sent
+    assert stored[0] is stored[1]  # a merge too: one object per distinct candidate
 
     with pytest.raises(InvalidInput, match=r"^candidates\[1\]\.item_id: item 'nope' is not in the catalog"):
         version.complete(_raw(ids_only, pb.Candidate(item_id="nope", baseline_score=1.0)))
