@@ -27,6 +27,10 @@ so a what-if at another cap or exploration setting runs no VW and parses no feat
 reads the request), and capped ε-greedy is computed for a chunk of decisions at once (:mod:`evaluators.replay.batched`).
 The table is the one re-scoring gives (``logged_scores=False``; tests/evaluators/replay/test_logged_scores.py).
 
+Decisions that explored outside the retrieved set (``DecisionEvent.retrieval.outside_share`` > 0) get their
+per-slot target propensities from :mod:`evaluators.replay.outside` (outside slots ``q / #left outside``, inside
+slots ``(1 − q)·p_inside``, ``q = outside_share · the target's cap``), per decision rather than batched.
+
 Not replayed: the serving deadline (a target that would have run out of budget is still credited with its
 intended slate). Slate-RL long-term values (λ ≠ 0) are recomputed from each decision's logged long-term input (the
 slate-RL version and the user's click history it was served with), for every target.
