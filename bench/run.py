@@ -40,6 +40,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("sim", "bench.sim_bench", "Simulator speed without the server"),
     ("replay", "bench.replay_bench", "Replay vs serving the same decisions (issue 3)"),
     ("whatif", "bench.whatif_bench", "What-if replay from logged scores vs re-scoring (issue 11)"),
+    ("retrieval", "bench.retrieval_bench", "Retrieval from a 1M-item catalog: latency, recall, build, memory (issue 12)"),
     ("evaluators", "bench.evaluators_bench", "Estimators on a 10M-row table (issue 3)"),
     ("mips", "bench.mips_bench", "MIPS vs IPS as the number of actions grows (issue 12)"),
 ]

@@ -67,10 +67,15 @@ _TABLE_VIEWS: _View = _COMMON | {
 }
 # Replay's view: as the table view, but the slots keep only what replay reads, and the candidates' scores stay the
 # packed bytes they were written as (np.frombuffer instead of building 100 Python floats: ~12 µs a decision).
+# A retrieval decision's counts and outside-exploration share come along: replay recomputes the propensities of
+# slots drawn beyond the retrieved set from them (evaluators.replay.outside).
 _REPLAY_VIEWS: _View = _COMMON | {
-    "LoggedSlot": (events_pb2.LoggedSlot.DESCRIPTOR, ("item_id", "position", "propensity", "candidate_index"),
-                   frozenset()),
-    "DecisionEvent": (events_pb2.DecisionEvent.DESCRIPTOR, _DECISION_FIELDS,
+    "LoggedSlot": (events_pb2.LoggedSlot.DESCRIPTOR, ("item_id", "position", "propensity", "candidate_index",
+                                                      "outside_probability"), frozenset()),
+    "RetrievalRecord": (events_pb2.RetrievalRecord.DESCRIPTOR, (
+        "host_candidates", "retrieved_candidates", "outside_candidates", "outside_share", "outside_pool",
+    ), frozenset()),
+    "DecisionEvent": (events_pb2.DecisionEvent.DESCRIPTOR, (*_DECISION_FIELDS, "retrieval"),
                       frozenset({"context", "candidates", "long_term", "candidate_scores"})),
 }
 

@@ -27,6 +27,10 @@ so a what-if at another cap or exploration setting runs no VW and parses no feat
 reads the request), and capped ε-greedy is computed for a chunk of decisions at once (:mod:`evaluators.replay.batched`).
 The table is the one re-scoring gives (``logged_scores=False``; tests/evaluators/replay/test_logged_scores.py).
 
+Decisions that explored outside the retrieved set (``DecisionEvent.retrieval.outside_share`` > 0) get their
+per-slot target propensities from :mod:`evaluators.replay.outside` (outside slots ``q / #left outside``, inside
+slots ``(1 − q)·p_inside``, ``q = outside_share · the target's cap``), per decision rather than batched.
+
 Not replayed: the serving deadline (a target that would have run out of budget is still credited with its
 intended slate). Slate-RL long-term values (λ ≠ 0) are recomputed from each decision's logged long-term input (the
 slate-RL version and the user's click history it was served with), for every target.
@@ -54,12 +58,13 @@ from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig, default_
 from recsys_rl.errors import InvalidInput
 from recsys_rl.logging.v1 import events_pb2
 from recsys_rl.serving.decision import (
-    DecisionPolicy, LongTermInput, LongTermValue, NoLongTermValue, TargetScores, target_propensities,
+    DecisionPolicy, LongTermInput, LongTermValue, NoLongTermValue, TargetScores, target_propensities, target_scores,
 )
 from recsys_rl.serving.exploration import Explorer, slate_propensities
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from evaluators.replay.batched import PendingBatch, batchable
 from evaluators.replay.columns import DecisionColumns
+from evaluators.replay.outside import explored_outside, outside_propensities
 from evaluators.replay.shield import ReplayShield, what_if_rules
 from recsys_rl.shield.rules import ShieldRules
 from evaluators.replay.targets import BASELINE_SERVED, PolicySpec, TargetPolicy, parse_policy_spec, resolve_policy
@@ -271,6 +276,30 @@ def _replay_pass(
         columns.fallback[decision] = scored.fell_back
         return probabilities, scored
 
+    def outside_target(event: object, policy: DecisionPolicy, logged: list[int], raw: object | None,
+                       decision: int) -> np.ndarray:
+        """A decision that explored beyond the retrieved set: the outside formula (evaluators.replay.outside), per
+        decision (the batch path knows one cap per slot, this one caps the inside draw at (c − q)/(1 − q))."""
+        scores = _finite(raw) if raw is not None else None
+        request = rank_request(event) if scores is None or candidates is not None else None
+        if scores is not None:
+            explorer, fell_back = policy.explorer, False
+            stats.from_logged_scores += 1
+        else:
+            target = target_scores(policy, request, long_term_input=logged_long_term(event))
+            scores, explorer, fell_back = target.scores, target.explorer, target.fell_back
+            stats.rescored += 1
+            stats.target_fallbacks += fell_back
+            columns.fallback[decision] = fell_back
+        if candidates is not None:  # q̂π over the candidates' distribution, outside items as candidates (approximate)
+            candidates.add(event.event_id, request, scores, logged, explorer)
+        if fell_back:  # the target's baseline would have served: no outside draw, greedy over every candidate
+            return slate_propensities(scores, logged, explorer)
+        retrieval = event.retrieval  # type: ignore[attr-defined]
+        return outside_propensities(scores, logged, explorer, policy.cap, share=retrieval.outside_share,
+                                    pool=retrieval.outside_pool,
+                                    n_inside=retrieval.host_candidates + retrieval.retrieved_candidates)
+
     def flush() -> None:
         nonlocal columns
         if columns.decisions:
@@ -317,7 +346,9 @@ def _replay_pass(
             logged = columns.add(event, n_candidates)
             raw = _reusable_raw(event, policy, n_candidates) if logged_scores else None
             batch = batchable(policy.explorer) if raw is not None and len(set(logged)) == len(logged) else None
-            if batch is not None and candidates is None and not policy.shield.active:
+            if explored_outside(event) and not policy.shield.active:
+                target_p.extend(outside_target(event, policy, logged, raw, decision).tolist())
+            elif batch is not None and candidates is None and not policy.shield.active:
                 # The common what-if (logged@cap=X): nothing per decision but the bookkeeping; flush() computes it.
                 pending.add(offset, raw, logged, *batch, key=(event, policy, logged, offset, decision))
                 target_p.extend([0.0] * len(logged))
