@@ -35,6 +35,7 @@ from ranker.admin_auth import AdminSettings
 from ranker.server import ADMIN_NOT_SERVED, SHUTDOWN_DEADLINE_S, exit_by
 from ranker.workers.layout import STATUS_FILE, health_ack, read_generation, run_dir, write_status
 from recsys_rl.config import ServiceConfig
+from recsys_rl.serving.learner import describe_exit_code
 from recsys_rl.serving.service import LEARNER_STOP_S
 from recsys_rl.serving.supervisor import LearnerSupervisor, Supervised
 
@@ -79,15 +80,7 @@ class WorkerHandle:
         return True
 
     def describe_exit(self) -> str:
-        code = self._process.returncode
-        if code is None:
-            return "is running"
-        if code < 0:
-            try:
-                return f"was killed by {signal.Signals(-code).name}"
-            except ValueError:
-                return f"was killed by signal {-code}"
-        return f"exited with code {code}"
+        return describe_exit_code(self._process.returncode)
 
     def stop(self, timeout_s: float = WORKER_STOP_S) -> None:
         """SIGTERM (the worker drains and flushes its log); SIGKILL past ``timeout_s``."""

@@ -91,3 +91,13 @@ def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
 
 
 __all__ = ["LOCK_FILE", "admin_lock", "append_line", "fsync_dir", "read_lines", "write_json_atomically"]
+
+
+def file_stamp(path: Path) -> tuple[int, int]:
+    """(size, mtime ns) of ``path``, (0, 0) when it does not exist: a one-stat "has it changed" check for the
+    append-only trails other processes write (the stores' refresh on the watcher tick)."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return (0, 0)
+    return stat.st_size, stat.st_mtime_ns

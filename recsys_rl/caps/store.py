@@ -40,7 +40,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Literal
 
-from recsys_rl.caps.durable import admin_lock, append_line, read_lines, write_json_atomically
+from recsys_rl.caps.durable import admin_lock, append_line, file_stamp, read_lines, write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -279,11 +279,7 @@ class CapStore:
         return changed
 
     def _audit_stamp(self) -> tuple[int, int]:
-        try:
-            stat = self.audit_path.stat()
-        except FileNotFoundError:
-            return (0, 0)
-        return stat.st_size, stat.st_mtime_ns
+        return file_stamp(self.audit_path)
 
     def _load(self) -> tuple[dict[str, float], int, list[AuditEntry]]:
         """The caps on disk (snapshot rolled forward), the last audit sequence and the audit entries read."""

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys_rl.rollout.guardrail import GuardrailShare
+from recsys_rl.serving.dirlock import pid_alive
 from recsys_rl.serving.shadow import ShadowSums
 
 log = logging.getLogger(__name__)
@@ -95,16 +96,6 @@ def evidence_dir(data_dir: Path) -> Path:
 
 def evidence_path(data_dir: Path, pid: int) -> Path:
     return evidence_dir(data_dir) / f"{pid}.json"
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 class EvidencePublisher:

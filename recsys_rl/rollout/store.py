@@ -40,7 +40,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from recsys_rl.caps.durable import admin_lock, append_line, read_lines, write_json_atomically
+from recsys_rl.caps.durable import admin_lock, append_line, file_stamp, read_lines, write_json_atomically
 
 from recsys_rl.errors import InvalidInput, PreconditionFailed
 from recsys_rl.rollout.config import RolloutConfig, RolloutState, Stage, parse_stage
@@ -367,11 +367,7 @@ class RolloutStore:
         self._seen_audit = self._audit_stamp()
 
     def _audit_stamp(self) -> tuple[int, int]:
-        try:
-            stat = self.audit_path.stat()
-        except FileNotFoundError:
-            return (0, 0)
-        return stat.st_size, stat.st_mtime_ns
+        return file_stamp(self.audit_path)
 
     def _record(self, surface: str, *, actor: str, kind: Kind, old: RolloutState, new: RolloutState, reason: str,
                 outcome: Outcome, failed: list[str] | None = None, automatic: bool = False,

@@ -42,12 +42,12 @@ class DataDirLock:
                 break
             except BlockingIOError:
                 holder = _read_pid(self._fd)
-                if holder is not None and not _alive(holder) and time.monotonic() < deadline:
+                if holder is not None and not pid_alive(holder) and time.monotonic() < deadline:
                     time.sleep(0.1)  # a dead server's workers still hold it: they exit within their budget
                     continue
                 os.close(self._fd)
                 self._fd = None
-                who = f" (pid {holder})" if holder and _alive(holder) else \
+                who = f" (pid {holder})" if holder and pid_alive(holder) else \
                     f" (workers of pid {holder}, which is gone)" if holder else ""
                 raise DataDirInUse(f"--data-dir: {self.data_dir} is in use by another recsys-rl serve{who}") from None
         os.ftruncate(self._fd, 0)
@@ -70,7 +70,8 @@ class DataDirLock:
         self.release()
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

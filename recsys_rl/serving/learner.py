@@ -307,6 +307,20 @@ def learner_process_main(config: ServiceConfig, data_dir: Path, stop: Connection
     run_learner(config, data_dir, _StopOrOrphaned(), resume_after_s=resume_after_s)
 
 
+def describe_exit_code(code: int | None) -> str:
+    """A child process's exit for the log (``returncode``/``exitcode``: negative = the signal that killed it)."""
+    import signal
+
+    if code is None:
+        return "is running"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 class LearnerHandle:
     """One running learner: a spawned process (production) or a thread (tests, one process to debug).
 
@@ -363,18 +377,8 @@ class LearnerHandle:
 
     def describe_exit(self) -> str:
         """How the learner ended, for the log: "killed by SIGKILL", "exited with code 1", "raised ..."."""
-        import signal
-
         if self._process is not None:
-            code = self._process.exitcode
-            if code is None:
-                return "is running"
-            if code < 0:
-                try:
-                    return f"was killed by {signal.Signals(-code).name}"
-                except ValueError:
-                    return f"was killed by signal {-code}"
-            return f"exited with code {code}"
+            return describe_exit_code(self._process.exitcode)
         if self._thread_error is not None:
             return f"raised {type(self._thread_error).__name__}: {self._thread_error}"
         return "ended"

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 from recsys_rl import __version__
 from recsys_rl.errors import NotFound
+from recsys_rl.serving.dirlock import pid_alive
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class ModelRegistry:
         removed = []
         for path in root.iterdir() if root.is_dir() else ():
             match = _STAGING_RE.match(path.name)
-            if match is None or (int(match.group(1)) != os.getpid() and _pid_alive(int(match.group(1)))):
+            if match is None or (int(match.group(1)) != os.getpid() and pid_alive(int(match.group(1)))):
                 continue
             _remove(path)
             removed.append(path.name)
@@ -247,12 +248,3 @@ def _remove(path: Path) -> None:
     except OSError:
         pass
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from recsys_rl.caps.durable import admin_lock, append_line, fsync_dir, read_lines, write_json_atomically
+from recsys_rl.caps.durable import admin_lock, append_line, file_stamp, fsync_dir, read_lines, write_json_atomically
 from recsys_rl.errors import Aborted, InvalidInput, NotFound
 from recsys_rl.shield import bulk
 from recsys_rl.shield.edits import describe, diff
@@ -289,11 +289,7 @@ class ShieldStore:
         return changed
 
     def _audit_stamp(self) -> tuple[int, int]:
-        try:
-            stat = self.audit_path.stat()
-        except FileNotFoundError:
-            return (0, 0)
-        return stat.st_size, stat.st_mtime_ns
+        return file_stamp(self.audit_path)
 
     def _read_audit(self) -> list[ShieldAuditEntry]:
         entries, self.torn_audit_lines = read_lines(self.audit_path, ShieldAuditEntry.from_dict)
