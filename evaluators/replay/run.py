@@ -64,6 +64,10 @@ from recsys_rl.serving.exploration import Explorer, slate_propensities
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from evaluators.replay.batched import PendingBatch, batchable
 from evaluators.replay.columns import DecisionColumns
+from evaluators.replay.embedding import (
+    EmbeddingSpec, PolicyScores, embedding_frame, feature_labeller, iter_decisions, kmeans_labeller,
+    parse_embedding_spec, policy_scores,
+)
 from evaluators.replay.outside import explored_outside, outside_propensities
 from evaluators.replay.shield import ReplayShield, what_if_rules
 from recsys_rl.shield.rules import ShieldRules
@@ -217,6 +221,7 @@ def replay(
     since: float | None = None,
     shield: str | ShieldRules | None = None,
     logged_scores: bool = True,
+    embedding: str | None = None,
 ) -> pl.DataFrame:
     """The bandit-feedback table of ``spec`` on the logs under ``data_dir/logs`` (columns: module docstring).
 
@@ -228,9 +233,11 @@ def replay(
     data dir. Pass ``stats`` to get the counts (fallbacks, skipped decisions, damaged records, join counts).
     ``logged_scores``: take the target's scores from the log where they are its own (:func:`reusable_scores`:
     ``logged@cap=X`` needs no model); False re-scores every decision (the reference the fast path is tested against).
+    ``embedding``: ``feature:NAME`` or ``kmeans:C`` adds the MIPS columns (:mod:`evaluators.replay.embedding`).
     """
     stats = stats if stats is not None else ReplayStats()
     parsed = parse_policy_spec(spec) if isinstance(spec, str) else spec
+    embedding_spec = parse_embedding_spec(embedding) if embedding is not None else None
     surface_config = _surface_config(config, surface)
     log_dir = Path(data_dir) / "logs"
     if not log_dir.is_dir():
@@ -250,9 +257,42 @@ def replay(
         table = _feedback_table(joined)
         if candidates is not None:
             table = fit_and_score(table, candidates)
+    if embedding_spec is not None:
+        table = _with_embeddings(table, embedding_spec, Path(data_dir), surface, surface_config, target, shields, since)
     stats.rows = table.height
     stats.support_violations = table.filter((pl.col("target_pscore") > 0) & (pl.col("pscore") <= 0)).height
     return table
+
+
+def _with_embeddings(table: pl.DataFrame, spec: EmbeddingSpec, data_dir: Path, surface: str,
+                     surface_config: SurfaceConfig, target: TargetPolicy, shields: ReplayShield,
+                     since: float | None) -> pl.DataFrame:
+    """``table`` with action_embedding, embedding_pscore and embedding_target_pscore (a second read of the log:
+    both policies' full per-slot distributions, which the main pass never materialises)."""
+    log_dir = data_dir / "logs"
+    long_term = replay_long_term(data_dir, surface_config)
+    # The logging policy: each decision's own version, scores, exploration and cap, under the rules it was served
+    # with (whatever the what-if shield of the target).
+    logging = resolve_policy(parse_policy_spec("logged"), data_dir, surface_config, long_term=long_term)
+    logged_shields = ReplayShield(data_dir, surface_config)
+
+    def decide(event: object, request: pb.RankRequest) -> tuple[PolicyScores, PolicyScores]:
+        history = logged_long_term(event)
+        event_id, version = event.event_id, event.shield_version  # type: ignore[attr-defined]
+        mu = logged_shields.policy(logging.policy_for(event), event_id, version)
+        pi = shields.policy(target.policy_for(event), event_id, version)
+        return (policy_scores(mu, event, request, reusable_scores, history),
+                policy_scores(pi, event, request, reusable_scores, history))
+
+    if spec.kind == "feature":
+        labeller = feature_labeller(spec.feature)
+    else:
+        labeller = kmeans_labeller(((e.event_id, rank_request(e))  # type: ignore[attr-defined]
+                                    for e in iter_decisions(log_dir, surface, since)), spec.clusters)
+    frame = embedding_frame(iter_decisions(log_dir, surface, since), labeller, decide, rank_request)
+    keys = ["event_id", "position"]
+    return table.join(frame.with_columns(pl.col("position").cast(table.schema["position"])), on=keys, how="left",
+                      maintain_order="left")
 
 
 def _replay_pass(
@@ -566,6 +606,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--shield", help="what-if: replay every decision under these shield rules (a stored "
                                          "VERSION, none, or a rules FILE.toml); default: each decision's own rules")
+    parser.add_argument("--embedding", metavar="SPEC",
+                        help="add the MIPS columns (action_embedding, embedding_pscore, embedding_target_pscore): "
+                             "feature:NAME (a categorical candidate feature) or kmeans:C (the candidates' embedding "
+                             "vectors in C seeded k-means clusters); docs/mips.md")
     parser.set_defaults(run=run_replay)
     return parser
 
@@ -597,7 +641,7 @@ def run_replay(args: argparse.Namespace) -> int:
     stats = ReplayStats()
     table = replay(Path(args.data_dir), args.policy, surface=args.surface, config=config,
                    reward_model=args.reward_model, progress=not args.no_progress, stats=stats,
-                   since=_since_seconds(args.since), shield=args.shield)
+                   since=_since_seconds(args.since), shield=args.shield, embedding=args.embedding)
     out = write_table(table, args.out)
     print(f"replay {args.policy}: {stats.rows} rows from {stats.decisions} decisions -> {out} "
           f"(target fallbacks {stats.target_fallbacks}, support violations {stats.support_violations}, "
