@@ -166,9 +166,9 @@ def test_cli_replay_then_evaluate_mips(served: ServedLog, tmp_path: Path, capsys
     config.write_text("[surfaces.default]\nexploration_cap = 0.4\n[surfaces.default.exploration]\nepsilon = 0.4\n"
                       "[surfaces.default.shield]\nmax_per_value = { topic = 1 }\n")
     code = main(["replay", "--data-dir", str(served.data_dir), "--policy", "logged@cap=0.1", "--out", str(out),
-                 "--no-progress", "--config", str(config), "--embedding", "feature:topic"])
+                 "--no-progress", "--config", str(config), "--embedding", "feature:topic", "--reward-model"])
     assert code == 0, capsys.readouterr().err
     assert {"action_embedding", "embedding_pscore", "embedding_target_pscore"} <= set(pl.read_parquet(out).columns)
     capsys.readouterr()
-    assert evaluate_main(["evaluate", str(out), "--estimators", "mips,snmips", "--format", "json"]) == 0
-    assert "snmips" in capsys.readouterr().out
+    assert evaluate_main(["evaluate", str(out), "--estimators", "mips,snmips,mips_dr", "--format", "json"]) == 0
+    assert "mips_dr" in capsys.readouterr().out
