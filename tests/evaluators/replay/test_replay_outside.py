@@ -90,3 +90,12 @@ def test_a_what_if_cap_gives_the_outside_formula(outside_log: Path) -> None:
                 remaining_inside.remove(slot.candidate_index)
             assert got[(event.event_id, k)] == pytest.approx(expected, rel=1e-12), (event.event_id, k)
     assert checked_outside > 20
+
+
+def test_mips_columns_refuse_decisions_that_explored_outside_the_retrieved_set(outside_log: Path) -> None:
+    """Their outside draws range over catalog items the log does not list: no embedding sum can be formed."""
+    from recsys_rl.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="explored outside the retrieved set") as caught:
+        replay(outside_log, "logged", config=_config(), progress=False, embedding="kmeans:2")
+    assert caught.value.field == "--embedding"
