@@ -35,12 +35,16 @@ def _item_id(row: int) -> str:
     return f"k{row // PER_CLUSTER}-{row % PER_CLUSTER:02d}"
 
 
-def _start(start_server: object, tmp_path: Path) -> object:
-    config = ServiceConfig(surfaces={"default": SurfaceConfig(
+def _config() -> ServiceConfig:
+    return ServiceConfig(surfaces={"default": SurfaceConfig(
         exploration_cap=0.2, exploration=ExplorationConfig(algorithm="epsilon_greedy", epsilon=0.2),
         model=ModelConfig(learn=False), decision_budget_ms=60_000,
         retrieval=RetrievalConfig(size=K, user_decay=DECAY))}, seed=3)
-    running = start_server(config, data_dir=tmp_path / "data", learner="off")  # type: ignore[operator]
+
+
+def _start(start_server: object, tmp_path: Path) -> object:
+    """A server on tmp_path/data with the clustered catalog upserted through it."""
+    running = start_server(_config(), data_dir=tmp_path / "data", learner="off")  # type: ignore[operator]
     vectors = _vectors()
     items = [catalog_pb.CatalogItem(item_id=_item_id(i), embedding=vectors[i].tolist()) for i in range(len(vectors))]
     catalog_grpc.CatalogServiceStub(running.admin_channel).UpsertItems(
@@ -116,3 +120,39 @@ def test_a_user_who_clicked_one_cluster_gets_that_cluster_retrieved_by_user_id(s
         assert list(logged.query_embedding) == pytest.approx(kept.tolist(), rel=1e-6)  # replay searches with it
         retrieved = [c.item_id for c in events[request_id].candidates]
         assert len(retrieved) == K and all(i.startswith("k2-") for i in retrieved)
+
+
+def test_kept_queries_are_not_persisted_but_a_click_on_a_recovered_decision_feeds_them(
+        start_server, tmp_path: Path) -> None:
+    running = _start(start_server, tmp_path)
+    vectors = _vectors()
+    first = pb.RankRequest(request_id="before", surface="default", user_id="carol", slate_size=3)
+    first.retrieval.size = K
+    first.retrieval.query_embedding.extend(vectors[PER_CLUSTER + 5].tolist())  # cluster 1's neighbourhood
+    served = _rank_when_indexed(running.stub, first)
+    clicked = served.slate[0].item_id
+    assert clicked.startswith("k1-")
+    running.stub.ReportOutcome(pb.ReportOutcomeRequest(event_id=served.event_id, item_id=clicked, outcome="click",
+                                                       value=1.0, outcome_id="a"), timeout=10)
+    assert running.stub.Rank(_by_user("kept", "carol"), timeout=10).slate
+    running.stop()
+
+    # The same configuration on the same data dir: the catalog and the log are kept, the index is built at start.
+    restarted = start_server(_config(), data_dir=tmp_path / "data", learner="off")
+    with pytest.raises(grpc.RpcError) as forgotten:  # in memory only: the restart starts empty
+        restarted.stub.Rank(_by_user("after", "carol"), timeout=10)
+    assert forgotten.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert "no query is kept for user_id 'carol'" in forgotten.value.details()
+    # The decision served before the restart was recovered with its user: a click on it feeds carol's query.
+    second = served.slate[1].item_id
+    assert second.startswith("k1-")  # all K retrieved items are cluster 1's (30 of them, well apart)
+    ack = restarted.stub.ReportOutcome(pb.ReportOutcomeRequest(event_id=served.event_id, item_id=second,
+                                                               outcome="click", value=1.0, outcome_id="b"), timeout=10)
+    assert ack.attributed
+    reply = restarted.stub.Rank(_by_user("fed", "carol"), timeout=10)
+    assert all(s.item_id.startswith("k1-") for s in reply.slate), [s.item_id for s in reply.slate]
+    restarted.stop()
+    logged = {e.request_id: e for e in read_log(tmp_path / "data" / "logs").decisions}["fed"].retrieval
+    assert logged.query_source == "user"
+    assert list(logged.query_embedding) == pytest.approx(vectors[int(second[3:]) + PER_CLUSTER].tolist(), rel=1e-6)
+
