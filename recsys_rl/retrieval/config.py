@@ -10,6 +10,8 @@ Example::
     ef_search = 128        # hnsw: candidate list size while searching
     size = 200             # K when a request asks for retrieval without a size
     outside_share = 0.0    # share of the exploration cap drawn uniformly from outside the retrieved set
+    user_embeddings = 100000  # users whose query embedding is kept (LRU); 0: the host always sends the query
+    user_decay = 0.8       # weight of the older clicks in the kept decayed mean, per new click (0: last click only)
 
 A catalog smaller than ``exact_below`` items always gets the exact index: an approximate one buys nothing there,
 and IVF needs ~39 training points per list.
@@ -33,6 +35,9 @@ class RetrievalConfig:
     size: int = 200
     outside_share: float = 0.0  # off by default: exploration stays within the candidates, as without retrieval
     exact_below: int = 50_000
+    # The query kept per user id (recsys_rl/retrieval/users.py): an LRU of this many users, per surface.
+    user_embeddings: int = 100_000
+    user_decay: float = 0.8
 
     def __post_init__(self) -> None:
         if self.index not in INDEX_KINDS:
@@ -46,6 +51,12 @@ class RetrievalConfig:
         if not (isinstance(self.outside_share, int | float) and math.isfinite(self.outside_share)
                 and 0.0 <= self.outside_share < 1.0):
             raise ValueError(f"retrieval.outside_share: must be in [0, 1), got {self.outside_share!r}")
+        if not isinstance(self.user_embeddings, int) or isinstance(self.user_embeddings, bool) \
+                or self.user_embeddings < 0:
+            raise ValueError(f"retrieval.user_embeddings: must be a non-negative integer, got {self.user_embeddings!r}")
+        if not (isinstance(self.user_decay, int | float) and not isinstance(self.user_decay, bool)
+                and math.isfinite(self.user_decay) and 0.0 <= self.user_decay < 1.0):
+            raise ValueError(f"retrieval.user_decay: must be in [0, 1), got {self.user_decay!r}")
 
     def kind_for(self, n_items: int) -> str:
         """The index kind a catalog of ``n_items`` gets: the configured one, exact below ``exact_below``."""

@@ -4,8 +4,10 @@ Rules (each error names the field, INVALID_ARGUMENT):
 
 * ``retrieval.size``: K; 0 means the surface's ``[retrieval] size`` (proto3 cannot tell 0 from unset); negative, or
   more than the surface's ``max_candidates`` together with the host-sent candidates, is refused;
-* ``retrieval.query_embedding``: not empty, of the catalog's dimension, finite (a query kept per user id is not
-  supported yet: the host sends the query);
+* ``retrieval.query_embedding``: of the catalog's dimension, finite; empty means the query the service keeps for
+  ``user_id`` (:mod:`recsys_rl.retrieval.users`): INVALID_ARGUMENT without a ``user_id`` (or on a surface with
+  ``user_embeddings = 0``), FAILED_PRECONDITION naming ``retrieval.query_embedding`` when none is kept for that user
+  yet (the host sends its own cold-start query then);
 * ``slate_size``: at most the host-sent and retrieved candidates together.
 
 Merge: the host's candidates first, in their order and as sent; then the retrieved items by descending inner
@@ -22,11 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recsys_rl.errors import InvalidInput
+from recsys_rl.errors import InvalidInput, PreconditionFailed
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.retrieval.config import RetrievalConfig
 from recsys_rl.retrieval.index import ItemIndex
 from recsys_rl.retrieval.outside import OutsidePlan, plan_outside
+from recsys_rl.retrieval.users import UserEmbeddings
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,6 +43,7 @@ class RetrievalResult:
     host_candidates: int
     retrieved_candidates: int
     plan: OutsidePlan | None  # None: no exploration outside the candidates for this request
+    query_source: str = "request"  # request | user (the query kept for the request's user_id)
 
     def fill(self, record: object) -> None:
         """Writes the record's fields (a DecisionEvent's ``retrieval`` or its WireRecord view)."""
@@ -57,11 +61,13 @@ class RetrievalResult:
         record.outside_share = 0.0 if plan is None else plan.share
         record.outside_pool = 0 if plan is None else plan.pool
         record.query_embedding.extend(self.query.tolist())
+        record.query_source = self.query_source
 
 
-def check_retrieval(request: pb.RankRequest, index: ItemIndex, config: RetrievalConfig, *,
-                    max_candidates: int) -> tuple[int, np.ndarray]:
-    """(K, the query as a (1, d) float32 array); raises InvalidInput naming the field."""
+def check_retrieval(request: pb.RankRequest, index: ItemIndex, config: RetrievalConfig, *, max_candidates: int,
+                    users: UserEmbeddings | None = None) -> tuple[int, np.ndarray, str]:
+    """(K, the query as a (1, d) float32 array, where it came from: "request" or "user"); raises InvalidInput
+    naming the field, or PreconditionFailed when the request relies on a user query the service does not keep."""
     retrieval = request.retrieval
     size = retrieval.size or config.size
     if size < 0:
@@ -71,7 +77,7 @@ def check_retrieval(request: pb.RankRequest, index: ItemIndex, config: Retrieval
                                              f"is more than the limit of {max_candidates}")
     query = retrieval.query_embedding
     if not query:
-        raise InvalidInput("retrieval.query_embedding", "must not be empty (send the query embedding)")
+        return size, _kept_query(request, index, users), "user"
     if len(query) != index.dimension:
         raise InvalidInput("retrieval.query_embedding", f"has {len(query)} values; the catalog's dimension is "
                                                         f"{index.dimension}")
@@ -79,13 +85,30 @@ def check_retrieval(request: pb.RankRequest, index: ItemIndex, config: Retrieval
     if not np.isfinite(values).all():
         i = int(np.flatnonzero(~np.isfinite(values))[0])
         raise InvalidInput(f"retrieval.query_embedding[{i}]", f"must be finite, got {values[i]}")
-    return size, values.reshape(1, -1)
+    return size, values.reshape(1, -1), "request"
+
+
+def _kept_query(request: pb.RankRequest, index: ItemIndex, users: UserEmbeddings | None) -> np.ndarray:
+    """The query kept for the request's user, as a (1, d) float32 array."""
+    if users is None or users.capacity <= 0:
+        raise InvalidInput("retrieval.query_embedding", "must not be empty (send the query embedding; this surface "
+                                                        "keeps no query per user: retrieval.user_embeddings = 0)")
+    if not request.user_id:
+        raise InvalidInput("retrieval.query_embedding", "must not be empty without a user_id (send the query "
+                                                        "embedding, or the user_id whose query the service keeps)")
+    kept = users.query(request.user_id)
+    if kept is None or kept.shape[0] != index.dimension:  # another dimension: kept before the catalog changed
+        raise PreconditionFailed(f"retrieval.query_embedding: no query is kept for user_id {request.user_id!r} "
+                                 f"on surface {request.surface!r} yet (no engagement with a catalog item reported "
+                                 f"to this server); send retrieval.query_embedding")
+    return kept.reshape(1, -1)
 
 
 def retrieve(request: pb.RankRequest, index: ItemIndex, config: RetrievalConfig, *, max_candidates: int,
-             cap: float, draw_key: int, explore_outside: bool) -> tuple[pb.RankRequest, RetrievalResult]:
+             cap: float, draw_key: int, explore_outside: bool,
+             users: UserEmbeddings | None = None) -> tuple[pb.RankRequest, RetrievalResult]:
     """The request with the retrieved (and outside-planned) candidates appended, and how they were found."""
-    size, query = check_retrieval(request, index, config, max_candidates=max_candidates)
+    size, query, source = check_retrieval(request, index, config, max_candidates=max_candidates, users=users)
     scores, found = index.search(query, size, config)
     host_ids = [c.item_id for c in request.candidates]
     host = set(host_ids)
@@ -109,7 +132,7 @@ def retrieve(request: pb.RankRequest, index: ItemIndex, config: RetrievalConfig,
             floor = min((c.baseline_score for c in out.candidates), default=0.0) - 1.0
             floor = floor if math.isfinite(floor) else -1e300
             out.candidates.extend(pb.Candidate(item_id=item_id, baseline_score=floor) for item_id in plan.item_ids)
-    return out, RetrievalResult(index, config, size, query[0], len(host_ids), len(retrieved), plan)
+    return out, RetrievalResult(index, config, size, query[0], len(host_ids), len(retrieved), plan, source)
 
 
 __all__ = ["RetrievalResult", "check_retrieval", "retrieve"]

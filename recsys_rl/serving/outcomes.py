@@ -73,6 +73,7 @@ class _Tracked:
     # Only for decisions someone watches (the canary's guardrail): the reward rule applied as outcomes arrive.
     rewards: DecisionRewards | None = None
     reward_tag: object | None = None
+    user_id: str = ""  # kept on retrieval surfaces: a click updates this user's kept query (retrieval/users.py)
 
 
 class OutcomeTracker:
@@ -95,7 +96,7 @@ class OutcomeTracker:
         self.duplicates = 0
 
     def track(self, event_id: str, served_at_us: int, slate_item_ids: list[str], *,
-              request: object | None = None, reward_tag: object | None = None) -> None:
+              request: object | None = None, reward_tag: object | None = None, user_id: str = "") -> None:
         """Starts tracking a decision served at ``served_at_us`` (integer µs, as its DecisionEvent logs it).
 
         ``reward_tag`` (not None): also compute the decision's reward (``decision_reward``) and hand it out with
@@ -103,7 +104,8 @@ class OutcomeTracker:
         """
         deadline_s = (served_at_us + self.reward.window_us) / 1e6
         tracked = _Tracked(served_at_us, deadline_s,
-                           {item_id: position for position, item_id in enumerate(slate_item_ids)}, request)
+                           {item_id: position for position, item_id in enumerate(slate_item_ids)}, request,
+                           user_id=user_id)
         if reward_tag is not None:
             tracked.rewards = DecisionRewards(self.reward, served_at_us, slate_item_ids)
             tracked.reward_tag = reward_tag
@@ -148,6 +150,12 @@ class OutcomeTracker:
         with self._lock:
             tracked = self._open.get(event_id)
             return tracked.request if tracked is not None else None
+
+    def user_of(self, event_id: str) -> str:
+        """The user_id of an open decision when it was kept (``track(user_id=...)``), "" otherwise."""
+        with self._lock:
+            tracked = self._open.get(event_id)
+            return tracked.user_id if tracked is not None else ""
 
     def knows(self, event_id: str) -> bool:
         with self._lock:

@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from google.protobuf.message import Message
 
 from logging_schema.writer import DeferredRecord, LogQueueFull, LogUnavailable, LogWriter
 from recsys_rl.serving.bandit import VWBandit
 from recsys_rl.caps.store import CapStore
 from recsys_rl.catalog.store import CatalogStore, CatalogStoreError
+from recsys_rl.catalog.v1 import catalog_service_pb2 as catalog_pb
 from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig
 from recsys_rl.rollout.config import RolloutState, Stage
 from recsys_rl.rollout.store import GuardrailEvidence, RolloutStore
@@ -29,6 +31,7 @@ from recsys_rl.catalog.items import CatalogVersion
 from recsys_rl.errors import InvalidInput, NotFound, NotReady, Overloaded, PreconditionFailed
 from recsys_rl.retrieval.index import RetrievalIndexes
 from recsys_rl.retrieval.request import RetrievalResult, retrieve
+from recsys_rl.retrieval.users import UserEmbeddings
 from recsys_rl.serving.exploration import draw_key
 from recsys_rl.serving.learner import ModelWatcher
 from recsys_rl.metrics.hooks import NO_METRICS, ServingHooks
@@ -115,6 +118,10 @@ class DecisionService:
         # every new version; a request reads the one built (recsys_rl/retrieval/index.py).
         self.indexes = RetrievalIndexes()
         self._retrieval_configs = [s.retrieval for s in config.surfaces.values() if s.retrieval is not None]
+        # The query kept per user id, per retrieval surface: fed by ReportOutcome, in memory only (users.py).
+        self.user_queries = {name: UserEmbeddings(s.retrieval.user_embeddings, s.retrieval.user_decay)
+                             for name, s in config.surfaces.items()
+                             if s.retrieval is not None and s.catalog and s.retrieval.user_embeddings > 0}
         self.indexes.ensure(self.catalog.current, self._retrieval_configs, wait=True)
         self._recover_open_decisions()
         self.writer = LogWriter(self.log_dir)
@@ -209,7 +216,8 @@ class DecisionService:
                 entry = self._surfaces.get(event.surface)
                 if entry is not None and served_at + entry.config.reward.attribution_window_seconds >= now:
                     entry.tracker.track(event.event_id, micros(event.served_at.seconds, event.served_at.nanos),
-                                        [slot.item_id for slot in event.slate])
+                                        [slot.item_id for slot in event.slate],
+                                        user_id=event.user_id if event.surface in self.user_queries else "")
                     recovered += 1
             keyed_outcomes.append(keyed)
             if oldest + horizon < now:
@@ -444,7 +452,8 @@ class DecisionService:
             entry.shadow.record(decision, decision.shadow, decision.shadow_latency_us)
         tag = self.monitor.decided(request.surface, rollout.stage, decision.serving_mode, latency_ms=latency_us / 1000)
         entry.tracker.track(event_id, served_at_ns // 1000, [slot.item_id for slot in decision.slots],
-                            request=candidates.request if self._long_term is not None else None, reward_tag=tag)
+                            request=candidates.request if self._long_term is not None else None, reward_tag=tag,
+                            user_id=request.user_id if request.surface in self.user_queries else "")
         return decision, event_id
 
     def _retrieve(self, entry: _Surface, request: pb.RankRequest,
@@ -464,7 +473,7 @@ class DecisionService:
         shielded = state.shield.active  # outside exploration: unshielded surfaces only (retrieval/outside.py)
         key = draw_key(entry.policy.server_seed, entry.config.name, request.request_id)
         return retrieve(request, index, config, max_candidates=entry.config.max_candidates, cap=state.cap,
-                        draw_key=key, explore_outside=not shielded)
+                        draw_key=key, explore_outside=not shielded, users=self.user_queries.get(entry.config.name))
 
     def refuse_overloaded(self, reason: str) -> Overloaded:
         """Counts a Rank refused because even the baseline cannot be served in time; returns the error to raise
@@ -517,12 +526,26 @@ class DecisionService:
         if ack.attributed:  # a canary-stage decision's reward for the guardrail (no-op for unwatched ones)
             entry.tracker.count_reward(request.event_id, request.item_id, request.outcome, request.value,
                                        occurred_ns // 1000, request.outcome_id)
+        if ack.attributed and request.item_id and request.value > 0:
+            self._observe_user_query(entry, request)
         if ack.attributed and request.item_id and self._long_term is not None and request.value > 0:
             served = entry.tracker.request_of(request.event_id)
             if served is not None:  # the slate-RL user state follows what the user engaged with
                 clicked = [c for c in served.candidates if c.item_id == request.item_id]  # type: ignore[attr-defined]
                 self._long_term.observe(served.user_id, clicked)  # type: ignore[attr-defined]
         return ack
+
+    def _observe_user_query(self, entry: _Surface, request: pb.ReportOutcomeRequest) -> None:
+        """An engagement moves the user's kept query toward the item's embedding in the catalog version in force
+        (an item no longer in the catalog, or a surface without kept queries, changes nothing)."""
+        users = self.user_queries.get(entry.config.name)
+        catalog = self.catalog.current
+        if users is None or catalog is None:
+            return
+        user_id = entry.tracker.user_of(request.event_id)
+        item = catalog.items.get(request.item_id) if user_id else None
+        if item is not None:
+            users.observe(user_id, np.asarray(catalog_pb.CatalogItem.FromString(item).embedding, dtype=np.float64))
 
     def load_version(self, surface: str, checkpoint: Checkpoint) -> None:
         """Hot-swaps the serving model; a checkpoint that fails to load raises and the old one keeps serving."""

@@ -162,9 +162,10 @@ def test_bad_retrieval_input_is_refused_naming_the_field_and_the_server_keeps_se
         "retrieval.size: 20000 retrieved": _request("big", query, size=20_000),
         "retrieval.query_embedding: has 3 values; the catalog's dimension is 8": _request("dim", query[:3]),
         "retrieval.query_embedding[2]: must be finite": _request("nan", nan),
-        "retrieval.query_embedding: must not be empty": _request("empty", query[:0]),
+        "retrieval.query_embedding: must not be empty without a user_id": _request("empty", query[:0]),
         "slate_size: 5 is larger than the 3 candidates": _request("small", query, size=3),
     }
+    bad["retrieval.query_embedding: must not be empty without a user_id"].user_id = ""  # with one: kept query
     for message, request in bad.items():
         with pytest.raises(grpc.RpcError) as refused:
             running.stub.Rank(request, timeout=10)
