@@ -1,0 +1,88 @@
+"""The partitioned export equals the single-file one, holds a bounded number of rows, and refuses a used --out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from logging_schema.lake import OutputNotEmptyError, export_partitioned, read_partitioned
+from logging_schema.rewards import RewardDefinition
+from logging_schema.segments import stream_dir
+from logging_schema.tables import export_parquet
+from logging_schema.writer import LogWriter
+from tests.logging_schema.builders import decision_record, outcome_record
+
+DAY_US = 86_400_000_000
+START_US = 1_764_892_800_000_000 - 30_000_000  # 2025-12-04T23:59:30Z: decisions fall on two dates
+REWARDS = {"home": RewardDefinition(weights={"click": 1.0}, attribution_window_seconds=5.0),
+           "search": RewardDefinition(weights={"click": 1.0, "purchase": 4.0}, attribution_window_seconds=10.0)}
+
+
+def _write_log(data_dir: Path, n: int) -> None:
+    """``n`` decisions 1 s apart over two surfaces and two workers' streams, with clicks, purchases, late and orphan
+    outcomes, through the real LogWriter."""
+    writers = [LogWriter(stream_dir(data_dir / "logs", k), rotate_bytes=8 << 10) for k in range(2)]
+    try:
+        for i in range(n):
+            served = START_US + i * 1_000_000
+            surface = "home" if i % 3 else "search"
+            writer = writers[i % 2]
+            writer.submit(decision_record(f"e{i}", served_at_us=served, surface=surface, items=("a", "b")))
+            if i % 7 == 0:
+                writer.submit(outcome_record(f"orphan{i}", "a", "click", occurred_at_us=served, surface=surface))
+            if i % 2 == 0:
+                writer.submit(outcome_record(f"e{i}", "b", "click", occurred_at_us=served + 500_000, surface=surface))
+            if i % 5 == 0:
+                writer.submit(outcome_record(f"e{i}", "a", "purchase", occurred_at_us=served + 900_000,
+                                             surface=surface))
+    finally:
+        for writer in writers:
+            writer.close()
+
+
+def _sorted(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.sort("event_id", "position")
+
+
+def test_partitioned_export_equals_the_single_file_export(tmp_path: Path) -> None:
+    _write_log(tmp_path, 120)
+    single = tmp_path / "single.parquet"
+    export_parquet(tmp_path, single, REWARDS)
+    stats = export_partitioned(tmp_path, tmp_path / "lake", REWARDS, batch_rows=16, lateness_seconds=2.0)
+
+    expected = pl.read_parquet(single)
+    back = read_partitioned(tmp_path / "lake").collect()
+    assert stats.late_outcomes == 0 and stats.rows == expected.height == 240
+    assert back.get_column("date").unique().sort().cast(pl.String).to_list() == ["2025-12-04", "2025-12-05"]
+    assert sorted(p.name for p in (tmp_path / "lake").iterdir()) == ["surface=home", "surface=search"]
+    assert _sorted(back.select(expected.columns)).equals(_sorted(expected))
+    assert expected["reward"].sum() > 0 and stats.join.orphan_outcomes == 18
+    assert max(pl.read_parquet(p).height for p in (tmp_path / "lake").rglob("*.parquet")) <= 16
+
+
+def test_rows_held_stay_within_one_batch_plus_the_window(tmp_path: Path) -> None:
+    _write_log(tmp_path, 300)
+    stats = export_partitioned(tmp_path, tmp_path / "lake", REWARDS, batch_rows=8, lateness_seconds=2.0)
+    # Decisions 1 s apart, 2 rows each: the longest window (10 s) plus lateness (2 s) spans 13 decisions.
+    assert stats.rows == 600 and stats.max_rows_held <= 8 + 2 * 13 + 2
+
+
+def test_a_too_small_lateness_is_reported_not_hidden(tmp_path: Path) -> None:
+    _write_log(tmp_path, 60)
+    stats = export_partitioned(tmp_path, tmp_path / "lake", REWARDS, batch_rows=4, lateness_seconds=0.0)
+    # With no lateness allowed, orphans logged 1 ms after they occurred could be answers to written decisions.
+    assert stats.late_outcomes == 9 and stats.join.orphan_outcomes == 0
+
+
+def test_a_non_empty_out_is_refused_unless_overwrite(tmp_path: Path) -> None:
+    _write_log(tmp_path, 10)
+    out = tmp_path / "lake"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    with pytest.raises(OutputNotEmptyError, match="not empty"):
+        export_partitioned(tmp_path, out, REWARDS)
+    assert (out / "keep.txt").exists()
+    export_partitioned(tmp_path, out, REWARDS, overwrite=True)
+    assert not (out / "keep.txt").exists() and list(out.rglob("part-00000.parquet"))
