@@ -15,7 +15,7 @@ Memory is the chunks of the last ``window + lateness`` of traffic plus one chunk
 the log.
 
 An outcome whose decision is not waiting is an orphan - or a decision already written, if the outcome came later
-than ``lateness``. Those that could be the latter (occurred no later than ``clock - lateness``) are counted in
+than ``lateness``. Those that could be the latter (occurred no later than the latest ``served_at + window`` written) are counted in
 ``PartitionedStats.late_outcomes``: when it is 0 the export equals the single-file one, otherwise the caller says
 so and a larger ``lateness`` fixes it.
 """
@@ -68,6 +68,7 @@ class _Chunk:
         self.outcomes = _OutcomeColumns()
         self.rows = 0
         self.final_after_us = -1  # the clock past which every decision here is final
+        self.horizon_us = -1  # the latest served_at + window here: no outcome after it counts toward this chunk
         self.event_ids: list[str] = []
 
 
@@ -149,9 +150,11 @@ def export_partitioned(
     owner: dict[str, _Chunk] = {}  # event id of a decision held in memory -> its chunk
     held = 0
     clock = -1
+    written_horizon = -1  # the latest served_at + window of any decision written so far
 
     def flush(chunk: _Chunk) -> None:
-        nonlocal held
+        nonlocal held, written_horizon
+        written_horizon = max(written_horizon, chunk.horizon_us)
         join = JoinStats()
         joined = join_rewards(chunk.decisions.to_frame(), chunk.outcomes.to_frame(), rewards, stats=join)
         _add_join_stats(stats.join, join)
@@ -175,7 +178,9 @@ def export_partitioned(
             filling.decisions.add(event)
             filling.rows += rows
             filling.event_ids.append(event.event_id)
-            filling.final_after_us = max(filling.final_after_us, at + window_us(event.surface) + lateness_us)
+            horizon = at + window_us(event.surface)
+            filling.horizon_us = max(filling.horizon_us, horizon)
+            filling.final_after_us = max(filling.final_after_us, horizon + lateness_us)
             owner.setdefault(event.event_id, filling)  # join_rewards keys a repeated event id by its first decision
             held += rows
             stats.max_rows_held = max(stats.max_rows_held, held)
@@ -189,7 +194,7 @@ def export_partitioned(
             chunk = owner.get(event.event_id)
             if chunk is not None:
                 chunk.outcomes.add(event)
-            elif _micros(event.occurred_at) <= clock - lateness_us:
+            elif _micros(event.occurred_at) <= written_horizon:
                 stats.late_outcomes += 1  # might belong to a decision already written: not exact
             else:
                 stats.join.outcomes += 1  # an orphan: counted as join_rewards counts it

@@ -12,9 +12,8 @@ from logging_schema.rewards import RewardDefinition
 from logging_schema.segments import stream_dir
 from logging_schema.tables import export_parquet
 from logging_schema.writer import LogWriter
-from tests.logging_schema.builders import decision_record, outcome_record
+from tests.logging_schema.builders import decision_record, outcome_record, set_micros
 
-DAY_US = 86_400_000_000
 START_US = 1_764_892_800_000_000 - 30_000_000  # 2025-12-04T23:59:30Z: decisions fall on two dates
 REWARDS = {"home": RewardDefinition(weights={"click": 1.0}, attribution_window_seconds=5.0),
            "search": RewardDefinition(weights={"click": 1.0, "purchase": 4.0}, attribution_window_seconds=10.0)}
@@ -69,11 +68,29 @@ def test_rows_held_stay_within_one_batch_plus_the_window(tmp_path: Path) -> None
     assert stats.rows == 600 and stats.max_rows_held <= 8 + 2 * 13 + 2
 
 
-def test_a_too_small_lateness_is_reported_not_hidden(tmp_path: Path) -> None:
-    _write_log(tmp_path, 60)
-    stats = export_partitioned(tmp_path, tmp_path / "lake", REWARDS, batch_rows=4, lateness_seconds=0.0)
-    # With no lateness allowed, orphans logged 1 ms after they occurred could be answers to written decisions.
-    assert stats.late_outcomes == 9 and stats.join.orphan_outcomes == 0
+def test_an_answer_later_than_the_lateness_is_counted_and_a_larger_lateness_makes_the_export_exact(
+        tmp_path: Path) -> None:
+    # A click that occurred 1 s after e0 was served (inside its window) but reached the log 30 s later.
+    with LogWriter(tmp_path / "logs") as writer:
+        for i in range(40):
+            served = START_US + i * 1_000_000
+            writer.submit(decision_record(f"e{i}", served_at_us=served, surface="home", items=("a", "b")))
+            if i == 30:
+                late = outcome_record("e0", "a", "click", occurred_at_us=START_US + 1_000_000, surface="home")
+                set_micros(late.outcome.received_at, served)
+                writer.submit(late)
+    single = tmp_path / "single.parquet"
+    export_parquet(tmp_path, single, REWARDS)
+    expected = _sorted(pl.read_parquet(single))
+    assert expected["reward"].sum() == 1.0
+
+    hasty = export_partitioned(tmp_path, tmp_path / "hasty", REWARDS, batch_rows=4, lateness_seconds=10.0)
+    assert hasty.late_outcomes == 1
+    assert read_partitioned(tmp_path / "hasty").collect()["reward"].sum() == 0.0
+
+    patient = export_partitioned(tmp_path, tmp_path / "patient", REWARDS, batch_rows=4, lateness_seconds=60.0)
+    assert patient.late_outcomes == 0
+    assert _sorted(read_partitioned(tmp_path / "patient").collect().select(expected.columns)).equals(expected)
 
 
 def test_a_non_empty_out_is_refused_unless_overwrite(tmp_path: Path) -> None:
