@@ -10,15 +10,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import os
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from recsys_rl.caps.cli import cap_argument
 from recsys_rl.config import ConfigError
 from recsys_rl.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from logging_schema.rewards import RewardDefinition
 
 
 class UsageError(Exception):
@@ -140,6 +145,28 @@ def workers_argument(text: str) -> int:
     return workers
 
 
+def batch_rows_argument(text: str) -> int:
+    """Rows per part file of a partitioned export: an integer of at least 1."""
+    try:
+        rows = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {text!r}") from None
+    if rows < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {rows}")
+    return rows
+
+
+def lateness_argument(text: str) -> float:
+    """Seconds an outcome may take to reach the log: a finite number >= 0."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return seconds
+
+
 def _demo(args: argparse.Namespace) -> int:
     from recsys_rl.demo import DemoArgs, run_demo
 
@@ -156,10 +183,38 @@ def _logs_export(args: argparse.Namespace) -> int:
     if not logs.is_dir():
         raise UsageError(f"--data-dir: no logs under {logs}")
     rewards = {name: surface.reward for name, surface in config.surfaces.items()}
+    if args.partitioned:
+        return _logs_export_partitioned(args, rewards)
+    for flag, given in (("--overwrite", args.overwrite), ("--batch-rows", args.batch_rows is not None),
+                        ("--lateness-seconds", args.lateness_seconds is not None)):
+        if given:
+            raise UsageError(f"{flag}: only with --partitioned")
     stats = export_parquet(Path(args.data_dir), Path(args.out), rewards)
     print(f"exported {stats.rows:,} rows ({stats.decisions:,} decisions, {stats.outcomes:,} outcomes) to {stats.out}"
           f"; damaged records skipped: {stats.read.describe_damage()}")
     if stats.gaps:  # decisions the server answered while its log could not take records are not in the export
+        print(describe_gaps(stats.gaps))
+    return 0
+
+
+def _logs_export_partitioned(args: argparse.Namespace, rewards: dict[str, RewardDefinition]) -> int:
+    from logging_schema.lake import DEFAULT_BATCH_ROWS, DEFAULT_LATENESS_SECONDS, OutputNotEmptyError, export_partitioned
+    from logging_schema.tables import describe_gaps
+
+    try:
+        stats = export_partitioned(
+            Path(args.data_dir), Path(args.out), rewards, overwrite=args.overwrite,
+            batch_rows=args.batch_rows if args.batch_rows is not None else DEFAULT_BATCH_ROWS,
+            lateness_seconds=args.lateness_seconds if args.lateness_seconds is not None else DEFAULT_LATENESS_SECONDS,
+        )
+    except OutputNotEmptyError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"exported {stats.rows:,} rows ({stats.decisions:,} decisions, {stats.outcomes:,} outcomes) to {stats.out} "
+          f"in {stats.files:,} part files (surface=/date=); damaged records skipped: {stats.read.describe_damage()}")
+    if stats.late_outcomes:  # the single-file export would be exact; say so rather than differ silently
+        print(f"late outcomes: {stats.late_outcomes:,} outcomes were logged after their decision's window plus "
+              f"--lateness-seconds and may be missing from rewards; re-run with a larger --lateness-seconds")
+    if stats.gaps:
         print(describe_gaps(stats.gaps))
     return 0
 
@@ -216,6 +271,14 @@ def build_parser(*, full: bool = True) -> argparse.ArgumentParser:
     export.add_argument("--config", help="TOML with the surfaces' reward definitions (default: embedded)")
     export.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     export.add_argument("--exploration-cap", type=cap_argument, default=None, help=argparse.SUPPRESS)
+    export.add_argument("--partitioned", action="store_true",
+                        help="write --out as a directory of Hive-partitioned parquet (surface=/date=), streaming")
+    export.add_argument("--overwrite", action="store_true", help="with --partitioned: replace a non-empty --out")
+    export.add_argument("--batch-rows", type=batch_rows_argument, default=None,
+                        help="with --partitioned: rows per part file at most, and per join (default: 50000)")
+    export.add_argument("--lateness-seconds", type=lateness_argument, default=None,
+                        help="with --partitioned: how long after it occurred an outcome may reach the log "
+                             "(default: 300)")
     export.set_defaults(run=_logs_export)
 
     if full:

@@ -93,3 +93,30 @@ def test_a_second_server_on_a_data_dir_in_use_exits_2_naming_the_dir_and_the_hol
     finally:
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=30) == 0
+
+
+def test_logs_export_partitioned_refuses_a_used_out_then_writes_what_polars_reads(tmp_path: Path) -> None:
+    from logging_schema.lake import read_partitioned
+    from logging_schema.writer import LogWriter
+    from tests.logging_schema.builders import BASE_US, decision_record, outcome_record
+
+    with LogWriter(tmp_path / "logs") as writer:
+        for i in range(20):
+            writer.submit(decision_record(f"e{i}", served_at_us=BASE_US + i * 3_600_000_000, items=("a", "b")))
+            writer.submit(outcome_record(f"e{i}", "a", "click", occurred_at_us=BASE_US + i * 3_600_000_000 + 10))
+    out = tmp_path / "lake"
+    out.mkdir()
+    (out / "old.parquet").write_bytes(b"x")
+    refused = recsys_rl("logs", "export", "--data-dir", str(tmp_path), "--out", str(out), "--partitioned")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "--out" in refused.stderr and str(out) in refused.stderr and "--overwrite" in refused.stderr
+    alone = recsys_rl("logs", "export", "--data-dir", str(tmp_path), "--out", str(out), "--overwrite")
+    assert alone.returncode == 2 and "--overwrite: only with --partitioned" in alone.stderr
+
+    done = recsys_rl("logs", "export", "--data-dir", str(tmp_path), "--out", str(out), "--partitioned", "--overwrite",
+                     "--batch-rows", "6")
+    assert done.returncode == 0, done.stderr
+    assert "exported 40 rows (20 decisions, 20 outcomes)" in done.stdout and "late outcomes" not in done.stdout
+    table = read_partitioned(out).collect()
+    assert table.height == 40 and table["reward"].sum() == 20.0 and not (out / "old.parquet").exists()
+    assert table["date"].n_unique() == 2 and set(table["surface"]) == {"default"}  # 20 hours from 22:13 spans a midnight
