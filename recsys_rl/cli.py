@@ -134,26 +134,15 @@ def _serve_worker(args: argparse.Namespace, config, workers: int, admin) -> int:
                         max_workers=args.max_workers, max_queue_wait_ms=args.max_queue_wait_ms or None, admin=admin)
 
 
-def workers_argument(text: str) -> int:
-    """How many serving processes: an integer of at least 1."""
+def positive_int_argument(text: str) -> int:
+    """An integer of at least 1 (``--workers``, ``--batch-rows``); argparse names the flag in the error."""
     try:
-        workers = int(text)
+        value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {text!r}") from None
-    if workers < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {workers}")
-    return workers
-
-
-def batch_rows_argument(text: str) -> int:
-    """Rows per part file of a partitioned export: an integer of at least 1."""
-    try:
-        rows = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {text!r}") from None
-    if rows < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {rows}")
-    return rows
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def lateness_argument(text: str) -> float:
@@ -250,7 +239,7 @@ def build_parser(*, full: bool = True) -> argparse.ArgumentParser:
                        help="RPC handler threads (VW holds the GIL: more threads only interleave decisions)")
     serve.add_argument("--max-queue-wait-ms", type=float, default=50.0,
                        help="refuse a Rank (RESOURCE_EXHAUSTED) that queued longer than this; 0 = no limit")
-    serve.add_argument("--workers", type=workers_argument, default=None,
+    serve.add_argument("--workers", type=positive_int_argument, default=None,
                        help="serving processes on the one port (SO_REUSEPORT); default: one per usable core; "
                             "1: a single process, as before")
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the parent
@@ -274,7 +263,7 @@ def build_parser(*, full: bool = True) -> argparse.ArgumentParser:
     export.add_argument("--partitioned", action="store_true",
                         help="write --out as a directory of Hive-partitioned parquet (surface=/date=), streaming")
     export.add_argument("--overwrite", action="store_true", help="with --partitioned: replace a non-empty --out")
-    export.add_argument("--batch-rows", type=batch_rows_argument, default=None,
+    export.add_argument("--batch-rows", type=positive_int_argument, default=None,
                         help="with --partitioned: rows per part file at most, and per join (default: 50000)")
     export.add_argument("--lateness-seconds", type=lateness_argument, default=None,
                         help="with --partitioned: how long after it occurred an outcome may reach the log "
