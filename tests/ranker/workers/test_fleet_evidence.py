@@ -143,8 +143,9 @@ def test_a_forward_move_out_of_the_canary_needs_every_workers_guardrail(serve_wo
     assert not any("worker-0:" in c or "by worker-0" in c for c in checks), checks  # worker-0's own checks passed
 
     poll(lambda: holds(1), timeout_s=60, what="worker-1's guardrail to hold")
-    reply = _get(address, admin_credentials)
-    assert reply.guardrail.status == "holding"
+    # The fleet line merges the snapshots each worker publishes on its own tick: poll (bounded) until both are in.
+    reply = poll(lambda: (r := _get(address, admin_credentials)).guardrail.status == "holding" and r,
+                 timeout_s=10, what="the fleet's guardrail line to hold")
     assert reply.guardrail.canary_decisions == sum(w.guardrail.canary_decisions for w in reply.workers)
     assert reply.guardrail.alpha == pytest.approx(2 * 0.05)  # the summary's bound: a union bound over 2 guardrails
     accepted = _set(address, admin_credentials, admin_pb.ROLLOUT_STAGE_LIVE)

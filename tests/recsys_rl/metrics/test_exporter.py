@@ -109,13 +109,15 @@ def test_scrape_counts_what_was_sent(served: tuple[subprocess.Popen, str, str, P
         assert error.value.code() is grpc.StatusCode.NOT_FOUND
     channel.close()
 
-    # The log writer writes on its own thread: wait (bounded) until what was queued is on disk.
+    # The log writer writes on its own thread, and each worker's state sampler sets its gauges on its own tick: wait
+    # (bounded) until what was queued is on disk and the learner lag has been sampled since.
     deadline = time.monotonic() + 10
     while True:
         samples = scrape(metrics_address)
-        if value(samples, "recsys_rl_log_queue_depth") == 0 and value(samples, "recsys_rl_log_written_bytes_total"):
+        if value(samples, "recsys_rl_log_queue_depth") == 0 and value(samples, "recsys_rl_log_written_bytes_total") \
+                and ("recsys_rl_learner_lag_seconds", (("surface", "default"),)) in samples:
             break
-        assert time.monotonic() < deadline, "the log queue did not drain within 10 s"
+        assert time.monotonic() < deadline, "the log queue did not drain (or the lag was not sampled) within 10 s"
 
     # Rank: every call counted once, by surface, mode and code; the histogram's buckets agree with its count.
     assert total(samples, "recsys_rl_rank_seconds_count", surface="default", code="OK") == N_DEFAULT
