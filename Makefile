@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU wheel first, so nothing below resolves torch to a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	# The Spark extra too: the suite checks the Spark engine against polars (tests/evaluators/spark).
+	$(PY) -m pip install -q -e '.[dev,spark]'
 	touch $@
 
 $(BUF):
