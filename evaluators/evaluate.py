@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,7 @@ from evaluators.intervals import (
     bernstein_interval,
     betting_interval,
     bootstrap_interval,
+    event_keys,
     hard_regime,
     normal_interval,
     poisson_bootstrap,
@@ -34,19 +37,34 @@ RESULT_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def event_units(df: pl.DataFrame, columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class EventUnits:
+    """Per-event sums of per-row columns (the i.i.d. units, in order of first appearance) and their ids."""
+
+    columns: dict[str, np.ndarray]
+    ids: pl.Series
+
+    @cached_property
+    def keys(self) -> np.ndarray:
+        """Each unit's stable 64-bit key (``evaluators.keys.event_keys`` of its event id), for the bootstrap."""
+        return event_keys(self.ids)
+
+
+def event_units(df: pl.DataFrame, columns: dict[str, np.ndarray]) -> EventUnits:
     """Sum the per-row columns within each event (in order of first appearance): the i.i.d. units.
 
     The estimates are unchanged (they are ratios of sums), but the positions of one slate, which share
-    a context and a draw, stop counting as independent observations.
+    a context and a draw, stop counting as independent observations. The units' keys are hashed on first
+    use (only the bootstrap needs them).
     """
     ids = df.get_column("event_id")
     if ids.n_unique() == ids.len():
-        return columns
+        return EventUnits(columns, ids)
     names = list(columns)
     frame = pl.DataFrame({"__event_id": ids, **{f"c{i}": columns[k] for i, k in enumerate(names)}})
     summed = frame.group_by("__event_id", maintain_order=True).agg(pl.exclude("__event_id").sum())
-    return {k: summed.get_column(f"c{i}").to_numpy() for i, k in enumerate(names)}
+    return EventUnits({k: summed.get_column(f"c{i}").to_numpy() for i, k in enumerate(names)},
+                      summed.get_column("__event_id"))
 
 
 def _check_options(ci: str | None, alpha: float, n_bootstrap: int) -> None:
@@ -136,10 +154,12 @@ def _intervals(
     columns: dict[str, np.ndarray] = {}
     for stat in stats:
         columns.update({k: v for k, v in stat.columns.items() if k not in columns})
-    units = event_units(df, columns)
+    events = event_units(df, columns)
+    units = events.columns
     n_units = len(next(iter(units.values())))
     if ci == "bootstrap":
-        sums: BootstrapSums = poisson_bootstrap(units, n_resamples=n_bootstrap, seed=seed, workers=workers)
+        sums: BootstrapSums = poisson_bootstrap(units, keys=events.keys, n_resamples=n_bootstrap, seed=seed,
+                                                workers=workers)
         out = [bootstrap_interval(stat.parts, sums, alpha) for stat in stats]
     elif ci in ("normal", "bernstein"):
         interval_of = normal_interval if ci == "normal" else bernstein_interval
@@ -181,7 +201,7 @@ def _betting_or_auto(
                 raise
             why_not = str(exc)
     if terms is not None:
-        sums = event_units(df, {"gain": terms.gain, "complement": terms.complement})
+        sums = event_units(df, {"gain": terms.gain, "complement": terms.complement}).columns
         interval = betting_interval(terms, sums["gain"], sums["complement"], alpha=alpha, seed=seed)
         return Interval(interval.low, interval.high, interval.method,
                         f"auto chose betting ({', '.join(hard)}); {interval.note}") if auto else interval

@@ -46,6 +46,7 @@ from evaluators.intervals import (
     Moments,
     bernstein_interval,
     bootstrap_interval,
+    event_keys,
     normal_interval,
     poisson_bootstrap,
 )
@@ -112,6 +113,12 @@ def _validated(df: pl.DataFrame, estimator: str) -> pl.DataFrame:
 def session_terms(df: pl.DataFrame, *, estimator: str = "pdis", gamma: float = 1.0,
                   max_weight: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-session terms G (see the module docstring) and each session's final cumulative ratio ρ_{0:T−1}."""
+    per_session = _per_session(df, estimator=estimator, gamma=gamma, max_weight=max_weight)
+    return per_session.get_column("term").to_numpy(), per_session.get_column("final_rho").to_numpy()
+
+
+def _per_session(df: pl.DataFrame, *, estimator: str, gamma: float, max_weight: float | None) -> pl.DataFrame:
+    """One row per session (sorted by session_id): session_id, term G and final cumulative ratio."""
     if not (math.isfinite(gamma) and 0.0 <= gamma <= 1.0):
         raise ValueError(f"parameter 'gamma' must be in [0, 1], got {gamma}")
     if max_weight is not None and not max_weight > 0:
@@ -130,9 +137,8 @@ def session_terms(df: pl.DataFrame, *, estimator: str = "pdis", gamma: float = 1
     else:
         step_term = pl.col("discount") * (pl.col("rho") * (r - pl.col("q_hat").cast(pl.Float64))
                                           + pl.col("rho_before") * pl.col("v_hat").cast(pl.Float64))
-    per_session = (frame.group_by("session_id", maintain_order=True)
-                   .agg(term=step_term.sum(), final_rho=pl.col("rho").last()))
-    return per_session.get_column("term").to_numpy(), per_session.get_column("final_rho").to_numpy()
+    return (frame.group_by("session_id", maintain_order=True)
+            .agg(term=step_term.sum(), final_rho=pl.col("rho").last()))
 
 
 def estimate_long_term(df: pl.DataFrame, *, estimator: str = "pdis", gamma: float = 1.0, ci: str = "normal",
@@ -143,10 +149,14 @@ def estimate_long_term(df: pl.DataFrame, *, estimator: str = "pdis", gamma: floa
         raise ValueError(f"parameter 'ci' must be one of {', '.join(CI_METHODS)}, got {ci!r}")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"parameter 'alpha' must be in (0, 1), got {alpha}")
-    terms, final_rho = session_terms(df, estimator=estimator, gamma=gamma, max_weight=max_weight)
+    per_session = _per_session(df, estimator=estimator, gamma=gamma, max_weight=max_weight)
+    terms, final_rho = per_session.get_column("term").to_numpy(), per_session.get_column("final_rho").to_numpy()
     columns = {"term": terms, "one": np.ones_like(terms)}
     if ci == "bootstrap":
-        interval = bootstrap_interval(_PARTS, poisson_bootstrap(columns, n_resamples=n_bootstrap, seed=seed), alpha)
+        # Sessions are the units and these rows have no event id: a session's weights are keyed by its session_id.
+        keys = event_keys(per_session.get_column("session_id"))
+        sums = poisson_bootstrap(columns, keys=keys, n_resamples=n_bootstrap, seed=seed)
+        interval = bootstrap_interval(_PARTS, sums, alpha)
     elif ci == "bernstein":
         interval = bernstein_interval(_PARTS, Moments.from_columns(columns), alpha)
     else:
