@@ -5,7 +5,8 @@
 1. Point estimates (ips, snips, dm, dr) through ``evaluators.estimate`` (validation + diagnostics
    included) vs one hand-written vectorised numpy pass over the same columns: median of 3, ratio.
 2. Poisson bootstrap of the four estimators (``ci="bootstrap"``): wall time, peak RSS
-   (resource.getrusage) and peak traced numpy/Python allocations (tracemalloc).
+   (resource.getrusage) and peak traced numpy/Python allocations (tracemalloc); and the part of it that
+   hashes the event ids into the generator's keys (``evaluators.keys.event_keys``).
 3. Baseline: a Python loop over resamples (rng.poisson weights per resample) for IPS on --loop-rows rows.
 """
 
@@ -25,6 +26,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from evaluators import estimate  # noqa: E402
+from evaluators.keys import event_keys  # noqa: E402
 
 
 @dataclass
@@ -104,6 +106,8 @@ def main() -> None:
     tracemalloc.stop()
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB → GiB
 
+    t_keys = median_of_3(lambda: event_keys(df.get_column("event_id")))
+
     small = df.head(args.loop_rows)
     start = time.perf_counter()
     loop_bootstrap(small, args.resamples, seed=1)
@@ -116,6 +120,7 @@ def main() -> None:
     print(f"| single vectorised numpy pass, same four values (median of 3) | {t_numpy:.3f} s |")
     print(f"| ratio estimate / numpy (goal <= 3x) | {t_ours / t_numpy:.2f}x |")
     print(f"| Poisson bootstrap, {args.resamples} resamples, 4 estimators | {t_boot:.1f} s |")
+    print(f"| of which: event keys of the {args.rows:,} event ids (median of 3) | {t_keys:.2f} s |")
     print(f"| peak RSS of the process (getrusage) | {peak_rss:.2f} GiB |")
     print(f"| peak traced allocations during the bootstrap (tracemalloc) | {traced_peak / 1024**3:.2f} GiB |")
     print(f"| Python-loop bootstrap, IPS, {args.loop_rows:,} rows, {args.resamples} resamples | {t_loop:.1f} s |")

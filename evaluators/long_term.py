@@ -27,7 +27,8 @@ contributes one term (Precup et al. 2000; Jiang & Li 2016; Thomas & Brunskill 20
 and the estimate is the mean of G over sessions: an unbiased estimate of E_π[Σ_t γ^t r_t] per session when the
 logging propensities are exact and positive wherever π is (sdr: for any q̂, v̂ with v̂ = E_π q̂). Sessions are
 the i.i.d. units, so the intervals come from ``evaluators.intervals`` on the per-session terms: ``normal`` (CLT),
-``bootstrap`` (Poisson bootstrap, percentile) or ``bernstein`` (empirical Bernstein on the observed range).
+``bootstrap`` (Poisson bootstrap, percentile; rows here have no event id, so each session's weights are keyed by
+its ``session_id``) or ``bernstein`` (empirical Bernstein on the observed range).
 ``max_weight`` clips each cumulative ratio ρ_{0:t} at M (biased, lower variance); diagnostics report the
 effective number of sessions (Σρ)²/Σρ² of the final cumulative ratios and the largest one.
 """

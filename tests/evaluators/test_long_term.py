@@ -169,3 +169,16 @@ def test_estimates_from_uniform_logs_agree_with_the_simulators_on_policy_value()
     # The check has power: the target's value differs from the logging policy's by far more than that.
     logged_se = logged_returns.std(ddof=1) / math.sqrt(logged_returns.size)
     assert truth - logged_returns.mean() > 4 * math.hypot(truth_se, logged_se)
+
+
+def test_bootstrap_is_keyed_by_session_id() -> None:
+    # Integer session ids hash as their decimal strings, so the same sessions give the same interval either way;
+    # relabelled sessions draw other weights.
+    table = _bandit_sessions(500, 3, 0.5, seed=5)
+    as_int = estimate_long_term(table, ci="bootstrap", n_bootstrap=300, seed=1).interval
+    as_str = estimate_long_term(table.with_columns(pl.col("session_id").cast(pl.String)), ci="bootstrap",
+                                n_bootstrap=300, seed=1).interval
+    relabelled = estimate_long_term(table.with_columns(pl.col("session_id") + 10_000), ci="bootstrap",
+                                    n_bootstrap=300, seed=1).interval
+    assert (as_str.low, as_str.high) == pytest.approx((as_int.low, as_int.high), rel=1e-12)
+    assert (relabelled.low, relabelled.high) != pytest.approx((as_int.low, as_int.high), rel=1e-9)
