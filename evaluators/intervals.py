@@ -67,6 +67,7 @@ is wider: 1.27x the normal width at n = 1,000, 1.09x at n = 10,000 — hence ``a
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -203,7 +204,7 @@ class BootstrapSums:
 def resample_streams(seed: int, n_resamples: int) -> np.ndarray:
     """S_g = splitmix64(seed·γ + g) for each group g of RESAMPLE_LANES resamples (module docstring)."""
     groups = -(-n_resamples // RESAMPLE_LANES)
-    base = (seed * GOLDEN_GAMMA) % 2**64
+    base = (operator.index(seed) * GOLDEN_GAMMA) % 2**64  # Python ints: a numpy int64 seed would overflow
     counters = np.uint64(base) + np.arange(groups, dtype=np.uint64)  # wraps mod 2^64
     return mix64(counters + np.uint64(GOLDEN_GAMMA))
 
@@ -240,9 +241,11 @@ def poisson_bootstrap(
 
     ``keys`` are the units' uint64 keys (:func:`evaluators.keys.event_keys` of their ids). Any split of
     the units (rows in any order, partitions of any size) gives sums that :meth:`BootstrapSums.merge` back
-    into the whole's up to float64 rounding (~1e-15 relative). Work is cut into fixed tasks of TASK_UNITS
-    units added in task order, so the result is bit-identical for any ``workers``; memory is bounded by
-    ``workers`` x UNIT_CHUNK x RESAMPLE_CHUNK weights (float64) plus one (n_resamples, k) sum per task.
+    into the whole's up to float64 rounding (~1e-15 relative). Units sharing a key get the same weights, so
+    the rows of one event may be passed unsummed, or split across parts, with the same sums. Work is cut
+    into fixed tasks of TASK_UNITS units added in task order, so the result is bit-identical for any
+    ``workers``; memory is bounded by ``workers`` x UNIT_CHUNK x RESAMPLE_CHUNK weights (float64) plus one
+    (n_resamples, k) sum per task.
     """
     if n_resamples < 1:
         raise ValueError(f"parameter 'n_bootstrap' must be >= 1, got {n_resamples}")

@@ -50,7 +50,7 @@ def _as_arrow_strings(ids: pl.Series | pa.Array | pa.ChunkedArray) -> list[pa.La
     """The ids as Arrow large_string chunks (integers as decimal strings); nulls rejected."""
     if isinstance(ids, pl.Series):
         dtype = ids.dtype
-        if dtype.is_integer() or dtype in (pl.Categorical, pl.Enum) or isinstance(dtype, pl.Enum):
+        if dtype.is_integer() or isinstance(dtype, (pl.Categorical, pl.Enum)):
             ids = ids.cast(pl.String)
         elif dtype != pl.String:
             raise ValueError(f"event ids must be strings or integers, got {dtype}")
@@ -64,7 +64,7 @@ def _as_arrow_strings(ids: pl.Series | pa.Array | pa.ChunkedArray) -> list[pa.La
         if pa.types.is_integer(arrow.type):
             arrow = pc.cast(arrow, pa.large_string())
         elif not (pa.types.is_string(arrow.type) or pa.types.is_large_string(arrow.type)
-                  or pa.types.is_string_view(arrow.type)):
+                  or str(arrow.type) == "string_view"):  # pa.types.is_string_view needs pyarrow >= 16
             raise ValueError(f"event ids must be strings or integers, got {arrow.type}")
         if arrow.null_count:
             raise ValueError("event ids must be non-null")

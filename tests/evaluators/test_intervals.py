@@ -76,6 +76,7 @@ def test_weights_follow_the_documented_generator() -> None:
     # The formula of the module docstring in plain Python integers, for a few units, resamples and seeds.
     table = poisson.ppf((np.arange(65536) + 0.5) / 65536, 1.0)
     keys = _keys(5)
+    assert np.array_equal(resample_streams(np.int64(7), 10), resample_streams(7, 10))  # no int64 overflow
     for seed in (0, 7, -3):
         weights = poisson_weights(keys, resample_streams(seed, 10), 10)
         for j in range(5):
@@ -123,6 +124,16 @@ def test_bootstrap_of_shuffled_parts_merges_to_whole(n_parts: int) -> None:
         merged = merged.merge(part)
     np.testing.assert_allclose(merged.sums, whole.sums, rtol=1e-12)
     np.testing.assert_allclose(merged.values((("w*r", "w"),)), whole.values((("w*r", "w"),)), rtol=1e-12)
+
+
+def test_rows_of_one_event_share_its_weights() -> None:
+    # Three rows per event passed unsummed (same key thrice) give the sums of the summed events: a Spark
+    # partitioning that splits an event's rows still reproduces the whole.
+    rows, event_ids = _columns(3_000, 5), _keys(1_000)
+    summed = {k: v.reshape(1_000, 3).sum(axis=1) for k, v in rows.items()}
+    a = poisson_bootstrap(rows, keys=np.repeat(event_ids, 3), n_resamples=100, seed=2).sums
+    b = poisson_bootstrap(summed, keys=event_ids, n_resamples=100, seed=2).sums
+    np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
 def test_bootstrap_rejects_keys_of_another_length() -> None:

@@ -52,6 +52,8 @@ def test_string_keys_are_the_documented_hash() -> None:
     assert [int(k) for k in event_keys(pa.array(ids))] == want                      # Arrow string (int32 offsets)
     assert [int(k) for k in event_keys(pa.chunked_array([ids[:2], ids[2:]]))] == want
     assert event_keys(pl.Series(ids)).dtype == np.uint64
+    assert [int(k) for k in event_keys(pl.Series(ids, dtype=pl.Categorical))] == want
+    assert [int(k) for k in event_keys(pa.array(ids).dictionary_encode())] == want
 
 
 def test_integer_ids_hash_as_their_decimal_strings() -> None:
