@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -15,6 +17,12 @@ from evaluators.spark.engine import estimate_spark
 from evaluators.spark.partition import COUNTER_BASED_BOOTSTRAP
 from evaluators.synthetic import ContextualProblem, SlateProblem
 from evaluators.table import TableError
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame as SparkDataFrame
+    from pyspark.sql import SparkSession
+
+Frames = dict[str, tuple[pl.DataFrame, "SparkDataFrame"]]
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
@@ -69,7 +77,7 @@ def assert_same(spark_result: pl.DataFrame, polars_result: pl.DataFrame, rel: fl
 
 
 @pytest.fixture(scope="module")
-def frames(spark):  # type: ignore[no-untyped-def]
+def frames(spark: SparkSession) -> Frames:
     tables = {name: make() for name, make in TABLES.items()}
     return {name: (df, spark.createDataFrame(df.to_arrow())) for name, df in tables.items()}
 
@@ -77,7 +85,7 @@ def frames(spark):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("partitions", [1, 3, 7])
 @pytest.mark.parametrize("ci", ["normal", "bernstein"])
 @pytest.mark.parametrize("table", list(TABLES))
-def test_every_estimator_equals_polars(frames, table: str, ci: str, partitions: int) -> None:  # type: ignore[no-untyped-def]
+def test_every_estimator_equals_polars(frames: Frames, table: str, ci: str, partitions: int) -> None:
     df, sdf = frames[table]
     estimators = every_estimator()
     expected = estimate(df, estimators, ci=ci)
@@ -88,12 +96,12 @@ def test_every_estimator_equals_polars(frames, table: str, ci: str, partitions: 
     assert expected["ci_note"][0].endswith("400 events" if table == "slates" else "1500 events")
 
 
-def test_public_estimate_dispatches_spark_without_ci(frames) -> None:  # type: ignore[no-untyped-def]
+def test_public_estimate_dispatches_spark_without_ci(frames: Frames) -> None:
     df, sdf = frames["slates"]
     assert_same(estimate(sdf, "ips,snips,rips,cascade_dr"), estimate(df, "ips,snips,rips,cascade_dr"))
 
 
-def test_allowed_support_violations_are_counted_like_polars(frames) -> None:  # type: ignore[no-untyped-def]
+def test_allowed_support_violations_are_counted_like_polars(frames: Frames) -> None:
     df, _ = frames["contextual"]
     df = df.with_columns(pl.when(pl.int_range(pl.len()) % 97 == 0).then(0.0).otherwise(pl.col("pscore")).alias("pscore"))
     sdf = frames["contextual"][1].sparkSession.createDataFrame(df.to_arrow())
@@ -103,7 +111,7 @@ def test_allowed_support_violations_are_counted_like_polars(frames) -> None:  # 
     assert expected["support_violations"][0] == 16
 
 
-def _error(run) -> str:  # type: ignore[no-untyped-def]
+def _error(run: Callable[[], object]) -> str:
     with pytest.raises(ValueError) as info:
         run()
     return str(info.value)
@@ -127,7 +135,7 @@ BAD_TABLES = {
 
 
 @pytest.mark.parametrize("case", list(BAD_TABLES))
-def test_bad_input_gives_the_polars_error(frames, case: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_input_gives_the_polars_error(frames: Frames, case: str) -> None:
     df, sdf = frames["count_weight"]
     bad = BAD_TABLES[case](df)
     with pytest.raises(TableError) as on_polars:
@@ -139,20 +147,20 @@ def test_bad_input_gives_the_polars_error(frames, case: str) -> None:  # type: i
 
 
 @pytest.mark.parametrize("ci", ["betting", "auto"])
-def test_betting_and_auto_are_refused_with_the_reason(frames, ci: str) -> None:  # type: ignore[no-untyped-def]
+def test_betting_and_auto_are_refused_with_the_reason(frames: Frames, ci: str) -> None:
     message = _error(lambda: estimate_spark(frames["slates"][1], "ips", ci=ci))
     assert f"'{ci}' is not available on Spark" in message and "cannot be merged from partitions" in message
 
 
 @pytest.mark.skipif(COUNTER_BASED_BOOTSTRAP, reason="the counter-based bootstrap is here: equality is tested")
-def test_bootstrap_is_refused_until_the_counter_based_generator(frames) -> None:  # type: ignore[no-untyped-def]
+def test_bootstrap_is_refused_until_the_counter_based_generator(frames: Frames) -> None:
     assert "counter-based Poisson bootstrap" in _error(lambda: estimate_spark(frames["slates"][1], "ips",
                                                                               ci="bootstrap"))
 
 
 @pytest.mark.skipif(not COUNTER_BASED_BOOTSTRAP, reason="needs the counter-based bootstrap (issue 13, task B)")
 @pytest.mark.parametrize("partitions", [1, 3, 7])
-def test_bootstrap_equals_polars(frames, partitions: int) -> None:  # type: ignore[no-untyped-def]
+def test_bootstrap_equals_polars(frames: Frames, partitions: int) -> None:
     df, sdf = frames["slates"]
     estimators = every_estimator()
     expected = estimate(df, estimators, ci="bootstrap", n_bootstrap=200, seed=5)
