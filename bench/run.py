@@ -43,6 +43,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("retrieval", "bench.retrieval_bench", "Retrieval from a 1M-item catalog: latency, recall, build, memory (issue 12)"),
     ("evaluators", "bench.evaluators_bench", "Estimators on a 10M-row table (issue 3)"),
     ("mips", "bench.mips_bench", "MIPS vs IPS as the number of actions grows (issue 12)"),
+    ("spark", "bench.spark_bench", "Estimators on Spark local[2] vs polars (issue 13)"),
 ]
 
 

@@ -17,10 +17,11 @@ import polars as pl
 
 from evaluators.intervals import CI_METHODS
 from evaluators.report import FORMATS, render
-from evaluators.table import load_table
+from evaluators.table import TableError, load_table
 from evaluators.verdict import DEFAULT_POLICY, VerdictPolicy
 
 PROG = "recsys-rl evaluate"
+ENGINES = ("polars", "spark")
 
 
 def _one_line_error(message: str) -> NoReturn:
@@ -45,6 +46,11 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--seed", default="0", help="bootstrap seed (default 0)")
     parser.add_argument("--format", default="table", help=f"output: {', '.join(FORMATS)} (default table)")
     parser.add_argument("--out", default=None, help="write the output to this file instead of stdout")
+    parser.add_argument("--engine", default="polars",
+                        help=f"{' or '.join(ENGINES)} (default polars); spark reads TABLE with spark.read.parquet (a file "
+                             "or a Hive-partitioned directory, local or s3a://...) and needs the extra recsys-rl[spark]")
+    parser.add_argument("--master", default=None,
+                        help="Spark master with --engine spark: local[*] (default), spark://HOST:7077, yarn, ...")
     parser.add_argument("--allow-support-violations", action="store_true",
                         help="estimate on rows the logging policy could reach; violating rows get weight 0 "
                              "(the estimate is biased, and its verdict says so)")
@@ -105,14 +111,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
         n_bootstrap = int(_number("n-bootstrap", args.n_bootstrap, int))
         seed = int(_number("seed", args.seed, int))
         policy = verdict_policy_from_args(args)
-        table = load_table(args.table)
-        result = estimate(table, args.estimators, ci=args.ci, alpha=alpha, seed=seed, n_bootstrap=n_bootstrap,
-                          allow_support_violations=args.allow_support_violations, verdict_policy=policy)
-        weights = None
-        if args.format == "html":
-            p = table.get_column("pscore").cast(pl.Float64).to_numpy()
-            t = table.get_column("target_pscore").cast(pl.Float64).to_numpy()
-            weights = np.divide(t, p, out=np.zeros(p.size), where=p > 0)
+        if args.engine not in ENGINES:
+            raise ValueError(f"option '--engine' must be one of {', '.join(ENGINES)}, got '{args.engine}'")
+        if args.master is not None and args.engine != "spark":
+            raise ValueError("option '--master' needs '--engine spark'")
+        if args.engine == "spark":
+            result = _estimate_on_spark(args, alpha=alpha, seed=seed, n_bootstrap=n_bootstrap, policy=policy)
+            weights: np.ndarray | None = None
+        else:
+            table = load_table(args.table)
+            result = estimate(table, args.estimators, ci=args.ci, alpha=alpha, seed=seed, n_bootstrap=n_bootstrap,
+                              allow_support_violations=args.allow_support_violations, verdict_policy=policy)
+            if args.format == "html":
+                p = table.get_column("pscore").cast(pl.Float64).to_numpy()
+                t = table.get_column("target_pscore").cast(pl.Float64).to_numpy()
+                weights = np.divide(t, p, out=np.zeros(p.size), where=p > 0)
+            else:
+                weights = None
         text = render(result, args.format, weights=weights)
     except ValueError as exc:  # TableError is a ValueError: bad input, exit 2 with one line
         sys.stderr.write(f"{PROG}: error: {' '.join(str(exc).split())}\n")
@@ -129,6 +144,28 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _estimate_on_spark(
+    args: argparse.Namespace, *, alpha: float, seed: int, n_bootstrap: int, policy: VerdictPolicy
+) -> pl.DataFrame:
+    """``--engine spark``: the table stays on the cluster; only per-partition state reaches this process, so the
+    HTML report has no weight histogram (it would need every row's weight here)."""
+    from evaluators.evaluate import estimate
+    from evaluators.spark.session import spark_session  # raises a ValueError naming --engine without pyspark
+
+    if "://" not in args.table and not Path(args.table).exists():
+        raise TableError(None, f"table file not found: {args.table}")
+    session = spark_session(args.master or "local[*]")
+    try:
+        try:
+            table = session.read.parquet(args.table)
+        except Exception as exc:  # pyspark's AnalysisException and friends: an unreadable table is bad input
+            raise TableError(None, f"cannot read table {args.table}: {exc}") from exc
+        return estimate(table, args.estimators, ci=args.ci, alpha=alpha, seed=seed, n_bootstrap=n_bootstrap,
+                        allow_support_violations=args.allow_support_violations, verdict_policy=policy)
+    finally:
+        session.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

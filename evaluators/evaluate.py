@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
-from evaluators.diagnostics import diagnose
+from evaluators.diagnostics import Diagnostics, diagnose
 from evaluators.estimators import Estimator, FeedbackData, Statistics, parse_estimators
 from evaluators.intervals import (
     CI_METHODS,
@@ -26,8 +27,12 @@ from evaluators.intervals import (
     normal_interval,
     poisson_bootstrap,
 )
+from evaluators.spark import is_spark_dataframe
 from evaluators.table import TableError, load_table, validate_table
 from evaluators.verdict import DEFAULT_POLICY, VerdictPolicy, verdict
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame as SparkDataFrame
 
 RESULT_SCHEMA: dict[str, pl.DataType] = {
     "estimator": pl.String(), "value": pl.Float64(), "ci_low": pl.Float64(), "ci_high": pl.Float64(),
@@ -77,7 +82,7 @@ def _check_options(ci: str | None, alpha: float, n_bootstrap: int) -> None:
 
 
 def estimate(
-    table: pl.DataFrame | str | Path,
+    table: pl.DataFrame | str | Path | SparkDataFrame,
     estimators: str | Sequence[str | Estimator],
     *,
     ci: str | None = None,
@@ -90,7 +95,9 @@ def estimate(
 ) -> pl.DataFrame:
     """Estimate the target policy's value with each estimator; one result row per estimator.
 
-    ``table`` is a feedback table (DataFrame or parquet/csv path, see ``feedback-table.md``);
+    ``table`` is a feedback table (DataFrame or parquet/csv path, see ``feedback-table.md``), or a Spark DataFrame
+    (``pyspark.sql.DataFrame``, extra ``recsys-rl[spark]``): the same result from per-partition statistics computed
+    on the executors (``evaluators/spark``; ``ci`` betting and auto are refused there, ``workers`` is unused);
     ``estimators`` a spec string (``"ips,snips,clipped_ips(max_weight=10)"``) or a list of names and
     :class:`Estimator` objects; ``ci`` one of ``normal``, ``bootstrap``, ``bernstein``, ``betting``, ``auto`` (see
     ``intervals.py``; ``auto`` picks ``betting`` outside ``verdict_policy``'s CLT regime) or None (no interval);
@@ -98,33 +105,61 @@ def estimate(
     ("; "-joined, "" when ok) under ``verdict_policy`` (default :class:`VerdictPolicy` thresholds). Raises ``TableError`` (a ValueError naming the column) for a bad
     table and ValueError naming the estimator or parameter for a bad spec or option.
     """
+    if is_spark_dataframe(table):
+        from evaluators.spark.engine import estimate_spark  # imports pyspark: only for a Spark table
+
+        return estimate_spark(table, estimators, ci=ci, alpha=alpha, seed=seed, n_bootstrap=n_bootstrap,
+                              allow_support_violations=allow_support_violations, verdict_policy=verdict_policy)
     _check_options(ci, alpha, n_bootstrap)
     parsed = parse_estimators(estimators)
     df = load_table(table)
-    need = {col for est in parsed for col in (*est.needs, est.logging_column)}
+    need = needed_columns(parsed)
     validate_table(df, need=need, allow_support_violations=allow_support_violations)
     data = FeedbackData(df)
     stats: list[Statistics] = [_count_weighted(est.statistics(data), df) for est in parsed]
-    if verdict_policy is not None and not isinstance(verdict_policy, VerdictPolicy):
-        raise ValueError(f"parameter 'verdict_policy' must be a VerdictPolicy, got {type(verdict_policy).__name__}")
+    _check_policy(verdict_policy)
     intervals = _intervals(df, stats, ci=ci, alpha=alpha, seed=seed, n_bootstrap=n_bootstrap, workers=workers,
                            estimators=parsed, data=data, policy=verdict_policy or DEFAULT_POLICY)
+    return result_frame(parsed, [float(stat.value()) for stat in stats], intervals,
+                        [diagnose(est, data) for est in parsed], verdict_policy)
+
+
+def needed_columns(estimators: Sequence[Estimator]) -> set[str]:
+    """The table columns ``estimators`` read (validated before anything runs)."""
+    return {col for est in estimators for col in (*est.needs, est.logging_column)}
+
+
+def _check_policy(verdict_policy: object) -> None:
+    if verdict_policy is not None and not isinstance(verdict_policy, VerdictPolicy):
+        raise ValueError(f"parameter 'verdict_policy' must be a VerdictPolicy, got {type(verdict_policy).__name__}")
+
+
+def result_frame(
+    estimators: Sequence[Estimator], values: Sequence[float], intervals: Sequence[Interval | None],
+    diagnostics: Sequence[Diagnostics], verdict_policy: VerdictPolicy | None,
+) -> pl.DataFrame:
+    """One result row per estimator (``RESULT_SCHEMA``), judged by ``verdict_policy``: shared by the engines."""
     rows = []
-    for est, stat, interval in zip(parsed, stats, intervals):
-        diagnostics = diagnose(est, data).as_dict()
-        judged = verdict(diagnostics, interval, verdict_policy)
+    for est, value, interval, diagnosed in zip(estimators, values, intervals, diagnostics):
+        as_dict = diagnosed.as_dict()
+        judged = verdict(as_dict, interval, verdict_policy)
         rows.append({
             "estimator": est.label,
-            "value": float(stat.value()),
+            "value": value,
             "ci_low": interval.low if interval else None,
             "ci_high": interval.high if interval else None,
             "ci_method": interval.method if interval else None,
             "ci_note": interval.note if interval else None,
-            **diagnostics,
+            **as_dict,
             "verdict": judged.verdict,
             "reasons": judged.reasons_text(),
         })
     return pl.DataFrame(rows, schema=RESULT_SCHEMA)
+
+
+def with_event_count(interval: Interval, n_units: int) -> Interval:
+    """The note every interval ends with: how many i.i.d. units (events) it rests on."""
+    return Interval(interval.low, interval.high, interval.method, f"{interval.note}; {n_units} events")
 
 
 COUNT_WEIGHT = "weight"
@@ -172,7 +207,7 @@ def _intervals(
             raise ValueError(f"parameter 'ci': '{ci}' needs the estimators and their data")
         out = [_betting_or_auto(df, est, stat, units, data, auto=ci == "auto", alpha=alpha, seed=seed, policy=policy)
                for est, stat in zip(estimators, stats)]
-    return [Interval(i.low, i.high, i.method, f"{i.note}; {n_units} events") for i in out]
+    return [with_event_count(i, n_units) for i in out]
 
 
 def _betting_or_auto(

@@ -6,6 +6,7 @@ contents lives here and runs as a single polars ``select`` (one parallel pass ov
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,22 +82,21 @@ def _support_violation(logging_col: str) -> pl.Expr:
     return (pl.col(PROPENSITY_PAIRS[logging_col]) > 0) & (p.is_null() | (p == 0))
 
 
-def validate_table(
-    df: pl.DataFrame, *, need: set[str], allow_support_violations: bool
-) -> TableCheck:
-    """Check the columns in ``REQUIRED_COLUMNS | need``; raise :class:`TableError` naming the first bad one.
-
-    Checks: presence; numeric dtype for reward / propensity / model columns; no null or NaN (a null or zero
-    logging propensity is allowed only on support-violation rows and only when
-    ``allow_support_violations``); logging propensities in (0, 1]; target propensities in [0, 1].
-    """
+def checked_columns(need: set[str]) -> list[str]:
+    """The columns :func:`validate_table` checks for ``need``, in the order it reports them."""
     wanted = set(need) | {PROPENSITY_PAIRS[p] for p in need if p in PROPENSITY_PAIRS}
-    columns = [*REQUIRED_COLUMNS, *sorted(wanted - set(REQUIRED_COLUMNS))]
+    return [*REQUIRED_COLUMNS, *sorted(wanted - set(REQUIRED_COLUMNS))]
+
+
+def check_present(present: Sequence[str], columns: Sequence[str]) -> None:
+    """Raise :class:`TableError` naming the first of ``columns`` not in ``present``."""
     for name in columns:
-        if name not in df.columns:
+        if name not in present:
             raise TableError(name, "missing column")
-    if df.height == 0:
-        raise TableError(None, "the feedback table has no rows")
+
+
+def check_dtypes(df: pl.DataFrame, columns: Sequence[str]) -> None:
+    """Numeric reward / propensity / model columns, integer positions."""
     for name in columns:
         dtype = df.schema[name]
         if name in _FLOAT_COLUMNS and not (dtype.is_numeric() or dtype == pl.Null):
@@ -104,6 +104,9 @@ def validate_table(
         if name == "position" and not dtype.is_integer():
             raise TableError(name, f"must be an integer, got {dtype}")
 
+
+def validation_counts(df: pl.DataFrame, columns: Sequence[str]) -> dict[str, float | None]:
+    """Counts of bad values per check (one parallel pass); parts of a table merge by :func:`merge_counts`."""
     pairs = [p for p in PROPENSITY_PAIRS if p in columns]
     exprs: list[pl.Expr] = []
     for name in columns:
@@ -125,18 +128,35 @@ def validate_table(
         if marginal in columns:
             below = pl.col(marginal).cast(pl.Float64) < pl.col(item).cast(pl.Float64) * (1 - 1e-9)
             exprs.append(below.sum().alias(f"below_item:{marginal}"))
-    has_range = all(c in df.columns for c in RANGE_COLUMNS)
-    if has_range:
+    if all(c in df.columns for c in RANGE_COLUMNS):
         reward = pl.col("reward").cast(pl.Float64)
         exprs.append(((reward < pl.col("reward_min")) | (reward > pl.col("reward_max"))).sum().alias("outside:reward"))
         exprs.append(pl.col("reward_min").min().alias("range:low"))
         exprs.append(pl.col("reward_max").max().alias("range:high"))
-    counts = df.select(exprs).row(0, named=True)
+    return df.select(exprs).row(0, named=True)
 
+
+def merge_counts(a: dict[str, float | None], b: dict[str, float | None]) -> dict[str, float | None]:
+    """The counts of two parts of a table: sums, except the declared range's min and max."""
+    merged: dict[str, float | None] = {}
+    for key, value in a.items():
+        other = b[key]
+        if key.startswith("range:"):
+            pick = min if key == "range:low" else max
+            merged[key] = value if other is None else other if value is None else pick(value, other)
+        else:
+            merged[key] = (value or 0) + (other or 0)
+    return merged
+
+
+def check_counts(
+    counts: dict[str, float | None], columns: Sequence[str], *, n_rows: int, allow_support_violations: bool
+) -> TableCheck:
+    """Raise :class:`TableError` for the first failed check in ``counts`` (see :func:`validate_table`)."""
     for name in columns:
         if counts[f"missing:{name}"]:
             raise TableError(name, f"{counts[f'missing:{name}']} null or NaN value(s)")
-    if has_range and counts["outside:reward"]:
+    if counts.get("outside:reward"):
         raise TableError("reward", f"{counts['outside:reward']} value(s) outside the declared reward range "
                                    f"[reward_min, reward_max] (here within [{counts['range:low']:g}, "
                                    f"{counts['range:high']:g}])")
@@ -145,7 +165,7 @@ def validate_table(
             raise TableError(marginal, f"{counts[f'below_item:{marginal}']} value(s) below {item}: the embedding's "
                                        "probability sums the logged item's and its siblings'")
     violations: dict[str, int] = {}
-    for p in pairs:
+    for p in (p for p in PROPENSITY_PAIRS if p in columns):
         if counts[f"nonpositive:{p}"]:
             raise TableError(p, f"{counts[f'nonpositive:{p}']} value(s) <= 0 (propensities must be in (0, 1])")
         if counts[f"above_one:{p}"]:
@@ -153,11 +173,31 @@ def validate_table(
         target = PROPENSITY_PAIRS[p]
         if counts[f"outside:{target}"]:
             raise TableError(target, f"{counts[f'outside:{target}']} value(s) outside [0, 1]")
-        violations[p] = int(counts[f"violations:{p}"])
+        violations[p] = int(counts[f"violations:{p}"] or 0)
         if violations[p] and not allow_support_violations:
             raise TableError(
                 p,
                 f"{violations[p]} support violation(s): rows with {target} > 0 but {p} 0 or missing "
                 "(pass allow_support_violations to estimate on the rest)",
             )
-    return TableCheck(n_rows=df.height, support_violations=violations)
+    return TableCheck(n_rows=n_rows, support_violations=violations)
+
+
+def validate_table(
+    df: pl.DataFrame, *, need: set[str], allow_support_violations: bool
+) -> TableCheck:
+    """Check the columns in ``REQUIRED_COLUMNS | need``; raise :class:`TableError` naming the first bad one.
+
+    Checks: presence; numeric dtype for reward / propensity / model columns; no null or NaN (a null or zero
+    logging propensity is allowed only on support-violation rows and only when
+    ``allow_support_violations``); logging propensities in (0, 1]; target propensities in [0, 1]. The steps are
+    public so that an engine holding the table in parts (``evaluators.spark``) runs the same checks per part
+    and reports the same first failure from the merged counts.
+    """
+    columns = checked_columns(need)
+    check_present(df.columns, columns)
+    if df.height == 0:
+        raise TableError(None, "the feedback table has no rows")
+    check_dtypes(df, columns)
+    counts = validation_counts(df, columns)
+    return check_counts(counts, columns, n_rows=df.height, allow_support_violations=allow_support_violations)
