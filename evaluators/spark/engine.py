@@ -33,7 +33,7 @@ from evaluators.evaluate import (
     with_event_count,
 )
 from evaluators.intervals import Interval, bernstein_interval, bootstrap_interval, normal_interval
-from evaluators.spark.partition import COUNTER_BASED_BOOTSTRAP, PartitionState, Plan, run_partition
+from evaluators.spark.partition import PartitionState, Plan, run_partition
 from evaluators.table import RANGE_COLUMNS, TableError, check_counts, check_present, checked_columns, merge_counts
 from evaluators.verdict import VerdictPolicy
 
@@ -62,9 +62,6 @@ def estimate_spark(
         raise ValueError(f"parameter 'ci': '{ci}' is not available on Spark: the betting interval's capital process "
                          "runs over every event in one order, so it cannot be merged from partitions; use normal, "
                          "bernstein or bootstrap, or betting on polars (e.g. on a sample)")
-    if ci == "bootstrap" and not COUNTER_BASED_BOOTSTRAP:
-        raise ValueError("parameter 'ci': 'bootstrap' on Spark needs the counter-based Poisson bootstrap (weights "
-                         "keyed by event id), which this version does not have; use normal or bernstein")
     if partitions is not None and partitions < 1:
         raise ValueError(f"parameter 'partitions' must be >= 1, got {partitions}")
     parsed = parse_estimators(estimators)

@@ -10,7 +10,6 @@ hundred bytes per estimator (plus n_bootstrap × columns floats for the bootstra
 
 from __future__ import annotations
 
-import inspect
 import math
 import pickle
 from collections.abc import Iterator, Sequence
@@ -22,14 +21,11 @@ import pyarrow as pa
 
 from evaluators.diagnostics import Diagnostics
 from evaluators.estimators import Estimator, FeedbackData, Statistics
-from evaluators.evaluate import _count_weighted, event_units
+from evaluators.evaluate import EventUnits, _count_weighted, event_units
 from evaluators.intervals import BootstrapSums, Moments, poisson_bootstrap
 from evaluators.table import TableError, check_counts, check_dtypes, validation_counts
 
 STATE_SCHEMA = pa.schema([pa.field("state", pa.binary())])
-# The counter-based bootstrap (weights keyed by event id, task B of issue 13) makes the resampled sums of a
-# partition independent of where its events sit in the table; the positional generator before it cannot.
-COUNTER_BASED_BOOTSTRAP = "keys" in inspect.signature(poisson_bootstrap).parameters
 
 
 @dataclass(frozen=True)
@@ -88,12 +84,10 @@ class PartitionState:
     bootstrap: BootstrapSums | None = None
 
 
-def bootstrap_sums(units: dict[str, np.ndarray], event_ids: pl.Series, plan: Plan) -> BootstrapSums:
-    """Poisson-bootstrap sums of this partition's units, keyed by their event ids (the counter-based API)."""
-    from evaluators.intervals import event_keys  # type: ignore[attr-defined]  # arrives with task B
-
-    return poisson_bootstrap(units, keys=event_keys(event_ids), n_resamples=plan.n_bootstrap,  # type: ignore[call-arg]
-                             seed=plan.seed, workers=1)
+def bootstrap_sums(units: EventUnits, plan: Plan) -> BootstrapSums:
+    """Poisson-bootstrap sums of this partition's units. The weights are keyed by event id (counter-based), so
+    they do not depend on where an event sits in the table: the partitions' sums add up to the whole table's."""
+    return poisson_bootstrap(units.columns, keys=units.keys, n_resamples=plan.n_bootstrap, seed=plan.seed, workers=1)
 
 
 def _weight_sums(est: Estimator, data: FeedbackData) -> WeightSums:
@@ -130,11 +124,10 @@ def partition_state(df: pl.DataFrame, plan: Plan) -> PartitionState:
     for stat in stats:
         columns.update({k: v for k, v in stat.columns.items() if k not in columns})
     units = event_units(df, columns)
-    n_units = len(next(iter(units.values())))
+    n_units = len(units.ids)
     if plan.ci == "bootstrap":
-        ids = df.get_column("event_id").unique(maintain_order=True)  # event_units' order: first appearance
-        return replace(state, n_units=n_units, bootstrap=bootstrap_sums(units, ids, plan))
-    moments = tuple(Moments.from_columns({k: units[k] for k in stat.columns}) for stat in stats)
+        return replace(state, n_units=n_units, bootstrap=bootstrap_sums(units, plan))
+    moments = tuple(Moments.from_columns({k: units.columns[k] for k in stat.columns}) for stat in stats)
     return replace(state, n_units=n_units, moments=moments)
 
 

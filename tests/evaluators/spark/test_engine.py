@@ -14,7 +14,6 @@ import pytest
 from evaluators.estimators import Estimator, registry
 from evaluators.evaluate import estimate
 from evaluators.spark.engine import estimate_spark
-from evaluators.spark.partition import COUNTER_BASED_BOOTSTRAP
 from evaluators.synthetic import ContextualProblem, SlateProblem
 from evaluators.table import TableError
 
@@ -152,13 +151,6 @@ def test_betting_and_auto_are_refused_with_the_reason(frames: Frames, ci: str) -
     assert f"'{ci}' is not available on Spark" in message and "cannot be merged from partitions" in message
 
 
-@pytest.mark.skipif(COUNTER_BASED_BOOTSTRAP, reason="the counter-based bootstrap is here: equality is tested")
-def test_bootstrap_is_refused_until_the_counter_based_generator(frames: Frames) -> None:
-    assert "counter-based Poisson bootstrap" in _error(lambda: estimate_spark(frames["slates"][1], "ips",
-                                                                              ci="bootstrap"))
-
-
-@pytest.mark.skipif(not COUNTER_BASED_BOOTSTRAP, reason="needs the counter-based bootstrap (issue 13, task B)")
 @pytest.mark.parametrize("partitions", [1, 3, 7])
 def test_bootstrap_equals_polars(frames: Frames, partitions: int) -> None:
     df, sdf = frames["slates"]
