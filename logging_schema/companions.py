@@ -44,8 +44,8 @@ import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError, Message
 
@@ -183,9 +183,9 @@ def read_companion(segment: Path) -> list[memoryview] | None:
     return payloads[1:]
 
 
-@dataclass(frozen=True, slots=True)
-class InSegment:
-    """Where a companion's record stands in its segment, and the decision's candidate count."""
+class InSegment(NamedTuple):
+    """Where a companion's record stands in its segment, and the decision's candidate count (a tuple: one is made
+    per record read)."""
 
     segment: Path
     offset: int
