@@ -26,6 +26,9 @@ decisions that version served) logs the scores it was drawn from; they are used 
 so a what-if at another cap or exploration setting runs no VW and parses no features (a shield's feasibility still
 reads the request), and capped ε-greedy is computed for a chunk of decisions at once (:mod:`evaluators.replay.batched`).
 The table is the one re-scoring gives (``logged_scores=False``; tests/evaluators/replay/test_logged_scores.py).
+Such a replay reads each closed segment's what-if companion (:mod:`logging_schema.companions`: the records without
+the decisions' context and candidates, ~8% of the bytes) when it is complete and consistent, and a decision's full
+record, at its offset in the segment, only when it must be re-scored or shielded; the table is the same either way.
 
 Decisions that explored outside the retrieved set (``DecisionEvent.retrieval.outside_share`` > 0) get their
 per-slot target propensities from :mod:`evaluators.replay.outside` (outside slots ``q / #left outside``, inside
