@@ -13,7 +13,9 @@
 3. What logging the scores costs: bytes per logged decision with and without them (the same events, the field
    cleared), and the time serving adds per decision (``ndarray.tolist`` + one ``extend`` of n doubles), against
    the in-process Rank mean of step 1.
-4. What the companions cost: their bytes per decision beside the segments', and the log writer's CPU per record
+4. Where a replay from companions spends its time: one more run under cProfile, its time split by stage (shares of
+   the profiled total; profiling inflates the parts that make many small calls, so the shares are indicative).
+5. What the companions cost: their bytes per decision beside the segments', and the log writer's CPU per record
    (process CPU time from the first submit to close, over the same 5,000 decision records built as serving builds
    them - ``views.WireRecord``, deferred - into a fresh log), with and without companions, alternating; medians.
 """
@@ -21,7 +23,9 @@
 from __future__ import annotations
 
 import argparse
+import cProfile
 import platform
+import pstats
 import statistics
 import tempfile
 import time
@@ -80,7 +84,7 @@ def _file_bytes(data_dir: Path) -> tuple[int, int]:
     return sum(p.stat().st_size for p in segments), sum(p.stat().st_size for p in companions)
 
 
-def _writer_cpu_us(data_dir: Path, sample: int, repeats: int) -> tuple[float, float]:
+def _writer_cpu_us(data_dir: Path, sample: int, repeats: int) -> tuple[float, float, int]:
     """Median log-writer CPU µs per decision record (process CPU, first submit to close), without and with companions.
 
     The payloads are parsed into WireRecords up front (serving builds them on the writer's thread from the request
@@ -98,7 +102,7 @@ def _writer_cpu_us(data_dir: Path, sample: int, repeats: int) -> tuple[float, fl
                     writer.submit(DeferredRecord(lambda m=message: m))
                 writer.close()
                 samples[companions].append((time.process_time() - started) / len(messages) * 1e6)
-    return statistics.median(samples[False]), statistics.median(samples[True])
+    return statistics.median(samples[False]), statistics.median(samples[True]), len(payloads)
 
 
 def _log_bytes(data_dir: Path, sample: int) -> tuple[float, float, list[float]]:
@@ -128,6 +132,41 @@ def _logging_cost_us(scores: list[float], repeats: int = 20_000) -> float:
     return statistics.median(samples) / 1e3
 
 
+# Stages of a replay from companions, by the functions that do them (module file, function name); the loop's own
+# time is _replay_pass's self time.
+_STAGES = (
+    ("reading and parsing the companions (`iter_located`)", (("companions.py", "iter_located"),)),
+    ("appending each decision's slots and columns (`DecisionColumns.add`)", (("columns.py", "add"),)),
+    ("resolving each decision's target policy (`policy_for`, shield, `_reusable_raw`, `batchable`, outside check)",
+     (("targets.py", "policy_for"), ("shield.py", "policy"), ("run.py", "_reusable_raw"), ("batched.py", "batchable"),
+      ("outside.py", "explored_outside"))),
+    ("deferring it to the batch (`PendingBatch.add`)", (("batched.py", "add"),)),
+    ("per chunk: batched ε-greedy propensities and the chunk's DataFrame (`flush`)", (("run.py", "flush"),)),
+    ("the per-record loop itself (`_replay_pass` self time)", ()),
+    ("joining rewards and building the table (`join_rewards`, `_feedback_table`)",
+     (("tables.py", "join_rewards"), ("run.py", "_feedback_table"))),
+)
+
+
+def _profile(data_dir: Path, config: ServiceConfig) -> tuple[float, list[tuple[str, float]]]:
+    """One replay from companions under cProfile: (profiled seconds, [(stage, seconds)])."""
+    profile = cProfile.Profile()
+    profile.enable()
+    replay(data_dir, SPEC, config=config, progress=False)
+    profile.disable()
+    entries = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+
+    def cumulative(file: str, name: str) -> float:
+        return sum(v[3] for (path, _, function), v in entries.items() if path.endswith(file) and function == name)
+
+    total = cumulative("run.py", "replay")
+    rows = [(stage, sum(cumulative(f, n) for f, n in functions)) for stage, functions in _STAGES]
+    loop = sum(v[2] for (path, _, function), v in entries.items()
+               if path.endswith("run.py") and function == "_replay_pass")
+    return total, [(stage, loop if not functions else seconds)
+                   for (stage, seconds), (_, functions) in zip(rows, _STAGES)]
+
+
 def run(decisions: int, candidates: int, slate_size: int, repeats: int) -> None:
     config = ServiceConfig(surfaces={"default": SurfaceConfig(decision_budget_ms=1e6)})
     with tempfile.TemporaryDirectory(prefix="whatif_bench_") as tmp:
@@ -153,7 +192,8 @@ def run(decisions: int, candidates: int, slate_size: int, repeats: int) -> None:
         before, after, scores = _log_bytes(data_dir, 5_000)
         cost_us = _logging_cost_us(scores)
         segment_bytes, companion_bytes = _file_bytes(data_dir)
-        cpu_without, cpu_with = _writer_cpu_us(data_dir, 5_000, repeats)
+        cpu_without, cpu_with, cpu_records = _writer_cpu_us(data_dir, 5_000, repeats)
+        profiled, stages = _profile(data_dir, config)
 
     slow_s, full_s, fast_s = statistics.median(rescore), statistics.median(logged), statistics.median(companion)
     read_s, read_c_s = statistics.median(reading), statistics.median(reading_companions)
@@ -178,9 +218,16 @@ def run(decisions: int, candidates: int, slate_size: int, repeats: int) -> None:
     print(f"\nLog size: segments {segment_bytes / decisions:,.0f} B per decision; companions "
           f"{companion_bytes / decisions:,.0f} B per decision beside them (+{companion_bytes / segment_bytes * 100:.1f}%; "
           f"with them {(segment_bytes + companion_bytes) / decisions:,.0f} B). Log-writer CPU per decision record "
-          f"(5,000 records, median of {repeats}): {cpu_without:.1f} µs without companions, {cpu_with:.1f} µs with "
+          f"({cpu_records:,} records, median of {repeats}): {cpu_without:.1f} µs without companions, {cpu_with:.1f} µs with "
           f"(+{cpu_with - cpu_without:.1f} µs, {(cpu_with - cpu_without) / rank_us * 100:.2f}% of the in-process Rank "
           f"mean).")
+    print(f"\nWhere a replay from companions spends its time (one run under cProfile, {profiled:.2f} s profiled; "
+          f"shares of that, indicative: profiling inflates the parts made of many small calls). The companions' own "
+          f"floor is {read_c_s / fast_s * 100:.0f}% of the unprofiled replay; the rest is Python per decision:\n")
+    print("| stage | share |")
+    print("|---|---|")
+    for stage, seconds in stages:
+        print(f"| {stage} | {seconds / profiled * 100:.0f}% |")
     print(f"\nLogging the scores: {before:,.0f} → {after:,.0f} bytes per decision record "
           f"(+{after - before:,.0f} B, +{(after / before - 1) * 100:.1f}%; mean of 5,000). Serving adds "
           f"{cost_us:.1f} µs per decision (median: `tolist` + one `extend` of {candidates} doubles), "
