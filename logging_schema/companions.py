@@ -26,8 +26,8 @@ was sealed, its size unchanged, is not detected by the companion path: it answer
 full path skips the damaged record and the rest of that segment).
 
 Writing one costs the writer thread a ``ClearField`` of the context and candidates of the decision it has just
-serialized and a second ``SerializeToString`` of what is left (~3 µs a decision), and one sequential write plus an
-fsync per segment. A companion that cannot be written (disk full, I/O error) is skipped and counted
+serialized, a second ``SerializeToString`` of what is left and the entry's framing (~7 µs a decision), and one
+sequential write plus an fsync per segment (docs/benchmarks.md "What-if replay": writer CPU per record). A companion that cannot be written (disk full, I/O error) is skipped and counted
 (``WriterStats.companion_errors``): the segment stays the log, readers fall back to it, and the writer's own
 availability is unaffected.
 
