@@ -53,7 +53,7 @@ from logging_schema.reader import (
     ReadStats, _iter_segment, _log_streams, _scanned, gap_of, merge_streams, record_time_us,
 )
 from logging_schema.segments import FRAME_HEADER, FRAME_HEADER_BYTES, MAX_RECORD_BYTES
-from recsys_rl.logging.v1.events_pb2 import CompanionSeal
+from recsys_rl.logging.v1.events_pb2 import CompanionEntry, CompanionSeal
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,17 @@ def _varint(n: int) -> bytes:
 # CompanionEntry's wire tags (fields 1, 2, 3: length-delimited, varint, varint), read from the generated descriptor
 # so they cannot drift from events.proto; entries are concatenated at the wire level on the writer's thread.
 def _tag(field: str, wire_type: int) -> bytes:
-    from recsys_rl.logging.v1.events_pb2 import CompanionEntry
-
     return _varint(CompanionEntry.DESCRIPTOR.fields_by_name[field].number << 3 | wire_type)
 
 
 _RECORD_TAG, _COUNT_TAG, _OFFSET_TAG = _tag("record", 2), _tag("candidate_count", 0), _tag("segment_offset", 0)
+
+
+def remove_partial(log_dir: Path) -> None:
+    """Delete companions a crashed writer left half-written (temporary names) in ``log_dir``; its new writer calls
+    this once it holds the directory's lock, so no companion is being written there."""
+    for path in Path(log_dir).glob(f"{_TMP_PREFIX}*{SUFFIX}"):
+        path.unlink(missing_ok=True)
 
 
 def companion_path(segment: Path) -> Path:
@@ -281,4 +286,4 @@ def iter_located(log_dir: Path, *, stats: ReadStats | None = None, entry_type: t
 
 
 __all__ = ["FORMAT_VERSION", "InSegment", "MAGIC", "SUFFIX", "companion_path", "compact_record", "entry_bytes",
-           "iter_located", "read_companion", "remove_segment", "write_companion"]
+           "iter_located", "read_companion", "remove_partial", "remove_segment", "write_companion"]

@@ -72,7 +72,7 @@ from zlib import crc32
 
 from google.protobuf.message import Message
 
-from logging_schema.companions import compact_record, entry_bytes, write_companion
+from logging_schema.companions import compact_record, entry_bytes, remove_partial, write_companion
 from logging_schema.segments import FRAME_HEADER, HEADER_BYTES, file_header, next_sequence, segment_name
 from recsys_rl.logging.v1.events_pb2 import LogRecord
 
@@ -188,6 +188,7 @@ class LogWriter:
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._acquire_dir_lock()
+        remove_partial(self.log_dir)  # a crashed writer's half-written companion
         self._sequence = next_sequence(self.log_dir)
 
         # One lock, two conditions: ``_work`` wakes the writer thread, ``_done`` wakes flush() callers.
