@@ -38,9 +38,10 @@ from __future__ import annotations
 
 import heapq
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from google.protobuf.message import DecodeError, Message
 
@@ -86,6 +87,7 @@ class ReadStats:
     gaps: int = 0
     decisions_unlogged: int = 0
     outcomes_refused: int = 0
+    companions: int = 0  # segments read from their what-if companion (logging_schema.companions), not in full
 
     # stream name ("worker-1", or "." for segments directly in the log directory) -> damaged records found in it
     damaged_streams: dict[str, int] = field(default_factory=dict)
@@ -185,23 +187,26 @@ def _iter_segment(path: Path, stats: ReadStats, record_type: type[Message], stre
     stats.add_scan(scan, stream)
 
 
-def _clocked(records: Iterable[Message], rank: int) -> Iterator[tuple[int, int, int, Message]]:
+def _clocked(records: Iterable[Any], rank: int,
+             time_of: Callable[[Any], int | None]) -> Iterator[tuple[int, int, int, Any]]:
     """(clock, rank, position, record) for one stream's records: the sort key of the merged log."""
     clock = -1
     for position, record in enumerate(records):
-        at = record_time_us(record)
+        at = time_of(record)
         if at is not None and at > clock:
             clock = at
         yield clock, rank, position, record
 
 
-def merge_streams(streams: list[Iterable[Message]]) -> Iterator[Message]:
+def merge_streams(streams: list[Iterable[Any]],
+                  time_of: Callable[[Any], int | None] = record_time_us) -> Iterator[Any]:
     """Records of several streams (each in its own order) as one log: by (clock, stream, position) (module
-    docstring). Every key is distinct, so records are never compared; one stream passes through as it is."""
+    docstring). Every key is distinct, so records are never compared; one stream passes through as it is.
+    ``time_of``: a record's time (``record_time_us``; another function for items that wrap a record)."""
     if len(streams) == 1:
         yield from streams[0]
         return
-    for _, _, _, record in heapq.merge(*(_clocked(records, rank) for rank, records in enumerate(streams))):
+    for _, _, _, record in heapq.merge(*(_clocked(records, rank, time_of) for rank, records in enumerate(streams))):
         yield record
 
 

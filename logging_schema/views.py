@@ -77,6 +77,9 @@ _REPLAY_VIEWS: _View = _COMMON | {
     ), frozenset()),
     "DecisionEvent": (events_pb2.DecisionEvent.DESCRIPTOR, (*_DECISION_FIELDS, "retrieval"),
                       frozenset({"context", "candidates", "long_term", "candidate_scores"})),
+    # A what-if companion's entry (logging_schema.companions), its record read as the replay view above.
+    "CompanionEntry": (events_pb2.CompanionEntry.DESCRIPTOR, ("record", "candidate_count", "segment_offset"),
+                       frozenset()),
 }
 
 
@@ -119,6 +122,8 @@ REPLAY_POOL = _build(REPLAY_PACKAGE, _REPLAY_VIEWS)
 # ``decision.candidate_scores`` is the packed array's raw bytes (8 per candidate, little-endian doubles): b"" when
 # no scores were logged, and when a writer emitted them unpacked (another wire type: kept as an unknown field).
 ReplayRecord: type[Message] = _message(REPLAY_POOL, REPLAY_PACKAGE, "LogRecord")
+# A companion entry whose ``record`` is a ReplayRecord (a decision without context and candidates).
+ReplayEntry: type[Message] = _message(REPLAY_POOL, REPLAY_PACKAGE, "CompanionEntry")
 
 # A DecisionEvent's candidates' baseline scores alone (everything else skipped as unknown fields). With the table
 # view's candidate bytes they give each candidate's serving-side cache key (``recsys_rl.serving.candidates.item_key``:

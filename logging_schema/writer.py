@@ -72,6 +72,7 @@ from zlib import crc32
 
 from google.protobuf.message import Message
 
+from logging_schema.companions import compact_record, entry_bytes, remove_partial, write_companion
 from logging_schema.segments import FRAME_HEADER, HEADER_BYTES, file_header, next_sequence, segment_name
 from recsys_rl.logging.v1.events_pb2 import LogRecord
 
@@ -143,6 +144,8 @@ class WriterStats:
     build_errors: int = 0  # deferred records whose build raised: skipped
     write_errors: int = 0  # failed attempts to open, write, truncate or fsync (each retried)
     unwritten: int = 0  # accepted records close() gave up on (not confirmed on disk)
+    companions: int = 0  # what-if companions written, one per closed segment (logging_schema.companions)
+    companion_errors: int = 0  # companions that could not be written (skipped: readers read those segments whole)
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ class LogWriter:
         rotate_seconds: float = 3600.0,
         fsync_interval_s: float = 0.2,
         max_queue: int = 100_000,
+        companions: bool = True,
     ) -> None:
         if rotate_bytes <= 0:
             raise ValueError(f"rotate_bytes: must be positive, got {rotate_bytes}")
@@ -180,9 +184,11 @@ class LogWriter:
         self.rotate_seconds = rotate_seconds
         self.fsync_interval_s = fsync_interval_s
         self.max_queue = max_queue
+        self.companions = companions
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._acquire_dir_lock()
+        remove_partial(self.log_dir)  # a crashed writer's half-written companion
         self._sequence = next_sequence(self.log_dir)
 
         # One lock, two conditions: ``_work`` wakes the writer thread, ``_done`` wakes flush() callers.
@@ -217,10 +223,17 @@ class LogWriter:
         self._unwritten = 0
         self._bytes = 0
         self._segments = 0
+        self._companions = 0
+        self._companion_errors = 0
 
         # Touched only by the writer thread: records taken from the queue as framed bytes (None = a deferred
         # record whose build failed, kept in line so counting stays in order), and the open segment.
         self._frames: deque[bytes | None] = deque()
+        # Beside each held frame, the record as the segment's what-if companion keeps it and its candidate count
+        # (None: no companion); the open segment's companion entries, None once it cannot have a companion.
+        self._compacts: deque[tuple[bytes, int] | None] = deque()
+        self._companion: list[bytes] | None = None
+        self._segment_path: Path | None = None
         self._fd: int | None = None
         self._segment_bytes = 0
         self._segment_opened = 0.0
@@ -322,7 +335,8 @@ class LogWriter:
     def stats(self) -> WriterStats:
         with self._lock:
             return WriterStats(self._submitted, self._written, self._synced, self._bytes, self._segments,
-                               self._build_errors, self._write_errors, self._unwritten)
+                               self._build_errors, self._write_errors, self._unwritten, self._companions,
+                               self._companion_errors)
 
     @property
     def closed(self) -> bool:
@@ -350,7 +364,8 @@ class LogWriter:
                     # Swap the whole queue out: O(1) under the lock, submitters never wait on I/O.
                     batch, self._queue = self._queue, deque()
                     closing = self._closing
-                self._frames.extend(map(self._frame, batch))
+                for record in batch:
+                    self._frames.append(self._frame(record))
                 if closing and self._past_close_deadline():
                     break  # gave up: what is still held is counted as unwritten below
                 if self._retry_at is None or time.monotonic() >= self._retry_at:
@@ -405,17 +420,27 @@ class LogWriter:
         return min(deadlines) if deadlines else None
 
     def _frame(self, record: LogRecord | DeferredRecord) -> bytes | None:
-        """The framed bytes of one record; None (counted, logged) when a deferred build raises."""
+        """The framed bytes of one record; None (counted, logged) when a deferred build raises. Its companion
+        form goes to ``_compacts``, in step."""
         try:
-            message = record.build() if isinstance(record, DeferredRecord) else record
+            deferred = isinstance(record, DeferredRecord)
+            message = record.build() if deferred else record
             payload = message.SerializeToString()
         except Exception:  # noqa: BLE001 - one bad record must not end all logging
+            self._compacts.append(None)
             with self._lock:
                 self._build_errors += 1
                 count = self._build_errors
             if count == 1 or count % 1000 == 0:  # the first with its traceback, then a count now and then
                 log.error("log record could not be built; skipped (%d so far)", count, exc_info=count == 1)
             return None
+        compact = None
+        if self.companions:  # a deferred record's message is the writer's own: it is stripped in place
+            try:
+                compact = compact_record(message, payload, owned=deferred)
+            except Exception:  # noqa: BLE001 - the record is logged all the same; its segment gets no companion
+                log.exception("what-if companion entry could not be built; the segment will have no companion")
+        self._compacts.append(compact)
         return FRAME_HEADER.pack(len(payload), crc32(payload)) + payload
 
     def _drain(self) -> None:
@@ -424,6 +449,7 @@ class LogWriter:
         while frames:
             if frames[0] is None:  # a skipped record: handled, nothing to write
                 frames.popleft()
+                self._compacts.popleft()
                 with self._lock:
                     self._handled += 1
                 continue
@@ -464,9 +490,9 @@ class LogWriter:
             keep = ends[complete - 1] if complete else 0
             if done > keep:
                 self._cut_torn_record(self._segment_bytes + keep)
-            self._account(complete, keep)
+            self._account(complete, keep, ends)
             raise
-        self._account(len(ends), len(buffer))
+        self._account(len(ends), len(buffer), ends)
 
     def _cut_torn_record(self, size: int) -> None:
         assert self._fd is not None
@@ -478,17 +504,26 @@ class LogWriter:
             log.error("could not truncate a torn record off %s (%s); continuing in a new segment",
                       segment_name(self._sequence - 1), _describe(exc))
             fd, self._fd = self._fd, None
+            self._companion = None  # it would not match the abandoned segment's torn tail
             try:
                 _fsync(fd)  # the complete records before the torn one are still worth keeping
             except OSError:
                 pass
             os.close(fd)
 
-    def _account(self, records: int, size: int) -> None:
-        """Drops the first ``records`` held entries, now written (or skipped: a None between good records)."""
+    def _account(self, records: int, size: int, ends: list[int]) -> None:
+        """Drops the first ``records`` held entries, now written (or skipped: a None between good records); ``ends``:
+        where each held entry's frame ends in the written buffer (its companion entry records where it starts)."""
         skipped = 0
-        for _ in range(records):
-            skipped += self._frames.popleft() is None
+        companion, base = self._companion, self._segment_bytes
+        for i in range(records):
+            frame, compact = self._frames.popleft(), self._compacts.popleft()
+            skipped += frame is None
+            if frame is not None and companion is not None:
+                if compact is None:
+                    self._companion = companion = None
+                else:
+                    companion.append(entry_bytes(compact[0], compact[1], base + (ends[i - 1] if i else 0)))
         self._segment_bytes += size
         with self._lock:
             self._handled += records
@@ -541,6 +576,8 @@ class LogWriter:
             path.unlink(missing_ok=True)
             raise
         self._fd = fd
+        self._segment_path = path
+        self._companion = [] if self.companions else None
         self._sequence += 1
         self._segment_bytes = len(header)
         self._segment_opened = time.monotonic()
@@ -557,6 +594,26 @@ class LogWriter:
         os.close(fd)
         if sync:
             self._synced_now()
+            self._seal_companion()
+
+    def _seal_companion(self) -> None:
+        """Write the closed segment's what-if companion; a failure is counted and logged, never fatal: the segment
+        is the log, and readers read it whole when its companion is missing."""
+        entries, self._companion = self._companion, None
+        if entries is None or self._segment_path is None:
+            return
+        try:
+            write_companion(self._segment_path, self._segment_bytes, entries, _write, _fsync)
+        except OSError as exc:
+            with self._lock:
+                self._companion_errors += 1
+                count = self._companion_errors
+            if count == 1 or count % 100 == 0:
+                log.warning("what-if companion of %s not written (%s); replay reads that segment whole "
+                            "(%d so far)", self._segment_path.name, _describe(exc), count)
+        else:
+            with self._lock:
+                self._companions += 1
 
     # ------------------------------------------------------------------------------ write errors
 

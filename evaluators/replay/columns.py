@@ -45,10 +45,10 @@ class DecisionColumns:
         self._index: list[int] = []  # candidate_index per slot
 
     @staticmethod
-    def _reject(event: object, n_candidates: int, indices: list[int], items: list[str]) -> None:
+    def _reject(event: object, n_candidates: int, indices: list[int], items: list[str], check_items: bool) -> None:
         raw = event.candidates  # type: ignore[attr-defined]
         for k, (i, item) in enumerate(zip(indices, items)):
-            if not 0 <= i < n_candidates or CandidateId.FromString(raw[i]).item_id != item:
+            if not 0 <= i < n_candidates or check_items and CandidateId.FromString(raw[i]).item_id != item:
                 raise InvalidInput(f"event {event.event_id}: slate[{k}].candidate_index",  # type: ignore[attr-defined]
                                    f"{i} does not point at item {item!r} among {n_candidates} candidates")
 
@@ -60,9 +60,11 @@ class DecisionColumns:
     def rows(self) -> int:
         return len(self.position)
 
-    def add(self, event: object, n_candidates: int) -> list[int]:
+    def add(self, event: object, n_candidates: int, check_items: bool = True) -> list[int]:
         """Append a decision (a DecisionEvent or its view, with a non-empty slate) and return its logged slots'
-        candidate indices; InvalidInput when one does not point at the slot's item among the ``n_candidates``."""
+        candidate indices; InvalidInput when one does not point at the slot's item among the ``n_candidates``.
+        ``check_items=False``: the event's candidates are not at hand (a what-if companion's decision, written by
+        the writer from the same decision as its segment record): only the indices' range is checked."""
         start = len(self.position)
         position, item_id, propensity, index = self.position, self.item_id, self.propensity, self._index
         for slot in event.slate:  # type: ignore[attr-defined]
@@ -73,9 +75,9 @@ class DecisionColumns:
         indices, items = index[start:], item_id[start:]
         # The candidates stay bytes: only the logged ones are parsed, for their item ids (map: no Python frame each).
         raw = event.candidates  # type: ignore[attr-defined]
-        if (min(indices) < 0 or max(indices) >= n_candidates
-                or list(map(_ITEM_ID, map(CandidateId.FromString, map(raw.__getitem__, indices)))) != items):
-            self._reject(event, n_candidates, indices, items)
+        if (min(indices) < 0 or max(indices) >= n_candidates or check_items
+                and list(map(_ITEM_ID, map(CandidateId.FromString, map(raw.__getitem__, indices)))) != items):
+            self._reject(event, n_candidates, indices, items, check_items)
         self.slots.append(len(indices))
         self.event_id.append(event.event_id)  # type: ignore[attr-defined]
         self.user_id.append(event.user_id)  # type: ignore[attr-defined]

@@ -26,6 +26,9 @@ decisions that version served) logs the scores it was drawn from; they are used 
 so a what-if at another cap or exploration setting runs no VW and parses no features (a shield's feasibility still
 reads the request), and capped ε-greedy is computed for a chunk of decisions at once (:mod:`evaluators.replay.batched`).
 The table is the one re-scoring gives (``logged_scores=False``; tests/evaluators/replay/test_logged_scores.py).
+Such a replay reads each closed segment's what-if companion (:mod:`logging_schema.companions`: the records without
+the decisions' context and candidates, ~8% of the bytes) when it is complete and consistent, and a decision's full
+record, at its offset in the segment, only when it must be re-scored or shielded; the table is the same either way.
 
 Decisions that explored outside the retrieved set (``DecisionEvent.retrieval.outside_share`` > 0) get their
 per-slot target propensities from :mod:`evaluators.replay.outside` (outside slots ``q / #left outside``, inside
@@ -39,10 +42,13 @@ slate-RL version and the user's click history it was served with), for every tar
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +57,8 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
-from logging_schema.views import ReplayRecord
+from logging_schema.companions import InSegment, iter_located
+from logging_schema.views import ReplayEntry, ReplayRecord
 from logging_schema.reader import ReadStats, gap_of, iter_records
 from logging_schema.tables import JoinStats, join_rewards, outcomes_frame
 from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig, default_config, load_config
@@ -222,6 +229,7 @@ def replay(
     shield: str | ShieldRules | None = None,
     logged_scores: bool = True,
     embedding: str | None = None,
+    companions: bool = True,
 ) -> pl.DataFrame:
     """The bandit-feedback table of ``spec`` on the logs under ``data_dir/logs`` (columns: module docstring).
 
@@ -234,6 +242,8 @@ def replay(
     ``logged_scores``: take the target's scores from the log where they are its own (:func:`reusable_scores`:
     ``logged@cap=X`` needs no model); False re-scores every decision (the reference the fast path is tested against).
     ``embedding``: ``feature:NAME`` or ``kmeans:C`` adds the MIPS columns (:mod:`evaluators.replay.embedding`).
+    ``companions``: with ``logged_scores``, read segments' what-if companions where complete
+    (:mod:`logging_schema.companions`); False reads every record whole (the reference they are tested against).
     """
     stats = stats if stats is not None else ReplayStats()
     parsed = parse_policy_spec(spec) if isinstance(spec, str) else spec
@@ -249,7 +259,7 @@ def replay(
     with tempfile.TemporaryDirectory(prefix="recsys_rl_replay_") as scratch:
         candidates = CandidateRows(Path(scratch)) if reward_model else None
         decisions, outcomes = _replay_pass(log_dir, surface, target, stats, candidates, progress, since, shields,
-                                           logged_scores)
+                                           logged_scores, companions)
         if not decisions:
             raise InvalidInput("surface", f"no decision of surface {surface!r} with a non-empty slate in {log_dir}")
         joined = join_rewards(pl.concat(decisions, rechunk=True), pl.concat(outcomes, how="vertical"),
@@ -295,9 +305,25 @@ def _with_embeddings(table: pl.DataFrame, spec: EmbeddingSpec, data_dir: Path, s
                       maintain_order="left")
 
 
+@contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """The pass allocates millions of small objects and makes no reference cycles (flat lists; each parsed record is
+    dropped once its columns are taken), so reference counting frees everything while the cyclic collector would
+    only walk the growing chunk again and again: a third of a logged-score replay's time. Replay runs in its own
+    process (the CLI, the gate), never beside serving threads; collection resumes when the pass ends."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _replay_pass(
     log_dir: Path, surface: str, target: TargetPolicy, stats: ReplayStats, candidates: CandidateRows | None,
     progress: bool, since_s: float | None, shields: ReplayShield, logged_scores: bool = True,
+    companions: bool = True,
 ) -> tuple[list[pl.DataFrame], list[pl.DataFrame]]:
     decision_chunks: list[pl.DataFrame] = []
     outcome_chunks: list[pl.DataFrame] = [outcomes_frame([])]
@@ -344,9 +370,14 @@ def _replay_pass(
         nonlocal columns
         if columns.decisions:
             column = np.array(target_p, dtype=np.float64)
-            for event, policy, logged, offset, decision in pending.fill(column):  # type: ignore[misc]
+            for event, policy, logged, offset, decision, located in pending.fill(column):  # type: ignore[misc]
                 # Deferred scores that are not all finite (a damaged record): re-scoring decides, as in serving.
                 stats.from_logged_scores -= 1
+                if located is not None:  # a companion's decision: re-scoring reads the full record
+                    event = full_decision(located)
+                    if event is None:
+                        raise InvalidInput("data_dir", f"{located.segment}: the record at byte {located.offset} "
+                                                       "is damaged and its logged scores are not finite")
                 column[offset:offset + len(logged)] = rescore(event, policy, rank_request(event), logged, decision)[0]
             decision_chunks.append(columns.frame(surface, column))
             columns = DecisionColumns()
@@ -355,10 +386,22 @@ def _replay_pass(
         for buffer in (outcome_events, target_p):
             buffer.clear()
 
+    def full_decision(located: InSegment) -> object | None:
+        """A companion decision's full record (context, candidates) from its segment; None when it is damaged."""
+        full = located.load(ReplayRecord)
+        return None if full is None or full.WhichOneof("event") != "decision" else full.decision  # type: ignore[attr-defined]
+
+    # Logged-score replay reads each segment's what-if companion where it has a complete one (no features:
+    # logging_schema.companions) and a decision's full record only when it needs it; the reward model reads every
+    # decision's features, and re-scoring every decision gains nothing from it.
+    records: Iterator[tuple[object, InSegment | None]] = (
+        iter_located(log_dir, stats=stats.read, entry_type=ReplayEntry, record_type=ReplayRecord)
+        if logged_scores and companions and candidates is None
+        else ((record, None) for record in iter_records(log_dir, stats=stats.read, record_type=ReplayRecord)))
     bar = tqdm(unit=" decisions", desc=f"replay {target.name}", disable=not progress, file=sys.stderr,
                mininterval=0.5)
-    with bar:
-        for record in iter_records(log_dir, stats=stats.read, record_type=ReplayRecord):
+    with bar, _cyclic_gc_paused():
+        for record, located in records:
             kind = record.WhichOneof("event")
             if kind == "outcome":
                 if record.outcome.surface in (surface, ""):  # other surfaces' outcomes would only be orphans
@@ -381,16 +424,29 @@ def _replay_pass(
                 continue
             # The rules the decision was served under (its logged version), or the what-if's.
             policy = shields.policy(target.policy_for(event), event.event_id, event.shield_version)
-            n_candidates = len(event.candidates)
+            if located is None:
+                n_candidates = len(event.candidates)
+                raw = _reusable_raw(event, policy, n_candidates) if logged_scores else None
+            else:
+                n_candidates = located.candidate_count
+                raw = _reusable_raw(event, policy, n_candidates)
+                # What needs the request: re-scoring, a shield's feasibility, and (outside the batch, which checks
+                # at flush) scores that are not finite.
+                if (raw is None or policy.shield.active or (batchable(policy.explorer) is None
+                                                            or explored_outside(event)) and _finite(raw) is None):
+                    event = full_decision(located)
+                    if event is None:  # the segment's record is damaged: skipped, as reading it whole would
+                        stats.read.corrupt_records += 1
+                        continue
+                    located = None
             offset, decision = columns.rows, columns.decisions
-            logged = columns.add(event, n_candidates)
-            raw = _reusable_raw(event, policy, n_candidates) if logged_scores else None
+            logged = columns.add(event, n_candidates, check_items=located is None)
             batch = batchable(policy.explorer) if raw is not None and len(set(logged)) == len(logged) else None
             if explored_outside(event) and not policy.shield.active:
                 target_p.extend(outside_target(event, policy, logged, raw, decision).tolist())
             elif batch is not None and candidates is None and not policy.shield.active:
                 # The common what-if (logged@cap=X): nothing per decision but the bookkeeping; flush() computes it.
-                pending.add(offset, raw, logged, *batch, key=(event, policy, logged, offset, decision))
+                pending.add(offset, raw, logged, *batch, key=(event, policy, logged, offset, decision, located))
                 target_p.extend([0.0] * len(logged))
                 stats.from_logged_scores += 1
             elif (scores := _finite(raw) if raw is not None else None) is not None:

@@ -220,3 +220,23 @@ class OutcomeEvent(_message.Message):
     attributed: bool
     outcome_id: str
     def __init__(self, event_id: _Optional[str] = ..., item_id: _Optional[str] = ..., outcome: _Optional[str] = ..., value: _Optional[float] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., received_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., surface: _Optional[str] = ..., attributed: _Optional[bool] = ..., outcome_id: _Optional[str] = ...) -> None: ...
+
+class CompanionSeal(_message.Message):
+    __slots__ = ("segment", "segment_bytes", "records")
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    segment: str
+    segment_bytes: int
+    records: int
+    def __init__(self, segment: _Optional[str] = ..., segment_bytes: _Optional[int] = ..., records: _Optional[int] = ...) -> None: ...
+
+class CompanionEntry(_message.Message):
+    __slots__ = ("record", "candidate_count", "segment_offset")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    record: LogRecord
+    candidate_count: int
+    segment_offset: int
+    def __init__(self, record: _Optional[_Union[LogRecord, _Mapping]] = ..., candidate_count: _Optional[int] = ..., segment_offset: _Optional[int] = ...) -> None: ...

@@ -229,3 +229,49 @@ def test_a_slot_that_points_at_another_candidate_is_refused(scored_log: ScoredLo
     event_id = [e.event_id for e in read_log(data_dir / "logs").decisions][250]
     with pytest.raises(InvalidInput, match=rf"event {event_id}: slate\[1\]\.candidate_index"):
         replay(data_dir, "logged@cap=0.2", config=scored_log.config, progress=False, logged_scores=logged_scores)
+
+
+def _segmented_copy(log: ScoredLog, data_dir: Path, rotate_bytes: int) -> Path:
+    """A copy of the log (models and shield store too) in segments of ``rotate_bytes``, each sealed with its what-if
+    companion by the real writer."""
+    shutil.copytree(log.data_dir / "models", data_dir / "models")
+    if (log.data_dir / "shield").exists():
+        shutil.copytree(log.data_dir / "shield", data_dir / "shield")
+    with LogWriter(data_dir / "logs", rotate_bytes=rotate_bytes) as writer:
+        for record in iter_records(log.data_dir / "logs"):
+            writer.submit(record)
+    return data_dir
+
+
+@pytest.mark.parametrize("shield", ["none", None])
+def test_companions_give_the_full_records_table_and_rescorings(scored_log: ScoredLog, tmp_path: Path,
+                                                                shield: str | None) -> None:
+    """logged@cap=X from the segments' what-if companions == from the full records == re-scoring, on the same logs;
+    with a damaged, missing or stale companion the segment is read whole and the table is the same again. Unshielded
+    the decisions come from the companions alone; under the served shield each one's full record is read."""
+    total = sum(p.stat().st_size for p in (scored_log.data_dir / "logs").glob("events-*.seg"))
+    data_dir = _segmented_copy(scored_log, tmp_path / "segmented", total // 12)
+    segments = sorted((data_dir / "logs").glob("events-*.seg"))
+    assert len(segments) >= 10
+
+    def three(where: Path) -> tuple[pl.DataFrame, ReplayStats]:
+        stats, full_stats = ReplayStats(), ReplayStats()
+        fast = replay(where, "logged@cap=0.2", config=scored_log.config, progress=False, stats=stats, shield=shield)
+        full = replay(where, "logged@cap=0.2", config=scored_log.config, progress=False, stats=full_stats,
+                      shield=shield, companions=False)
+        slow = replay(where, "logged@cap=0.2", config=scored_log.config, progress=False, shield=shield,
+                      logged_scores=False)
+        assert fast.equals(full) and fast.equals(slow)
+        assert (stats.from_logged_scores, stats.rescored) == (400, 0) and full_stats.read.companions == 0
+        return fast, stats
+
+    reference = replay(scored_log.data_dir, "logged@cap=0.2", config=scored_log.config, progress=False, shield=shield)
+    table, stats = three(data_dir)
+    assert table.equals(reference) and stats.read.companions == stats.read.segments == len(segments)
+
+    from tests.logging_schema.test_companions import _damage_cases
+
+    damaged = _damage_cases(segments)
+    table, stats = three(data_dir)
+    assert table.equals(reference)
+    assert stats.read.companions == len(segments) - len(damaged)
