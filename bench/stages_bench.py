@@ -74,7 +74,8 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("recsys_rl.serving.decision", "sample_slate", "explore: sample the slate"),
     ("recsys_rl.serving.decision", "_decision", "decision record (shield explain)"),
     ("uuid", "uuid4", "event id (uuid4, os.urandom)"),  # uuid4 before task P2; os.urandom(16).hex() since
-    ("recsys_rl.serving.service", "os.urandom", "event id (uuid4, os.urandom)"),
+    ("recsys_rl.serving.service", "os.urandom", "event id (uuid4, os.urandom)"),  # task P2 .. before task R
+    ("recsys_rl.serving.service", "random_hex", "event id (uuid4, os.urandom)"),  # batched os.urandom since
     ("logging_schema.writer", "LogWriter.submit", "log submit"),
     ("recsys_rl.rollout.monitor", "RolloutMonitor.decided", "rollout monitor"),
     ("recsys_rl.serving.outcomes", "OutcomeTracker.track", "outcome tracker"),
