@@ -191,9 +191,13 @@ class CandidateView:
                  "_tails", "_raw", "_request")
 
     def __init__(self, request: pb.RankRequest, *, cache: CandidateInfoCache = CANDIDATE_INFO,
-                 catalog: CatalogVersion | None = None) -> None:
-        """``catalog``: the surface's catalog version, which completes candidates sent by id (``complete``)."""
-        wire = _RequestCandidates.FromString(request.SerializeToString())
+                 catalog: CatalogVersion | None = None, data: bytes | None = None) -> None:
+        """``catalog``: the surface's catalog version, which completes candidates sent by id (``complete``).
+        ``data``: the bytes ``request`` was parsed from (the gRPC server's, ``ranker.servicer.WireRankRequest``): the
+        candidates are sliced out of those, as the host encoded them, rather than out of a new serialization. Both
+        parse to the same candidates; the keys and logged bytes are the host's encoding (a protobuf library's
+        canonical one, as the request's own serialization is, for every host library we know)."""
+        wire = _RequestCandidates.FromString(request.SerializeToString() if data is None else data)
         raw = list(wire.candidates)
         self.sent = request
         # How the candidates were retrieved, set by the service on a retrieval request (recsys_rl.retrieval.request:

@@ -390,7 +390,7 @@ class DecisionService:
         return entry
 
     def rank(self, request: pb.RankRequest, *, deadline: float | None = None,
-             queued_since: float | None = None) -> tuple[Decision, str]:
+             queued_since: float | None = None, wire: bytes | None = None) -> tuple[Decision, str]:
         """Decides, logs (enqueues) and tracks one request. Returns the decision and its event id.
 
         The surface is resolved once here and the request checked by its rules (``requests``); ``deadline`` (a
@@ -401,6 +401,9 @@ class DecisionService:
         ``queued_since``: the ``perf_counter()`` instant the request arrived in this process (``ranker.admission``);
         the decision budget runs from then, and a request already past it (or past ``deadline``) gets the baseline
         at once, without scoring (reason "queued: waited X ms", counted in ``overload_baseline``).
+
+        ``wire``: the bytes ``request`` was parsed from, when the caller has them (the gRPC server): the candidates
+        are sliced out of them instead of out of a new serialization of the request.
         """
         if self._closed.is_set():
             raise NotReady("the service is shutting down")
@@ -411,7 +414,9 @@ class DecisionService:
         if request.HasField("retrieval"):
             request, retrieval = self._retrieve(entry, request, catalog)
             catalog = retrieval.index.catalog  # features come from the version the index was built from
-        candidates = validate_rank_request(request, max_candidates=entry.config.max_candidates, catalog=catalog)
+            wire = None  # the retrieved request is not the one sent
+        candidates = validate_rank_request(request, max_candidates=entry.config.max_candidates, catalog=catalog,
+                                           wire=wire)
         candidates.retrieval = retrieval
         # `request` stays as sent: its candidates are read through the view (ids, keys, baselines, the log's bytes);
         # a consumer that needs them as messages reads candidates.request, completed from the catalog on first use.
