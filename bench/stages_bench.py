@@ -515,13 +515,21 @@ def _where_it_goes(rows: dict[str, tuple[float, float]], plain: tuple[float, flo
 
 
 WHAT_CHANGED = (
-    "What changed (issue 11, task P2), each checked against the breakdown above: (1) `CandidateView` serializes the "
-    "request once and has upb slice each candidate's bytes out of it (a RankRequest view whose `candidates` are "
-    "opaque bytes) instead of serializing 100 candidates one by one from Python; a cached candidate's baseline_score "
-    "is read from its trailing 9-byte record, exact because every cached key is a complete Candidate serialization "
-    "(checked by parsing it when inserted), so the record after it is a record of its own, the last one; the bytes "
-    "(keys, and what the log records) are the same as before; (2) event ids are `os.urandom(16).hex()` (the same 32 "
-    "hex digits as `uuid4().hex`). Propensities and decisions are unchanged (tests/recsys_rl/serving, tests/ranker, "
+    "What changed (issue 11, task R), each checked against the breakdown above: (1) *explore*: epsilon-greedy "
+    "(the default explorer, capped or not, and Greedy) gives every non-greedy candidate one probability, so a slot's "
+    "distribution depends only on (candidates left, greedy position); `sample_slate` draws without a numpy "
+    "distribution, cumsum and concatenate per slot: the greedy order from one stable Python sort (not "
+    "`ndarray.argsort`, which releases the GIL to the log writer mid-Rank), the CDF below the greedy a cached prefix "
+    "sum and its total a cached cumsum, the same IEEE operations as `distribution_and_greedy` + `_inverse_cdf`, so "
+    "the same slate and propensities bit for bit (seeded equivalence test against the generic loop and "
+    "`slate_propensities`: caps 0, binding and 1, epsilon 0 and 1, ties, signed zeros, a real shield); Softmax and "
+    "SquareCB keep the generic loop; (2) *candidate view*: Rank is registered with a deserializer that keeps the "
+    "wire bytes beside the parsed request (`ranker.servicer.WireRankRequest`), and the view slices the candidates "
+    "out of those instead of serializing the whole request again; (3) *features*: the VW scorer keeps each "
+    "context's parsed shared example (keyed by the context's bytes, 4096 contexts), so a repeated context costs "
+    "neither its line nor its parse; predictions equal a fresh parse's bit for bit (test, contexts interleaved "
+    "while learning); (4) *event id*: `os.urandom` in batches of 256 ids (the system call releases the GIL). "
+    "Propensities and decisions are unchanged (tests/recsys_rl/serving, tests/ranker, tests/recsys_rl/shield, "
     "tests/evaluators/replay)."
 )
 
