@@ -115,6 +115,8 @@ class CandidateInfoCache:
         self.max_items = max_items
         self._entries: dict[bytes, CandidateInfo] = {}
         self._lock = threading.Lock()
+        # ``get`` without a Python frame: CandidateView maps it over every candidate of every request.
+        self.lookup: Callable[[bytes], CandidateInfo | None] = self._entries.get
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -219,7 +221,7 @@ class CandidateView:
                 self._heads, self._tails, self._raw, self._request = heads, records, None, None
             tags = [t[:1] for t in records]
             tails = [t[1:] for t in records]
-        infos = list(map(cache.get, heads))
+        infos = list(map(cache.lookup, heads))
         if None in infos or tags.count(_BASELINE_TAG_BYTE) != len(raw):  # some candidate off the usual path
             for i, info in enumerate(infos):
                 if info is None or tags[i] != _BASELINE_TAG_BYTE:
