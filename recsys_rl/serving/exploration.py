@@ -374,7 +374,11 @@ def _sample_feasible(scores: np.ndarray, k_max: int, explorer: Explorer, draw_ke
 # propensity are bit for bit the generic loop's, and :func:`slate_propensities` (replay) stays the reference
 # (tests/recsys_rl/serving/test_exploration_fast.py checks both over many seeded requests).
 
-_CACHE_MAX = 1 << 16  # entries per cache: a few MB at most; cleared whole when full (recomputed on demand)
+# Entries per cache, each cleared whole when full (recomputed on demand). Totals are one float each (~10 MB at most);
+# a prefix is a list of n floats, one per (q, n): a few per candidate count and cap in force, so 1024 of them hold
+# every count up to 1000 at one cap (~16 MB at most at 1000 candidates).
+_TOTALS_MAX = 1 << 16
+_PREFIX_MAX = 1 << 10
 _TOTALS: dict[tuple[float, float, int, int], float] = {}
 _PREFIX: dict[tuple[float, int], list[float]] = {}
 
@@ -423,12 +427,12 @@ def _epsilon_slot(n: int, g: int, u: float, q: float, pg: float) -> int:
     key = (q, pg, n, g)
     total = _TOTALS.get(key)
     if total is None:
-        if len(_TOTALS) >= _CACHE_MAX:
+        if len(_TOTALS) >= _TOTALS_MAX:
             _TOTALS.clear()
         total = _TOTALS[key] = float(_epsilon_cdf(q, pg, n, g)[-1])
     prefix = _PREFIX.get((q, n))
     if prefix is None:
-        if len(_PREFIX) >= _CACHE_MAX:
+        if len(_PREFIX) >= _PREFIX_MAX:
             _PREFIX.clear()
         prefix = _PREFIX[(q, n)] = np.full(n, q).cumsum().tolist()  # the CDF before the greedy position
     target = u * total

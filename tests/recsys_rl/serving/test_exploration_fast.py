@@ -128,3 +128,17 @@ def test_fast_slots_under_a_shield_equal_the_generic_loop(name: str) -> None:
         _same(fast, sample_slate(scores, 6, Opaque(explorer), draw_key=key, feasibility=rules.for_request(request)))
         replayed = slate_propensities(scores, fast.indices, explorer, feasibility=rules.for_request(request))
         assert replayed.tolist() == [s.propensity for s in fast.slots]
+
+
+def test_the_fast_paths_caches_stay_bounded_and_evicting_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exploration, "_TOTALS_MAX", 5)
+    monkeypatch.setattr(exploration, "_PREFIX_MAX", 2)
+    monkeypatch.setattr(exploration, "_TOTALS", {})
+    monkeypatch.setattr(exploration, "_PREFIX", {})
+    explorer = EXPLORERS["epsilon = cap (the default)"]
+    rng = np.random.default_rng(8)
+    for key in range(300):
+        n = int(rng.integers(5, 60))
+        scores = _scores(rng, n)
+        _same(sample_slate(scores, 5, explorer, draw_key=key), sample_slate(scores, 5, Opaque(explorer), draw_key=key))
+        assert len(exploration._TOTALS) <= 5 and len(exploration._PREFIX) <= 2
