@@ -205,6 +205,16 @@ class StageClock:
             record["decode"] = decoded_ns if decoded_end <= now else 0
             record["before"] = before - record["decode"]
 
+    @staticmethod
+    def check_started(record: dict[str, Any]) -> None:
+        """Check's hand-off (its request decodes in well under a µs), to tell Rank's own share of that wait."""
+        from ranker.admission import queued_since
+
+        now = time.perf_counter_ns()
+        stamp = queued_since()
+        if stamp is not None:
+            record["before"] = now - int(stamp * 1e9)
+
     def timed_decode(self, fn: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
         def decode(data: bytes) -> Any:
             if not self.on:
@@ -249,7 +259,8 @@ def serve(data_dir: Path) -> None:
 
     clock = StageClock()
     clock._patch(RankingServicer, "Rank", clock.root("rank", HANDLER_OWN, RankingServicer.Rank, clock.rank_started))
-    clock._patch(health.HealthServicer, "Check", clock.root("check", "Check handler", health.HealthServicer.Check))
+    clock._patch(health.HealthServicer, "Check", clock.root("check", "Check handler", health.HealthServicer.Check,
+                                                                  clock.check_started))
     clock._patch(pb.RankRequest, "FromString", clock.timed_decode(pb.RankRequest.FromString))
     clock._patch(pb.RankResponse, "SerializeToString", clock.timed_encode(pb.RankResponse.SerializeToString))
     service = DecisionService(default_config(), data_dir)
@@ -297,6 +308,11 @@ def _overlap_ns(intervals: list[tuple[int, int]], others: list[tuple[int, int]])
     return total
 
 
+def _mean_median(values_ns: list[int]) -> tuple[float, float]:
+    """(mean, median) in µs; (0, 0) for none."""
+    return (float(np.mean(values_ns)) / 1e3, float(np.median(values_ns)) / 1e3) if values_ns else (0.0, 0.0)
+
+
 def breakdown(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-stage mean and median µs of the Rank records; the writer's per-record cost and its overlap."""
     ranks = [r for r in records if r["kind"] == "rank" and r.get("stamped")]
@@ -342,6 +358,7 @@ def breakdown(records: list[dict[str, Any]]) -> dict[str, Any]:
         "handler_cpu_mean_us": float(np.mean(cpu)) / 1e3,
         "stage_sum_mean_us": float(np.mean(stage_sum)) / 1e3,
         "check_handler_p50_us": float(np.median([r["end"] - r["start"] for r in checks])) / 1e3 if checks else 0.0,
+        "check_before_us": _mean_median([r["before"] for r in checks if "before" in r]),
         "writer": writer,
     }
 
@@ -470,7 +487,9 @@ def markdown(result: dict[str, Any], args: Args = Args()) -> str:
         f"{b['handler_cpu_mean_us']:.1f} µs (`thread_time`), the rest it waited (the GIL held by another thread, or "
         f"descheduled on this shared machine). The server's own log agrees: median `DecisionEvent.latency_micros` "
         f"(validation to decision, all phases) {result['logged_latency_p50_us']:.0f} µs. Check's handler takes "
-        f"{b['check_handler_p50_us']:.1f} µs (p50). Staged Rank p50 {staged[0]:.3f} ms − handler p50 "
+        f"{b['check_handler_p50_us']:.1f} µs (p50), and its hand-off to the pool {b['check_before_us'][1]:.1f} µs p50 / "
+        f"{b['check_before_us'][0]:.1f} µs mean (Rank's: {rows[BEFORE][1]:.1f} / {rows[BEFORE][0]:.1f}, less its "
+        f"decode). Staged Rank p50 {staged[0]:.3f} ms − handler p50 "
         f"{b['handler_p50_us'] / 1e3:.3f} − before/decode/encode p50s ≈ {outside / 1e3:.3f} ms is outside the "
         f"server's Python (gRPC core, loopback, the client) - about Check's own p50 ({staged[2]:.3f} ms).",
         "",
