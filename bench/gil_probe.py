@@ -17,30 +17,35 @@ import tempfile
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from recsys_rl.config import ServiceConfig
 
-WARMUP, RANKS = 1_000, 500
+
+@dataclass
+class Args:
+    warmup: int = 1_000  # untimed Ranks first (fills the item and example caches, as a warm server has)
+    ranks: int = 500  # Ranks probed
+    seed: int = 0  # of bench.rank_bench's requests
 
 
-def probe(warmup: int = WARMUP, ranks: int = RANKS,
-          config: ServiceConfig | None = None) -> tuple[int, list[tuple[int, str]]]:
+def probe(args: Args = Args(), config: ServiceConfig | None = None) -> tuple[int, list[tuple[int, str]]]:
     """(releases caught, the most frequent places: innermost frame first). ``config``: the default one if None."""
     from bench.rank_bench import Args as RankArgs
     from bench.rank_bench import make_request
     from recsys_rl.config import default_config
     from recsys_rl.serving.service import DecisionService
 
-    rng = np.random.default_rng(0)
-    requests = [make_request(rng, RankArgs(), i) for i in range(warmup + ranks)]
+    rng = np.random.default_rng(args.seed)
+    requests = [make_request(rng, RankArgs(), i) for i in range(args.warmup + args.ranks)]
     places: collections.Counter[str] = collections.Counter()
     with tempfile.TemporaryDirectory() as data_dir:
         service = DecisionService(config or default_config(), Path(data_dir))
         try:
-            for request in requests[:warmup]:
+            for request in requests[:args.warmup]:
                 service.rank(request)
             service.writer.flush(timeout=10)
             main, probing, done = threading.get_ident(), threading.Event(), threading.Event()
@@ -59,7 +64,7 @@ def probe(warmup: int = WARMUP, ranks: int = RANKS,
             watcher.start()
             try:
                 probing.set()
-                for request in requests[warmup:]:
+                for request in requests[args.warmup:]:
                     service.rank(request)
                 probing.clear()
             finally:
@@ -72,7 +77,7 @@ def probe(warmup: int = WARMUP, ranks: int = RANKS,
 
 
 if __name__ == "__main__":
-    caught, top = probe()
-    print(f"{caught} voluntary GIL releases caught in {RANKS} Ranks (DecisionService.rank, in process)")
+    caught, top = probe(Args())
+    print(f"{caught} voluntary GIL releases caught in {Args().ranks} Ranks (DecisionService.rank, in process)")
     for n, place in top:
         print(f"{n:6d}  {place}")
