@@ -74,7 +74,8 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("recsys_rl.serving.decision", "sample_slate", "explore: sample the slate"),
     ("recsys_rl.serving.decision", "_decision", "decision record (shield explain)"),
     ("uuid", "uuid4", "event id (uuid4, os.urandom)"),  # uuid4 before task P2; os.urandom(16).hex() since
-    ("recsys_rl.serving.service", "os.urandom", "event id (uuid4, os.urandom)"),
+    ("recsys_rl.serving.service", "os.urandom", "event id (uuid4, os.urandom)"),  # task P2 .. before task R
+    ("recsys_rl.serving.service", "random_hex", "event id (uuid4, os.urandom)"),  # batched os.urandom since
     ("logging_schema.writer", "LogWriter.submit", "log submit"),
     ("recsys_rl.rollout.monitor", "RolloutMonitor.decided", "rollout monitor"),
     ("recsys_rl.serving.outcomes", "OutcomeTracker.track", "outcome tracker"),
@@ -204,6 +205,16 @@ class StageClock:
             record["decode"] = decoded_ns if decoded_end <= now else 0
             record["before"] = before - record["decode"]
 
+    @staticmethod
+    def check_started(record: dict[str, Any]) -> None:
+        """Check's hand-off (its request decodes in well under a µs), to tell Rank's own share of that wait."""
+        from ranker.admission import queued_since
+
+        now = time.perf_counter_ns()
+        stamp = queued_since()
+        if stamp is not None:
+            record["before"] = now - int(stamp * 1e9)
+
     def timed_decode(self, fn: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
         def decode(data: bytes) -> Any:
             if not self.on:
@@ -248,7 +259,8 @@ def serve(data_dir: Path) -> None:
 
     clock = StageClock()
     clock._patch(RankingServicer, "Rank", clock.root("rank", HANDLER_OWN, RankingServicer.Rank, clock.rank_started))
-    clock._patch(health.HealthServicer, "Check", clock.root("check", "Check handler", health.HealthServicer.Check))
+    clock._patch(health.HealthServicer, "Check", clock.root("check", "Check handler", health.HealthServicer.Check,
+                                                                  clock.check_started))
     clock._patch(pb.RankRequest, "FromString", clock.timed_decode(pb.RankRequest.FromString))
     clock._patch(pb.RankResponse, "SerializeToString", clock.timed_encode(pb.RankResponse.SerializeToString))
     service = DecisionService(default_config(), data_dir)
@@ -296,6 +308,11 @@ def _overlap_ns(intervals: list[tuple[int, int]], others: list[tuple[int, int]])
     return total
 
 
+def _mean_median(values_ns: list[int]) -> tuple[float, float]:
+    """(mean, median) in µs; (0, 0) for none."""
+    return (float(np.mean(values_ns)) / 1e3, float(np.median(values_ns)) / 1e3) if values_ns else (0.0, 0.0)
+
+
 def breakdown(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Per-stage mean and median µs of the Rank records; the writer's per-record cost and its overlap."""
     ranks = [r for r in records if r["kind"] == "rank" and r.get("stamped")]
@@ -341,6 +358,7 @@ def breakdown(records: list[dict[str, Any]]) -> dict[str, Any]:
         "handler_cpu_mean_us": float(np.mean(cpu)) / 1e3,
         "stage_sum_mean_us": float(np.mean(stage_sum)) / 1e3,
         "check_handler_p50_us": float(np.median([r["end"] - r["start"] for r in checks])) / 1e3 if checks else 0.0,
+        "check_before_us": _mean_median([r["before"] for r in checks if "before" in r]),
         "writer": writer,
     }
 
@@ -469,7 +487,9 @@ def markdown(result: dict[str, Any], args: Args = Args()) -> str:
         f"{b['handler_cpu_mean_us']:.1f} µs (`thread_time`), the rest it waited (the GIL held by another thread, or "
         f"descheduled on this shared machine). The server's own log agrees: median `DecisionEvent.latency_micros` "
         f"(validation to decision, all phases) {result['logged_latency_p50_us']:.0f} µs. Check's handler takes "
-        f"{b['check_handler_p50_us']:.1f} µs (p50). Staged Rank p50 {staged[0]:.3f} ms − handler p50 "
+        f"{b['check_handler_p50_us']:.1f} µs (p50), and its hand-off to the pool {b['check_before_us'][1]:.1f} µs p50 / "
+        f"{b['check_before_us'][0]:.1f} µs mean (Rank's: {rows[BEFORE][1]:.1f} / {rows[BEFORE][0]:.1f}, less its "
+        f"decode). Staged Rank p50 {staged[0]:.3f} ms − handler p50 "
         f"{b['handler_p50_us'] / 1e3:.3f} − before/decode/encode p50s ≈ {outside / 1e3:.3f} ms is outside the "
         f"server's Python (gRPC core, loopback, the client) - about Check's own p50 ({staged[2]:.3f} ms).",
         "",
@@ -514,13 +534,21 @@ def _where_it_goes(rows: dict[str, tuple[float, float]], plain: tuple[float, flo
 
 
 WHAT_CHANGED = (
-    "What changed (issue 11, task P2), each checked against the breakdown above: (1) `CandidateView` serializes the "
-    "request once and has upb slice each candidate's bytes out of it (a RankRequest view whose `candidates` are "
-    "opaque bytes) instead of serializing 100 candidates one by one from Python; a cached candidate's baseline_score "
-    "is read from its trailing 9-byte record, exact because every cached key is a complete Candidate serialization "
-    "(checked by parsing it when inserted), so the record after it is a record of its own, the last one; the bytes "
-    "(keys, and what the log records) are the same as before; (2) event ids are `os.urandom(16).hex()` (the same 32 "
-    "hex digits as `uuid4().hex`). Propensities and decisions are unchanged (tests/recsys_rl/serving, tests/ranker, "
+    "What changed (issue 11, task R), each checked against the breakdown above: (1) *explore*: epsilon-greedy "
+    "(the default explorer, capped or not, and Greedy) gives every non-greedy candidate one probability, so a slot's "
+    "distribution depends only on (candidates left, greedy position); `sample_slate` draws without a numpy "
+    "distribution, cumsum and concatenate per slot: the greedy order from one stable Python sort (not "
+    "`ndarray.argsort`, which releases the GIL to the log writer mid-Rank), the CDF below the greedy a cached prefix "
+    "sum and its total a cached cumsum, the same IEEE operations as `distribution_and_greedy` + `_inverse_cdf`, so "
+    "the same slate and propensities bit for bit (seeded equivalence test against the generic loop and "
+    "`slate_propensities`: caps 0, binding and 1, epsilon 0 and 1, ties, signed zeros, a real shield); Softmax and "
+    "SquareCB keep the generic loop; (2) *candidate view*: Rank is registered with a deserializer that keeps the "
+    "wire bytes beside the parsed request (`ranker.servicer.WireRankRequest`), and the view slices the candidates "
+    "out of those instead of serializing the whole request again; (3) *features*: the VW scorer keeps each "
+    "context's parsed shared example (keyed by the context's bytes, 4096 contexts), so a repeated context costs "
+    "neither its line nor its parse; predictions equal a fresh parse's bit for bit (test, contexts interleaved "
+    "while learning); (4) *event id*: `os.urandom` in batches of 256 ids (the system call releases the GIL). "
+    "Propensities and decisions are unchanged (tests/recsys_rl/serving, tests/ranker, tests/recsys_rl/shield, "
     "tests/evaluators/replay)."
 )
 

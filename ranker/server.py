@@ -31,7 +31,7 @@ from ranker.admin import add_admin_servicer
 from ranker.catalog import CATALOG_SERVICE, add_catalog_servicer
 from ranker.admin_auth import ADMIN_SERVICE, AdminAuthInterceptor, AdminSettings, AuthzFile
 from ranker.admission import StampingExecutor
-from ranker.servicer import RankingServicer
+from ranker.servicer import RankingServicer, add_ranking_service
 from recsys_rl.config import ServiceConfig
 from recsys_rl.metrics.hooks import NO_METRICS
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
@@ -127,7 +127,7 @@ class RankingServer:
         if wrap_servicer is not None:
             servicer = wrap_servicer(servicer)  # type: ignore[arg-type]
         self.servicer = servicer
-        pb_grpc.add_RankingServiceServicer_to_server(servicer, self._server)
+        add_ranking_service(servicer, self._server)  # Rank's request keeps its wire bytes (WireRankRequest)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection((RANKING_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME),

@@ -115,6 +115,8 @@ class CandidateInfoCache:
         self.max_items = max_items
         self._entries: dict[bytes, CandidateInfo] = {}
         self._lock = threading.Lock()
+        # ``get`` without a Python frame: CandidateView maps it over every candidate of every request.
+        self.lookup: Callable[[bytes], CandidateInfo | None] = self._entries.get
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -191,9 +193,13 @@ class CandidateView:
                  "_tails", "_raw", "_request")
 
     def __init__(self, request: pb.RankRequest, *, cache: CandidateInfoCache = CANDIDATE_INFO,
-                 catalog: CatalogVersion | None = None) -> None:
-        """``catalog``: the surface's catalog version, which completes candidates sent by id (``complete``)."""
-        wire = _RequestCandidates.FromString(request.SerializeToString())
+                 catalog: CatalogVersion | None = None, data: bytes | None = None) -> None:
+        """``catalog``: the surface's catalog version, which completes candidates sent by id (``complete``).
+        ``data``: the bytes ``request`` was parsed from (the gRPC server's, ``ranker.servicer.WireRankRequest``): the
+        candidates are sliced out of those, as the host encoded them, rather than out of a new serialization. Both
+        parse to the same candidates; the keys and logged bytes are the host's encoding (a protobuf library's
+        canonical one, as the request's own serialization is, for every host library we know)."""
+        wire = _RequestCandidates.FromString(request.SerializeToString() if data is None else data)
         raw = list(wire.candidates)
         self.sent = request
         # How the candidates were retrieved, set by the service on a retrieval request (recsys_rl.retrieval.request:
@@ -215,7 +221,7 @@ class CandidateView:
                 self._heads, self._tails, self._raw, self._request = heads, records, None, None
             tags = [t[:1] for t in records]
             tails = [t[1:] for t in records]
-        infos = list(map(cache.get, heads))
+        infos = list(map(cache.lookup, heads))
         if None in infos or tags.count(_BASELINE_TAG_BYTE) != len(raw):  # some candidate off the usual path
             for i, info in enumerate(infos):
                 if info is None or tags[i] != _BASELINE_TAG_BYTE:

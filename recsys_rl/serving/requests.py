@@ -30,9 +30,10 @@ from recsys_rl.serving.candidates import CandidateView, check_item_ids
 
 
 def validate_rank_request(request: pb.RankRequest, *, max_candidates: int,
-                          catalog: CatalogVersion | None = None) -> CandidateView:
+                          catalog: CatalogVersion | None = None, wire: bytes | None = None) -> CandidateView:
     """Checks the request's structure; returns its candidates, read once (baseline scores, ids, cache keys), completed
-    from ``catalog`` when the surface has one (the view's ``request`` is then the completed request)."""
+    from ``catalog`` when the surface has one (the view's ``request`` is then the completed request). ``wire``: the
+    bytes ``request`` was parsed from, when known (the view slices the candidates out of them)."""
     if not request.surface:
         raise InvalidInput("surface", "must not be empty")
     n = len(request.candidates)
@@ -44,7 +45,7 @@ def validate_rank_request(request: pb.RankRequest, *, max_candidates: int,
         raise InvalidInput("slate_size", f"must be positive, got {request.slate_size}")
     if request.slate_size > n:
         raise InvalidInput("slate_size", f"{request.slate_size} is larger than the {n} candidates")
-    return CandidateView(request, catalog=catalog)
+    return CandidateView(request, catalog=catalog, data=wire)
 
 
 # google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.

@@ -61,6 +61,33 @@ def test_cached_examples_predict_exactly_like_full_text_also_while_learning() ->
     assert np.ptp(bandit.score(base)) > 0  # it did learn something
 
 
+
+def test_a_cached_shared_example_predicts_exactly_like_a_fresh_parse_also_while_learning() -> None:
+    """Contexts repeat (hour, device): each one's shared example is parsed once and reused; predictions stay the
+    ones of the full text, bit for bit, however the contexts interleave and while the model learns."""
+    rng = np.random.default_rng(4)
+    bandit = VWBandit(ARGS)
+    base = make_request(rng, n=30)
+    contexts = []
+    for device in ("ios", "android", "web"):
+        for age in (21.0, 48.5):
+            context = pb.Features()
+            context.categorical["device"] = device
+            context.numeric["age"] = age
+            contexts.append(context)
+    for step in range(240):
+        request = pb.RankRequest()
+        request.CopyFrom(base)
+        request.context.CopyFrom(contexts[int(rng.integers(len(contexts)))])
+        keep = sorted(rng.choice(len(base.candidates), 12, replace=False).tolist())
+        del request.candidates[:]
+        request.candidates.extend([base.candidates[i] for i in keep])
+        np.testing.assert_array_equal(bandit.score(request), full_text_scores(bandit, request))
+        if step % 4 == 0:
+            slate = rng.choice(len(request.candidates), 3, replace=False).tolist()
+            bandit.learn(event_for(request, slate, [0.2, 0.3, 0.5]), rng.uniform(size=3).tolist())
+    assert len(bandit._shared) == len(contexts)  # each context parsed once, then reused
+
 def test_repeated_candidate_in_one_request_is_invalid_input() -> None:
     """A repeated item would share one cached example (VW mutates it in place) and make outcomes ambiguous."""
     rng = np.random.default_rng(1)

@@ -151,3 +151,42 @@ def test_a_candidate_without_a_baseline_never_takes_the_baseline_of_the_request_
     for i, candidate in enumerate(later.candidates):
         candidate.baseline_score = 0.0 if i % 3 == 0 else 0.5 + i
     assert CandidateView(later, cache=cache).baseline.tolist() == [c.baseline_score for c in later.candidates]
+
+
+def test_view_from_the_wire_bytes_equals_the_view_from_the_message() -> None:
+    """The gRPC server hands the view the bytes the request was parsed from (ranker.servicer.WireRankRequest)."""
+    request = _request(9)
+    data = request.SerializeToString()
+    sliced = CandidateView(pb.RankRequest.FromString(data), cache=CandidateInfoCache(), data=data)
+    reserialized = CandidateView(request, cache=CandidateInfoCache())
+    assert sliced.keys == reserialized.keys and sliced.raw == reserialized.raw
+    assert sliced.baseline.tobytes() == reserialized.baseline.tobytes() and sliced.item_ids == reserialized.item_ids
+
+
+def test_view_from_a_hosts_own_encoding_reads_the_same_candidates() -> None:
+    """A host library may order fields differently: the candidates read (ids, baselines, features) are the same;
+    the keys and logged bytes are the host's encoding, which parse to the same candidates."""
+    request = _request(6)
+    # Candidates first, then surface and slate_size, each candidate with baseline_score before item_id.
+    data = b"".join(
+        _candidate_field(pb.Candidate(baseline_score=c.baseline_score).SerializeToString()
+                           + pb.Candidate(item_id=c.item_id, features=c.features,
+                                          embedding=c.embedding).SerializeToString())
+        for c in request.candidates) + pb.RankRequest(surface="s", slate_size=2).SerializeToString()
+    parsed = pb.RankRequest.FromString(data)
+    assert parsed == request  # the same message, encoded otherwise
+    view = CandidateView(parsed, cache=CandidateInfoCache(), data=data)
+    assert view.item_ids == [c.item_id for c in request.candidates]
+    assert view.baseline.tolist() == [c.baseline_score for c in request.candidates]
+    assert [pb.Candidate.FromString(r) for r in view.raw] == list(request.candidates)
+
+
+def _candidate_field(candidate: bytes) -> bytes:
+    """``candidate`` as RankRequest's candidates field (tag, length, bytes)."""
+    number = pb.RankRequest.DESCRIPTOR.fields_by_name["candidates"].number
+    length, varint = len(candidate), b""
+    while True:
+        byte, length = length & 0x7F, length >> 7
+        varint += bytes([byte | (0x80 if length else 0)])
+        if not length:
+            return bytes([number << 3 | 2]) + varint + candidate
