@@ -137,6 +137,15 @@ BASELINE_POOL = _build(BASELINE_PACKAGE, {
 })
 CandidateBaselines: type[Message] = _message(BASELINE_POOL, BASELINE_PACKAGE, "DecisionEvent")
 
+# A decision's surface and shield rules version alone (candidates, context and slots skipped as unknown fields):
+# which stored shield versions the log's decisions name, i.e. which ones replay will load (``shield gc`` keeps them).
+VERSIONS_PACKAGE = "recsys_rl_versionsview"
+VERSIONS_POOL = _build(VERSIONS_PACKAGE, {
+    "DecisionEvent": (events_pb2.DecisionEvent.DESCRIPTOR, ("surface", "shield_version"), frozenset()),
+    "LogRecord": (events_pb2.LogRecord.DESCRIPTOR, ("decision", "outcome", "gap"), frozenset({"outcome", "gap"})),
+})
+VersionsRecord: type[Message] = _message(VERSIONS_POOL, VERSIONS_PACKAGE, "LogRecord")
+
 
 # --- writing ------------------------------------------------------------------------------------------------------
 WIRE_PACKAGE = "recsys_rl_wireview"

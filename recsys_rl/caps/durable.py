@@ -90,7 +90,8 @@ def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
     fsync_dir(path.parent)
 
 
-__all__ = ["LOCK_FILE", "admin_lock", "append_line", "fsync_dir", "read_lines", "write_json_atomically"]
+__all__ = ["GC_AUDIT_FILE", "LOCK_FILE", "admin_lock", "append_line", "fsync_dir", "read_lines", "record_gc",
+           "write_json_atomically"]
 
 
 def file_stamp(path: Path) -> tuple[int, int]:
@@ -101,3 +102,21 @@ def file_stamp(path: Path) -> tuple[int, int]:
     except FileNotFoundError:
         return (0, 0)
     return stat.st_size, stat.st_mtime_ns
+
+
+GC_AUDIT_FILE = "gc_audit.jsonl"  # in the admin dir: every deletion of old catalog or shield versions
+
+
+def record_gc(data_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """Appends ``entry`` (store, actor, keep, deleted, kept, ...) with a sequence and time to ``D/admin/
+    gc_audit.jsonl``, fsynced, before anything is deleted: the line is the write-ahead record of the deletion (a
+    crash part-way leaves versions the next gc run deletes). Called under the lock of the store collected."""
+    import time
+
+    admin = Path(data_dir) / "admin"
+    admin.mkdir(parents=True, exist_ok=True)
+    path = admin / GC_AUDIT_FILE
+    previous, _ = read_lines(path, lambda data: int(data["sequence"]))
+    line = {"sequence": max(previous, default=0) + 1, "time_unix": time.time(), **entry}
+    append_line(path, json.dumps(line, sort_keys=True))
+    return line

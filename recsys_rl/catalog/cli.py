@@ -1,4 +1,5 @@
-"""``recsys-rl catalog load --data-dir D FILE.parquet``: items, features and embeddings into the catalog, offline.
+"""``recsys-rl catalog load --data-dir D FILE.parquet``: items, features and embeddings into the catalog, offline;
+``recsys-rl catalog gc --data-dir D --keep N``: delete all but the newest N versions (never the one in force).
 
 Columns: ``item_id`` (string, required); ``embedding`` (list of floats, optional; every row the same length); every
 other string column a categorical feature and every other numeric column a numeric feature of that name; a list of
@@ -30,6 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     load.add_argument("--data-dir", required=True)
     load.add_argument("file", metavar="FILE.parquet")
     load.set_defaults(run=run_load)
+    gc = sub.add_parser("gc", help="delete catalog versions beyond the newest N (never the one in force); audited")
+    gc.add_argument("--data-dir", required=True)
+    gc.add_argument("--keep", type=int, required=True, help="versions kept, the one in force included (>= 1)")
+    gc.add_argument("--actor", default="", help="who asks, for D/admin/gc_audit.jsonl (default: the OS user)")
+    gc.add_argument("--reason", default="", help="why, for the audit trail")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    gc.set_defaults(run=run_gc)
 
 
 def read_items(path: Path) -> list[catalog_pb.CatalogItem]:
@@ -99,4 +107,28 @@ def run_load(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["read_items", "register", "run_load"]
+def gc_actor(args: argparse.Namespace, command: str) -> str:
+    """``--actor``, else the OS user, with the command: what the gc audit line records as who deleted."""
+    import getpass
+
+    if args.actor and not args.actor.strip():
+        raise InvalidInput("--actor", "must not be empty when given")
+    return f"{args.actor or getpass.getuser()} ({command})"
+
+
+def run_gc(args: argparse.Namespace) -> int:
+    from recsys_rl.catalog.store import CATALOG_DIR, CURRENT_FILE, CatalogStore
+
+    if args.keep < 1:
+        raise InvalidInput("--keep", f"must be at least 1 (the version in force is always kept), got {args.keep}")
+    if not (Path(args.data_dir) / CATALOG_DIR / CURRENT_FILE).exists():
+        raise InvalidInput("--data-dir", f"no catalog under {Path(args.data_dir) / CATALOG_DIR}")
+    deleted, kept = CatalogStore(Path(args.data_dir)).collect_garbage(
+        args.keep, actor=gc_actor(args, "recsys-rl catalog gc"), reason=args.reason, dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"catalog gc: {verb} {len(deleted)} versions{': ' + ', '.join(deleted) if deleted else ''}; "
+          f"kept {len(kept)}: {', '.join(kept)}")
+    return 0
+
+
+__all__ = ["gc_actor", "read_items", "register", "run_gc", "run_load"]

@@ -12,8 +12,13 @@ write (gRPC upsert/delete, ``recsys-rl catalog load``) runs under the data dir's
 every process) and starts from the version in force on disk, so concurrent writers never lose each other's items.
 A serving process reads ``current`` once per request (one attribute read: a version is never seen half-applied)
 and adopts other processes' versions on the model watcher's tick (``refresh``: one ``stat`` when none changed).
-Old versions stay on disk (a later change may prune them; the decision log holds the completed candidates, so
-replay never needs them).
+Old versions stay on disk until ``recsys-rl catalog gc --keep N`` (:meth:`CatalogStore.collect_garbage`) deletes
+all but the newest N; the decision log holds the completed candidates, so replay never needs them.
+
+A version exists while its manifest does: gc deletes the manifest first, then the parquet, and a reader opens the
+parquet first, then the manifest, and reads both through the open files (an unlinked file stays readable). A reader
+therefore loads a whole version or finds it gone (:class:`CatalogVersionGone`: CURRENT moved on and gc took the one
+it had read), never half of one; ``refresh`` then reads CURRENT again.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from pathlib import Path
 
 import polars as pl
 
-from recsys_rl.caps.durable import admin_lock, fsync_dir, write_json_atomically
+from recsys_rl.caps.durable import admin_lock, fsync_dir, record_gc, write_json_atomically
 from recsys_rl.catalog.items import CatalogVersion, check_items
 from recsys_rl.catalog.v1 import catalog_service_pb2 as catalog_pb
 from recsys_rl.errors import InvalidInput
@@ -43,6 +48,13 @@ CURRENT_FILE = "CURRENT"
 
 class CatalogStoreError(RuntimeError):
     """The version CURRENT names cannot be read back (missing or damaged files)."""
+
+
+class CatalogVersionGone(CatalogStoreError):
+    """The version was deleted by ``catalog gc`` between reading CURRENT and loading it (a newer one is in force)."""
+
+
+GC_ACTOR = "recsys-rl catalog gc"
 
 
 def _digest(items: dict[str, bytes]) -> str:
@@ -76,10 +88,16 @@ class CatalogStore:
             return False
         with self._lock:
             self._seen = stamp
-            name = self._read_current()
-            if not name or (self.current is not None and self.current.version == name):
-                return False
-            self.current = self._load(name)
+            for attempt in range(3):  # gc never deletes the version CURRENT names: a re-read finds a whole one
+                name = self._read_current()
+                if not name or (self.current is not None and self.current.version == name):
+                    return False
+                try:
+                    self.current = self._load(name)
+                    break
+                except CatalogVersionGone:
+                    if attempt == 2:
+                        raise
             log.info("catalog version %s in force (%d items, dimension %d)", name, len(self.current),
                      self.current.dimension)
             return True
@@ -120,6 +138,44 @@ class CatalogStore:
             dimension = base.dimension if items else 0
             return self._record(items, dimension, base, actor=actor), removed
 
+    def versions(self) -> list[str]:
+        """The versions on disk (those with a manifest), oldest first (names sort by sequence)."""
+        return sorted(p.name.removesuffix(".json") for p in self.versions_dir.glob("*.json")
+                      if not p.name.startswith("."))
+
+    def collect_garbage(self, keep: int, *, actor: str = GC_ACTOR, reason: str = "",
+                        dry_run: bool = False) -> tuple[list[str], list[str]]:
+        """Deletes every version but the newest ``keep`` and the one in force; (deleted, kept), oldest first.
+
+        Under the catalog lock (no write runs meanwhile); audited in ``D/admin/gc_audit.jsonl`` before anything is
+        deleted; each version's manifest goes first (module docstring). Serving processes hold their version in
+        memory and replay reads the log's completed candidates, so no reader needs a deleted version's files.
+        """
+        if keep < 1:
+            raise InvalidInput("--keep", f"must be at least 1 (the version in force is always kept), got {keep}")
+        with admin_lock(self._dir(), self._lock):
+            current = self._read_current()
+            versions = self.versions()
+            kept = versions[-keep:] + ([current] if current and current not in versions[-keep:] else [])
+            doomed = [v for v in versions if v not in kept]
+            # Parquets without a manifest: a crash between a version's two files, or a gc stopped part-way.
+            orphans = sorted({p.name.removesuffix(".parquet") for p in self.versions_dir.glob("*.parquet")
+                              if not p.name.startswith(".")} - set(versions))
+            if dry_run or not (doomed or orphans):
+                return doomed + orphans, sorted(kept)
+            with admin_lock(_mkdir(self.root.parent / "admin"), threading.Lock()):  # the trail's sequence
+                record_gc(self.root.parent, {"store": "catalog", "actor": actor, "reason": reason, "keep": keep,
+                                             "in_force": current, "deleted": doomed + orphans, "kept": sorted(kept)})
+            for name in doomed:
+                (self.versions_dir / f"{name}.json").unlink(missing_ok=True)  # from here on the version is gone
+                (self.versions_dir / f"{name}.parquet").unlink(missing_ok=True)
+            for name in orphans:
+                (self.versions_dir / f"{name}.parquet").unlink(missing_ok=True)
+            fsync_dir(self.versions_dir)
+            log.info("catalog gc by %s: %d versions deleted, %d kept (%s in force)", actor, len(doomed) + len(orphans),
+                     len(kept), current or "none")
+            return doomed + orphans, sorted(kept)
+
     # --- internals ---------------------------------------------------------------------------------------------
 
     def _dir(self) -> Path:
@@ -150,9 +206,15 @@ class CatalogStore:
     def _load(self, name: str) -> CatalogVersion:
         manifest_path = self.versions_dir / f"{name}.json"
         try:
-            manifest = json.loads(manifest_path.read_text())
-            table = pl.read_parquet(self.versions_dir / f"{name}.parquet")
+            # The parquet first, then the manifest (module docstring): gc deletes them in the other order.
+            with open(self.versions_dir / f"{name}.parquet", "rb") as parquet, open(manifest_path, "rb") as raw:
+                manifest = json.loads(raw.read())
+                table = pl.read_parquet(parquet)
             items = dict(zip(table["item_id"].to_list(), table["item"].to_list(), strict=True))
+        except FileNotFoundError as exc:
+            if not manifest_path.exists() and self._read_current() != name:
+                raise CatalogVersionGone(f"catalog version {name} was deleted by gc ({exc})") from exc
+            raise CatalogStoreError(f"catalog version {name} in {self.versions_dir} is unreadable: {exc}") from exc
         except (OSError, ValueError, KeyError, pl.exceptions.PolarsError) as exc:
             raise CatalogStoreError(f"catalog version {name} in {self.versions_dir} is unreadable: {exc}") from exc
         if len(items) != int(manifest["count"]):
@@ -193,4 +255,9 @@ class CatalogStore:
         return self.current
 
 
-__all__ = ["CATALOG_DIR", "CURRENT_FILE", "CatalogStore", "CatalogStoreError"]
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+__all__ = ["CATALOG_DIR", "CURRENT_FILE", "CatalogStore", "CatalogStoreError", "CatalogVersionGone"]

@@ -106,6 +106,16 @@ class ServingMetrics:
         self.guardrail_status = Gauge(
             "recsys_rl_guardrail_status", "1 for the canary guardrail's status (none: no guardrail running)",
             ["surface", "status"], multiprocess_mode="livemax", registry=r)
+        # Retrieval tuned to a recall target (recsys_rl/retrieval/tuning.py): what the index serving the surface
+        # measured before it served, and the parameter it searches with. livemin / livemax: a worker still on an older
+        # index shows until it swaps the new one in.
+        self.retrieval_recall = Gauge(
+            "recsys_rl_retrieval_recall", "recall@size against exact search measured by the surface's retrieval index "
+            "at its tuned nprobe / ef_search (1: exact index); set only with a recall_target", ["surface"],
+            multiprocess_mode="livemin", registry=r)
+        self.retrieval_search_parameter = Gauge(
+            "recsys_rl_retrieval_search_parameter", "The nprobe (ivf) or ef_search (hnsw) the surface's retrieval "
+            "index searches with", ["surface", "parameter"], multiprocess_mode="livemax", registry=r)
         # labels() validates and locks on every call; the children are cached so a hook is a dict lookup + inc.
         self._children: dict[tuple, object] = {}
 

@@ -97,6 +97,23 @@ class StateSampler:
         status = "none" if snapshot is None else snapshot.status
         for name in GUARDRAIL_STATUSES:
             m.guardrail_status.labels(surface, name).set(1 if name == status else 0)
+        self._sample_retrieval(surface)
+
+    def _sample_retrieval(self, surface: str) -> None:
+        """The recall the surface's retrieval index measured and the parameter it searches with (no index yet, or
+        no retrieval: nothing set)."""
+        config = self.service.surfaces[surface].retrieval
+        index = None if config is None else self.service.indexes.get(config)
+        if index is None or index.kind == "exact":
+            if index is not None and config.recall_target > 0.0:
+                self.metrics.retrieval_recall.labels(surface).set(1.0)
+            return
+        parameter = "nprobe" if index.kind == "ivf" else "ef_search"
+        used = index.search_params(config, config.size)[parameter]
+        self.metrics.retrieval_search_parameter.labels(surface, parameter).set(used)
+        tuned = index.tuning_for(config)
+        if tuned is not None:
+            self.metrics.retrieval_recall.labels(surface).set(tuned.recall)
 
     def _sample_lag(self, surface: str) -> None:
         """Newest logged decision vs newest learned: what the learner last published (LATEST's manifest), which

@@ -12,9 +12,16 @@ Example::
     outside_share = 0.0    # share of the exploration cap drawn uniformly from outside the retrieved set
     user_embeddings = 100000  # users whose query embedding is kept (LRU); 0: the host always sends the query
     user_decay = 0.8       # weight of the older clicks in the kept decayed mean, per new click (0: last click only)
+    recall_target = 0.95   # tune nprobe / ef_search to reach this recall@size vs exact search (0: off, as set)
+    recall_queries = 200   # tuning: catalog vectors (seeded sample) used as queries
+    ef_search_max = 4096   # tuning: the largest ef_search tried (nprobe stops at nlist: IVF is exact there)
 
 A catalog smaller than ``exact_below`` items always gets the exact index: an approximate one buys nothing there,
 and IVF needs ~39 training points per list.
+
+With ``recall_target`` > 0 the configured ``nprobe`` / ``ef_search`` are where tuning starts (a floor): after each
+build, before the index serves, the smallest value reaching the target recall@``size`` is measured
+(:mod:`recsys_rl.retrieval.tuning`).
 """
 
 from __future__ import annotations
@@ -38,11 +45,15 @@ class RetrievalConfig:
     # The query kept per user id (recsys_rl/retrieval/users.py): an LRU of this many users, per surface.
     user_embeddings: int = 100_000
     user_decay: float = 0.8
+    # Tuning to a recall target (recsys_rl/retrieval/tuning.py): off at 0.0, the fixed nprobe / ef_search serve.
+    recall_target: float = 0.0
+    recall_queries: int = 200
+    ef_search_max: int = 4096
 
     def __post_init__(self) -> None:
         if self.index not in INDEX_KINDS:
             raise ValueError(f"retrieval.index: {self.index!r} is not one of {', '.join(INDEX_KINDS)}")
-        for name in ("nlist", "nprobe", "hnsw_m", "ef_search", "size"):
+        for name in ("nlist", "nprobe", "hnsw_m", "ef_search", "size", "recall_queries", "ef_search_max"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"retrieval.{name}: must be a positive integer, got {value!r}")
@@ -57,6 +68,18 @@ class RetrievalConfig:
         if not (isinstance(self.user_decay, int | float) and not isinstance(self.user_decay, bool)
                 and math.isfinite(self.user_decay) and 0.0 <= self.user_decay < 1.0):
             raise ValueError(f"retrieval.user_decay: must be in [0, 1), got {self.user_decay!r}")
+        if not (isinstance(self.recall_target, int | float) and not isinstance(self.recall_target, bool)
+                and math.isfinite(self.recall_target) and 0.0 <= self.recall_target <= 1.0):
+            raise ValueError(f"retrieval.recall_target: must be in [0, 1] (0: off), got {self.recall_target!r}")
+        if self.ef_search_max < self.ef_search:
+            raise ValueError(f"retrieval.ef_search_max: must be at least ef_search ({self.ef_search}), "
+                             f"got {self.ef_search_max}")
+
+    @property
+    def tuning_key(self) -> tuple[float, int, int, int, int, int]:
+        """What a tuned search parameter depends on, besides the index: (target, K, queries, floors, cap)."""
+        return (float(self.recall_target), self.size, self.recall_queries, self.nprobe, self.ef_search,
+                self.ef_search_max)
 
     def kind_for(self, n_items: int) -> str:
         """The index kind a catalog of ``n_items`` gets: the configured one, exact below ``exact_below``."""

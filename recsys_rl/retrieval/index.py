@@ -3,7 +3,9 @@
 One :class:`ItemIndex` per (catalog version, build parameters): ``exact`` is ``IndexFlatIP``; ``ivf`` is
 ``IndexIVFFlat`` over an inner-product quantizer, k-means trained on a seeded sample; ``hnsw`` is ``IndexHNSWFlat``
 with the inner-product metric. Search-time parameters (``nprobe``, ``ef_search``) are passed per search, so one index
-serves every surface that shares its build parameters.
+serves every surface that shares its build parameters. A surface with a ``recall_target`` searches with the value
+tuned for it (:mod:`recsys_rl.retrieval.tuning`), measured on the build thread before the index is swapped in and
+kept with the index (``ItemIndex.tunings``), so every search and every logged decision of that index use one value.
 
 Determinism: faiss runs single-threaded in this process (``omp_set_num_threads(1)``: a serving worker owns one core,
 and k-means and HNSW insertion order depend on the thread schedule otherwise), the IVF training sample and k-means
@@ -31,6 +33,7 @@ import numpy as np
 from recsys_rl.catalog.items import CatalogVersion
 from recsys_rl.catalog.v1 import catalog_service_pb2 as catalog_pb
 from recsys_rl.retrieval.config import RetrievalConfig
+from recsys_rl.retrieval.tuning import Tuning, tune
 
 if TYPE_CHECKING:
     import faiss
@@ -68,6 +71,8 @@ class ItemIndex:
     hnsw_m: int = 0
     build_seconds: float = 0.0
     positions: dict[str, int] = field(default_factory=dict, repr=False)
+    # RetrievalConfig.tuning_key -> the tuned search parameter; filled before the index serves, read-only after.
+    tunings: dict[tuple[float, int, int, int, int, int], Tuning] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if not self.positions:
@@ -82,24 +87,33 @@ class ItemIndex:
         built = {"exact": "flatip", "ivf": f"ivfflat{self.nlist}", "hnsw": f"hnswflat{self.hnsw_m}"}
         return f"{self.version}/{built[self.kind]}"
 
+    def tuning_for(self, config: RetrievalConfig) -> Tuning | None:
+        """The parameter tuned for ``config``'s recall target on this index (None: tuning off, or exact)."""
+        return self.tunings.get(config.tuning_key) if config.recall_target > 0.0 else None
+
     def search(self, queries: np.ndarray, k: int, config: RetrievalConfig) -> tuple[np.ndarray, np.ndarray]:
         """(scores, faiss ids) of the top ``k`` by inner product for each row of ``queries`` (float32, (q, d));
         ids are -1 past the end when fewer than ``k`` are found (an IVF probe can find fewer than the catalog)."""
         faiss = _faiss()
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = min(k, len(self.ids))
+        used = self.search_params(config, k)
         if self.kind == "ivf":
-            params: faiss.SearchParameters | None = faiss.SearchParametersIVF(nprobe=min(config.nprobe, self.nlist))
+            params: faiss.SearchParameters | None = faiss.SearchParametersIVF(nprobe=used["nprobe"])
         elif self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(config.ef_search, k))
+            params = faiss.SearchParametersHNSW(efSearch=used["ef_search"])
         else:
             params = None
         return self.index.search(queries, k, params=params)
 
     def search_params(self, config: RetrievalConfig, k: int) -> dict[str, int]:
-        """The search-time parameters a top-``k`` search with ``config`` used (0: not applicable to this kind)."""
-        return {"nlist": self.nlist, "nprobe": min(config.nprobe, self.nlist) if self.kind == "ivf" else 0,
-                "ef_search": max(config.ef_search, min(k, len(self.ids))) if self.kind == "hnsw" else 0}
+        """The search-time parameters a top-``k`` search with ``config`` uses (0: not applicable to this kind): the
+        tuned value when the surface has a recall target, else the configured one. What the decision log records."""
+        tuned = self.tuning_for(config)
+        nprobe = tuned.value if tuned is not None else config.nprobe
+        ef_search = tuned.value if tuned is not None else config.ef_search
+        return {"nlist": self.nlist, "nprobe": min(nprobe, self.nlist) if self.kind == "ivf" else 0,
+                "ef_search": max(ef_search, min(k, len(self.ids))) if self.kind == "hnsw" else 0}
 
 
 def build_index(ids: list[str], vectors: np.ndarray, config: RetrievalConfig, *, version: str,
@@ -157,16 +171,18 @@ class RetrievalIndexes:
         here and now, e.g. at start; otherwise on a background thread, the old index serving meanwhile)."""
         if catalog is None or not catalog.items or catalog.dimension <= 0:
             return
-        todo: list[RetrievalConfig] = []
+        groups: dict[tuple[str, int, int, int], list[RetrievalConfig]] = {}
+        for config in configs:  # one index per build key, tuned for every surface sharing it
+            groups.setdefault(config.build_key, []).append(config)
+        todo: list[list[RetrievalConfig]] = []
         with self._lock:
-            for config in {c.build_key: c for c in configs}.values():
-                key = config.build_key
+            for key, group in groups.items():
                 built = self._built.get(key)
                 if ((built is not None and built.version == catalog.version)
                         or self._building.get(key) == catalog.version or (key, catalog.version) in self._failed):
                     continue
                 self._building[key] = catalog.version
-                todo.append(config)
+                todo.append(group)
         if not todo:
             return
         if wait:
@@ -175,11 +191,17 @@ class RetrievalIndexes:
             threading.Thread(target=self._build, args=(catalog, todo), name="retrieval-index-build",
                              daemon=True).start()
 
-    def _build(self, catalog: CatalogVersion, configs: list[RetrievalConfig]) -> None:
+    def _build(self, catalog: CatalogVersion, groups: list[list[RetrievalConfig]]) -> None:
+        configs = [group[0] for group in groups]
         try:
             ids, vectors = catalog_vectors(catalog)
-            for config in configs:
+            for group in groups:
+                config = group[0]
                 index = build_index(ids, vectors, config, version=catalog.version, catalog=catalog)
+                for tuned in {c.tuning_key: c for c in group if c.recall_target > 0.0}.values():
+                    tuning = tune(index, vectors, tuned)  # before the index serves: no search sees it untuned
+                    if tuning is not None:
+                        index.tunings[tuned.tuning_key] = tuning
                 with self._lock:
                     current = self._built.get(config.build_key)
                     if current is None or current.version < catalog.version:  # names sort by sequence
@@ -197,4 +219,4 @@ class RetrievalIndexes:
                         self._failed.add((config.build_key, catalog.version))
 
 
-__all__ = ["ItemIndex", "RetrievalIndexes", "build_index", "catalog_vectors"]
+__all__ = ["ItemIndex", "RetrievalIndexes", "Tuning", "build_index", "catalog_vectors"]

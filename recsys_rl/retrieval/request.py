@@ -62,6 +62,11 @@ class RetrievalResult:
         record.outside_pool = 0 if plan is None else plan.pool
         record.query_embedding.extend(self.query.tolist())
         record.query_source = self.query_source
+        target = self.config.recall_target
+        if target > 0.0:  # what the index measured at the parameter logged above (exact: 1 by construction)
+            tuned = index.tuning_for(self.config)
+            record.recall_target = target
+            record.measured_recall = 1.0 if index.kind == "exact" else tuned.recall if tuned is not None else 0.0
 
 
 def check_retrieval(request: pb.RankRequest, index: ItemIndex, config: RetrievalConfig, *, max_candidates: int,

@@ -1,4 +1,5 @@
-"""``recsys-rl shield show|set``: a running server's shield rules, their version and audit trail.
+"""``recsys-rl shield show|set``: a running server's shield rules, their version and audit trail; ``shield gc``
+(offline, on the data dir: :mod:`recsys_rl.shield.gc`) deletes stored versions nothing needs.
 
 ``register(subparsers)`` adds the commands to ``recsys_rl.cli``'s top-level subparsers. Exit codes: 0 success; bad
 usage or rules the server refuses raise ``recsys_rl.errors.InvalidInput`` (exit 2, one line naming the field); an
@@ -25,7 +26,7 @@ _INT32_MAX = 2**31 - 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Adds ``shield {show,set}`` to the ``recsys-rl`` subcommands."""
+    """Adds ``shield {show,set,gc}`` to the ``recsys-rl`` subcommands."""
     shield = subparsers.add_parser("shield", help="shield rules of a surface on a running server")
     sub = shield.add_subparsers(dest="shield_command", required=True, parser_class=type(shield))
     show = sub.add_parser("show", help="the rules in force, their version and the audit trail")
@@ -50,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     set_.add_argument("--reason", default="", help="why, for the audit trail")
     set_.add_argument("--timeout", type=float, default=_DEFAULT_TIMEOUT_S, help="seconds")
     set_.set_defaults(run=run_shield_set)
+
+    from recsys_rl.shield.gc import register as register_gc
+
+    register_gc(sub)
 
 
 def _change_dict(change: Any) -> dict[str, Any]:

@@ -20,6 +20,14 @@ Start-up precedence (``apply_config``), per configured surface:
 
 ``refresh()`` adopts changes other processes on the data dir recorded (one ``stat`` when there are none).
 Replay reads versions with :func:`load_rules` (read-only: it never creates anything).
+
+Versions stay until ``recsys-rl shield gc --keep N`` (:meth:`ShieldStore.collect_garbage`, :mod:`recsys_rl.shield.gc`),
+which keeps per surface the newest N versions the trail put in force, every version in force, every version replaced
+less than :data:`GC_GRACE_S` ago (a server adopts a change on its next tick and still logs the old version until
+then) and every version a decision in the log names (replay loads the version each decision logged). A version
+exists while its ``.json`` does: gc deletes the ``.json`` first, then the ``.blocked``; :func:`load_rules` opens the
+``.blocked`` first, then the ``.json``, and reads both through the open files, so it loads a whole version or finds
+none (NotFound), never half of one.
 """
 
 from __future__ import annotations
@@ -35,7 +43,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from recsys_rl.caps.durable import admin_lock, append_line, file_stamp, fsync_dir, read_lines, write_json_atomically
+from recsys_rl.caps.durable import (
+    admin_lock, append_line, file_stamp, fsync_dir, read_lines, record_gc, write_json_atomically,
+)
 from recsys_rl.errors import Aborted, InvalidInput, NotFound
 from recsys_rl.shield import bulk
 from recsys_rl.shield.edits import describe, diff
@@ -50,6 +60,7 @@ VERSIONS_DIR = "shield"  # under admin/
 STATE_FILE = "shield.json"
 AUDIT_FILE = "shield_audit.jsonl"
 SERVER_ACTOR = "recsys-rl serve"
+GC_GRACE_S = 600.0  # a version replaced less than this ago is kept: servers may still log it (watcher tick, log queue)
 CONFIG_ACTOR = "config"
 
 # initial: a surface's first start recorded its TOML rules; config: the TOML's rules changed between starts;
@@ -104,14 +115,27 @@ def load_rules(data_dir: Path | str, version: str) -> ShieldRules:
         return NO_SHIELD
     versions_dir = Path(data_dir) / ADMIN_DIR / VERSIONS_DIR
     rules_path, blocked_path = _version_paths(versions_dir, version)
-    if "/" in version or not rules_path.is_file():
+    if "/" in version:
         raise NotFound(f"shield rules version {version!r} is not in {versions_dir}")
     try:
-        table = json.loads(rules_path.read_text())
+        # The .blocked first, then the .json (module docstring: gc deletes them in the other order).
+        try:
+            blocked_file = open(blocked_path, "rb")  # noqa: SIM115 - closed below, after the .json is open
+        except FileNotFoundError:
+            blocked_file = None
+        try:
+            with open(rules_path, "rb") as raw:
+                table = json.loads(raw.read())
+            blocked = blocked_file.read() if blocked_file is not None else b""
+        except FileNotFoundError:
+            raise NotFound(f"shield rules version {version!r} is not in {versions_dir}") from None
+        finally:
+            if blocked_file is not None:
+                blocked_file.close()
         table.pop("blocked_items_count", None)
         # Chunked split (one split() of a million lines holds the GIL ~0.1 s); the file is sorted, so
         # rules_from_dict only checks that and re-hashes, a chunk at a time, without sorting.
-        table["blocked_items"] = bulk.split_lines(blocked_path.read_bytes()) if blocked_path.exists() else []
+        table["blocked_items"] = bulk.split_lines(blocked) if blocked else []
         rules = rules_from_dict(table, owned=True)
     except (OSError, ValueError, ShieldConfigError) as exc:
         raise ShieldStoreError(f"shield rules version {version} in {versions_dir} is unreadable: {exc}") from exc
@@ -222,6 +246,52 @@ class ShieldStore:
             rules, summary = change(self._load(current_version))
             return self._record(surface, rules, actor=actor, kind="set", reason=reason, summary=summary), rules
 
+    # --- retention -------------------------------------------------------------------------------------------
+
+    def collect_garbage(self, keep: int, referenced: Mapping[str, str], *, actor: str, reason: str = "",
+                        dry_run: bool = False, now: float | None = None) -> tuple[list[str], dict[str, str]]:
+        """Deletes the stored versions no rule of the module docstring keeps; (deleted, kept version -> why).
+
+        ``referenced``: version -> where the log names it (``recsys_rl.shield.gc.referenced_versions``, read before
+        this call: a decision logged since then names a version in force or replaced within the grace period).
+        Under the admin lock; audited in ``D/admin/gc_audit.jsonl`` before anything is deleted.
+        """
+        if keep < 1:
+            raise InvalidInput("--keep", f"must be at least 1 (the versions in force are always kept), got {keep}")
+        now = time.time() if now is None else now
+        with self._locked():
+            self._adopt()
+            kept: dict[str, str] = {}
+            for surface, version in self._versions.items():
+                kept.setdefault(version, f"in force on {surface}")
+            newest: dict[str, list[str]] = {}
+            for entry in reversed(self._read_audit()):  # newest first
+                put = newest.setdefault(entry.surface, [])
+                if entry.new_version not in put and len(put) < keep:
+                    put.append(entry.new_version)
+                    kept.setdefault(entry.new_version, f"among the newest {keep} of {entry.surface}")
+                if now - entry.time_unix < GC_GRACE_S:
+                    kept.setdefault(entry.old_version, f"replaced less than {GC_GRACE_S:.0f} s ago")
+            for version, where in referenced.items():
+                kept.setdefault(version, f"named by decisions in {where}")
+            kept.pop("", None)
+            stored = sorted({p.name.split(".")[0] for p in self.versions_dir.iterdir()
+                             if p.suffix in (".json", ".blocked") and not p.name.startswith(".")})
+            doomed = [v for v in stored if v not in kept]
+            kept = {v: kept[v] for v in stored if v in kept}
+            if dry_run or not doomed:
+                return doomed, kept
+            record_gc(self.data_dir, {"store": "shield", "actor": actor, "reason": reason, "keep": keep,
+                                      "deleted": doomed, "kept": kept})
+            for version in doomed:
+                rules_path, blocked_path = _version_paths(self.versions_dir, version)
+                rules_path.unlink(missing_ok=True)  # from here on the version is gone (load_rules: NotFound)
+                blocked_path.unlink(missing_ok=True)
+                self._rules.pop(version, None)
+            fsync_dir(self.versions_dir)
+            log.info("shield gc by %s: %d versions deleted, %d kept", actor, len(doomed), len(kept))
+            return doomed, kept
+
     # --- internals ---------------------------------------------------------------------------------------------
 
     def _load(self, version: str) -> ShieldRules:
@@ -299,5 +369,5 @@ class ShieldStore:
         return admin_lock(self.admin_dir, self._lock)
 
 
-__all__ = ["AUDIT_FILE", "CONFIG_ACTOR", "STATE_FILE", "ShieldAuditEntry", "ShieldStore", "ShieldStoreError",
+__all__ = ["AUDIT_FILE", "CONFIG_ACTOR", "GC_GRACE_S", "STATE_FILE", "ShieldAuditEntry", "ShieldStore", "ShieldStoreError",
            "load_rules"]

@@ -228,3 +228,39 @@ def test_propensity_truth_with_outside_exploration_over_a_real_server(start_serv
     observed = np.array([top_counts[i] for i in items], dtype=float)
     expected = np.array([top_propensity[i] for i in items]) * n_requests
     assert stats.chisquare(observed, expected).pvalue > 0.001
+
+
+def test_a_recall_target_tunes_nprobe_before_the_index_serves_and_the_log_and_metric_say_what_served(
+        start_server, tmp_path: Path) -> None:
+    """nprobe 1 of 8 lists is the floor; a 0.99 target raises it on the background build, before any Rank sees the
+    index: every logged decision names the tuned nprobe and its measured recall, and the metric shows the same."""
+    from prometheus_client import CollectorRegistry
+
+    from recsys_rl.metrics.definitions import ServingMetrics
+    from recsys_rl.metrics.sampler import StateSampler
+    from recsys_rl.retrieval.index import build_index
+    from recsys_rl.retrieval.tuning import tune
+
+    config = RetrievalConfig(index="ivf", nlist=8, nprobe=1, exact_below=0, size=K, recall_target=0.99)
+    running = start_server(_config(config), data_dir=tmp_path / "data", learner="off")
+    version = _load_catalog(running)
+    vectors = _vectors()
+    expected = tune(build_index([f"c{i:04d}" for i in range(N_ITEMS)], vectors, config, version=version), vectors,
+                    config)
+    assert expected is not None and expected.met and expected.value > 1  # deterministic: the server's is the same
+    for r in range(5):
+        _rank_when_indexed(running.stub, _request(f"t{r}", vectors[r] + 0.1))
+    service = running.server.service  # type: ignore[attr-defined]
+    registry = CollectorRegistry()
+    StateSampler(service, ServingMetrics(list(service.surfaces), registry=registry)).sample()
+    assert registry.get_sample_value("recsys_rl_retrieval_recall", {"surface": "default"}) == expected.recall
+    assert registry.get_sample_value("recsys_rl_retrieval_search_parameter",
+                                     {"surface": "default", "parameter": "nprobe"}) == expected.value
+    running.stop()
+
+    events = read_log(tmp_path / "data" / "logs").decisions
+    assert len(events) == 5
+    for event in events:
+        logged = event.retrieval
+        assert (logged.nlist, logged.nprobe, logged.recall_target) == (8, expected.value, 0.99)
+        assert logged.measured_recall == expected.recall >= 0.99

@@ -140,7 +140,7 @@ class DecisionEvent(_message.Message):
     def __init__(self, event_id: _Optional[str] = ..., request_id: _Optional[str] = ..., surface: _Optional[str] = ..., user_id: _Optional[str] = ..., served_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., context: _Optional[_Union[_ranking_service_pb2.Features, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[_ranking_service_pb2.Candidate, _Mapping]]] = ..., slate_size: _Optional[int] = ..., slate: _Optional[_Iterable[_Union[LoggedSlot, _Mapping]]] = ..., slate_propensity: _Optional[float] = ..., policy_version: _Optional[str] = ..., serving_mode: _Optional[_Union[_ranking_service_pb2.ServingMode, str]] = ..., exploration: _Optional[_Union[ExplorationParams, _Mapping]] = ..., fallback_reason: _Optional[str] = ..., shield_rules_fired: _Optional[_Iterable[str]] = ..., attribution_window_seconds: _Optional[float] = ..., latency_micros: _Optional[int] = ..., long_term: _Optional[_Union[LongTermState, _Mapping]] = ..., rollout_stage: _Optional[str] = ..., shadow: _Optional[_Union[ShadowDecision, _Mapping]] = ..., shield_version: _Optional[str] = ..., baseline_version: _Optional[str] = ..., candidate_scores: _Optional[_Iterable[float]] = ..., catalog_version: _Optional[str] = ..., retrieval: _Optional[_Union[RetrievalRecord, _Mapping]] = ...) -> None: ...
 
 class RetrievalRecord(_message.Message):
-    __slots__ = ("index_version", "catalog_version", "index_type", "size", "nlist", "nprobe", "ef_search", "host_candidates", "retrieved_candidates", "outside_candidates", "outside_share", "query_embedding", "outside_pool", "query_source")
+    __slots__ = ("index_version", "catalog_version", "index_type", "size", "nlist", "nprobe", "ef_search", "host_candidates", "retrieved_candidates", "outside_candidates", "outside_share", "query_embedding", "outside_pool", "query_source", "recall_target", "measured_recall")
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     INDEX_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +155,8 @@ class RetrievalRecord(_message.Message):
     QUERY_EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     OUTSIDE_POOL_FIELD_NUMBER: _ClassVar[int]
     QUERY_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    RECALL_TARGET_FIELD_NUMBER: _ClassVar[int]
+    MEASURED_RECALL_FIELD_NUMBER: _ClassVar[int]
     index_version: str
     catalog_version: str
     index_type: str
@@ -169,7 +171,9 @@ class RetrievalRecord(_message.Message):
     query_embedding: _containers.RepeatedScalarFieldContainer[float]
     outside_pool: int
     query_source: str
-    def __init__(self, index_version: _Optional[str] = ..., catalog_version: _Optional[str] = ..., index_type: _Optional[str] = ..., size: _Optional[int] = ..., nlist: _Optional[int] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., host_candidates: _Optional[int] = ..., retrieved_candidates: _Optional[int] = ..., outside_candidates: _Optional[int] = ..., outside_share: _Optional[float] = ..., query_embedding: _Optional[_Iterable[float]] = ..., outside_pool: _Optional[int] = ..., query_source: _Optional[str] = ...) -> None: ...
+    recall_target: float
+    measured_recall: float
+    def __init__(self, index_version: _Optional[str] = ..., catalog_version: _Optional[str] = ..., index_type: _Optional[str] = ..., size: _Optional[int] = ..., nlist: _Optional[int] = ..., nprobe: _Optional[int] = ..., ef_search: _Optional[int] = ..., host_candidates: _Optional[int] = ..., retrieved_candidates: _Optional[int] = ..., outside_candidates: _Optional[int] = ..., outside_share: _Optional[float] = ..., query_embedding: _Optional[_Iterable[float]] = ..., outside_pool: _Optional[int] = ..., query_source: _Optional[str] = ..., recall_target: _Optional[float] = ..., measured_recall: _Optional[float] = ...) -> None: ...
 
 class ShadowDecision(_message.Message):
     __slots__ = ("slate", "slate_propensity", "policy_version", "exploration", "fallback_reason", "latency_micros", "candidate_scores")
