@@ -8,6 +8,7 @@ newline; the next append starts on a fresh line and readers skip (and count) the
 
 from __future__ import annotations
 
+import argparse
 import fcntl
 import json
 import logging
@@ -120,3 +121,13 @@ def record_gc(data_dir: Path, entry: dict[str, Any]) -> dict[str, Any]:
     line = {"sequence": max(previous, default=0) + 1, "time_unix": time.time(), **entry}
     append_line(path, json.dumps(line, sort_keys=True))
     return line
+
+
+def add_gc_arguments(parser: argparse.ArgumentParser, *, keep_help: str) -> None:
+    """The options every ``... gc`` command shares (catalog, shield): what to keep, and who asks and why for the
+    audit line ``record_gc`` writes."""
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--keep", type=int, required=True, help=keep_help)
+    parser.add_argument("--actor", default="", help=f"who asks, for D/admin/{GC_AUDIT_FILE} (default: the OS user)")
+    parser.add_argument("--reason", default="", help="why, for the audit trail")
+    parser.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")

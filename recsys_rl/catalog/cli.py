@@ -18,6 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
+from recsys_rl.caps.durable import add_gc_arguments
 from recsys_rl.catalog.v1 import catalog_service_pb2 as catalog_pb
 from recsys_rl.errors import InvalidInput
 
@@ -32,11 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     load.add_argument("file", metavar="FILE.parquet")
     load.set_defaults(run=run_load)
     gc = sub.add_parser("gc", help="delete catalog versions beyond the newest N (never the one in force); audited")
-    gc.add_argument("--data-dir", required=True)
-    gc.add_argument("--keep", type=int, required=True, help="versions kept, the one in force included (>= 1)")
-    gc.add_argument("--actor", default="", help="who asks, for D/admin/gc_audit.jsonl (default: the OS user)")
-    gc.add_argument("--reason", default="", help="why, for the audit trail")
-    gc.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    add_gc_arguments(gc, keep_help="versions kept, the one in force included (>= 1)")
     gc.set_defaults(run=run_gc)
 
 

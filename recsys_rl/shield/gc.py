@@ -15,6 +15,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
+from recsys_rl.caps.durable import add_gc_arguments
 from recsys_rl.errors import InvalidInput
 
 
@@ -36,11 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Adds ``shield gc`` under ``recsys-rl shield``."""
     gc = sub.add_parser("gc", help="delete stored rule versions beyond the newest N per surface (never one in force "
                                    "or one the log's decisions name); offline, audited")
-    gc.add_argument("--data-dir", required=True)
-    gc.add_argument("--keep", type=int, required=True, help="versions kept per surface, the one in force included")
-    gc.add_argument("--actor", default="", help="who asks, for D/admin/gc_audit.jsonl (default: the OS user)")
-    gc.add_argument("--reason", default="", help="why, for the audit trail")
-    gc.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    add_gc_arguments(gc, keep_help="versions kept per surface, the one in force included")
     gc.set_defaults(run=run_shield_gc)
 
 
