@@ -47,7 +47,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
@@ -57,9 +57,9 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
-from logging_schema.companions import InSegment, iter_located
+from logging_schema.companions import InSegment, iter_located, iter_segment_located
 from logging_schema.views import ReplayEntry, ReplayRecord
-from logging_schema.reader import ReadStats, gap_of, iter_records
+from logging_schema.reader import ReadStats, gap_of, iter_records, iter_segment
 from logging_schema.tables import JoinStats, join_rewards, outcomes_frame
 from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig, default_config, load_config
 from recsys_rl.errors import InvalidInput
@@ -258,8 +258,9 @@ def replay(
 
     with tempfile.TemporaryDirectory(prefix="recsys_rl_replay_") as scratch:
         candidates = CandidateRows(Path(scratch)) if reward_model else None
-        decisions, outcomes = _replay_pass(log_dir, surface, target, stats, candidates, progress, since, shields,
-                                           logged_scores, companions)
+        records = log_records(log_dir, stats, located=logged_scores and companions and candidates is None)
+        decisions, outcomes = _replay_pass(records, surface, target, stats, candidates, progress, since, shields,
+                                           logged_scores)
         if not decisions:
             raise InvalidInput("surface", f"no decision of surface {surface!r} with a non-empty slate in {log_dir}")
         joined = join_rewards(pl.concat(decisions, rechunk=True), pl.concat(outcomes, how="vertical"),
@@ -320,11 +321,42 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+Located = tuple[object, InSegment | None]
+
+
+def log_records(log_dir: Path, stats: ReplayStats, *, located: bool) -> Iterator[Located]:
+    """The log's records as ``_replay_pass`` takes them, all streams as one log (``reader.iter_records``' order).
+
+    ``located``: read each segment's what-if companion where it has a complete one (no features:
+    logging_schema.companions) and a decision's full record only when it needs it - for a logged-score replay;
+    the reward model reads every decision's features, and re-scoring every decision gains nothing from it.
+    """
+    if located:
+        return iter_located(log_dir, stats=stats.read, entry_type=ReplayEntry, record_type=ReplayRecord)
+    return ((record, None) for record in iter_records(log_dir, stats=stats.read, record_type=ReplayRecord))
+
+
+def segment_records(segment: Path, stream: str, stats: ReplayStats, *, located: bool) -> Iterator[Located]:
+    """One segment's records as ``log_records`` gives them (for a distributed replay: evaluators.spark.replay)."""
+    if located:
+        return iter_segment_located(segment, stream=stream, stats=stats.read, entry_type=ReplayEntry,
+                                    record_type=ReplayRecord)
+    return ((record, None) for record in iter_segment(segment, stats=stats.read, record_type=ReplayRecord,
+                                                      stream=stream))
+
+
+def wanted_outcome(outcome: object, surface: str) -> bool:
+    """An outcome the table of ``surface`` joins (other surfaces' outcomes would only be orphans)."""
+    return outcome.surface in (surface, "")  # type: ignore[attr-defined]
+
+
 def _replay_pass(
-    log_dir: Path, surface: str, target: TargetPolicy, stats: ReplayStats, candidates: CandidateRows | None,
-    progress: bool, since_s: float | None, shields: ReplayShield, logged_scores: bool = True,
-    companions: bool = True,
+    records: Iterable[Located], surface: str, target: TargetPolicy, stats: ReplayStats,
+    candidates: CandidateRows | None, progress: bool, since_s: float | None, shields: ReplayShield,
+    logged_scores: bool = True,
 ) -> tuple[list[pl.DataFrame], list[pl.DataFrame]]:
+    """The decision chunks (DecisionColumns frames with target_pscore) and outcome chunks of ``records``: the
+    whole log (``log_records``) or one segment of it (``segment_records``); the same per-decision code either way."""
     decision_chunks: list[pl.DataFrame] = []
     outcome_chunks: list[pl.DataFrame] = [outcomes_frame([])]
     columns = DecisionColumns()
@@ -391,20 +423,13 @@ def _replay_pass(
         full = located.load(ReplayRecord)
         return None if full is None or full.WhichOneof("event") != "decision" else full.decision  # type: ignore[attr-defined]
 
-    # Logged-score replay reads each segment's what-if companion where it has a complete one (no features:
-    # logging_schema.companions) and a decision's full record only when it needs it; the reward model reads every
-    # decision's features, and re-scoring every decision gains nothing from it.
-    records: Iterator[tuple[object, InSegment | None]] = (
-        iter_located(log_dir, stats=stats.read, entry_type=ReplayEntry, record_type=ReplayRecord)
-        if logged_scores and companions and candidates is None
-        else ((record, None) for record in iter_records(log_dir, stats=stats.read, record_type=ReplayRecord)))
     bar = tqdm(unit=" decisions", desc=f"replay {target.name}", disable=not progress, file=sys.stderr,
                mininterval=0.5)
     with bar, _cyclic_gc_paused():
         for record, located in records:
             kind = record.WhichOneof("event")
             if kind == "outcome":
-                if record.outcome.surface in (surface, ""):  # other surfaces' outcomes would only be orphans
+                if wanted_outcome(record.outcome, surface):
                     outcome_events.append(record.outcome)
                 continue
             if kind == "gap":
