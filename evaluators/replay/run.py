@@ -80,6 +80,7 @@ from evaluators.replay.shield import ReplayShield, what_if_rules
 from recsys_rl.shield.rules import ShieldRules
 from evaluators.replay.targets import BASELINE_SERVED, PolicySpec, TargetPolicy, parse_policy_spec, resolve_policy
 
+ENGINES = ("local", "polars", "spark")  # polars: another name of local (as ``evaluate --engine``)
 CHUNK_DECISIONS = 20_000  # decisions turned into a DataFrame chunk at a time (bounds Python-object memory)
 
 
@@ -678,7 +679,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--policy", required=True,
                         help="current | logged | baseline | uniform | <version> | <version dir>, optionally with "
                              "@cap=X, @algorithm=NAME, @epsilon=X, @temperature=X, @gamma=X (model policies)")
-    parser.add_argument("--out", required=True, help="output parquet file")
+    parser.add_argument("--out", required=True,
+                        help="output parquet file (--engine spark: a directory of parquet files)")
     parser.add_argument("--surface", default="default")
     parser.add_argument("--config", help="TOML surface configuration (default: the embedded default surface)")
     parser.add_argument("--reward-model", action="store_true",
@@ -691,6 +693,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="add the MIPS columns (action_embedding, embedding_pscore, embedding_target_pscore): "
                              "feature:NAME (a categorical candidate feature) or kmeans:C (the candidates' embedding "
                              "vectors in C seeded k-means clusters); docs/mips.md")
+    parser.add_argument("--engine", default="local",
+                        help="local (default: this process, polars) or spark (the log's segments replayed on Spark "
+                             "executors, which must read --data-dir at the same path; --out is then a directory; "
+                             "docs/scaling.md)")
+    parser.add_argument("--master", help="Spark master with --engine spark: local[*] (default), spark://HOST:7077, ...")
     parser.set_defaults(run=run_replay)
     return parser
 
@@ -719,11 +726,26 @@ def run_replay(args: argparse.Namespace) -> int:
             raise InvalidInput(key, reason) from exc
     else:
         config = default_config()
+    if args.engine not in ENGINES:
+        raise InvalidInput("--engine", f"must be one of {', '.join(ENGINES)}, got {args.engine!r}")
+    if args.master is not None and args.engine != "spark":
+        raise InvalidInput("--master", "needs --engine spark")
     stats = ReplayStats()
-    table = replay(Path(args.data_dir), args.policy, surface=args.surface, config=config,
-                   reward_model=args.reward_model, progress=not args.no_progress, stats=stats,
+    options = dict(surface=args.surface, config=config, reward_model=args.reward_model, stats=stats,
                    since=_since_seconds(args.since), shield=args.shield, embedding=args.embedding)
-    out = write_table(table, args.out)
+    if args.engine == "spark":
+        from evaluators.spark.replay import replay_spark, write_table_dir  # pyspark only for this engine
+
+        spark_table = replay_spark(Path(args.data_dir), args.policy, master=args.master or "local[*]",
+                                   **options)  # type: ignore[arg-type]
+        try:
+            out = write_table_dir(spark_table, args.out)
+        finally:
+            spark_table.sparkSession.stop()
+    else:
+        table = replay(Path(args.data_dir), args.policy, progress=not args.no_progress,
+                       **options)  # type: ignore[arg-type]
+        out = write_table(table, args.out)
     print(f"replay {args.policy}: {stats.rows} rows from {stats.decisions} decisions -> {out} "
           f"(target fallbacks {stats.target_fallbacks}, support violations {stats.support_violations}, "
           f"other surfaces {stats.other_surfaces}, damaged records "
