@@ -239,7 +239,7 @@ def replay_spark(
 ) -> DataFrame:
     """``run.replay``'s table as a Spark DataFrame (cached; ``served_at`` a UTC timestamp), computed on ``spark``
     (default: a session on ``master``); same arguments and errors, ``stats`` merged from the tasks. ``partitions``:
-    of the join by event (default ``spark.sql.shuffle.partitions``). Raises InvalidInput for ``reward_model`` and
+    of the join by event (default: 4 per core of ``spark``, at most one per segment). Raises InvalidInput for ``reward_model`` and
     ``embedding`` (module docstring)."""
     if reward_model:
         raise InvalidInput("--reward-model", "not with --engine spark: the reward model is cross-fitted over the "
@@ -272,8 +272,11 @@ def replay_spark(
     plan = ReplayPlan(str(data_dir), parsed, surface, surface_config, what_if, since, logged_scores, companions,
                       shipped, digest)
 
+    # Tasks, not segments, cost a Python worker's start and the target's resolution: a few tasks per core, each
+    # replaying its share of the segments (a segment is never split: its records' places are counted within it).
+    slots = spark.sparkContext.defaultParallelism
     segments = spark.createDataFrame(tasks, "rank int, segment int, path string, stream string").repartition(
-        len(tasks))
+        min(len(tasks), 4 * slots))
     step1 = segments.mapInArrow(functools.partial(_segments_task, plan=plan),
                                 _spark_schema(_step1_schema())).persist()
     clocks: dict[tuple[int, int], int] = {}
@@ -295,7 +298,7 @@ def replay_spark(
         floors[(rank, index)] = reached.get(rank, -1)
         reached[rank] = max(reached.get(rank, -1), clocks[(rank, index)])
     events = step1.filter("kind != 'stats'")
-    events = events.repartition(partitions, "event_id") if partitions else events.repartition("event_id")
+    events = events.repartition(partitions or min(len(tasks), 4 * slots), "event_id")
     step2 = events.mapInArrow(functools.partial(_join_task, surface_config=surface_config, floors=floors),
                               _spark_schema(_table_schema())).persist()
     for row in step2.filter("kind = 'stats'").select("payload").collect():

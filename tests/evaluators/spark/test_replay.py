@@ -101,6 +101,18 @@ def test_cli_writes_the_table_directory(served: Served, tmp_path: Path) -> None:
     expected = replay(served.data_dir, "logged@cap=0.2", config=CONFIG, progress=False)
     _assert_same(pl.read_parquet(out / "*.parquet"), expected)
 
-    refused = subprocess.run([sys.executable, "-m", "recsys_rl.cli", *args, "--master", "local[1]"],
-                             capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
-    assert (refused.returncode, refused.stderr.strip()) == (2, "--master: needs --engine spark")
+
+
+@pytest.mark.parametrize(("extra", "error"), [(["--master", "local[1]"], "--master: needs --engine spark"),
+                                              (["--engine", "dask"], "--engine: must be one of local, polars, spark, "
+                                                                     "got 'dask'"),
+                                              (["--engine", "spark", "--reward-model"],
+                                               "--reward-model: not with --engine spark: the reward model is "
+                                               "cross-fitted over the whole table; replay locally (--engine local)")])
+def test_cli_usage_errors_are_one_line_exit_2(served: Served, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              extra: list[str], error: str) -> None:
+    from recsys_rl.cli import main
+
+    code = main(["replay", "--data-dir", str(served.data_dir), "--policy", "logged", "--out", str(tmp_path / "t"),
+                 *extra])
+    assert (code, capsys.readouterr().err) == (2, error + "\n")
