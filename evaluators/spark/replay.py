@@ -43,7 +43,7 @@ from evaluators.replay.run import (
 )
 from evaluators.replay.shield import ReplayShield, what_if_rules
 from evaluators.replay.targets import PolicySpec, TargetPolicy, model_of, parse_policy_spec, resolve_policy
-from logging_schema.reader import ReadStats, log_streams, record_time_us
+from logging_schema.reader import ReadStats, SegmentFormatError, log_streams, record_time_us
 from logging_schema.tables import JoinStats, join_rewards, outcomes_frame
 from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput
@@ -126,8 +126,9 @@ def _replay_segment(plan: ReplayPlan, rank: int, segment: int, path: str, stream
         decisions, outcomes = _replay_pass(places.watch(segment_records(Path(path), stream, stats, located=located)),
                                            plan.surface, target, stats, None, False, plan.since, shields,
                                            plan.logged_scores)
-    except InvalidInput as exc:  # raised again on the driver, as the local replay raises it
-        decisions, outcomes, error = [], [outcomes_frame([])], (exc.field, exc.reason)
+    except (InvalidInput, SegmentFormatError) as exc:  # raised again on the driver, as the local replay raises it
+        decisions, outcomes = [], [outcomes_frame([])]
+        error = (exc.field, exc.reason) if isinstance(exc, InvalidInput) else (str(exc),)
     where = [pl.lit(rank, pl.Int32).alias("rank"), pl.lit(segment, pl.Int32).alias("segment")]
     parts = [pl.DataFrame({"kind": ["stats"], "payload": [pickle.dumps((stats, places.clock, error))]},
                           schema={"kind": pl.String, "payload": pl.Binary}).with_columns(where)]
@@ -288,7 +289,7 @@ def replay_spark(
         errors.append(((row["rank"], row["segment"]), error))
     for _, error in sorted((e for e in errors if e[1] is not None), key=lambda e: e[0]):
         step1.unpersist()
-        raise InvalidInput(*error)
+        raise InvalidInput(*error) if len(error) == 2 else SegmentFormatError(*error)
     if stats.decisions == 0:
         step1.unpersist()
         raise InvalidInput("surface", f"no decision of surface {surface!r} with a non-empty slate in {log_dir}")

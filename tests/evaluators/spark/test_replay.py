@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import polars as pl
 import pytest
 
 from evaluators.replay.run import ReplayStats, replay
+from logging_schema.segments import SegmentFormatError
 from recsys_rl.errors import InvalidInput
 from tests.evaluators.replay.test_replay import publish, train_on_logs
 from tests.log_streams import CONFIG, served_log, split_log
@@ -31,6 +33,7 @@ REPO = Path(__file__).resolve().parents[3]
 class Served:
     data_dir: Path  # three worker streams, several segments each
     version: str  # a model version published after the log was served (not the one that served it)
+    since: float  # the middle record's time (unix seconds)
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +41,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
     pytest.importorskip("pyspark", reason="the Spark tests need the extra recsys-rl[spark]")
     root = tmp_path_factory.mktemp("spark_replay")
     served_log(root / "served", 300, seed=7)
-    multi = split_log(root / "served", root, rotate_bytes=16 << 10).multi
+    split = split_log(root / "served", root, rotate_bytes=16 << 10)
+    multi = split.multi
     assert len(list((multi / "logs").glob("worker-*/events-*.seg"))) >= 6
-    return Served(multi, publish(multi, train_on_logs(multi, CONFIG)))
+    return Served(multi, publish(multi, train_on_logs(multi, CONFIG)), split.times_us[len(split.times_us) // 2] / 1e6)
 
 
 def _polars(table: DataFrame) -> pl.DataFrame:
@@ -60,16 +64,19 @@ def _assert_same(got: pl.DataFrame, expected: pl.DataFrame) -> None:
             assert a.cast(b.dtype).to_list() == b.to_list(), name
 
 
-@pytest.mark.parametrize("policy", ["logged@cap=0.2", "version"])
-def test_spark_replay_equals_local_replay(spark: SparkSession, served: Served, policy: str) -> None:
+@pytest.mark.parametrize(("policy", "half"), [("logged@cap=0.2", False), ("version", False), ("version", True)])
+def test_spark_replay_equals_local_replay(spark: SparkSession, served: Served, policy: str, half: bool) -> None:
     from evaluators.spark.replay import replay_spark
 
     spec = served.version if policy == "version" else policy
+    since = served.since if half else None
     local_stats, spark_stats = ReplayStats(), ReplayStats()
-    expected = replay(served.data_dir, spec, config=CONFIG, progress=False, stats=local_stats)
-    table = replay_spark(served.data_dir, spec, spark=spark, config=CONFIG, stats=spark_stats, partitions=3)
+    expected = replay(served.data_dir, spec, config=CONFIG, progress=False, stats=local_stats, since=since)
+    table = replay_spark(served.data_dir, spec, spark=spark, config=CONFIG, stats=spark_stats, partitions=3,
+                         since=since)
     _assert_same(_polars(table), expected)
     assert spark_stats == local_stats
+    assert (local_stats.before_since > 50) == half
     assert local_stats.join.duplicate_outcomes > 0 and local_stats.read.torn_tail_records == 1
     if policy == "version":
         assert local_stats.rescored == local_stats.decisions > 0
@@ -85,6 +92,19 @@ def test_options_that_need_the_whole_table_are_refused(spark: SparkSession, serv
 
     with pytest.raises(InvalidInput, match=f"^{option}: not with --engine spark: .*whole"):
         replay_spark(served.data_dir, "logged", spark=spark, config=CONFIG, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_foreign_file_in_a_stream_is_the_local_error(spark: SparkSession, served: Served, tmp_path: Path) -> None:
+    from evaluators.spark.replay import replay_spark
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(served.data_dir, data_dir)
+    (data_dir / "logs" / "worker-1" / "events-999999999999.seg").write_bytes(b"not a segment at all")
+    with pytest.raises(SegmentFormatError) as local:
+        replay(data_dir, "logged@cap=0.2", config=CONFIG, progress=False)
+    with pytest.raises(SegmentFormatError) as distributed:
+        replay_spark(data_dir, "logged@cap=0.2", spark=spark, config=CONFIG)
+    assert str(distributed.value) == str(local.value) and "events-999999999999.seg" in str(local.value)
 
 
 def test_cli_writes_the_table_directory(served: Served, tmp_path: Path) -> None:
