@@ -148,6 +148,7 @@ def _replay_segment(plan: ReplayPlan, rank: int, segment: int, path: str, stream
     return pl.concat(parts, how="diagonal_relaxed")
 
 
+@functools.cache
 def _step1_schema() -> pl.Schema:
     from evaluators.replay.columns import DecisionColumns
 
@@ -159,7 +160,7 @@ def _step1_schema() -> pl.Schema:
 
 def _arrow(frame: pl.DataFrame, schema: pl.Schema) -> Iterator[pa.RecordBatch]:
     """``frame`` with every column of ``schema`` (missing ones null), times as integer microseconds (Spark's Arrow
-    timestamps depend on the session's time zone; these are put back in UTC by the driver)."""
+    timestamps depend on the session's time zone; step 2 and the driver turn them back into UTC times)."""
     full = frame.with_columns(pl.lit(None, dtype).alias(n) for n, dtype in schema.items() if n not in frame.columns)
     full = full.select(pl.col(n).cast(pl.Int64) if isinstance(d, pl.Datetime) else pl.col(n).cast(d)
                        for n, d in schema.items())
@@ -182,6 +183,7 @@ def _segments_task(batches: Iterator[pa.RecordBatch], plan: ReplayPlan) -> Itera
 # --- step 2: one partition of events → its table rows and join stats ---------------------------------------------
 
 
+@functools.cache
 def _table_schema() -> pl.Schema:
     empty = _step1_schema()
     decisions = pl.DataFrame(schema={n: d for n, d in empty.items() if not n.startswith(_O) and n not in _KEY})
@@ -261,12 +263,12 @@ def replay_spark(
     resolve_policy(parsed, data_dir, surface_config, long_term=replay_long_term(data_dir, surface_config), model=model)
     tasks = [(rank, index, str(path), name) for rank, (name, segments) in enumerate(log_streams(log_dir))
              for index, path in enumerate(segments)]
+    if not tasks:
+        raise InvalidInput("surface", f"no decision of surface {surface!r} with a non-empty slate in {log_dir}")
     if spark is None:
         from evaluators.spark.session import spark_session
 
         spark = spark_session(master, app_name="recsys-rl replay")
-    if not tasks:
-        raise InvalidInput("surface", f"no decision of surface {surface!r} with a non-empty slate in {log_dir}")
     state = pickle.dumps((str(data_dir), parsed, surface, surface_config, what_if, since, logged_scores, companions))
     digest = hashlib.sha256(state + (model[1] if model else b"")).hexdigest()
     shipped = spark.sparkContext.broadcast(model) if model is not None else None
