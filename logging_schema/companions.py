@@ -267,6 +267,12 @@ def _stream(name: str, segments: list[Path], stats: ReadStats, entry_type: type[
         reader.shutdown(wait=False, cancel_futures=True)
 
 
+def iter_segment_located(path: Path, *, stream: str, stats: ReadStats, entry_type: type[Message],
+                         record_type: type[Message]) -> Iterator[Located]:
+    """One segment's records as ``iter_located`` gives them: from its companion when usable, else read whole."""
+    return _segment_records(path, _load(path), stats, entry_type, record_type, stream)
+
+
 def _time_of(item: Located) -> int | None:
     return record_time_us(item[0])
 
@@ -286,4 +292,4 @@ def iter_located(log_dir: Path, *, stats: ReadStats | None = None, entry_type: t
 
 
 __all__ = ["FORMAT_VERSION", "InSegment", "MAGIC", "SUFFIX", "companion_path", "compact_record", "entry_bytes",
-           "iter_located", "read_companion", "remove_partial", "remove_segment", "write_companion"]
+           "iter_located", "iter_segment_located", "read_companion", "remove_partial", "remove_segment", "write_companion"]

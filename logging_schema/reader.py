@@ -62,6 +62,8 @@ __all__ = [
     "gap_of",
     "iter_record_batches",
     "iter_records",
+    "iter_segment",
+    "log_streams",
     "merge_streams",
     "read_log",
     "record_time_us",
@@ -247,6 +249,18 @@ def iter_records(
     if not streams:
         return
     yield from merge_streams([_stream_records(name, segments, stats, record_type) for name, segments in streams])
+
+
+def log_streams(log_dir: Path) -> list[tuple[str, list[Path]]]:
+    """(stream name, its segments in write order) per stream, in the order ``iter_records`` ranks them: what a
+    distributed reader hands out, one segment at a time (``iter_segment``), merging back by ``record_time_us``."""
+    return _log_streams(log_dir)
+
+
+def iter_segment(path: Path, *, stats: ReadStats, record_type: type[Message] = LogRecord,
+                 stream: str = ".") -> Iterator[Message]:
+    """The intact records of one segment of ``stream``, damage skipped and counted as ``iter_records`` does."""
+    return _iter_segment(path, stats, record_type, stream)
 
 
 def iter_record_batches(

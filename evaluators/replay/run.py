@@ -47,7 +47,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
@@ -57,9 +57,9 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
-from logging_schema.companions import InSegment, iter_located
+from logging_schema.companions import InSegment, iter_located, iter_segment_located
 from logging_schema.views import ReplayEntry, ReplayRecord
-from logging_schema.reader import ReadStats, gap_of, iter_records
+from logging_schema.reader import ReadStats, gap_of, iter_records, iter_segment
 from logging_schema.tables import JoinStats, join_rewards, outcomes_frame
 from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig, default_config, load_config
 from recsys_rl.errors import InvalidInput
@@ -80,6 +80,7 @@ from evaluators.replay.shield import ReplayShield, what_if_rules
 from recsys_rl.shield.rules import ShieldRules
 from evaluators.replay.targets import BASELINE_SERVED, PolicySpec, TargetPolicy, parse_policy_spec, resolve_policy
 
+ENGINES = ("local", "polars", "spark")  # polars: another name of local (as ``evaluate --engine``)
 CHUNK_DECISIONS = 20_000  # decisions turned into a DataFrame chunk at a time (bounds Python-object memory)
 
 
@@ -258,8 +259,9 @@ def replay(
 
     with tempfile.TemporaryDirectory(prefix="recsys_rl_replay_") as scratch:
         candidates = CandidateRows(Path(scratch)) if reward_model else None
-        decisions, outcomes = _replay_pass(log_dir, surface, target, stats, candidates, progress, since, shields,
-                                           logged_scores, companions)
+        records = log_records(log_dir, stats, located=logged_scores and companions and candidates is None)
+        decisions, outcomes = _replay_pass(records, surface, target, stats, candidates, progress, since, shields,
+                                           logged_scores)
         if not decisions:
             raise InvalidInput("surface", f"no decision of surface {surface!r} with a non-empty slate in {log_dir}")
         joined = join_rewards(pl.concat(decisions, rechunk=True), pl.concat(outcomes, how="vertical"),
@@ -320,11 +322,42 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+Located = tuple[object, InSegment | None]
+
+
+def log_records(log_dir: Path, stats: ReplayStats, *, located: bool) -> Iterator[Located]:
+    """The log's records as ``_replay_pass`` takes them, all streams as one log (``reader.iter_records``' order).
+
+    ``located``: read each segment's what-if companion where it has a complete one (no features:
+    logging_schema.companions) and a decision's full record only when it needs it - for a logged-score replay;
+    the reward model reads every decision's features, and re-scoring every decision gains nothing from it.
+    """
+    if located:
+        return iter_located(log_dir, stats=stats.read, entry_type=ReplayEntry, record_type=ReplayRecord)
+    return ((record, None) for record in iter_records(log_dir, stats=stats.read, record_type=ReplayRecord))
+
+
+def segment_records(segment: Path, stream: str, stats: ReplayStats, *, located: bool) -> Iterator[Located]:
+    """One segment's records as ``log_records`` gives them (for a distributed replay: evaluators.spark.replay)."""
+    if located:
+        return iter_segment_located(segment, stream=stream, stats=stats.read, entry_type=ReplayEntry,
+                                    record_type=ReplayRecord)
+    return ((record, None) for record in iter_segment(segment, stats=stats.read, record_type=ReplayRecord,
+                                                      stream=stream))
+
+
+def wanted_outcome(outcome: object, surface: str) -> bool:
+    """An outcome the table of ``surface`` joins (other surfaces' outcomes would only be orphans)."""
+    return outcome.surface in (surface, "")  # type: ignore[attr-defined]
+
+
 def _replay_pass(
-    log_dir: Path, surface: str, target: TargetPolicy, stats: ReplayStats, candidates: CandidateRows | None,
-    progress: bool, since_s: float | None, shields: ReplayShield, logged_scores: bool = True,
-    companions: bool = True,
+    records: Iterable[Located], surface: str, target: TargetPolicy, stats: ReplayStats,
+    candidates: CandidateRows | None, progress: bool, since_s: float | None, shields: ReplayShield,
+    logged_scores: bool = True,
 ) -> tuple[list[pl.DataFrame], list[pl.DataFrame]]:
+    """The decision chunks (DecisionColumns frames with target_pscore) and outcome chunks of ``records``: the
+    whole log (``log_records``) or one segment of it (``segment_records``); the same per-decision code either way."""
     decision_chunks: list[pl.DataFrame] = []
     outcome_chunks: list[pl.DataFrame] = [outcomes_frame([])]
     columns = DecisionColumns()
@@ -391,20 +424,13 @@ def _replay_pass(
         full = located.load(ReplayRecord)
         return None if full is None or full.WhichOneof("event") != "decision" else full.decision  # type: ignore[attr-defined]
 
-    # Logged-score replay reads each segment's what-if companion where it has a complete one (no features:
-    # logging_schema.companions) and a decision's full record only when it needs it; the reward model reads every
-    # decision's features, and re-scoring every decision gains nothing from it.
-    records: Iterator[tuple[object, InSegment | None]] = (
-        iter_located(log_dir, stats=stats.read, entry_type=ReplayEntry, record_type=ReplayRecord)
-        if logged_scores and companions and candidates is None
-        else ((record, None) for record in iter_records(log_dir, stats=stats.read, record_type=ReplayRecord)))
     bar = tqdm(unit=" decisions", desc=f"replay {target.name}", disable=not progress, file=sys.stderr,
                mininterval=0.5)
     with bar, _cyclic_gc_paused():
         for record, located in records:
             kind = record.WhichOneof("event")
             if kind == "outcome":
-                if record.outcome.surface in (surface, ""):  # other surfaces' outcomes would only be orphans
+                if wanted_outcome(record.outcome, surface):
                     outcome_events.append(record.outcome)
                 continue
             if kind == "gap":
@@ -653,7 +679,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--policy", required=True,
                         help="current | logged | baseline | uniform | <version> | <version dir>, optionally with "
                              "@cap=X, @algorithm=NAME, @epsilon=X, @temperature=X, @gamma=X (model policies)")
-    parser.add_argument("--out", required=True, help="output parquet file")
+    parser.add_argument("--out", required=True,
+                        help="output parquet file (--engine spark: a directory of parquet files)")
     parser.add_argument("--surface", default="default")
     parser.add_argument("--config", help="TOML surface configuration (default: the embedded default surface)")
     parser.add_argument("--reward-model", action="store_true",
@@ -666,6 +693,11 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="add the MIPS columns (action_embedding, embedding_pscore, embedding_target_pscore): "
                              "feature:NAME (a categorical candidate feature) or kmeans:C (the candidates' embedding "
                              "vectors in C seeded k-means clusters); docs/mips.md")
+    parser.add_argument("--engine", default="local",
+                        help="local (default: this process, polars) or spark (the log's segments replayed on Spark "
+                             "executors, which must read --data-dir at the same path; --out is then a directory; "
+                             "docs/scaling.md)")
+    parser.add_argument("--master", help="Spark master with --engine spark: local[*] (default), spark://HOST:7077, ...")
     parser.set_defaults(run=run_replay)
     return parser
 
@@ -694,11 +726,26 @@ def run_replay(args: argparse.Namespace) -> int:
             raise InvalidInput(key, reason) from exc
     else:
         config = default_config()
+    if args.engine not in ENGINES:
+        raise InvalidInput("--engine", f"must be one of {', '.join(ENGINES)}, got {args.engine!r}")
+    if args.master is not None and args.engine != "spark":
+        raise InvalidInput("--master", "needs --engine spark")
     stats = ReplayStats()
-    table = replay(Path(args.data_dir), args.policy, surface=args.surface, config=config,
-                   reward_model=args.reward_model, progress=not args.no_progress, stats=stats,
+    options = dict(surface=args.surface, config=config, reward_model=args.reward_model, stats=stats,
                    since=_since_seconds(args.since), shield=args.shield, embedding=args.embedding)
-    out = write_table(table, args.out)
+    if args.engine == "spark":
+        from evaluators.spark.replay import replay_spark, write_table_dir  # pyspark only for this engine
+
+        spark_table = replay_spark(Path(args.data_dir), args.policy, master=args.master or "local[*]",
+                                   **options)  # type: ignore[arg-type]
+        try:
+            out = write_table_dir(spark_table, args.out)
+        finally:
+            spark_table.sparkSession.stop()
+    else:
+        table = replay(Path(args.data_dir), args.policy, progress=not args.no_progress,
+                       **options)  # type: ignore[arg-type]
+        out = write_table(table, args.out)
     print(f"replay {args.policy}: {stats.rows} rows from {stats.decisions} decisions -> {out} "
           f"(target fallbacks {stats.target_fallbacks}, support violations {stats.support_violations}, "
           f"other surfaces {stats.other_surfaces}, damaged records "

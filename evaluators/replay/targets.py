@@ -319,11 +319,22 @@ def _load_version_dir(path: Path) -> tuple[str, bytes]:
     return str(manifest.get("version") or path.name), model
 
 
+def model_of(spec: PolicySpec, data_dir: Path, surface: SurfaceConfig) -> tuple[str, bytes] | None:
+    """(version, model bytes) a model target names (checked against its manifest), None for the other kinds: what
+    a distributed replay ships to its executors once (``resolve_policy(..., model=...)`` there)."""
+    if spec.kind != "model":
+        return None
+    if spec.path is not None:
+        return _load_version_dir(spec.path)
+    return _load_registry_version(spec, Path(data_dir), surface.name)
+
+
 def resolve_policy(spec: PolicySpec, data_dir: Path, surface: SurfaceConfig, *,
-                   long_term: LongTermValue = NoLongTermValue()) -> TargetPolicy:
+                   long_term: LongTermValue = NoLongTermValue(), model: tuple[str, bytes] | None = None) -> TargetPolicy:
     """Load what ``spec`` names for ``surface``; unknown versions raise InvalidInput naming them.
 
-    Reads the registry but never writes to it (no directory is created, LATEST is not touched).
+    Reads the registry but never writes to it (no directory is created, LATEST is not touched). ``model``: a model
+    target's (version, bytes) already loaded (``model_of``), e.g. shipped to a Spark executor.
     """
     if spec.kind == "baseline":
         return _learned_baseline(spec, Path(data_dir), surface) or BaselineTarget(surface)
@@ -334,14 +345,11 @@ def resolve_policy(spec: PolicySpec, data_dir: Path, surface: SurfaceConfig, *,
             raise _error("logged", f"no model registry under {Path(data_dir) / 'models'}")
         return LoggedTarget(spec, Path(data_dir), surface, long_term=long_term)
     exploration, cap = _exploration(spec, surface)
-    if spec.path is not None:
-        version, model = _load_version_dir(spec.path)
-    else:
-        version, model = _load_registry_version(spec, Path(data_dir), surface.name)
+    version, weights = model if model is not None else model_of(spec, data_dir, surface)  # type: ignore[misc]
     from recsys_rl.serving.bandit import VWBandit  # heavy (VW): only for model targets
 
     try:
-        bandit = VWBandit(surface.model.vw_args, model=model)
+        bandit = VWBandit(surface.model.vw_args, model=weights)
     except Exception as exc:  # noqa: BLE001 - VW reports a bad model file with assorted exception types
         raise _error(spec.text, f"model {version} does not load: {exc}") from exc
     return ModelTarget(spec.text, version, bandit, make_explorer(exploration, cap), surface,
@@ -389,5 +397,5 @@ def _load_registry_version(spec: PolicySpec, data_dir: Path, surface: str) -> tu
 
 __all__ = [
     "BASELINE_SERVED", "BaselineTarget", "LoggedTarget", "ModelTarget", "PolicySpec", "TargetPolicy", "UniformTarget",
-    "parse_policy_spec", "resolve_policy",
+    "model_of", "parse_policy_spec", "resolve_policy",
 ]
