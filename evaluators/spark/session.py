@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +36,34 @@ def _quiet_driver_options() -> str:
     return f"-Dlog4j2.configurationFile=file:{path}"
 
 
+JVM_LOG = Path(tempfile.gettempdir()) / "recsys-rl-spark-jvm.log"
+
+
+@contextmanager
+def _jvm_stderr_to_file() -> Iterator[None]:
+    """Start a local JVM with its stderr in ``JVM_LOG``: it prints start-up lines there ("Using incubator modules",
+    the default log level) before any option of ours applies, and a CLI's stderr is for its one-line errors.
+
+    The JVM inherits file descriptor 2 when the gateway starts, so fd 2 points at the file only for that moment and
+    is restored for this process; an already running session (getOrCreate returns it) starts nothing."""
+    from pyspark import SparkContext
+
+    if SparkContext._active_spark_context is not None:  # type: ignore[attr-defined]
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(JVM_LOG, "ab") as log_file:
+            os.dup2(log_file.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 class SparkMissing(ValueError):
     """pyspark is not installed: a usage error (the extra), not a crash."""
 
@@ -53,7 +83,8 @@ def spark_session(master: str, *, app_name: str = "recsys-rl evaluate", conf: di
     defaults = {"spark.ui.showConsoleProgress": "false", "spark.driver.extraJavaOptions": _quiet_driver_options()}
     for key, value in {**defaults, **(conf or {})}.items():
         builder = builder.config(key, value)
-    session = builder.getOrCreate()
+    with _jvm_stderr_to_file():
+        session = builder.getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     logging.getLogger("py4j").setLevel(logging.WARNING)  # py4j logs every connection it closes at INFO
     return session

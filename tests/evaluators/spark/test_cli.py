@@ -46,6 +46,7 @@ def test_spark_engine_reads_the_partitioned_table_and_equals_polars(tmp_path: Pa
     result = _run([str(lake), "--engine", "spark", "--master", "local[1]", "--estimators", spec, "--ci", "bernstein",
                    "--format", "json"], pythonpath=str(REPO))
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # the JVM's start-up lines go to its log file: stderr is for the CLI's errors
     got = json.loads(result.stdout)
     expected = estimate(table, spec, ci="bernstein").to_dicts()
     assert [row["estimator"] for row in got] == [row["estimator"] for row in expected]
