@@ -72,6 +72,7 @@ from zlib import crc32
 
 from google.protobuf.message import Message
 
+from logging_schema.columnar import ColumnBuilder, Row, row_of, write_columnar
 from logging_schema.companions import compact_record, entry_bytes, remove_partial, write_companion
 from logging_schema.segments import FRAME_HEADER, HEADER_BYTES, file_header, next_sequence, segment_name
 from recsys_rl.logging.v1.events_pb2 import LogRecord
@@ -170,6 +171,7 @@ class LogWriter:
         fsync_interval_s: float = 0.2,
         max_queue: int = 100_000,
         companions: bool = True,
+        columnar: bool = True,
     ) -> None:
         if rotate_bytes <= 0:
             raise ValueError(f"rotate_bytes: must be positive, got {rotate_bytes}")
@@ -185,6 +187,7 @@ class LogWriter:
         self.fsync_interval_s = fsync_interval_s
         self.max_queue = max_queue
         self.companions = companions
+        self.columnar = companions and columnar  # the columnar companion (logging_schema.columnar) beside the row one
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._acquire_dir_lock()
@@ -231,8 +234,10 @@ class LogWriter:
         self._frames: deque[bytes | None] = deque()
         # Beside each held frame, the record as the segment's what-if companion keeps it and its candidate count
         # (None: no companion); the open segment's companion entries, None once it cannot have a companion.
-        self._compacts: deque[tuple[bytes, int] | None] = deque()
+        # With it, the record's columnar values (None: that segment gets no columnar companion).
+        self._compacts: deque[tuple[bytes, int, Row | None] | None] = deque()
         self._companion: list[bytes] | None = None
+        self._columns: ColumnBuilder | None = None
         self._segment_path: Path | None = None
         self._fd: int | None = None
         self._segment_bytes = 0
@@ -437,7 +442,8 @@ class LogWriter:
         compact = None
         if self.companions:  # a deferred record's message is the writer's own: it is stripped in place
             try:
-                compact = compact_record(message, payload, owned=deferred)
+                record, count = compact_record(message, payload, owned=deferred)
+                compact = (record, count, row_of(message, payload, count) if self.columnar else None)
             except Exception:  # noqa: BLE001 - the record is logged all the same; its segment gets no companion
                 log.exception("what-if companion entry could not be built; the segment will have no companion")
         self._compacts.append(compact)
@@ -504,7 +510,7 @@ class LogWriter:
             log.error("could not truncate a torn record off %s (%s); continuing in a new segment",
                       segment_name(self._sequence - 1), _describe(exc))
             fd, self._fd = self._fd, None
-            self._companion = None  # it would not match the abandoned segment's torn tail
+            self._companion = self._columns = None  # they would not match the abandoned segment's torn tail
             try:
                 _fsync(fd)  # the complete records before the torn one are still worth keeping
             except OSError:
@@ -515,7 +521,7 @@ class LogWriter:
         """Drops the first ``records`` held entries, now written (or skipped: a None between good records); ``ends``:
         where each held entry's frame ends in the written buffer (its companion entry records where it starts)."""
         skipped = 0
-        companion, base = self._companion, self._segment_bytes
+        companion, columns, base = self._companion, self._columns, self._segment_bytes
         for i in range(records):
             frame, compact = self._frames.popleft(), self._compacts.popleft()
             skipped += frame is None
@@ -524,6 +530,11 @@ class LogWriter:
                     self._companion = companion = None
                 else:
                     companion.append(entry_bytes(compact[0], compact[1], base + (ends[i - 1] if i else 0)))
+            if frame is not None and columns is not None:
+                if compact is None or compact[2] is None:
+                    self._columns = columns = None
+                else:
+                    columns.add(compact[2])
         self._segment_bytes += size
         with self._lock:
             self._handled += records
@@ -578,6 +589,7 @@ class LogWriter:
         self._fd = fd
         self._segment_path = path
         self._companion = [] if self.companions else None
+        self._columns = ColumnBuilder() if self.columnar else None
         self._sequence += 1
         self._segment_bytes = len(header)
         self._segment_opened = time.monotonic()
@@ -600,10 +612,13 @@ class LogWriter:
         """Write the closed segment's what-if companion; a failure is counted and logged, never fatal: the segment
         is the log, and readers read it whole when its companion is missing."""
         entries, self._companion = self._companion, None
+        columns, self._columns = self._columns, None
         if entries is None or self._segment_path is None:
             return
         try:
             write_companion(self._segment_path, self._segment_bytes, entries, _write, _fsync)
+            if columns is not None:  # after the row companion: a reader that finds the columns finds both
+                write_columnar(self._segment_path, self._packed(columns), _write, _fsync)
         except OSError as exc:
             with self._lock:
                 self._companion_errors += 1
@@ -614,6 +629,15 @@ class LogWriter:
         else:
             with self._lock:
                 self._companions += 1
+
+    def _packed(self, columns: ColumnBuilder) -> list[bytes]:
+        """The columnar companion's frames; a failure to pack them (not expected) is an OSError to the caller, so it
+        is counted as a companion that could not be written, never the end of the writer thread."""
+        try:
+            return columns.pack(self._segment_path, self._segment_bytes)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            log.exception("columnar what-if companion could not be packed")
+            raise OSError(errno.EIO, f"columnar companion not packed: {exc}") from exc
 
     # ------------------------------------------------------------------------------ write errors
 

@@ -57,8 +57,8 @@ import numpy as np
 import polars as pl
 from tqdm import tqdm
 
-from logging_schema.companions import InSegment, iter_located
-from logging_schema.views import ReplayEntry, ReplayRecord
+from logging_schema.companions import InSegment
+from logging_schema.views import ReplayRecord
 from logging_schema.reader import ReadStats, gap_of, iter_records
 from logging_schema.tables import JoinStats, join_rewards, outcomes_frame
 from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig, default_config, load_config
@@ -70,6 +70,7 @@ from recsys_rl.serving.decision import (
 from recsys_rl.serving.exploration import Explorer, slate_propensities
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from evaluators.replay.batched import PendingBatch, batchable
+from evaluators.replay.columnar import ColumnarReplay, SegmentFrames, located_or_frames
 from evaluators.replay.columns import DecisionColumns
 from evaluators.replay.embedding import (
     EmbeddingSpec, PolicyScores, embedding_frame, feature_labeller, iter_decisions, kmeans_labeller,
@@ -97,6 +98,7 @@ class ReplayStats:
     # re-scoring), and those the target scored afresh (another version, baseline/uniform, or no logged scores).
     from_logged_scores: int = 0
     rescored: int = 0
+    columnar_segments: int = 0  # segments replayed at once from their columnar companions (evaluators.replay.columnar)
     support_violations: int = 0  # rows with target_pscore > 0 but pscore 0
     # Decisions of this surface the server answered while its log could not take records (LogGap records): they are
     # not in the log, so the table does not cover them; ``gaps`` is how many gap records named the surface.
@@ -394,14 +396,22 @@ def _replay_pass(
     # Logged-score replay reads each segment's what-if companion where it has a complete one (no features:
     # logging_schema.companions) and a decision's full record only when it needs it; the reward model reads every
     # decision's features, and re-scoring every decision gains nothing from it.
+    # A segment with a columnar companion whose every decision is the common what-if comes whole, as SegmentFrames
+    # (evaluators.replay.columnar: computed with numpy, the rows this loop would give).
     records: Iterator[tuple[object, InSegment | None]] = (
-        iter_located(log_dir, stats=stats.read, entry_type=ReplayEntry, record_type=ReplayRecord)
+        located_or_frames(log_dir, stats.read, ColumnarReplay(surface, target, shields, since_s, stats))
         if logged_scores and companions and candidates is None
         else ((record, None) for record in iter_records(log_dir, stats=stats.read, record_type=ReplayRecord)))
     bar = tqdm(unit=" decisions", desc=f"replay {target.name}", disable=not progress, file=sys.stderr,
                mininterval=0.5)
     with bar, _cyclic_gc_paused():
         for record, located in records:
+            if isinstance(record, SegmentFrames):  # already replayed: its rows go after those read before it
+                flush()
+                decision_chunks += [record.decisions] if record.decisions is not None else []
+                outcome_chunks += [record.outcomes] if record.outcomes is not None else []
+                bar.update(record.n_decisions)
+                continue
             kind = record.WhichOneof("event")
             if kind == "outcome":
                 if record.outcome.surface in (surface, ""):  # other surfaces' outcomes would only be orphans

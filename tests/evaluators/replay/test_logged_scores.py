@@ -18,6 +18,7 @@ import pytest
 
 from evaluators.replay.run import ReplayStats, replay
 from recsys_rl.errors import InvalidInput
+from logging_schema.columnar import columnar_path
 from logging_schema.reader import iter_records, read_log
 from logging_schema.writer import LogWriter
 from recsys_rl.logging.v1 import events_pb2
@@ -268,10 +269,20 @@ def test_companions_give_the_full_records_table_and_rescorings(scored_log: Score
     reference = replay(scored_log.data_dir, "logged@cap=0.2", config=scored_log.config, progress=False, shield=shield)
     table, stats = three(data_dir)
     assert table.equals(reference) and stats.read.companions == stats.read.segments == len(segments)
+    # Unshielded, every segment is replayed at once from its columnar companion; under the served shield, none is.
+    assert stats.columnar_segments == (len(segments) if shield == "none" else 0)
 
     from tests.logging_schema.test_companions import _damage_cases
 
-    damaged = _damage_cases(segments)
+    # Unusable columnar companions: those segments are read from their row companions (the grown one: whole).
+    damaged = _damage_cases(segments, columnar_path)
+    table, stats = three(data_dir)
+    assert table.equals(reference)
+    assert stats.read.companions == len(segments) - 1
+    assert stats.columnar_segments == (len(segments) - len(damaged) if shield == "none" else 0)
+    # And the row companions of the same segments: read whole.
+    _damage_cases(segments, grow=False)
     table, stats = three(data_dir)
     assert table.equals(reference)
     assert stats.read.companions == len(segments) - len(damaged)
+    assert stats.columnar_segments == (len(segments) - len(damaged) if shield == "none" else 0)
