@@ -35,6 +35,7 @@ import numpy as np
 
 from bench.replay_bench import Args as ServeArgs, serve
 from evaluators.replay.run import ReplayStats, replay
+from logging_schema.columnar import columnar_path
 from logging_schema.companions import SUFFIX, iter_located
 from logging_schema.reader import iter_records
 from logging_schema.segments import log_segments
@@ -77,32 +78,37 @@ def _read_companions_seconds(data_dir: Path) -> float:
     return time.perf_counter() - started
 
 
-def _file_bytes(data_dir: Path) -> tuple[int, int]:
-    """Bytes of the log's segments, and of their companions."""
+def _file_bytes(data_dir: Path) -> tuple[int, int, int]:
+    """Bytes of the log's segments, of their row companions and of their columnar companions."""
     segments = log_segments(data_dir / "logs")
-    companions = [p.with_suffix(SUFFIX) for p in segments if p.with_suffix(SUFFIX).is_file()]
-    return sum(p.stat().st_size for p in segments), sum(p.stat().st_size for p in companions)
+    row = [p.with_suffix(SUFFIX) for p in segments if p.with_suffix(SUFFIX).is_file()]
+    columnar = [columnar_path(p) for p in segments if columnar_path(p).is_file()]
+    return (sum(p.stat().st_size for p in segments), sum(p.stat().st_size for p in row),
+            sum(p.stat().st_size for p in columnar))
 
 
-def _writer_cpu_us(data_dir: Path, sample: int, repeats: int) -> tuple[float, float, int]:
-    """Median log-writer CPU µs per decision record (process CPU, first submit to close), without and with companions.
+def _writer_cpu_us(data_dir: Path, sample: int, repeats: int) -> tuple[float, float, float, int]:
+    """Median log-writer CPU µs per decision record (process CPU, first submit to close): without companions, with
+    the row companion alone, and with both (row and columnar).
 
     The payloads are parsed into WireRecords up front (serving builds them on the writer's thread from the request
     it holds, as bytes already; here building is a list lookup), so what is timed is the writer's own work."""
     payloads = [r.SerializeToString() for r, _ in zip(
         (r for r in iter_records(data_dir / "logs") if r.WhichOneof("event") == "decision"), range(sample))]
-    samples: dict[bool, list[float]] = {False: [], True: []}
+    variants = ((False, False), (True, False), (True, True))  # (companions, columnar)
+    samples: dict[tuple[bool, bool], list[float]] = {v: [] for v in variants}
     for run in range(repeats):
-        for companions in (False, True):
+        for companions, columnar in variants:
             messages = [WireRecord.FromString(p) for p in payloads]
             with tempfile.TemporaryDirectory(prefix="whatif_writer_", dir=data_dir) as out:
                 started = time.process_time()
-                writer = LogWriter(Path(out), companions=companions, rotate_bytes=16 << 20)
+                writer = LogWriter(Path(out), companions=companions, columnar=columnar, rotate_bytes=16 << 20)
                 for message in messages:
                     writer.submit(DeferredRecord(lambda m=message: m))
                 writer.close()
-                samples[companions].append((time.process_time() - started) / len(messages) * 1e6)
-    return statistics.median(samples[False]), statistics.median(samples[True]), len(payloads)
+                samples[(companions, columnar)].append((time.process_time() - started) / len(messages) * 1e6)
+    none, row, both = (statistics.median(samples[v]) for v in variants)
+    return none, row, both, len(payloads)
 
 
 def _log_bytes(data_dir: Path, sample: int) -> tuple[float, float, list[float]]:
@@ -135,7 +141,9 @@ def _logging_cost_us(scores: list[float], repeats: int = 20_000) -> float:
 # Stages of a replay from companions, by the functions that do them (module file, function name); the loop's own
 # time is _replay_pass's self time.
 _STAGES = (
-    ("reading and parsing the companions (`iter_located`)", (("companions.py", "iter_located"),)),
+    ("replaying whole segments from their columnar companions (`read_columnar`, `ColumnarReplay.frames`)",
+     (("columnar.py", "read_columnar"), ("columnar.py", "frames"))),
+    ("reading and parsing row companions (`segment_located`)", (("companions.py", "segment_located"),)),
     ("appending each decision's slots and columns (`DecisionColumns.add`)", (("columns.py", "add"),)),
     ("resolving each decision's target policy (`policy_for`, shield, `_reusable_raw`, `batchable`, outside check)",
      (("targets.py", "policy_for"), ("shield.py", "policy"), ("run.py", "_reusable_raw"), ("batched.py", "batchable"),
@@ -191,8 +199,8 @@ def run(decisions: int, candidates: int, slate_size: int, repeats: int) -> None:
         assert differing is not None
         before, after, scores = _log_bytes(data_dir, 5_000)
         cost_us = _logging_cost_us(scores)
-        segment_bytes, companion_bytes = _file_bytes(data_dir)
-        cpu_without, cpu_with, cpu_records = _writer_cpu_us(data_dir, 5_000, repeats)
+        segment_bytes, companion_bytes, columnar_bytes = _file_bytes(data_dir)
+        cpu_without, cpu_with, cpu_both, cpu_records = _writer_cpu_us(data_dir, 5_000, repeats)
         profiled, stages = _profile(data_dir, config)
 
     slow_s, full_s, fast_s = statistics.median(rescore), statistics.median(logged), statistics.median(companion)
@@ -215,12 +223,14 @@ def run(decisions: int, candidates: int, slate_size: int, repeats: int) -> None:
           f"| {slow_s / read_s:.1f}× |")
     print(f"| reading the companions alone (no replay: their floor) | {read_c_s:.2f} | {decisions / read_c_s:,.0f} "
           f"| {slow_s / read_c_s:.1f}× |")
-    print(f"\nLog size: segments {segment_bytes / decisions:,.0f} B per decision; companions "
-          f"{companion_bytes / decisions:,.0f} B per decision beside them (+{companion_bytes / segment_bytes * 100:.1f}%; "
-          f"with them {(segment_bytes + companion_bytes) / decisions:,.0f} B). Log-writer CPU per decision record "
-          f"({cpu_records:,} records, median of {repeats}): {cpu_without:.1f} µs without companions, {cpu_with:.1f} µs with "
-          f"(+{cpu_with - cpu_without:.1f} µs, {(cpu_with - cpu_without) / rank_us * 100:.2f}% of the in-process Rank "
-          f"mean).")
+    print(f"\nLog size: segments {segment_bytes / decisions:,.0f} B per decision; row companions "
+          f"{companion_bytes / decisions:,.0f} B per decision beside them (+{companion_bytes / segment_bytes * 100:.1f}%), "
+          f"columnar companions {columnar_bytes / decisions:,.0f} B (+{columnar_bytes / segment_bytes * 100:.1f}%); "
+          f"with both {(segment_bytes + companion_bytes + columnar_bytes) / decisions:,.0f} B. Log-writer CPU per "
+          f"decision record ({cpu_records:,} records, median of {repeats}): {cpu_without:.1f} µs without companions, "
+          f"{cpu_with:.1f} µs with the row companion (+{cpu_with - cpu_without:.1f} µs), {cpu_both:.1f} µs with both "
+          f"(+{cpu_both - cpu_without:.1f} µs, {(cpu_both - cpu_without) / rank_us * 100:.2f}% of the in-process Rank "
+          f"mean; the columnar one alone +{cpu_both - cpu_with:.1f} µs).")
     print(f"\nWhere a replay from companions spends its time (one run under cProfile, {profiled:.2f} s profiled; "
           f"shares of that, indicative: profiling inflates the parts made of many small calls). The companions' own "
           f"floor is {read_c_s / fast_s * 100:.0f}% of the unprofiled replay; the rest is Python per decision:\n")

@@ -10,13 +10,13 @@ computes it with numpy (:mod:`evaluators.replay.columnar`)::
     events-000000000042.whatcol  its columnar companion: magic b"RSRLWCOL" and version, then frames (length, CRC32,
                                  payload) as segments and companions have them:
         0  CompanionSeal: the segment's name and size and its record count, as in the row companion
-        1  decisions, one row each (Arrow IPC via polars): record (its index in the segment), event_id, user_id,
+        1  decisions, one row each (an Arrow IPC stream, via polars): record (its index in the segment), event_id, user_id,
            surface, policy_version, baseline_version, shield_version, serving_mode, has_served_at, seconds, nanos,
            algorithm, epsilon, temperature, gamma, cap (the logged exploration), long_term_weight, outside_share,
            n_candidates, n_scores, n_slots
-        2  slots, one row each in decision order (Arrow IPC): item_id, position, propensity, candidate_index
+        2  slots, one row each in decision order (Arrow IPC stream): item_id, position, propensity, candidate_index
         3  the decisions' candidate scores, concatenated: little-endian float64, ``n_scores`` per decision
-        4  every other record (outcomes, gaps), whole (Arrow IPC): record, payload (the serialized LogRecord)
+        4  every other record (outcomes, gaps), whole (Arrow IPC stream): record, payload (the serialized LogRecord)
 
 Written and trusted as the row companion is: the writer gathers a closed segment's values while it writes the
 segment (one tuple a record, ~5 µs of attribute reads) and packs them once, when it seals the segment (temporary
@@ -31,19 +31,18 @@ from __future__ import annotations
 import io
 import os
 import struct
-import sys
 import zlib
-from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 
 from logging_schema.segments import FRAME_HEADER, FRAME_HEADER_BYTES
-from recsys_rl.logging.v1.events_pb2 import CompanionSeal
+from logging_schema.views import ReplayRecord
+from recsys_rl.logging.v1.events_pb2 import CompanionSeal, LongTermState
 
 SUFFIX = ".whatcol"
 MAGIC = b"RSRLWCOL"
@@ -65,8 +64,8 @@ _SLOT_SCHEMA: dict[str, pl.DataType] = {"item_id": pl.String(), "position": pl.I
 _OTHER_SCHEMA: dict[str, pl.DataType] = {"record": pl.Int32(), "payload": pl.Binary()}
 _PER_DECISION = tuple(_DECISION_SCHEMA)[1:-3]  # the row tuple's leading values, in this order (record comes from add)
 
-# One record's values (``row_of``): ("d", per-decision values, scores bytes, slot item ids, positions, propensities,
-# candidate indices) for a decision, ("o", payload) for any other record.
+# One record's values (``row_of``): ("d", per-decision values, scores bytes, [(item id, position, propensity, candidate
+# index) per slot]) for a decision, ("o", payload) for any other record.
 Row = tuple
 
 
@@ -75,21 +74,21 @@ def columnar_path(segment: Path) -> Path:
     return Path(segment).with_suffix(SUFFIX)
 
 
-def row_of(message: Message, payload: bytes, n_candidates: int) -> Row:
-    """One record's columnar values; ``payload``: the record as serialized, kept whole for a non-decision."""
+def row_of(record: bytes, n_candidates: int) -> Row:
+    """One record's columnar values from ``record``, the record as its row companion keeps it (for a decision: no
+    context and candidates; parsed again through the replay view, ~1.5 kB, so the scores come as their packed bytes
+    instead of 100 Python floats)."""
+    message = ReplayRecord.FromString(record)
     if message.WhichOneof("event") != "decision":
-        return ("o", payload)
+        return ("o", record)
     d = message.decision  # type: ignore[attr-defined]
-    at, x = d.served_at, d.exploration
-    scores = array("d", d.candidate_scores)
-    if sys.byteorder != "little":
-        scores.byteswap()
-    slate = d.slate
+    at, x, long_term = d.served_at, d.exploration, d.long_term
+    slots = [(s.item_id, s.position, s.propensity, s.candidate_index) for s in d.slate]
+    scores = d.candidate_scores
     return ("d", (d.event_id, d.user_id, d.surface, d.policy_version, d.baseline_version, d.shield_version,
                   d.serving_mode, d.HasField("served_at"), at.seconds, at.nanos, x.algorithm, x.epsilon, x.temperature,
-                  x.gamma, x.cap, d.long_term.weight, d.retrieval.outside_share, n_candidates, len(scores), len(slate)),
-            scores.tobytes(), [s.item_id for s in slate], [s.position for s in slate],
-            [s.propensity for s in slate], [s.candidate_index for s in slate])
+                  x.gamma, x.cap, LongTermState.FromString(long_term).weight if long_term else 0.0,
+                  d.retrieval.outside_share, n_candidates, len(scores) // 8, len(slots)), scores, slots)
 
 
 class ColumnBuilder:
@@ -100,10 +99,7 @@ class ColumnBuilder:
         self._decisions: list[tuple] = []
         self._decision_records: list[int] = []
         self._scores: list[bytes] = []
-        self._items: list[str] = []
-        self._positions: list[int] = []
-        self._propensities: list[float] = []
-        self._indices: list[int] = []
+        self._slots: list[tuple[str, int, float, int]] = []
         self._others: list[tuple[int, bytes]] = []
 
     def add(self, row: Row) -> None:
@@ -111,10 +107,7 @@ class ColumnBuilder:
             self._decision_records.append(self.records)
             self._decisions.append(row[1])
             self._scores.append(row[2])
-            self._items += row[3]
-            self._positions += row[4]
-            self._propensities += row[5]
-            self._indices += row[6]
+            self._slots += row[3]
         else:
             self._others.append((self.records, row[1]))
         self.records += 1
@@ -123,8 +116,8 @@ class ColumnBuilder:
         """The companion's frames' payloads (module docstring), in order."""
         columns = list(zip(*self._decisions)) if self._decisions else [[] for _ in _PER_DECISION + ("", "", "")]
         decisions = pl.DataFrame([self._decision_records, *columns], schema=_DECISION_SCHEMA, orient="col")
-        slots = pl.DataFrame([self._items, self._positions, self._propensities, self._indices], schema=_SLOT_SCHEMA,
-                             orient="col")
+        slot_columns = list(zip(*self._slots)) if self._slots else [[] for _ in _SLOT_SCHEMA]
+        slots = pl.DataFrame(slot_columns, schema=_SLOT_SCHEMA, orient="col")
         others = pl.DataFrame([[r for r, _ in self._others], [p for _, p in self._others]], schema=_OTHER_SCHEMA,
                               orient="col")
         seal = CompanionSeal(segment=Path(segment).name, segment_bytes=segment_bytes, records=self.records)
@@ -133,7 +126,7 @@ class ColumnBuilder:
 
 def _ipc(frame: pl.DataFrame) -> bytes:
     out = io.BytesIO()
-    frame.write_ipc(out, compression="uncompressed")
+    frame.write_ipc_stream(out, compression="uncompressed")
     return out.getvalue()
 
 
@@ -201,7 +194,7 @@ def read_columnar(segment: Path) -> SegmentColumns | None:
         return None
     try:
         seal = CompanionSeal.FromString(payloads[0])
-        decisions, slots, others = (pl.read_ipc(io.BytesIO(payloads[i])) for i in (1, 2, 4))
+        decisions, slots, others = (pl.read_ipc_stream(io.BytesIO(payloads[i])) for i in (1, 2, 4))
     except (DecodeError, OSError, ValueError, pl.exceptions.PolarsError):
         return None
     if (seal.segment != Path(segment).name or seal.segment_bytes != size

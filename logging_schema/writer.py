@@ -443,7 +443,7 @@ class LogWriter:
         if self.companions:  # a deferred record's message is the writer's own: it is stripped in place
             try:
                 record, count = compact_record(message, payload, owned=deferred)
-                compact = (record, count, row_of(message, payload, count) if self.columnar else None)
+                compact = (record, count, row_of(record, count) if self.columnar else None)
             except Exception:  # noqa: BLE001 - the record is logged all the same; its segment gets no companion
                 log.exception("what-if companion entry could not be built; the segment will have no companion")
         self._compacts.append(compact)
