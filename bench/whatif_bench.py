@@ -17,7 +17,8 @@
    the profiled total; profiling inflates the parts that make many small calls, so the shares are indicative).
 5. What the companions cost: their bytes per decision beside the segments', and the log writer's CPU per record
    (process CPU time from the first submit to close, over the same 5,000 decision records built as serving builds
-   them - ``views.WireRecord``, deferred - into a fresh log), with and without companions, alternating; medians.
+   them - ``views.WireRecord``, deferred - into a fresh log): without companions, with the row companion alone, and
+   with the row and columnar ones (logging_schema.columnar), alternating; medians.
 """
 
 from __future__ import annotations

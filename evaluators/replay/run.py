@@ -29,6 +29,8 @@ The table is the one re-scoring gives (``logged_scores=False``; tests/evaluators
 Such a replay reads each closed segment's what-if companion (:mod:`logging_schema.companions`: the records without
 the decisions' context and candidates, ~8% of the bytes) when it is complete and consistent, and a decision's full
 record, at its offset in the segment, only when it must be re-scored or shielded; the table is the same either way.
+A segment whose columnar companion is usable and whose every decision is the common what-if (capped ε-greedy from its
+own scores, unshielded) is replayed at once from its columns instead (:mod:`evaluators.replay.columnar`).
 
 Decisions that explored outside the retrieved set (``DecisionEvent.retrieval.outside_share`` > 0) get their
 per-slot target propensities from :mod:`evaluators.replay.outside` (outside slots ``q / #left outside``, inside
