@@ -286,3 +286,18 @@ def test_companions_give_the_full_records_table_and_rescorings(scored_log: Score
     assert table.equals(reference)
     assert stats.read.companions == len(segments) - len(damaged)
     assert stats.columnar_segments == (len(segments) - len(damaged) if shield == "none" else 0)
+
+
+def test_a_log_of_several_streams_keeps_the_per_record_path(scored_log: ScoredLog, tmp_path: Path) -> None:
+    """Two workers' streams merge record by record in time order, which a whole segment's rows cannot follow: the
+    columnar companions are not used there, and the table is re-scoring's all the same."""
+    data_dir = tmp_path / "streams"
+    shutil.copytree(scored_log.data_dir / "models", data_dir / "models")
+    records = list(iter_records(scored_log.data_dir / "logs"))
+    for k in (1, 2):
+        with LogWriter(data_dir / "logs" / f"worker-{k}", rotate_bytes=64 << 10) as writer:
+            for record in records[k - 1::2]:
+                writer.submit(record)
+    assert list((data_dir / "logs" / "worker-1").glob("*.whatcol"))
+    fast, stats, slow, _ = _both(scored_log, "logged@cap=0.2", data_dir, shield="none")
+    assert fast.equals(slow) and stats.columnar_segments == 0 and stats.read.companions > 0
