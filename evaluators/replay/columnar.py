@@ -17,6 +17,7 @@ key; its segments keep the per-record path (docs/operations.md "What-if companio
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -200,13 +201,23 @@ def located_or_frames(log_dir: Path, stats: ReadStats, replayer: ColumnarReplay)
         yield from iter_located(log_dir, stats=stats, entry_type=ReplayEntry, record_type=ReplayRecord)
         return
     name, segments = streams[0]
-    for path in segments:
-        columns = read_columnar(path)
-        frames = replayer.frames(columns) if columns is not None else None
-        if frames is not None:
-            yield frames, None
-        else:
-            yield from segment_located(path, stats, entry_type=ReplayEntry, record_type=ReplayRecord, stream=name)
+    if not segments:
+        return
+    # The next segment's columns are read (file, CRC32, Arrow decoding: all without the GIL) while this one is replayed.
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whatif-columns")
+    try:
+        ahead = reader.submit(read_columnar, segments[0])
+        for i, path in enumerate(segments):
+            columns = ahead.result()
+            if i + 1 < len(segments):
+                ahead = reader.submit(read_columnar, segments[i + 1])
+            frames = replayer.frames(columns) if columns is not None else None
+            if frames is not None:
+                yield frames, None
+            else:
+                yield from segment_located(path, stats, entry_type=ReplayEntry, record_type=ReplayRecord, stream=name)
+    finally:
+        reader.shutdown(wait=False, cancel_futures=True)
 
 
 __all__ = ["ColumnarReplay", "SegmentFrames", "located_or_frames"]
