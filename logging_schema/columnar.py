@@ -18,12 +18,14 @@ computes it with numpy (:mod:`evaluators.replay.columnar`)::
         3  the decisions' candidate scores, concatenated: little-endian float64, ``n_scores`` per decision
         4  every other record (outcomes, gaps), whole (Arrow IPC stream): record, payload (the serialized LogRecord)
 
-Written and trusted as the row companion is: the writer gathers a closed segment's values while it writes the
-segment (one tuple a record, ~5 µs of attribute reads) and packs them once, when it seals the segment (temporary
-name, fsync, rename). A reader uses it only when it is complete and consistent - magic and version ours, every frame
-intact, the seal naming this segment at its current size, and the frames' row counts adding up to the seal's records
-- and otherwise reads that segment as before (row companion, else the segment itself). Readers that predate it list
-neither companion; ``remove_segment`` deletes it with its segment.
+Written and trusted as the row companion is: when the writer seals a segment, it converts the row companion's
+entries (already in memory) to these columns in one pass and writes them after the row companion (temporary name,
+fsync, rename) - cheaper for the writer than gathering the values record by record as they are written (both were
+measured: docs/benchmarks.md "What-if replay", writer CPU per record). A reader uses it only when it is complete and
+consistent - magic and version ours, every frame intact, the seal naming this segment at its current size, and the
+frames' row counts adding up to the seal's records - and otherwise reads that segment as before (row companion,
+else the segment itself). Readers that predate it list neither companion; ``remove_segment`` deletes it with its
+segment. A writer that crashes before the rename leaves a temporary file its successor deletes (``remove_partial``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import polars as pl
 from google.protobuf.message import DecodeError
 
 from logging_schema.segments import FRAME_HEADER, FRAME_HEADER_BYTES
-from logging_schema.views import ReplayRecord
+from logging_schema.views import ReplayEntry
 from recsys_rl.logging.v1.events_pb2 import CompanionSeal, LongTermState
 
 SUFFIX = ".whatcol"
@@ -62,11 +64,6 @@ _DECISION_SCHEMA: dict[str, pl.DataType] = {
 _SLOT_SCHEMA: dict[str, pl.DataType] = {"item_id": pl.String(), "position": pl.Int32(), "propensity": pl.Float64(),
                                         "candidate_index": pl.Int32()}
 _OTHER_SCHEMA: dict[str, pl.DataType] = {"record": pl.Int32(), "payload": pl.Binary()}
-_PER_DECISION = tuple(_DECISION_SCHEMA)[1:-3]  # the row tuple's leading values, in this order (record comes from add)
-
-# One record's values (``row_of``): ("d", per-decision values, scores bytes, [(item id, position, propensity, candidate
-# index) per slot]) for a decision, ("o", payload) for any other record.
-Row = tuple
 
 
 def columnar_path(segment: Path) -> Path:
@@ -74,54 +71,47 @@ def columnar_path(segment: Path) -> Path:
     return Path(segment).with_suffix(SUFFIX)
 
 
-def row_of(record: bytes, n_candidates: int) -> Row:
-    """One record's columnar values from ``record``, the record as its row companion keeps it (for a decision: no
-    context and candidates; parsed again through the replay view, ~1.5 kB, so the scores come as their packed bytes
-    instead of 100 Python floats)."""
-    message = ReplayRecord.FromString(record)
-    if message.WhichOneof("event") != "decision":
-        return ("o", record)
-    d = message.decision  # type: ignore[attr-defined]
-    at, x, long_term = d.served_at, d.exploration, d.long_term
-    slots = [(s.item_id, s.position, s.propensity, s.candidate_index) for s in d.slate]
-    scores = d.candidate_scores
-    return ("d", (d.event_id, d.user_id, d.surface, d.policy_version, d.baseline_version, d.shield_version,
-                  d.serving_mode, d.HasField("served_at"), at.seconds, at.nanos, x.algorithm, x.epsilon, x.temperature,
-                  x.gamma, x.cap, LongTermState.FromString(long_term).weight if long_term else 0.0,
-                  d.retrieval.outside_share, n_candidates, len(scores) // 8, len(slots)), scores, slots)
-
-
-class ColumnBuilder:
-    """The open segment's columns, a record at a time (``add``), packed once when it is sealed (``pack``)."""
-
-    def __init__(self) -> None:
-        self.records = 0
-        self._decisions: list[tuple] = []
-        self._decision_records: list[int] = []
-        self._scores: list[bytes] = []
-        self._slots: list[tuple[str, int, float, int]] = []
-        self._others: list[tuple[int, bytes]] = []
-
-    def add(self, row: Row) -> None:
-        if row[0] == "d":
-            self._decision_records.append(self.records)
-            self._decisions.append(row[1])
-            self._scores.append(row[2])
-            self._slots += row[3]
-        else:
-            self._others.append((self.records, row[1]))
-        self.records += 1
-
-    def pack(self, segment: Path, segment_bytes: int) -> list[bytes]:
-        """The companion's frames' payloads (module docstring), in order."""
-        columns = list(zip(*self._decisions)) if self._decisions else [[] for _ in _PER_DECISION + ("", "", "")]
-        decisions = pl.DataFrame([self._decision_records, *columns], schema=_DECISION_SCHEMA, orient="col")
-        slot_columns = list(zip(*self._slots)) if self._slots else [[] for _ in _SLOT_SCHEMA]
-        slots = pl.DataFrame(slot_columns, schema=_SLOT_SCHEMA, orient="col")
-        others = pl.DataFrame([[r for r, _ in self._others], [p for _, p in self._others]], schema=_OTHER_SCHEMA,
-                              orient="col")
-        seal = CompanionSeal(segment=Path(segment).name, segment_bytes=segment_bytes, records=self.records)
-        return [seal.SerializeToString(), _ipc(decisions), _ipc(slots), b"".join(self._scores), _ipc(others)]
+def columnar_frames(entries: list[bytes], segment: Path, segment_bytes: int) -> list[bytes]:
+    """The columnar companion's frames (module docstring), converted from the row companion's entries
+    (``companions.entry_bytes``) when the segment is sealed: one tight pass over records already in memory, which
+    costs the writer less than gathering the values record by record as they are written (docs/benchmarks.md)."""
+    decisions: list[tuple] = []  # tuples of scalars only: the cyclic GC untracks them
+    records: list[int] = []
+    scores: list[bytes] = []
+    items: list[str] = []
+    positions: list[int] = []
+    propensities: list[float] = []
+    indices: list[int] = []
+    others: list[tuple[int, bytes]] = []
+    parse, weight_of = ReplayEntry.FromString, LongTermState.FromString
+    for i, raw in enumerate(entries):
+        entry = parse(raw)
+        record = entry.record  # type: ignore[attr-defined]
+        if record.WhichOneof("event") != "decision":
+            others.append((i, record.SerializeToString()))
+            continue
+        d = record.decision
+        at, x, long_term, logged = d.served_at, d.exploration, d.long_term, d.candidate_scores
+        n_slots = 0
+        for slot in d.slate:
+            items.append(slot.item_id)
+            positions.append(slot.position)
+            propensities.append(slot.propensity)
+            indices.append(slot.candidate_index)
+            n_slots += 1
+        records.append(i)
+        scores.append(logged)
+        decisions.append((d.event_id, d.user_id, d.surface, d.policy_version, d.baseline_version, d.shield_version,
+                          d.serving_mode, d.HasField("served_at"), at.seconds, at.nanos, x.algorithm, x.epsilon,
+                          x.temperature, x.gamma, x.cap, weight_of(long_term).weight if long_term else 0.0,
+                          d.retrieval.outside_share, entry.candidate_count, len(logged) // 8, n_slots))
+    columns = list(zip(*decisions)) if decisions else [[] for _ in range(len(_DECISION_SCHEMA) - 1)]
+    seal = CompanionSeal(segment=Path(segment).name, segment_bytes=segment_bytes, records=len(entries))
+    return [seal.SerializeToString(),
+            _ipc(pl.DataFrame([records, *columns], schema=_DECISION_SCHEMA, orient="col")),
+            _ipc(pl.DataFrame([items, positions, propensities, indices], schema=_SLOT_SCHEMA, orient="col")),
+            b"".join(scores),
+            _ipc(pl.DataFrame([[r for r, _ in others], [p for _, p in others]], schema=_OTHER_SCHEMA, orient="col"))]
 
 
 def _ipc(frame: pl.DataFrame) -> bytes:
@@ -132,7 +122,7 @@ def _ipc(frame: pl.DataFrame) -> bytes:
 
 def write_columnar(segment: Path, frames: list[bytes], write: Callable[[int, bytes | memoryview], int],
                    fsync: Callable[[int], None]) -> int:
-    """Write ``segment``'s columnar companion (``ColumnBuilder.pack``'s frames) under a temporary name, fsync it and
+    """Write ``segment``'s columnar companion (``columnar_frames``) under a temporary name, fsync it and
     rename it; returns its size. Raises OSError, leaving none behind."""
     final = columnar_path(segment)
     tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
@@ -209,5 +199,5 @@ def read_columnar(segment: Path) -> SegmentColumns | None:
     return SegmentColumns(Path(segment), seal.records, len(data), decisions, slots, scores, others)
 
 
-__all__ = ["ColumnBuilder", "FORMAT_VERSION", "MAGIC", "SUFFIX", "SegmentColumns", "columnar_path", "read_columnar",
-           "row_of", "write_columnar"]
+__all__ = ["FORMAT_VERSION", "MAGIC", "SUFFIX", "SegmentColumns", "columnar_frames", "columnar_path", "read_columnar",
+           "write_columnar"]

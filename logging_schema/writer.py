@@ -72,7 +72,7 @@ from zlib import crc32
 
 from google.protobuf.message import Message
 
-from logging_schema.columnar import ColumnBuilder, Row, row_of, write_columnar
+from logging_schema.columnar import columnar_frames, write_columnar
 from logging_schema.companions import compact_record, entry_bytes, remove_partial, write_companion
 from logging_schema.segments import FRAME_HEADER, HEADER_BYTES, file_header, next_sequence, segment_name
 from recsys_rl.logging.v1.events_pb2 import LogRecord
@@ -234,10 +234,8 @@ class LogWriter:
         self._frames: deque[bytes | None] = deque()
         # Beside each held frame, the record as the segment's what-if companion keeps it and its candidate count
         # (None: no companion); the open segment's companion entries, None once it cannot have a companion.
-        # With it, the record's columnar values (None: that segment gets no columnar companion).
-        self._compacts: deque[tuple[bytes, int, Row | None] | None] = deque()
+        self._compacts: deque[tuple[bytes, int] | None] = deque()
         self._companion: list[bytes] | None = None
-        self._columns: ColumnBuilder | None = None
         self._segment_path: Path | None = None
         self._fd: int | None = None
         self._segment_bytes = 0
@@ -442,8 +440,7 @@ class LogWriter:
         compact = None
         if self.companions:  # a deferred record's message is the writer's own: it is stripped in place
             try:
-                record, count = compact_record(message, payload, owned=deferred)
-                compact = (record, count, row_of(record, count) if self.columnar else None)
+                compact = compact_record(message, payload, owned=deferred)
             except Exception:  # noqa: BLE001 - the record is logged all the same; its segment gets no companion
                 log.exception("what-if companion entry could not be built; the segment will have no companion")
         self._compacts.append(compact)
@@ -510,7 +507,7 @@ class LogWriter:
             log.error("could not truncate a torn record off %s (%s); continuing in a new segment",
                       segment_name(self._sequence - 1), _describe(exc))
             fd, self._fd = self._fd, None
-            self._companion = self._columns = None  # they would not match the abandoned segment's torn tail
+            self._companion = None  # it would not match the abandoned segment's torn tail
             try:
                 _fsync(fd)  # the complete records before the torn one are still worth keeping
             except OSError:
@@ -521,7 +518,7 @@ class LogWriter:
         """Drops the first ``records`` held entries, now written (or skipped: a None between good records); ``ends``:
         where each held entry's frame ends in the written buffer (its companion entry records where it starts)."""
         skipped = 0
-        companion, columns, base = self._companion, self._columns, self._segment_bytes
+        companion, base = self._companion, self._segment_bytes
         for i in range(records):
             frame, compact = self._frames.popleft(), self._compacts.popleft()
             skipped += frame is None
@@ -530,11 +527,6 @@ class LogWriter:
                     self._companion = companion = None
                 else:
                     companion.append(entry_bytes(compact[0], compact[1], base + (ends[i - 1] if i else 0)))
-            if frame is not None and columns is not None:
-                if compact is None or compact[2] is None:
-                    self._columns = columns = None
-                else:
-                    columns.add(compact[2])
         self._segment_bytes += size
         with self._lock:
             self._handled += records
@@ -589,7 +581,6 @@ class LogWriter:
         self._fd = fd
         self._segment_path = path
         self._companion = [] if self.companions else None
-        self._columns = ColumnBuilder() if self.columnar else None
         self._sequence += 1
         self._segment_bytes = len(header)
         self._segment_opened = time.monotonic()
@@ -612,13 +603,12 @@ class LogWriter:
         """Write the closed segment's what-if companion; a failure is counted and logged, never fatal: the segment
         is the log, and readers read it whole when its companion is missing."""
         entries, self._companion = self._companion, None
-        columns, self._columns = self._columns, None
         if entries is None or self._segment_path is None:
             return
         try:
             write_companion(self._segment_path, self._segment_bytes, entries, _write, _fsync)
-            if columns is not None:  # after the row companion: a reader that finds the columns finds both
-                write_columnar(self._segment_path, self._packed(columns), _write, _fsync)
+            if self.columnar:  # from the row companion's entries, after it: a reader that finds the columns finds both
+                write_columnar(self._segment_path, self._packed(entries), _write, _fsync)
         except OSError as exc:
             with self._lock:
                 self._companion_errors += 1
@@ -630,11 +620,11 @@ class LogWriter:
             with self._lock:
                 self._companions += 1
 
-    def _packed(self, columns: ColumnBuilder) -> list[bytes]:
+    def _packed(self, entries: list[bytes]) -> list[bytes]:
         """The columnar companion's frames; a failure to pack them (not expected) is an OSError to the caller, so it
         is counted as a companion that could not be written, never the end of the writer thread."""
         try:
-            return columns.pack(self._segment_path, self._segment_bytes)  # type: ignore[arg-type]
+            return columnar_frames(entries, self._segment_path, self._segment_bytes)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - see the docstring
             log.exception("columnar what-if companion could not be packed")
             raise OSError(errno.EIO, f"columnar companion not packed: {exc}") from exc
