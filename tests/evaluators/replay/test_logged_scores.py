@@ -301,3 +301,14 @@ def test_a_log_of_several_streams_keeps_the_per_record_path(scored_log: ScoredLo
     assert list((data_dir / "logs" / "worker-1").glob("*.whatcol"))
     fast, stats, slow, _ = _both(scored_log, "logged@cap=0.2", data_dir, shield="none")
     assert fast.equals(slow) and stats.columnar_segments == 0 and stats.read.companions > 0
+
+
+def test_columns_keep_since_and_count_what_they_skip(scored_log: ScoredLog, tmp_path: Path) -> None:
+    """``since`` on segments replayed from their columns: the same decisions kept and skipped as re-scoring."""
+    total = sum(p.stat().st_size for p in (scored_log.data_dir / "logs").glob("events-*.seg"))
+    data_dir = _segmented_copy(scored_log, tmp_path / "since", total // 6)
+    served = sorted(e.served_at.ToMicroseconds() for e in read_log(data_dir / "logs").decisions)
+    since = served[150] / 1e6
+    fast, stats, slow, slow_stats = _both(scored_log, "logged@cap=0.2", data_dir, shield="none", since=since)
+    assert fast.equals(slow) and stats.columnar_segments == stats.read.segments
+    assert stats.before_since == slow_stats.before_since > 0 and stats.decisions == slow_stats.decisions
