@@ -18,10 +18,11 @@ computes it with numpy (:mod:`evaluators.replay.columnar`)::
         3  the decisions' candidate scores, concatenated: little-endian float64, ``n_scores`` per decision
         4  every other record (outcomes, gaps), whole (Arrow IPC stream): record, payload (the serialized LogRecord)
 
-Written and trusted as the row companion is: when the writer seals a segment, it converts the row companion's
-entries (already in memory) to these columns in one pass and writes them after the row companion (temporary name,
-fsync, rename) - cheaper for the writer than gathering the values record by record as they are written (both were
-measured: docs/benchmarks.md "What-if replay", writer CPU per record). A reader uses it only when it is complete and
+Written and trusted as the row companion is: when the writer seals a segment, a helper thread converts the row
+companion's entries (already in memory) to these columns in one pass and writes them after the row companion
+(temporary name, fsync, rename) - cheaper than gathering the values record by record as they are written (both were
+measured: docs/benchmarks.md "What-if replay", writer CPU per record), and off the writer's thread, where a burst of
+Python held up the records queued behind it while serving threads kept the GIL busy. A reader uses it only when it is complete and
 consistent - magic and version ours, every frame intact, the seal naming this segment at its current size, and the
 frames' row counts adding up to the seal's records - and otherwise reads that segment as before (row companion,
 else the segment itself). Readers that predate it list neither companion; ``remove_segment`` deletes it with its
