@@ -242,7 +242,7 @@ def run(decisions: int, candidates: int, slate_size: int, repeats: int) -> None:
           f"common what-if (own model version and λ, capped ε-greedy, no shield active, no outside exploration, finite "
           f"scores, no item twice) at once from its columnar companion (`evaluators.replay.columnar`); other segments, "
           f"and logs of several streams (`serve --workers N`), take the per-record path through the row companions "
-          f"(13× in the previous run of this section).")
+          f"(13.0× in this section's run before the columnar companions, 2026-12-05 13:09 UTC).")
     print(f"\nLog size: segments {segment_bytes / decisions:,.0f} B per decision; row companions "
           f"{companion_bytes / decisions:,.0f} B per decision beside them (+{companion_bytes / segment_bytes * 100:.1f}%), "
           f"columnar companions {columnar_bytes / decisions:,.0f} B (+{columnar_bytes / segment_bytes * 100:.1f}%); "

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import logging_schema.writer as writer_module
 from logging_schema.columnar import columnar_path, read_columnar
 from logging_schema.companions import remove_segment
 from logging_schema.reader import iter_records
@@ -55,3 +56,16 @@ def test_writer_without_columns_or_companions_writes_none(tmp_path: Path) -> Non
     _write(tmp_path / "none", _records(10), companions=False)
     assert not list((tmp_path / "rows").glob("*.whatcol")) and list((tmp_path / "rows").glob("*.whatif"))
     assert not list((tmp_path / "none").glob("*.what*"))
+
+
+def test_columns_that_cannot_be_made_are_counted_and_the_log_is_whole(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(entries: list[bytes], segment: Path, segment_bytes: int) -> list[bytes]:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer_module, "columnar_frames", fail)
+    writer = _write(tmp_path, _records(20))
+    segments = list_segments(tmp_path)
+    assert writer.stats().companion_errors == len(segments) and writer.stats().unwritten == 0
+    assert not list(tmp_path.glob("*.whatcol")) and not list(tmp_path.glob(".tmp-*"))
+    assert len(list(iter_records(tmp_path))) == 41  # 20 decisions, 20 outcomes, 1 gap
