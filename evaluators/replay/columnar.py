@@ -30,7 +30,8 @@ from evaluators.replay.shield import ReplayShield
 from evaluators.replay.targets import BASELINE_SERVED, TargetPolicy
 from logging_schema.columnar import SegmentColumns, read_columnar
 from logging_schema.companions import Located, iter_located, segment_located
-from logging_schema.reader import ReadStats, _log_streams, gap_of
+from logging_schema.reader import ReadStats, gap_of
+from logging_schema.segments import list_segments, list_streams, stream_name
 from logging_schema.tables import DECISION_SCHEMA, SERVING_MODE_NAMES, outcomes_frame
 from logging_schema.views import ReplayEntry, ReplayRecord
 
@@ -196,11 +197,11 @@ def located_or_frames(log_dir: Path, stats: ReadStats, replayer: ColumnarReplay)
         SegmentFrames, None]]:
     """``companions.iter_located``'s records, except that a segment the columns replay at once comes as one
     ``(SegmentFrames, None)`` in its place (a one-stream log; module docstring)."""
-    streams = _log_streams(log_dir)
-    if len(streams) != 1:
+    streams = [log_dir] if Path(log_dir).is_file() else list_streams(log_dir)
+    if len(streams) != 1 or Path(log_dir).is_file():
         yield from iter_located(log_dir, stats=stats, entry_type=ReplayEntry, record_type=ReplayRecord)
         return
-    name, segments = streams[0]
+    name, segments = stream_name(log_dir, streams[0]), list_segments(streams[0])
     if not segments:
         return
     # The next segment's columns are read (file, CRC32, Arrow decoding: all without the GIL) while this one is replayed.
