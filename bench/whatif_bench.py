@@ -17,7 +17,8 @@
    the profiled total; profiling inflates the parts that make many small calls, so the shares are indicative).
 5. What the companions cost: their bytes per decision beside the segments', and the log writer's CPU per record
    (process CPU time from the first submit to close, over the same 5,000 decision records built as serving builds
-   them - ``views.WireRecord``, deferred - into a fresh log), with and without companions, alternating; medians.
+   them - ``views.WireRecord``, deferred - into a fresh log): without companions, with the row companion alone, and
+   with the row and columnar ones (logging_schema.columnar), alternating; medians.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import numpy as np
 
 from bench.replay_bench import Args as ServeArgs, serve
 from evaluators.replay.run import ReplayStats, replay
+from logging_schema.columnar import columnar_path, read_columnar
 from logging_schema.companions import SUFFIX, iter_located
 from logging_schema.reader import iter_records
 from logging_schema.segments import log_segments
@@ -77,32 +79,45 @@ def _read_companions_seconds(data_dir: Path) -> float:
     return time.perf_counter() - started
 
 
-def _file_bytes(data_dir: Path) -> tuple[int, int]:
-    """Bytes of the log's segments, and of their companions."""
+def _read_columnar_seconds(data_dir: Path) -> float:
+    """Reading every segment's columnar companion (file, CRC32, Arrow decoding): the columnar path's floor."""
+    started = time.perf_counter()
+    for segment in log_segments(data_dir / "logs"):
+        read_columnar(segment)
+    return time.perf_counter() - started
+
+
+def _file_bytes(data_dir: Path) -> tuple[int, int, int]:
+    """Bytes of the log's segments, of their row companions and of their columnar companions."""
     segments = log_segments(data_dir / "logs")
-    companions = [p.with_suffix(SUFFIX) for p in segments if p.with_suffix(SUFFIX).is_file()]
-    return sum(p.stat().st_size for p in segments), sum(p.stat().st_size for p in companions)
+    row = [p.with_suffix(SUFFIX) for p in segments if p.with_suffix(SUFFIX).is_file()]
+    columnar = [columnar_path(p) for p in segments if columnar_path(p).is_file()]
+    return (sum(p.stat().st_size for p in segments), sum(p.stat().st_size for p in row),
+            sum(p.stat().st_size for p in columnar))
 
 
-def _writer_cpu_us(data_dir: Path, sample: int, repeats: int) -> tuple[float, float, int]:
-    """Median log-writer CPU µs per decision record (process CPU, first submit to close), without and with companions.
+def _writer_cpu_us(data_dir: Path, sample: int, repeats: int) -> tuple[float, float, float, int]:
+    """Median log-writer CPU µs per decision record (process CPU, first submit to close): without companions, with
+    the row companion alone, and with both (row and columnar).
 
     The payloads are parsed into WireRecords up front (serving builds them on the writer's thread from the request
     it holds, as bytes already; here building is a list lookup), so what is timed is the writer's own work."""
     payloads = [r.SerializeToString() for r, _ in zip(
         (r for r in iter_records(data_dir / "logs") if r.WhichOneof("event") == "decision"), range(sample))]
-    samples: dict[bool, list[float]] = {False: [], True: []}
+    variants = ((False, False), (True, False), (True, True))  # (companions, columnar)
+    samples: dict[tuple[bool, bool], list[float]] = {v: [] for v in variants}
     for run in range(repeats):
-        for companions in (False, True):
+        for companions, columnar in variants:
             messages = [WireRecord.FromString(p) for p in payloads]
             with tempfile.TemporaryDirectory(prefix="whatif_writer_", dir=data_dir) as out:
                 started = time.process_time()
-                writer = LogWriter(Path(out), companions=companions, rotate_bytes=16 << 20)
+                writer = LogWriter(Path(out), companions=companions, columnar=columnar, rotate_bytes=16 << 20)
                 for message in messages:
                     writer.submit(DeferredRecord(lambda m=message: m))
                 writer.close()
-                samples[companions].append((time.process_time() - started) / len(messages) * 1e6)
-    return statistics.median(samples[False]), statistics.median(samples[True]), len(payloads)
+                samples[(companions, columnar)].append((time.process_time() - started) / len(messages) * 1e6)
+    none, row, both = (statistics.median(samples[v]) for v in variants)
+    return none, row, both, len(payloads)
 
 
 def _log_bytes(data_dir: Path, sample: int) -> tuple[float, float, list[float]]:
@@ -135,7 +150,9 @@ def _logging_cost_us(scores: list[float], repeats: int = 20_000) -> float:
 # Stages of a replay from companions, by the functions that do them (module file, function name); the loop's own
 # time is _replay_pass's self time.
 _STAGES = (
-    ("reading and parsing the companions (`iter_located`)", (("companions.py", "iter_located"),)),
+    ("replaying whole segments from their columnar companions (`read_columnar`, `ColumnarReplay.frames`)",
+     (("columnar.py", "read_columnar"), ("columnar.py", "frames"))),
+    ("reading and parsing row companions (`segment_located`)", (("companions.py", "segment_located"),)),
     ("appending each decision's slots and columns (`DecisionColumns.add`)", (("columns.py", "add"),)),
     ("resolving each decision's target policy (`policy_for`, shield, `_reusable_raw`, `batchable`, outside check)",
      (("targets.py", "policy_for"), ("shield.py", "policy"), ("run.py", "_reusable_raw"), ("batched.py", "batchable"),
@@ -173,7 +190,7 @@ def run(decisions: int, candidates: int, slate_size: int, repeats: int) -> None:
         data_dir = Path(tmp)
         serving_s = serve(data_dir, config, ServeArgs(decisions=decisions, candidates=candidates,
                                                       slate_size=slate_size))
-        rescore, logged, companion, reading, reading_companions = [], [], [], [], []
+        rescore, logged, companion, reading, reading_companions, reading_columns = [], [], [], [], [], []
         differing = None
         for _ in range(repeats):
             seconds, slow = _replay_seconds(data_dir, config, False, decisions)
@@ -184,6 +201,7 @@ def run(decisions: int, candidates: int, slate_size: int, repeats: int) -> None:
             companion.append(seconds)
             reading.append(_read_seconds(data_dir))
             reading_companions.append(_read_companions_seconds(data_dir))
+            reading_columns.append(_read_columnar_seconds(data_dir))
             if not (fast.equals(full) and fast.equals(slow)):  # type: ignore[attr-defined]
                 raise RuntimeError("the three replay paths gave different tables")
             differing = int((fast["target_pscore"] != slow["target_pscore"]).sum())  # type: ignore[index]
@@ -191,12 +209,13 @@ def run(decisions: int, candidates: int, slate_size: int, repeats: int) -> None:
         assert differing is not None
         before, after, scores = _log_bytes(data_dir, 5_000)
         cost_us = _logging_cost_us(scores)
-        segment_bytes, companion_bytes = _file_bytes(data_dir)
-        cpu_without, cpu_with, cpu_records = _writer_cpu_us(data_dir, 5_000, repeats)
+        segment_bytes, companion_bytes, columnar_bytes = _file_bytes(data_dir)
+        cpu_without, cpu_with, cpu_both, cpu_records = _writer_cpu_us(data_dir, 5_000, repeats)
         profiled, stages = _profile(data_dir, config)
 
     slow_s, full_s, fast_s = statistics.median(rescore), statistics.median(logged), statistics.median(companion)
     read_s, read_c_s = statistics.median(reading), statistics.median(reading_companions)
+    read_col_s = statistics.median(reading_columns)
     rank_us = serving_s / decisions * 1e6
     print(f"`replay --policy {SPEC}` on {decisions:,} served decisions, {candidates} candidates, slate {slate_size}, "
           f"ε-greedy (median of {repeats} alternating runs each; {platform.python_implementation()} "
@@ -213,17 +232,28 @@ def run(decisions: int, candidates: int, slate_size: int, repeats: int) -> None:
           f"| {decisions / fast_s:,.0f} | **{slow_s / fast_s:.1f}×** |")
     print(f"| reading the full records alone (no replay: that path's floor) | {read_s:.2f} | {decisions / read_s:,.0f} "
           f"| {slow_s / read_s:.1f}× |")
-    print(f"| reading the companions alone (no replay: their floor) | {read_c_s:.2f} | {decisions / read_c_s:,.0f} "
+    print(f"| reading the row companions alone (no replay) | {read_c_s:.2f} | {decisions / read_c_s:,.0f} "
           f"| {slow_s / read_c_s:.1f}× |")
-    print(f"\nLog size: segments {segment_bytes / decisions:,.0f} B per decision; companions "
-          f"{companion_bytes / decisions:,.0f} B per decision beside them (+{companion_bytes / segment_bytes * 100:.1f}%; "
-          f"with them {(segment_bytes + companion_bytes) / decisions:,.0f} B). Log-writer CPU per decision record "
-          f"({cpu_records:,} records, median of {repeats}): {cpu_without:.1f} µs without companions, {cpu_with:.1f} µs with "
-          f"(+{cpu_with - cpu_without:.1f} µs, {(cpu_with - cpu_without) / rank_us * 100:.2f}% of the in-process Rank "
-          f"mean).")
+    print(f"| reading the columnar companions alone (no replay: the default path's floor) | {read_col_s:.2f} "
+          f"| {decisions / read_col_s:,.0f} | {slow_s / read_col_s:.1f}× |")
+    ratio = slow_s / fast_s
+    print(f"\nGoal (issue 11, Measure): `logged@cap=X` replay ≥ 25× re-scoring on the same decisions: {ratio:.1f}×, "
+          f"{'met' if ratio >= 25 else 'not met'}. The default path replays each segment whose every decision is the "
+          f"common what-if (own model version and λ, capped ε-greedy, no shield active, no outside exploration, finite "
+          f"scores, no item twice) at once from its columnar companion (`evaluators.replay.columnar`); other segments, "
+          f"and logs of several streams (`serve --workers N`), take the per-record path through the row companions "
+          f"(13.0× in this section's run before the columnar companions, 2026-12-05 13:09 UTC).")
+    print(f"\nLog size: segments {segment_bytes / decisions:,.0f} B per decision; row companions "
+          f"{companion_bytes / decisions:,.0f} B per decision beside them (+{companion_bytes / segment_bytes * 100:.1f}%), "
+          f"columnar companions {columnar_bytes / decisions:,.0f} B (+{columnar_bytes / segment_bytes * 100:.1f}%); "
+          f"with both {(segment_bytes + companion_bytes + columnar_bytes) / decisions:,.0f} B. Log-writer CPU per "
+          f"decision record ({cpu_records:,} records, median of {repeats}): {cpu_without:.1f} µs without companions, "
+          f"{cpu_with:.1f} µs with the row companion (+{cpu_with - cpu_without:.1f} µs), {cpu_both:.1f} µs with both "
+          f"(+{cpu_both - cpu_without:.1f} µs, {(cpu_both - cpu_without) / rank_us * 100:.2f}% of the in-process Rank "
+          f"mean; the columnar one alone +{cpu_both - cpu_with:.1f} µs).")
     print(f"\nWhere a replay from companions spends its time (one run under cProfile, {profiled:.2f} s profiled; "
-          f"shares of that, indicative: profiling inflates the parts made of many small calls). The companions' own "
-          f"floor is {read_c_s / fast_s * 100:.0f}% of the unprofiled replay; the rest is Python per decision:\n")
+          f"shares of that, indicative: profiling inflates the parts made of many small calls). Reading the columnar "
+          f"companions is {read_col_s / fast_s * 100:.0f}% of the unprofiled replay:\n")
     print("| stage | share |")
     print("|---|---|")
     for stage, seconds in stages:

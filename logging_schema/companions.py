@@ -49,6 +49,7 @@ from typing import NamedTuple
 
 from google.protobuf.message import DecodeError, Message
 
+from logging_schema.columnar import SUFFIX as COLUMNAR_SUFFIX, columnar_path
 from logging_schema.reader import (
     ReadStats, _iter_segment, _log_streams, _scanned, gap_of, merge_streams, record_time_us,
 )
@@ -85,8 +86,9 @@ _RECORD_TAG, _COUNT_TAG, _OFFSET_TAG = _tag("record", 2), _tag("candidate_count"
 def remove_partial(log_dir: Path) -> None:
     """Delete companions a crashed writer left half-written (temporary names) in ``log_dir``; its new writer calls
     this once it holds the directory's lock, so no companion is being written there."""
-    for path in Path(log_dir).glob(f"{_TMP_PREFIX}*{SUFFIX}"):
-        path.unlink(missing_ok=True)
+    for suffix in (SUFFIX, COLUMNAR_SUFFIX):
+        for path in Path(log_dir).glob(f"{_TMP_PREFIX}*{suffix}"):
+            path.unlink(missing_ok=True)
 
 
 def companion_path(segment: Path) -> Path:
@@ -95,7 +97,8 @@ def companion_path(segment: Path) -> Path:
 
 
 def remove_segment(segment: Path) -> None:
-    """Delete a segment and its companion (the companion first: it is never read without its segment anyway)."""
+    """Delete a segment and its companions (they first: neither is read without its segment anyway)."""
+    columnar_path(segment).unlink(missing_ok=True)
     companion_path(segment).unlink(missing_ok=True)
     Path(segment).unlink(missing_ok=True)
 

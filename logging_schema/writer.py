@@ -65,6 +65,7 @@ import os
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,7 @@ from zlib import crc32
 
 from google.protobuf.message import Message
 
+from logging_schema.columnar import columnar_frames, write_columnar
 from logging_schema.companions import compact_record, entry_bytes, remove_partial, write_companion
 from logging_schema.segments import FRAME_HEADER, HEADER_BYTES, file_header, next_sequence, segment_name
 from recsys_rl.logging.v1.events_pb2 import LogRecord
@@ -170,6 +172,7 @@ class LogWriter:
         fsync_interval_s: float = 0.2,
         max_queue: int = 100_000,
         companions: bool = True,
+        columnar: bool = True,
     ) -> None:
         if rotate_bytes <= 0:
             raise ValueError(f"rotate_bytes: must be positive, got {rotate_bytes}")
@@ -185,6 +188,7 @@ class LogWriter:
         self.fsync_interval_s = fsync_interval_s
         self.max_queue = max_queue
         self.companions = companions
+        self.columnar = companions and columnar  # the columnar companion (logging_schema.columnar) beside the row one
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._acquire_dir_lock()
@@ -233,6 +237,7 @@ class LogWriter:
         # (None: no companion); the open segment's companion entries, None once it cannot have a companion.
         self._compacts: deque[tuple[bytes, int] | None] = deque()
         self._companion: list[bytes] | None = None
+        self._columnar_jobs: ThreadPoolExecutor | None = None  # converts sealed segments' companions to columns
         self._segment_path: Path | None = None
         self._fd: int | None = None
         self._segment_bytes = 0
@@ -385,6 +390,9 @@ class LogWriter:
             with self._lock:
                 self._failure = exc
         finally:
+            if self._columnar_jobs is not None:  # the last segments' columns, done before the thread ends
+                late = self._past_close_deadline()  # then what has not started is dropped: readers go record by record
+                self._columnar_jobs.shutdown(wait=not late, cancel_futures=late)
             if self._fd is not None:  # gave up or failed: close without trusting fsync
                 fd, self._fd = self._fd, None
                 try:
@@ -604,6 +612,10 @@ class LogWriter:
             return
         try:
             write_companion(self._segment_path, self._segment_bytes, entries, _write, _fsync)
+            if self.columnar:  # from its entries, after it (a reader that finds the columns finds both), aside
+                if self._columnar_jobs is None:
+                    self._columnar_jobs = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log-columnar")
+                self._columnar_jobs.submit(self._write_columnar, self._segment_path, self._segment_bytes, entries)
         except OSError as exc:
             with self._lock:
                 self._companion_errors += 1
@@ -614,6 +626,21 @@ class LogWriter:
         else:
             with self._lock:
                 self._companions += 1
+
+    def _write_columnar(self, segment: Path, segment_bytes: int, entries: list[bytes]) -> None:
+        """Convert a sealed segment's row companion entries to its columnar companion and write it, on its own
+        thread: the conversion is a burst of Python (~15 µs a record), and on the writer's thread it held up the
+        records queued behind it whenever serving threads kept the GIL busy. A failure is counted and logged, as for
+        the row companion; readers then replay that segment record by record."""
+        try:
+            write_columnar(segment, columnar_frames(entries, segment, segment_bytes), _write, _fsync)
+        except Exception as exc:  # noqa: BLE001 - never fatal: the segment and its row companion are the log
+            with self._lock:
+                self._companion_errors += 1
+                count = self._companion_errors
+            if count == 1 or count % 100 == 0:
+                log.warning("columnar what-if companion of %s not written (%s); replay reads that segment record by "
+                            "record (%d so far)", segment.name, exc, count)
 
     # ------------------------------------------------------------------------------ write errors
 

@@ -30,8 +30,10 @@ from tests.logging_schema.builders import BASE_US, set_micros
 
 WORKERS = 3
 TORN_WORKER = 2
+# No decision budget to speak of: a Rank slowed past 25 ms (a garbage collection on a loaded machine) would be served
+# by the baseline, and the tests that replay these logs from logged scores expect every decision learned.
 CONFIG = ServiceConfig(surfaces={
-    "default": SurfaceConfig(exploration_cap=0.2, exploration=ExplorationConfig(epsilon=1.0)),
+    "default": SurfaceConfig(exploration_cap=0.2, exploration=ExplorationConfig(epsilon=1.0), decision_budget_ms=1e6),
 })
 
 

@@ -29,6 +29,8 @@ The table is the one re-scoring gives (``logged_scores=False``; tests/evaluators
 Such a replay reads each closed segment's what-if companion (:mod:`logging_schema.companions`: the records without
 the decisions' context and candidates, ~8% of the bytes) when it is complete and consistent, and a decision's full
 record, at its offset in the segment, only when it must be re-scored or shielded; the table is the same either way.
+A segment whose columnar companion is usable and whose every decision is the common what-if (capped ε-greedy from its
+own scores, unshielded) is replayed at once from its columns instead (:mod:`evaluators.replay.columnar`).
 
 Decisions that explored outside the retrieved set (``DecisionEvent.retrieval.outside_share`` > 0) get their
 per-slot target propensities from :mod:`evaluators.replay.outside` (outside slots ``q / #left outside``, inside
@@ -70,6 +72,7 @@ from recsys_rl.serving.decision import (
 from recsys_rl.serving.exploration import Explorer, slate_propensities
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from evaluators.replay.batched import PendingBatch, batchable
+from evaluators.replay.columnar import ColumnarReplay, SegmentFrames, located_or_frames
 from evaluators.replay.columns import DecisionColumns
 from evaluators.replay.embedding import (
     EmbeddingSpec, PolicyScores, embedding_frame, feature_labeller, iter_decisions, kmeans_labeller,
@@ -98,6 +101,7 @@ class ReplayStats:
     # re-scoring), and those the target scored afresh (another version, baseline/uniform, or no logged scores).
     from_logged_scores: int = 0
     rescored: int = 0
+    columnar_segments: int = 0  # segments replayed at once from their columnar companions (evaluators.replay.columnar)
     support_violations: int = 0  # rows with target_pscore > 0 but pscore 0
     # Decisions of this surface the server answered while its log could not take records (LogGap records): they are
     # not in the log, so the table does not cover them; ``gaps`` is how many gap records named the surface.
@@ -259,7 +263,9 @@ def replay(
 
     with tempfile.TemporaryDirectory(prefix="recsys_rl_replay_") as scratch:
         candidates = CandidateRows(Path(scratch)) if reward_model else None
-        records = log_records(log_dir, stats, located=logged_scores and companions and candidates is None)
+        located = logged_scores and companions and candidates is None
+        columnar = ColumnarReplay(surface, target, shields, since, stats) if located else None
+        records = log_records(log_dir, stats, located=located, columnar=columnar)
         decisions, outcomes = _replay_pass(records, surface, target, stats, candidates, progress, since, shields,
                                            logged_scores)
         if not decisions:
@@ -325,13 +331,18 @@ def _cyclic_gc_paused() -> Iterator[None]:
 Located = tuple[object, InSegment | None]
 
 
-def log_records(log_dir: Path, stats: ReplayStats, *, located: bool) -> Iterator[Located]:
+def log_records(log_dir: Path, stats: ReplayStats, *, located: bool,
+                columnar: ColumnarReplay | None = None) -> Iterator[Located | tuple[SegmentFrames, None]]:
     """The log's records as ``_replay_pass`` takes them, all streams as one log (``reader.iter_records``' order).
 
     ``located``: read each segment's what-if companion where it has a complete one (no features:
     logging_schema.companions) and a decision's full record only when it needs it - for a logged-score replay;
     the reward model reads every decision's features, and re-scoring every decision gains nothing from it.
+    ``columnar`` (with ``located``): a segment with a columnar companion whose every decision is the common what-if
+    comes whole, as SegmentFrames (evaluators.replay.columnar: computed with numpy, the rows the loop would give).
     """
+    if located and columnar is not None:
+        return located_or_frames(log_dir, stats.read, columnar)
     if located:
         return iter_located(log_dir, stats=stats.read, entry_type=ReplayEntry, record_type=ReplayRecord)
     return ((record, None) for record in iter_records(log_dir, stats=stats.read, record_type=ReplayRecord))
@@ -352,7 +363,7 @@ def wanted_outcome(outcome: object, surface: str) -> bool:
 
 
 def _replay_pass(
-    records: Iterable[Located], surface: str, target: TargetPolicy, stats: ReplayStats,
+    records: Iterable[Located | tuple[SegmentFrames, None]], surface: str, target: TargetPolicy, stats: ReplayStats,
     candidates: CandidateRows | None, progress: bool, since_s: float | None, shields: ReplayShield,
     logged_scores: bool = True,
 ) -> tuple[list[pl.DataFrame], list[pl.DataFrame]]:
@@ -428,6 +439,12 @@ def _replay_pass(
                mininterval=0.5)
     with bar, _cyclic_gc_paused():
         for record, located in records:
+            if isinstance(record, SegmentFrames):  # already replayed: its rows go after those read before it
+                flush()
+                decision_chunks += [record.decisions] if record.decisions is not None else []
+                outcome_chunks += [record.outcomes] if record.outcomes is not None else []
+                bar.update(record.n_decisions)
+                continue
             kind = record.WhichOneof("event")
             if kind == "outcome":
                 if wanted_outcome(record.outcome, surface):

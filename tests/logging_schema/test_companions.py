@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -97,8 +98,11 @@ def test_open_segment_and_writer_without_companions_are_read_whole(tmp_path: Pat
     assert not list((tmp_path / "off").glob("*.whatif"))
 
 
-def _damage_cases(segments: list[Path]) -> dict[str, Path]:
-    """Each way a companion can be unusable, applied to a different segment; returns the segments damaged."""
+def _damage_cases(segments: list[Path], companion_path: Callable[[Path], Path] = companion_path,
+                  grow: bool = True) -> dict[str, Path]:
+    """Each way a companion can be unusable, applied to a different segment; returns the segments damaged.
+    ``companion_path``: which companion (row, or columnar: logging_schema.columnar.columnar_path); ``grow=False``
+    leaves the fourth segment as it is (already grown for the other companion)."""
     missing, torn, flipped, grown, renamed, foreign = segments[:6]
     companion_path(missing).unlink()  # a crash between closing the segment and writing its companion
     data = companion_path(torn).read_bytes()
@@ -106,8 +110,9 @@ def _damage_cases(segments: list[Path]) -> dict[str, Path]:
     data = bytearray(companion_path(flipped).read_bytes())
     data[len(data) // 2] ^= 0x40
     companion_path(flipped).write_bytes(bytes(data))
-    with open(grown, "ab") as file:  # the segment changed since it was sealed
-        file.write(b"\x01\x02")
+    if grow:
+        with open(grown, "ab") as file:  # the segment changed since it was sealed
+            file.write(b"\x01\x02")
     # Another segment's companion under this one's name: its seal names the other segment.
     companion_path(renamed).write_bytes(companion_path(segments[6]).read_bytes())
     data = bytearray(companion_path(foreign).read_bytes())

@@ -18,6 +18,7 @@ import pytest
 
 from evaluators.replay.run import ReplayStats, replay
 from recsys_rl.errors import InvalidInput
+from logging_schema.columnar import columnar_path
 from logging_schema.reader import iter_records, read_log
 from logging_schema.writer import LogWriter
 from recsys_rl.logging.v1 import events_pb2
@@ -268,10 +269,46 @@ def test_companions_give_the_full_records_table_and_rescorings(scored_log: Score
     reference = replay(scored_log.data_dir, "logged@cap=0.2", config=scored_log.config, progress=False, shield=shield)
     table, stats = three(data_dir)
     assert table.equals(reference) and stats.read.companions == stats.read.segments == len(segments)
+    # Unshielded, every segment is replayed at once from its columnar companion; under the served shield, none is.
+    assert stats.columnar_segments == (len(segments) if shield == "none" else 0)
 
     from tests.logging_schema.test_companions import _damage_cases
 
-    damaged = _damage_cases(segments)
+    # Unusable columnar companions: those segments are read from their row companions (the grown one: whole).
+    damaged = _damage_cases(segments, columnar_path)
+    table, stats = three(data_dir)
+    assert table.equals(reference)
+    assert stats.read.companions == len(segments) - 1
+    assert stats.columnar_segments == (len(segments) - len(damaged) if shield == "none" else 0)
+    # And the row companions of the same segments: read whole.
+    _damage_cases(segments, grow=False)
     table, stats = three(data_dir)
     assert table.equals(reference)
     assert stats.read.companions == len(segments) - len(damaged)
+    assert stats.columnar_segments == (len(segments) - len(damaged) if shield == "none" else 0)
+
+
+def test_a_log_of_several_streams_keeps_the_per_record_path(scored_log: ScoredLog, tmp_path: Path) -> None:
+    """Two workers' streams merge record by record in time order, which a whole segment's rows cannot follow: the
+    columnar companions are not used there, and the table is re-scoring's all the same."""
+    data_dir = tmp_path / "streams"
+    shutil.copytree(scored_log.data_dir / "models", data_dir / "models")
+    records = list(iter_records(scored_log.data_dir / "logs"))
+    for k in (1, 2):
+        with LogWriter(data_dir / "logs" / f"worker-{k}", rotate_bytes=64 << 10) as writer:
+            for record in records[k - 1::2]:
+                writer.submit(record)
+    assert list((data_dir / "logs" / "worker-1").glob("*.whatcol"))
+    fast, stats, slow, _ = _both(scored_log, "logged@cap=0.2", data_dir, shield="none")
+    assert fast.equals(slow) and stats.columnar_segments == 0 and stats.read.companions > 0
+
+
+def test_columns_keep_since_and_count_what_they_skip(scored_log: ScoredLog, tmp_path: Path) -> None:
+    """``since`` on segments replayed from their columns: the same decisions kept and skipped as re-scoring."""
+    total = sum(p.stat().st_size for p in (scored_log.data_dir / "logs").glob("events-*.seg"))
+    data_dir = _segmented_copy(scored_log, tmp_path / "since", total // 6)
+    served = sorted(e.served_at.ToMicroseconds() for e in read_log(data_dir / "logs").decisions)
+    since = served[150] / 1e6
+    fast, stats, slow, slow_stats = _both(scored_log, "logged@cap=0.2", data_dir, shield="none", since=since)
+    assert fast.equals(slow) and stats.columnar_segments == stats.read.segments
+    assert stats.before_since == slow_stats.before_since > 0 and stats.decisions == slow_stats.decisions
