@@ -32,7 +32,6 @@ segment. A writer that crashes before the rename leaves a temporary file its suc
 from __future__ import annotations
 
 import io
-import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -43,7 +42,7 @@ import numpy as np
 import polars as pl
 from google.protobuf.message import DecodeError
 
-from logging_schema.segments import FRAME_HEADER, FRAME_HEADER_BYTES
+from logging_schema.segments import FRAME_HEADER, FRAME_HEADER_BYTES, write_framed_file
 from logging_schema.views import ReplayEntry
 from recsys_rl.logging.v1.events_pb2 import CompanionSeal, LongTermState
 
@@ -127,25 +126,8 @@ def write_columnar(segment: Path, frames: list[bytes], write: Callable[[int, byt
     rename it; returns its size. Raises OSError, leaving none behind."""
     final = columnar_path(segment)
     tmp = final.with_name(f"{TMP_PREFIX}{final.name}")
-    parts = [FILE_HEADER.pack(MAGIC, FORMAT_VERSION)]
-    for payload in frames:
-        parts += (FRAME_HEADER.pack(len(payload), zlib.crc32(payload)), payload)
-    data = memoryview(b"".join(parts))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        done = 0
-        while done < len(data):
-            done += write(fd, data[done:])
-        fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, final)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    return len(data)
+    return write_framed_file(final, tmp, FILE_HEADER.pack(MAGIC, FORMAT_VERSION),
+                             frames, write, fsync)
 
 
 @dataclass

@@ -39,7 +39,6 @@ never read.
 from __future__ import annotations
 
 import logging
-import os
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -53,7 +52,7 @@ from logging_schema.columnar import SUFFIX as COLUMNAR_SUFFIX, columnar_path
 from logging_schema.reader import (
     ReadStats, _iter_segment, _log_streams, _scanned, gap_of, merge_streams, record_time_us,
 )
-from logging_schema.segments import FRAME_HEADER, FRAME_HEADER_BYTES, MAX_RECORD_BYTES
+from logging_schema.segments import FRAME_HEADER, FRAME_HEADER_BYTES, MAX_RECORD_BYTES, write_framed_file
 from recsys_rl.logging.v1.events_pb2 import CompanionEntry, CompanionSeal
 
 log = logging.getLogger(__name__)
@@ -133,28 +132,10 @@ def write_companion(segment: Path, segment_bytes: int, entries: list[bytes],
     """Write ``segment``'s companion (header, seal, ``entries`` framed); returns its size. Raises OSError, leaving
     no companion behind. ``write``/``fsync``: the writer's system calls (tests inject a full disk through them)."""
     final = companion_path(segment)
-    tmp = final.with_name(f"{_TMP_PREFIX}{final.name}")
     seal = CompanionSeal(segment=Path(segment).name, segment_bytes=segment_bytes, records=len(entries))
-    crc32, pack = zlib.crc32, FRAME_HEADER.pack
-    parts = [FILE_HEADER.pack(MAGIC, FORMAT_VERSION)]
-    for payload in (seal.SerializeToString(), *entries):
-        parts += (pack(len(payload), crc32(payload)), payload)
-    data = memoryview(b"".join(parts))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        done = 0
-        while done < len(data):
-            done += write(fd, data[done:])
-        fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, final)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    return len(data)
+    tmp = final.with_name(f"{_TMP_PREFIX}{final.name}")
+    return write_framed_file(final, tmp, FILE_HEADER.pack(MAGIC, FORMAT_VERSION),
+                             (seal.SerializeToString(), *entries), write, fsync)
 
 
 def read_companion(segment: Path) -> list[memoryview] | None:

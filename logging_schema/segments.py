@@ -33,10 +33,11 @@ Damage a reader can meet, and what ``scan_segment`` does about it:
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +70,32 @@ def file_header() -> bytes:
 def frame(payload: bytes) -> bytes:
     """``payload`` with its length and CRC32 in front (see the module docstring)."""
     return FRAME_HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def write_framed_file(final: Path, tmp: Path, header: bytes, payloads: Iterable[bytes],
+                      write: Callable[[int, bytes | memoryview], int], fsync: Callable[[int], None]) -> int:
+    """``header`` then every payload framed (length, CRC32), written to ``tmp``, fsynced and renamed to ``final``
+    (the what-if companions); returns the size. Raises OSError, leaving neither file half-written. ``write``/
+    ``fsync``: the log writer's system calls (tests inject a full disk through them)."""
+    parts = [header]
+    for payload in payloads:
+        parts += (FRAME_HEADER.pack(len(payload), zlib.crc32(payload)), payload)
+    data = memoryview(b"".join(parts))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        done = 0
+        while done < len(data):
+            done += write(fd, data[done:])
+        fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, final)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    return len(data)
 
 
 def segment_name(sequence: int) -> str:
