@@ -9,9 +9,10 @@ polars over the companion's columns, with the arithmetic of :func:`evaluators.re
 (tests/evaluators/replay/test_logged_scores.py). Any other segment - a decision to re-score or shield, a damaged
 score, a gap record, an older log without columns - goes through the per-record path whole (``None`` here).
 
-Only a log of one stream is replayed this way: a multi-stream log (``--workers N``) interleaves its streams record by
-record in time order (``reader.merge_streams``), which a whole segment's frames cannot follow without a per-row merge
-key; its segments keep the per-record path (docs/operations.md "What-if companions").
+A log of several streams (``--workers N``) interleaves its streams record by record in time order
+(``reader.merge_streams``): it is replayed stream by stream (``stream_located_or_frames``), each segment's frames
+noting where their rows stand in the merged log (``SegmentFrames.note``, :mod:`evaluators.replay.places`), and the
+rows are sorted into that order afterwards (``run._replay_streams``).
 """
 
 from __future__ import annotations
