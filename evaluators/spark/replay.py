@@ -5,7 +5,8 @@
    per-decision code (``run._replay_pass`` over ``run.segment_records``: companion or full records, logged scores,
    batched ε-greedy, re-scoring), and emits its decision rows, its outcome rows and its ReplayStats as Arrow.
 2. Every row carries its place in the merged log (``reader.merge_streams``' key: the stream's clock, the stream's
-   rank, the segment, the record's place in it). A stream's clock runs across its segments, so the driver adds
+   rank, the segment, the record's place in it; :mod:`evaluators.replay.places`, which the local replay of a
+   multi-stream log uses too). A stream's clock runs across its segments, so the driver adds
    to each segment's own running clock the largest record time of the stream's earlier segments (collected with
    the stats); the key is then exactly the local reader's.
 3. The rows are repartitioned by ``event_id``; each partition sorts its decisions and outcomes by that key
