@@ -227,9 +227,11 @@ def located_or_frames(log_dir: Path, stats: ReadStats, replayer: ColumnarReplay)
 
 
 def stream_located_or_frames(name: str, segments: list[Path], stats: ReadStats, replayer: ColumnarReplay,
-                             places: Places | None = None) -> Iterator[Located | tuple[SegmentFrames, None]]:
+                             places: Places | None = None,
+                             first: int = 0) -> Iterator[Located | tuple[SegmentFrames, None]]:
     """One stream's records (``companions.iter_segment_located``'s, segment by segment), a segment the columns
-    replay at once as one ``(SegmentFrames, None)``. ``places``: every record and frame noted in it as it passes."""
+    replay at once as one ``(SegmentFrames, None)``. ``places``: every record and frame noted in it as it passes,
+    ``segments[0]`` being the stream's segment number ``first`` (a distributed replay hands out one segment)."""
     if not segments:
         return
     # The next segment's columns are read (file, CRC32, Arrow decoding: all without the GIL) while this one is replayed.
@@ -243,12 +245,12 @@ def stream_located_or_frames(name: str, segments: list[Path], stats: ReadStats, 
             frames = replayer.frames(columns) if columns is not None else None
             if frames is not None:
                 if places is not None:
-                    frames.note(places, i)
+                    frames.note(places, first + i)
                 yield frames, None
             else:
                 records = iter_segment_located(path, stream=name, stats=stats, entry_type=ReplayEntry,
                                                record_type=ReplayRecord)
-                yield from records if places is None else places.watch(records, i)
+                yield from records if places is None else places.watch(records, first + i)
     finally:
         reader.shutdown(wait=False, cancel_futures=True)
 

@@ -2,7 +2,8 @@
 
 1. The driver lists the log's segments (``reader.log_streams``: every worker stream, in ``iter_records``' stream
    order) and hands them out, one task per segment. Each task replays its segment with the local replay's own
-   per-decision code (``run._replay_pass`` over ``run.segment_records``: companion or full records, logged scores,
+   per-decision code (``run._replay_pass`` over ``run.segment_records``, or the segment replayed at once from its
+   columnar companion where usable (``columnar.stream_located_or_frames``): companion or full records, logged scores,
    batched ε-greedy, re-scoring), and emits its decision rows, its outcome rows and its ReplayStats as Arrow.
 2. Every row carries its place in the merged log (``reader.merge_streams``' key: the stream's clock, the stream's
    rank, the segment, the record's place in it; :mod:`evaluators.replay.places`, which the local replay of a
@@ -42,6 +43,7 @@ import pyarrow as pa
 from evaluators.replay.run import (
     ReplayStats, _feedback_table, _replay_pass, _surface_config, replay_long_term, segment_records,
 )
+from evaluators.replay.columnar import ColumnarReplay, stream_located_or_frames
 from evaluators.replay.places import MERGE_KEY, Places
 from evaluators.replay.shield import ReplayShield, what_if_rules
 from evaluators.replay.targets import PolicySpec, TargetPolicy, model_of, parse_policy_spec, resolve_policy
@@ -102,7 +104,11 @@ def _replay_segment(plan: ReplayPlan, rank: int, segment: int, path: str, stream
     located = plan.logged_scores and plan.companions
     error = None
     try:
-        records = places.watch(segment_records(Path(path), stream, stats, located=located), segment)
+        if located:  # its columns when usable (evaluators.replay.columnar), as the local replay reads the segment
+            columnar = ColumnarReplay(plan.surface, target, shields, plan.since, stats)
+            records = stream_located_or_frames(stream, [Path(path)], stats.read, columnar, places, first=segment)
+        else:
+            records = places.watch(segment_records(Path(path), stream, stats, located=False), segment)
         decisions, outcomes = _replay_pass(records, plan.surface, target, stats, None, False, plan.since, shields,
                                            plan.logged_scores)
     except (InvalidInput, SegmentFormatError) as exc:  # raised again on the driver, as the local replay raises it
