@@ -9,9 +9,10 @@ polars over the companion's columns, with the arithmetic of :func:`evaluators.re
 (tests/evaluators/replay/test_logged_scores.py). Any other segment - a decision to re-score or shield, a damaged
 score, a gap record, an older log without columns - goes through the per-record path whole (``None`` here).
 
-Only a log of one stream is replayed this way: a multi-stream log (``--workers N``) interleaves its streams record by
-record in time order (``reader.merge_streams``), which a whole segment's frames cannot follow without a per-row merge
-key; its segments keep the per-record path (docs/operations.md "What-if companions").
+A log of several streams (``--workers N``) interleaves its streams record by record in time order
+(``reader.merge_streams``): it is replayed stream by stream (``stream_located_or_frames``), each segment's frames
+noting where their rows stand in the merged log (``SegmentFrames.note``, :mod:`evaluators.replay.places`), and the
+rows are sorted into that order afterwards (``run._replay_streams``).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ import polars as pl
 
 from evaluators.replay.batched import batchable, epsilon_greedy_propensities
 from evaluators.replay.shield import ReplayShield
+from evaluators.replay.places import Places, wanted_outcome
 from evaluators.replay.targets import BASELINE_SERVED, TargetPolicy
 from logging_schema.columnar import SegmentColumns, read_columnar
 from logging_schema.companions import Located, iter_located, iter_segment_located
-from logging_schema.reader import ReadStats, gap_of
+from logging_schema.reader import ReadStats, gap_of, record_time_us
 from logging_schema.segments import list_segments, list_streams, stream_name
 from logging_schema.tables import DECISION_SCHEMA, SERVING_MODE_NAMES, outcomes_frame
 from logging_schema.views import ReplayEntry, ReplayRecord
@@ -47,6 +49,24 @@ class SegmentFrames:
     decisions: pl.DataFrame | None
     outcomes: pl.DataFrame | None
     n_decisions: int
+    surface: str
+    columns: SegmentColumns  # kept for ``note``: a multi-stream replay places the rows in the merged log
+    others: list[ReplayRecord]  # the columns' other records, parsed
+
+    def note(self, places: Places, segment: int) -> None:
+        """Note where this segment's decisions and kept outcomes stand in the merged log (``places.Places``): the
+        record times ``reader.record_time_us`` reads, from the columns."""
+        d = self.columns.decisions
+        seconds, nanos = d.get_column("seconds").to_numpy(), d.get_column("nanos").to_numpy()
+        times = np.full(self.columns.records, -1, dtype=np.int64)
+        records = d.get_column("record").to_numpy().astype(np.int64)
+        times[records] = np.where((seconds != 0) | (nanos != 0), seconds * 1_000_000 + nanos // 1_000, -1)
+        other_records = self.columns.others.get_column("record").to_numpy().astype(np.int64)
+        at = [record_time_us(r) for r in self.others]
+        times[other_records] = [-1 if t is None else t for t in at]
+        kept = [r.WhichOneof("event") == "outcome" and wanted_outcome(r.outcome, self.surface) for r in self.others]
+        places.note_segment(segment, times, d.get_column("event_id").to_list(), records,
+                            other_records[np.array(kept, dtype=bool)] if kept else other_records[:0])
 
 
 class ColumnarReplay:
@@ -138,7 +158,8 @@ class ColumnarReplay:
         stats.decisions += kept.height  # type: ignore[attr-defined]
         stats.from_logged_scores += kept.height  # type: ignore[attr-defined]
         stats.columnar_segments += 1  # type: ignore[attr-defined]
-        return SegmentFrames(columns.segment, decisions, outcomes_frame(outcomes) if outcomes else None, kept.height)
+        return SegmentFrames(columns.segment, decisions, outcomes_frame(outcomes) if outcomes else None, kept.height,
+                             self.surface, columns, others)
 
     @staticmethod
     def _propensities(columns: SegmentColumns, where: np.ndarray, epsilon: np.ndarray,
@@ -196,12 +217,21 @@ class ColumnarReplay:
 def located_or_frames(log_dir: Path, stats: ReadStats, replayer: ColumnarReplay) -> Iterator[Located | tuple[
         SegmentFrames, None]]:
     """``companions.iter_located``'s records, except that a segment the columns replay at once comes as one
-    ``(SegmentFrames, None)`` in its place (a one-stream log; module docstring)."""
+    ``(SegmentFrames, None)`` in its place: a one-stream log (a log of several streams is replayed stream by stream,
+    its rows placed in the merged log: ``stream_located_or_frames``)."""
     streams = [log_dir] if Path(log_dir).is_file() else list_streams(log_dir)
     if len(streams) != 1 or Path(log_dir).is_file():
         yield from iter_located(log_dir, stats=stats, entry_type=ReplayEntry, record_type=ReplayRecord)
         return
-    name, segments = stream_name(log_dir, streams[0]), list_segments(streams[0])
+    yield from stream_located_or_frames(stream_name(log_dir, streams[0]), list_segments(streams[0]), stats, replayer)
+
+
+def stream_located_or_frames(name: str, segments: list[Path], stats: ReadStats, replayer: ColumnarReplay,
+                             places: Places | None = None,
+                             first: int = 0) -> Iterator[Located | tuple[SegmentFrames, None]]:
+    """One stream's records (``companions.iter_segment_located``'s, segment by segment), a segment the columns
+    replay at once as one ``(SegmentFrames, None)``. ``places``: every record and frame noted in it as it passes,
+    ``segments[0]`` being the stream's segment number ``first`` (a distributed replay hands out one segment)."""
     if not segments:
         return
     # The next segment's columns are read (file, CRC32, Arrow decoding: all without the GIL) while this one is replayed.
@@ -214,12 +244,15 @@ def located_or_frames(log_dir: Path, stats: ReadStats, replayer: ColumnarReplay)
                 ahead = reader.submit(read_columnar, segments[i + 1])
             frames = replayer.frames(columns) if columns is not None else None
             if frames is not None:
+                if places is not None:
+                    frames.note(places, first + i)
                 yield frames, None
             else:
-                yield from iter_segment_located(path, stream=name, stats=stats, entry_type=ReplayEntry,
-                                                record_type=ReplayRecord)
+                records = iter_segment_located(path, stream=name, stats=stats, entry_type=ReplayEntry,
+                                               record_type=ReplayRecord)
+                yield from records if places is None else places.watch(records, first + i)
     finally:
         reader.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["ColumnarReplay", "SegmentFrames", "located_or_frames"]
+__all__ = ["ColumnarReplay", "SegmentFrames", "located_or_frames", "stream_located_or_frames"]

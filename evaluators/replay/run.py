@@ -61,7 +61,7 @@ from tqdm import tqdm
 
 from logging_schema.companions import InSegment, iter_located, iter_segment_located
 from logging_schema.views import ReplayEntry, ReplayRecord
-from logging_schema.reader import ReadStats, gap_of, iter_records, iter_segment
+from logging_schema.reader import ReadStats, gap_of, iter_records, iter_segment, log_streams
 from logging_schema.tables import JoinStats, join_rewards, outcomes_frame
 from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig, default_config, load_config
 from recsys_rl.errors import InvalidInput
@@ -72,13 +72,14 @@ from recsys_rl.serving.decision import (
 from recsys_rl.serving.exploration import Explorer, slate_propensities
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from evaluators.replay.batched import PendingBatch, batchable
-from evaluators.replay.columnar import ColumnarReplay, SegmentFrames, located_or_frames
+from evaluators.replay.columnar import ColumnarReplay, SegmentFrames, located_or_frames, stream_located_or_frames
 from evaluators.replay.columns import DecisionColumns
 from evaluators.replay.embedding import (
     EmbeddingSpec, PolicyScores, embedding_frame, feature_labeller, iter_decisions, kmeans_labeller,
     parse_embedding_spec, policy_scores,
 )
 from evaluators.replay.outside import explored_outside, outside_propensities
+from evaluators.replay.places import MERGE_KEY, Places, wanted_outcome
 from evaluators.replay.shield import ReplayShield, what_if_rules
 from recsys_rl.shield.rules import ShieldRules
 from evaluators.replay.targets import BASELINE_SERVED, PolicySpec, TargetPolicy, parse_policy_spec, resolve_policy
@@ -265,9 +266,13 @@ def replay(
         candidates = CandidateRows(Path(scratch)) if reward_model else None
         located = logged_scores and companions and candidates is None
         columnar = ColumnarReplay(surface, target, shields, since, stats) if located else None
-        records = log_records(log_dir, stats, located=located, columnar=columnar)
-        decisions, outcomes = _replay_pass(records, surface, target, stats, candidates, progress, since, shields,
-                                           logged_scores)
+        streams = log_streams(log_dir) if columnar is not None else []
+        if len(streams) > 1:
+            decisions, outcomes = _replay_streams(streams, surface, target, stats, progress, since, shields, columnar)
+        else:
+            records = log_records(log_dir, stats, located=located, columnar=columnar)
+            decisions, outcomes = _replay_pass(records, surface, target, stats, candidates, progress, since, shields,
+                                               logged_scores)
         if not decisions:
             raise InvalidInput("surface", f"no decision of surface {surface!r} with a non-empty slate in {log_dir}")
         joined = join_rewards(pl.concat(decisions, rechunk=True), pl.concat(outcomes, how="vertical"),
@@ -348,6 +353,30 @@ def log_records(log_dir: Path, stats: ReplayStats, *, located: bool,
     return ((record, None) for record in iter_records(log_dir, stats=stats.read, record_type=ReplayRecord))
 
 
+def _replay_streams(
+    streams: list[tuple[str, list[Path]]], surface: str, target: TargetPolicy, stats: ReplayStats, progress: bool,
+    since_s: float | None, shields: ReplayShield, columnar: ColumnarReplay,
+) -> tuple[list[pl.DataFrame], list[pl.DataFrame]]:
+    """``_replay_pass`` over a log of several streams, one stream at a time so that a segment with a usable columnar
+    companion is replayed at once: each row is placed in the merged log (evaluators.replay.places) as it is made,
+    and the decisions and outcomes are then sorted, stably, into ``reader.iter_records``' order - the table and
+    ``join_rewards``' "first outcome wins" are the merged reader's."""
+    decision_parts, outcome_parts = [], []
+    for rank, (name, segments) in enumerate(streams):
+        places = Places(surface)
+        records = stream_located_or_frames(name, segments, stats.read, columnar, places)
+        decisions, outcomes = _replay_pass(records, surface, target, stats, None, progress, since_s, shields)
+        ranked = pl.lit(rank, pl.Int32).alias("rank")
+        if decisions:
+            decision_parts.append(places.decision_keys(pl.concat(decisions, rechunk=True)).with_columns(ranked))
+        outcome_parts.append(places.outcome_keys(pl.concat(outcomes, how="vertical")).with_columns(ranked))
+    if not decision_parts:
+        return [], []
+    merged = [pl.concat(parts, how="vertical").sort(MERGE_KEY, maintain_order=True).drop(MERGE_KEY)
+              for parts in (decision_parts, outcome_parts)]
+    return [merged[0]], [merged[1]]
+
+
 def segment_records(segment: Path, stream: str, stats: ReplayStats, *, located: bool) -> Iterator[Located]:
     """One segment's records as ``log_records`` gives them (for a distributed replay: evaluators.spark.replay)."""
     if located:
@@ -355,11 +384,6 @@ def segment_records(segment: Path, stream: str, stats: ReplayStats, *, located: 
                                     record_type=ReplayRecord)
     return ((record, None) for record in iter_segment(segment, stats=stats.read, record_type=ReplayRecord,
                                                       stream=stream))
-
-
-def wanted_outcome(outcome: object, surface: str) -> bool:
-    """An outcome the table of ``surface`` joins (other surfaces' outcomes would only be orphans)."""
-    return outcome.surface in (surface, "")  # type: ignore[attr-defined]
 
 
 def _replay_pass(

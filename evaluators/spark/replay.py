@@ -2,10 +2,12 @@
 
 1. The driver lists the log's segments (``reader.log_streams``: every worker stream, in ``iter_records``' stream
    order) and hands them out, one task per segment. Each task replays its segment with the local replay's own
-   per-decision code (``run._replay_pass`` over ``run.segment_records``: companion or full records, logged scores,
+   per-decision code (``run._replay_pass`` over ``run.segment_records``, or the segment replayed at once from its
+   columnar companion where usable (``columnar.stream_located_or_frames``): companion or full records, logged scores,
    batched ε-greedy, re-scoring), and emits its decision rows, its outcome rows and its ReplayStats as Arrow.
 2. Every row carries its place in the merged log (``reader.merge_streams``' key: the stream's clock, the stream's
-   rank, the segment, the record's place in it). A stream's clock runs across its segments, so the driver adds
+   rank, the segment, the record's place in it; :mod:`evaluators.replay.places`, which the local replay of a
+   multi-stream log uses too). A stream's clock runs across its segments, so the driver adds
    to each segment's own running clock the largest record time of the stream's earlier segments (collected with
    the stats); the key is then exactly the local reader's.
 3. The rows are repartitioned by ``event_id``; each partition sorts its decisions and outcomes by that key
@@ -39,11 +41,13 @@ import polars as pl
 import pyarrow as pa
 
 from evaluators.replay.run import (
-    ReplayStats, _feedback_table, _replay_pass, _surface_config, replay_long_term, segment_records, wanted_outcome,
+    ReplayStats, _feedback_table, _replay_pass, _surface_config, replay_long_term, segment_records,
 )
+from evaluators.replay.columnar import ColumnarReplay, stream_located_or_frames
+from evaluators.replay.places import MERGE_KEY, Places
 from evaluators.replay.shield import ReplayShield, what_if_rules
 from evaluators.replay.targets import PolicySpec, TargetPolicy, model_of, parse_policy_spec, resolve_policy
-from logging_schema.reader import ReadStats, SegmentFormatError, log_streams, record_time_us
+from logging_schema.reader import ReadStats, SegmentFormatError, log_streams
 from logging_schema.tables import JoinStats, join_rewards, outcomes_frame
 from recsys_rl.config import ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput
@@ -52,7 +56,7 @@ from recsys_rl.shield.rules import ShieldRules
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-_KEY = ("clock", "rank", "segment", "pos")  # a record's place in the merged log (module docstring, 2)
+_KEY = MERGE_KEY  # a record's place in the merged log (module docstring, 2)
 _O = "o_"  # outcome columns' prefix in the rows of step 1 (decisions and outcomes share event_id, item_id, ...)
 _SPARK_TYPES = {pl.String: "string", pl.Int32: "int", pl.Int64: "bigint", pl.Float64: "double",
                 pl.Boolean: "boolean", pl.Binary: "binary"}
@@ -93,38 +97,19 @@ def _resolved(plan: ReplayPlan) -> tuple[TargetPolicy, ReplayShield]:
 # --- step 1: one segment → its decision and outcome rows, and its stats ------------------------------------------
 
 
-class _Places:
-    """Where each record of a segment stands (clock so far, position), noted as the replay pass reads it."""
-
-    def __init__(self, surface: str) -> None:
-        self.surface = surface
-        self.clock = -1
-        self.decisions: dict[str, tuple[int, int]] = {}  # event_id -> (clock, pos) of its first record
-        self.outcomes: list[tuple[int, int]] = []  # per outcome the pass keeps, in order
-
-    def watch(self, records: Iterator[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
-        for pos, item in enumerate(records):
-            record = item[0]
-            at = record_time_us(record)
-            if at is not None and at > self.clock:
-                self.clock = at
-            kind = record.WhichOneof("event")
-            if kind == "decision":
-                self.decisions.setdefault(record.decision.event_id, (self.clock, pos))
-            elif kind == "outcome" and wanted_outcome(record.outcome, self.surface):
-                self.outcomes.append((self.clock, pos))
-            yield item
-
-
 def _replay_segment(plan: ReplayPlan, rank: int, segment: int, path: str, stream: str) -> pl.DataFrame:
     target, shields = _resolved(plan)
     stats = ReplayStats()
-    places = _Places(plan.surface)
+    places = Places(plan.surface)
     located = plan.logged_scores and plan.companions
     error = None
     try:
-        decisions, outcomes = _replay_pass(places.watch(segment_records(Path(path), stream, stats, located=located)),
-                                           plan.surface, target, stats, None, False, plan.since, shields,
+        if located:  # its columns when usable (evaluators.replay.columnar), as the local replay reads the segment
+            columnar = ColumnarReplay(plan.surface, target, shields, plan.since, stats)
+            records = stream_located_or_frames(stream, [Path(path)], stats.read, columnar, places, first=segment)
+        else:
+            records = places.watch(segment_records(Path(path), stream, stats, located=False), segment)
+        decisions, outcomes = _replay_pass(records, plan.surface, target, stats, None, False, plan.since, shields,
                                            plan.logged_scores)
     except (InvalidInput, SegmentFormatError) as exc:  # raised again on the driver, as the local replay raises it
         decisions, outcomes = [], [outcomes_frame([])]
@@ -132,19 +117,14 @@ def _replay_segment(plan: ReplayPlan, rank: int, segment: int, path: str, stream
     where = [pl.lit(rank, pl.Int32).alias("rank"), pl.lit(segment, pl.Int32).alias("segment")]
     parts = [pl.DataFrame({"kind": ["stats"], "payload": [pickle.dumps((stats, places.clock, error))]},
                           schema={"kind": pl.String, "payload": pl.Binary}).with_columns(where)]
+    ranked = (pl.lit(rank, pl.Int32).alias("rank"),)
     if decisions:
-        frame = pl.concat(decisions, rechunk=True)
-        ids, keys = list(places.decisions), list(places.decisions.values())
-        at = pl.DataFrame({"event_id": ids, "clock": [k[0] for k in keys], "pos": [k[1] for k in keys]},
-                          schema={"event_id": pl.String, "clock": pl.Int64, "pos": pl.Int64})
-        parts.append(frame.join(at, on="event_id", how="left", maintain_order="left")
-                     .with_columns(*where, pl.lit("decision").alias("kind")))
+        parts.append(places.decision_keys(pl.concat(decisions, rechunk=True))
+                     .with_columns(*ranked, pl.lit("decision").alias("kind")))
     outcome_rows = pl.concat(outcomes, how="vertical")
     if outcome_rows.height:
-        parts.append(outcome_rows.rename(lambda c: _O + c).with_columns(
-            pl.Series("event_id", outcome_rows.get_column("event_id")),
-            pl.Series("clock", [k[0] for k in places.outcomes], pl.Int64),
-            pl.Series("pos", [k[1] for k in places.outcomes], pl.Int64), *where, pl.lit("outcome").alias("kind")))
+        parts.append(places.outcome_keys(outcome_rows.rename(lambda c: _O + c)).with_columns(
+            pl.Series("event_id", outcome_rows.get_column("event_id")), *ranked, pl.lit("outcome").alias("kind")))
     return pl.concat(parts, how="diagonal_relaxed")
 
 

@@ -288,19 +288,77 @@ def test_companions_give_the_full_records_table_and_rescorings(scored_log: Score
     assert stats.columnar_segments == (len(segments) - len(damaged) if shield == "none" else 0)
 
 
-def test_a_log_of_several_streams_keeps_the_per_record_path(scored_log: ScoredLog, tmp_path: Path) -> None:
-    """Two workers' streams merge record by record in time order, which a whole segment's rows cannot follow: the
-    columnar companions are not used there, and the table is re-scoring's all the same."""
-    data_dir = tmp_path / "streams"
-    shutil.copytree(scored_log.data_dir / "models", data_dir / "models")
-    records = list(iter_records(scored_log.data_dir / "logs"))
-    for k in (1, 2):
+def _two_streams(log: ScoredLog, data_dir: Path, answer_twice: bool = False) -> tuple[Path, list[object]]:
+    """A copy of the log as two workers' streams, its records dealt alternately. ``answer_twice``: every third
+    outcome gets an outcome_id and, in the other stream right after it, a second answer (same id, value 0) received
+    1 ms later or (every other time) 1 ms earlier."""
+    shutil.copytree(log.data_dir / "models", data_dir / "models")
+    records = list(iter_records(log.data_dir / "logs"))
+    streams: list[list[events_pb2.LogRecord]] = [[], []]
+    for n, record in enumerate(records):
+        streams[n % 2].append(record)
+        if answer_twice and record.WhichOneof("event") == "outcome" and n % 3 == 0:
+            record.outcome.outcome_id = f"answer-{n}"
+            again = events_pb2.LogRecord()
+            again.CopyFrom(record)
+            again.outcome.value = 0.0
+            shift = 1_000_000 if n % 2 else -1_000_000
+            again.outcome.received_at.FromNanoseconds(record.outcome.received_at.ToNanoseconds() + shift)
+            streams[1 - n % 2].append(again)
+    for k, stream in enumerate(streams, 1):
         with LogWriter(data_dir / "logs" / f"worker-{k}", rotate_bytes=64 << 10) as writer:
-            for record in records[k - 1::2]:
+            for record in stream:
                 writer.submit(record)
-    assert list((data_dir / "logs" / "worker-1").glob("*.whatcol"))
+    return data_dir, records
+
+
+def test_a_log_of_several_streams_replays_its_columns_in_the_merged_order(scored_log: ScoredLog,
+                                                                          tmp_path: Path) -> None:
+    """Two workers' streams, records dealt alternately (so an outcome is often in the other stream than its decision):
+    every segment is replayed at once from its columns, stream by stream, and the rows put back in the merged log's
+    order - the table and the stats are those of the full records read merged and of re-scoring. A damaged columnar
+    companion in one stream: that segment takes the per-record path, the table is the same again."""
+    data_dir, records = _two_streams(scored_log, tmp_path / "streams")
+    segments = sorted((data_dir / "logs").glob("worker-*/events-*.seg"))
+    assert len(list((data_dir / "logs").glob("worker-*/*.whatcol"))) == len(segments) > 2
+
+    def three() -> tuple[pl.DataFrame, ReplayStats]:
+        fast, stats, slow, _ = _both(scored_log, "logged@cap=0.2", data_dir, shield="none")
+        full_stats = ReplayStats()
+        full = replay(data_dir, "logged@cap=0.2", config=scored_log.config, progress=False, stats=full_stats,
+                      shield="none", companions=False)
+        assert fast.equals(full) and fast.equals(slow)
+        assert (stats.decisions, stats.rows, stats.join) == (full_stats.decisions, full_stats.rows, full_stats.join)
+        assert stats.read.records == full_stats.read.records and stats.read.segments == full_stats.read.segments
+        return fast, stats
+
+    table, stats = three()
+    assert stats.columnar_segments == len(segments) and stats.from_logged_scores == 400
+    # The merged order is neither stream's first: worker-1's decisions are interleaved with worker-2's.
+    first_stream = {r.decision.event_id for r in records[0::2] if r.WhichOneof("event") == "decision"}
+    in_first = [e in first_stream for e in table.unique("event_id", maintain_order=True)["event_id"].to_list()]
+    assert any(in_first) and not all(in_first[:len(first_stream)])
+    assert table.equals(replay(scored_log.data_dir, "logged@cap=0.2", config=scored_log.config, progress=False,
+                               shield="none"))
+
+    damaged = sorted((data_dir / "logs" / "worker-2").glob("events-*.seg"))[1]
+    columnar_path(damaged).write_bytes(columnar_path(damaged).read_bytes()[:-5])  # cut: unusable, read per record
+    again, stats = three()
+    assert again.equals(table) and stats.columnar_segments == len(segments) - 1
+
+
+def test_repeated_answers_across_streams_keep_the_merged_logs_first(scored_log: ScoredLog, tmp_path: Path) -> None:
+    """join_rewards keeps the first of an (event_id, outcome_id) in log order: with the two answers in different
+    streams, the merged log (by time, not by stream) decides which is first; the columnar replay sorts its outcomes
+    into that order, so it keeps the same answers as the merged reader (with the outcomes left in stream order, this
+    fails)."""
+    data_dir, _ = _two_streams(scored_log, tmp_path / "twice", answer_twice=True)
     fast, stats, slow, _ = _both(scored_log, "logged@cap=0.2", data_dir, shield="none")
-    assert fast.equals(slow) and stats.columnar_segments == 0 and stats.read.companions > 0
+    full_stats = ReplayStats()
+    full = replay(data_dir, "logged@cap=0.2", config=scored_log.config, progress=False, stats=full_stats,
+                  shield="none", companions=False)
+    assert stats.columnar_segments == stats.read.segments and stats.join.duplicate_outcomes > 0
+    assert fast.equals(full) and fast.equals(slow) and stats.join == full_stats.join
 
 
 def test_columns_keep_since_and_count_what_they_skip(scored_log: ScoredLog, tmp_path: Path) -> None:

@@ -82,6 +82,7 @@ def test_spark_replay_equals_local_replay(spark: SparkSession, served: Served, p
         assert local_stats.rescored == local_stats.decisions > 0
     else:
         assert local_stats.from_logged_scores == local_stats.decisions > 0 and local_stats.read.companions > 0
+        assert local_stats.columnar_segments > 0  # both replay those segments at once from their columns
 
 
 @pytest.mark.parametrize(("option", "kwargs"), [("--reward-model", {"reward_model": True}),
