@@ -53,6 +53,7 @@ from logging_schema.reader import (
     ReadStats, _iter_segment, _log_streams, _scanned, gap_of, merge_streams, record_time_us,
 )
 from logging_schema.segments import FRAME_HEADER, FRAME_HEADER_BYTES, MAX_RECORD_BYTES, write_framed_file
+from logging_schema.views import varint
 from recsys_rl.logging.v1.events_pb2 import CompanionEntry, CompanionSeal
 
 log = logging.getLogger(__name__)
@@ -64,19 +65,11 @@ FILE_HEADER = struct.Struct("<8sI")
 _TMP_PREFIX = ".tmp-"
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
 
 # CompanionEntry's wire tags (fields 1, 2, 3: length-delimited, varint, varint), read from the generated descriptor
 # so they cannot drift from events.proto; entries are concatenated at the wire level on the writer's thread.
 def _tag(field: str, wire_type: int) -> bytes:
-    return _varint(CompanionEntry.DESCRIPTOR.fields_by_name[field].number << 3 | wire_type)
+    return varint(CompanionEntry.DESCRIPTOR.fields_by_name[field].number << 3 | wire_type)
 
 
 _RECORD_TAG, _COUNT_TAG, _OFFSET_TAG = _tag("record", 2), _tag("candidate_count", 0), _tag("segment_offset", 0)
@@ -123,8 +116,8 @@ def compact_record(message: Message, payload: bytes, owned: bool) -> tuple[bytes
 
 def entry_bytes(record: bytes, count: int, offset: int) -> bytes:
     """A serialized CompanionEntry (field order as the generated code writes it)."""
-    return b"".join((_RECORD_TAG, _varint(len(record)), record, _COUNT_TAG + _varint(count) if count else b"",
-                     _OFFSET_TAG, _varint(offset)))
+    return b"".join((_RECORD_TAG, varint(len(record)), record, _COUNT_TAG + varint(count) if count else b"",
+                     _OFFSET_TAG, varint(offset)))
 
 
 def write_companion(segment: Path, segment_bytes: int, entries: list[bytes],

@@ -28,6 +28,17 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from recsys_rl.logging.v1 import events_pb2
 
+
+def varint(n: int) -> bytes:
+    """``n`` (>= 0) as a protobuf base-128 varint: for writing wire-level prefixes (tags, lengths) by hand where
+    building a message would cost more (companion entries, a rebuilt RankRequest, the shield's embedding view)."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
 _F = descriptor_pb2.FieldDescriptorProto
 PACKAGE = "recsys_rl_tableview"
 REPLAY_PACKAGE = "recsys_rl_replayview"

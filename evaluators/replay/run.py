@@ -60,7 +60,7 @@ import polars as pl
 from tqdm import tqdm
 
 from logging_schema.companions import InSegment, iter_located, iter_segment_located
-from logging_schema.views import ReplayEntry, ReplayRecord
+from logging_schema.views import ReplayEntry, ReplayRecord, varint
 from logging_schema.reader import ReadStats, gap_of, iter_records, iter_segment, log_streams
 from logging_schema.tables import JoinStats, join_rewards, outcomes_frame
 from recsys_rl.config import ConfigError, ServiceConfig, SurfaceConfig, default_config, load_config
@@ -112,18 +112,10 @@ class ReplayStats:
     join: JoinStats = field(default_factory=JoinStats)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
 
 def _length_delimited_tag(field: str) -> bytes:
     """The wire tag of a RankRequest field (number from the generated descriptor, wire type 2)."""
-    return _varint(pb.RankRequest.DESCRIPTOR.fields_by_name[field].number << 3 | 2)
+    return varint(pb.RankRequest.DESCRIPTOR.fields_by_name[field].number << 3 | 2)
 
 
 _CONTEXT_TAG, _CANDIDATE_TAG = _length_delimited_tag("context"), _length_delimited_tag("candidates")
@@ -131,13 +123,13 @@ _CONTEXT_TAG, _CANDIDATE_TAG = _length_delimited_tag("context"), _length_delimit
 # Tag + length prefixes for the common sizes, looked up instead of encoded per candidate (a Python varint loop
 # per candidate was ~10% of replay time).
 _PREFIX_TABLE = 1 << 14
-_CONTEXT_PREFIX = [_CONTEXT_TAG + _varint(n) for n in range(_PREFIX_TABLE)]
-_CANDIDATE_PREFIX = [_CANDIDATE_TAG + _varint(n) for n in range(_PREFIX_TABLE)]
+_CONTEXT_PREFIX = [_CONTEXT_TAG + varint(n) for n in range(_PREFIX_TABLE)]
+_CANDIDATE_PREFIX = [_CANDIDATE_TAG + varint(n) for n in range(_PREFIX_TABLE)]
 
 
 def _prefixed(prefixes: list[bytes], tag: bytes, payload: bytes) -> bytes:
     n = len(payload)
-    return (prefixes[n] if n < _PREFIX_TABLE else tag + _varint(n)) + payload
+    return (prefixes[n] if n < _PREFIX_TABLE else tag + varint(n)) + payload
 
 
 def rank_request(event: object) -> pb.RankRequest:

@@ -31,6 +31,7 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
+from logging_schema.views import varint
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 
 TOLERANCE = 1e-12  # see the module docstring: θ = 1 must catch exact duplicates despite rounding
@@ -61,16 +62,8 @@ def _embedding_view() -> type[Message]:
 _Embeddings = _embedding_view()
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
-
-_PREFIX = [b"\x0a" + _varint(n) for n in range(1 << 14)]  # field 1, length-delimited, lengths below 16 KiB
+_PREFIX = [b"\x0a" + varint(n) for n in range(1 << 14)]  # field 1, length-delimited, lengths below 16 KiB
 
 
 def embedding_bytes(raw: Sequence[bytes]) -> list[bytes]:
@@ -81,7 +74,7 @@ def embedding_bytes(raw: Sequence[bytes]) -> list[bytes]:
     if max(lengths) < len(_PREFIX):
         prefixes = list(map(_PREFIX.__getitem__, lengths))
     else:
-        prefixes = [b"\x0a" + _varint(n) for n in lengths]
+        prefixes = [b"\x0a" + varint(n) for n in lengths]
     wire = _Embeddings.FromString(b"".join(map(bytes.__add__, prefixes, raw)))
     return [c.embedding for c in wire.candidates]
 
