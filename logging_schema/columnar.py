@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ import numpy as np
 import polars as pl
 from google.protobuf.message import DecodeError
 
-from logging_schema.segments import FRAME_HEADER, FRAME_HEADER_BYTES, write_framed_file
+from logging_schema.segments import FRAME_HEADER_BYTES, read_framed_file, write_framed_file
 from logging_schema.views import ReplayEntry
 from recsys_rl.logging.v1.events_pb2 import CompanionSeal, LongTermState
 
@@ -146,23 +145,12 @@ class SegmentColumns:
 def read_columnar(segment: Path) -> SegmentColumns | None:
     """``segment``'s columnar companion when it is complete and consistent (module docstring), else None."""
     try:
-        data = memoryview(columnar_path(segment).read_bytes())
         size = Path(segment).stat().st_size
     except OSError:
         return None
-    if len(data) < FILE_HEADER.size or FILE_HEADER.unpack_from(data) != (MAGIC, FORMAT_VERSION):
+    payloads = read_framed_file(columnar_path(segment), FILE_HEADER.pack(MAGIC, FORMAT_VERSION), _MAX_FRAME_BYTES)
+    if payloads is None:
         return None
-    payloads: list[memoryview] = []
-    offset, end = FILE_HEADER.size, len(data)
-    while offset < end:
-        if end - offset < FRAME_HEADER_BYTES:
-            return None
-        length, checksum = FRAME_HEADER.unpack_from(data, offset)
-        start = offset + FRAME_HEADER_BYTES
-        offset = start + length
-        if length > _MAX_FRAME_BYTES or offset > end or zlib.crc32(data[start:offset]) != checksum:
-            return None
-        payloads.append(data[start:offset])
     if len(payloads) != 5:
         return None
     try:
@@ -179,7 +167,8 @@ def read_columnar(segment: Path) -> SegmentColumns | None:
     if (slots.height != int(decisions["n_slots"].sum() or 0)
             or scores.size != int(decisions["n_scores"].sum() or 0)):
         return None
-    return SegmentColumns(Path(segment), seal.records, len(data), decisions, slots, scores, others)
+    file_bytes = FILE_HEADER.size + sum(FRAME_HEADER_BYTES + len(payload) for payload in payloads)
+    return SegmentColumns(Path(segment), seal.records, file_bytes, decisions, slots, scores, others)
 
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "SUFFIX", "SegmentColumns", "columnar_frames", "columnar_path", "read_columnar",

@@ -52,7 +52,7 @@ from logging_schema.columnar import SUFFIX as COLUMNAR_SUFFIX, columnar_path
 from logging_schema.reader import (
     ReadStats, _iter_segment, _log_streams, _scanned, gap_of, merge_streams, record_time_us,
 )
-from logging_schema.segments import FRAME_HEADER, FRAME_HEADER_BYTES, MAX_RECORD_BYTES, write_framed_file
+from logging_schema.segments import FRAME_HEADER, FRAME_HEADER_BYTES, MAX_RECORD_BYTES, read_framed_file, write_framed_file
 from logging_schema.views import varint
 from recsys_rl.logging.v1.events_pb2 import CompanionEntry, CompanionSeal
 
@@ -134,26 +134,10 @@ def write_companion(segment: Path, segment_bytes: int, entries: list[bytes],
 def read_companion(segment: Path) -> list[memoryview] | None:
     """The entries of ``segment``'s companion when it is complete and consistent (module docstring), else None."""
     try:
-        data = memoryview(companion_path(segment).read_bytes())
         size = Path(segment).stat().st_size
     except OSError:
         return None
-    if len(data) < FILE_HEADER.size or FILE_HEADER.unpack_from(data) != (MAGIC, FORMAT_VERSION):
-        return None
-    payloads: list[memoryview] = []
-    offset, end, unpack_from, crc32 = FILE_HEADER.size, len(data), FRAME_HEADER.unpack_from, zlib.crc32
-    while offset < end:
-        if end - offset < FRAME_HEADER_BYTES:
-            return None
-        length, checksum = unpack_from(data, offset)
-        start = offset + FRAME_HEADER_BYTES
-        offset = start + length
-        if length > MAX_RECORD_BYTES or offset > end:
-            return None
-        payload = data[start:offset]
-        if crc32(payload) != checksum:
-            return None
-        payloads.append(payload)
+    payloads = read_framed_file(companion_path(segment), FILE_HEADER.pack(MAGIC, FORMAT_VERSION), MAX_RECORD_BYTES)
     if not payloads:
         return None
     try:

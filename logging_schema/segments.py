@@ -98,6 +98,32 @@ def write_framed_file(final: Path, tmp: Path, header: bytes, payloads: Iterable[
     return len(data)
 
 
+def read_framed_file(path: Path, header: bytes, max_frame: int) -> list[memoryview] | None:
+    """The payloads of a file ``write_framed_file`` wrote with ``header``; None when it is missing or unreadable, has
+    another header, or a frame is torn, longer than ``max_frame`` or fails its CRC (a companion is all or nothing)."""
+    try:
+        data = memoryview(path.read_bytes())
+    except OSError:
+        return None
+    if data[:len(header)] != header:
+        return None
+    payloads: list[memoryview] = []
+    offset, end, unpack_from, crc32 = len(header), len(data), FRAME_HEADER.unpack_from, zlib.crc32
+    while offset < end:
+        if end - offset < FRAME_HEADER_BYTES:
+            return None
+        length, checksum = unpack_from(data, offset)
+        start = offset + FRAME_HEADER_BYTES
+        offset = start + length
+        if length > max_frame or offset > end:
+            return None
+        payload = data[start:offset]
+        if crc32(payload) != checksum:
+            return None
+        payloads.append(payload)
+    return payloads
+
+
 def segment_name(sequence: int) -> str:
     """``events-000000000042.seg`` for sequence 42; zero-padding keeps name order = write order."""
     if not 0 <= sequence < 10**12:
