@@ -152,7 +152,7 @@ def _logging_cost_us(scores: list[float], repeats: int = 20_000) -> float:
 _STAGES = (
     ("replaying whole segments from their columnar companions (`read_columnar`, `ColumnarReplay.frames`)",
      (("columnar.py", "read_columnar"), ("columnar.py", "frames"))),
-    ("reading and parsing row companions (`segment_located`)", (("companions.py", "segment_located"),)),
+    ("reading and parsing row companions (`iter_segment_located`)", (("companions.py", "_segment_records"),)),
     ("appending each decision's slots and columns (`DecisionColumns.add`)", (("columns.py", "add"),)),
     ("resolving each decision's target policy (`policy_for`, shield, `_reusable_raw`, `batchable`, outside check)",
      (("targets.py", "policy_for"), ("shield.py", "policy"), ("run.py", "_reusable_raw"), ("batched.py", "batchable"),
