@@ -240,8 +240,9 @@ def run(decisions: int, candidates: int, slate_size: int, repeats: int) -> None:
     print(f"\nGoal (issue 11, Measure): `logged@cap=X` replay ≥ 25× re-scoring on the same decisions: {ratio:.1f}×, "
           f"{'met' if ratio >= 25 else 'not met'}. The default path replays each segment whose every decision is the "
           f"common what-if (own model version and λ, capped ε-greedy, no shield active, no outside exploration, finite "
-          f"scores, no item twice) at once from its columnar companion (`evaluators.replay.columnar`); other segments, "
-          f"and logs of several streams (`serve --workers N`), take the per-record path through the row companions "
+          f"scores, no item twice) at once from its columnar companion (`evaluators.replay.columnar`); other segments "
+          f"take the per-record path through the row companions. A log of several streams (`serve --workers N`) is "
+          f"replayed the same way stream by stream, its rows sorted into the merged log's order (this bench: one stream) "
           f"(13.0× in this section's run before the columnar companions, 2026-12-05 13:09 UTC).")
     print(f"\nLog size: segments {segment_bytes / decisions:,.0f} B per decision; row companions "
           f"{companion_bytes / decisions:,.0f} B per decision beside them (+{companion_bytes / segment_bytes * 100:.1f}%), "
