@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from evaluators.replay.run import logged_long_term, rank_request, replay_long_term
+from evaluators.replay.request import rank_request
+from evaluators.replay.run import logged_long_term, replay_long_term
 from evaluators.replay.targets import parse_policy_spec, resolve_policy
 from logging_schema.reader import iter_records
 from logging_schema.views import TableRecord

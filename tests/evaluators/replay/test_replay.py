@@ -18,7 +18,8 @@ from recsys_rl.config import ExplorationConfig, ServiceConfig, SurfaceConfig
 from recsys_rl.errors import InvalidInput
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.serving.registry import ModelRegistry
-from evaluators.replay.run import ReplayStats, rank_request, register, replay, write_table
+from evaluators.replay.request import rank_request
+from evaluators.replay.run import ReplayStats, register, replay, write_table
 from evaluators.replay.targets import parse_policy_spec
 from recsys_rl.serving.service import DecisionService
 from recsys_rl.sim import SimConfig, World
