@@ -42,7 +42,6 @@ import logging
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -52,7 +51,9 @@ from logging_schema.columnar import SUFFIX as COLUMNAR_SUFFIX, columnar_path
 from logging_schema.reader import (
     ReadStats, _iter_segment, _log_streams, _scanned, gap_of, merge_streams, record_time_us,
 )
-from logging_schema.segments import FRAME_HEADER, FRAME_HEADER_BYTES, MAX_RECORD_BYTES, read_framed_file, write_framed_file
+from logging_schema.segments import (
+    FRAME_HEADER, FRAME_HEADER_BYTES, MAX_RECORD_BYTES, read_ahead, read_framed_file, write_framed_file,
+)
 from logging_schema.views import varint
 from recsys_rl.logging.v1.events_pb2 import CompanionEntry, CompanionSeal
 
@@ -214,18 +215,8 @@ def _segment_records(path: Path, loaded: tuple[str, object], stats: ReadStats, e
 def _stream(name: str, segments: list[Path], stats: ReadStats, entry_type: type[Message],
             record_type: type[Message]) -> Iterator[Located]:
     """One stream's records, from companions where usable; the next segment is loaded in a thread meanwhile."""
-    if not segments:
-        return
-    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"whatif-read-{name}")
-    try:
-        ahead = reader.submit(_load, segments[0])
-        for i, path in enumerate(segments):
-            loaded = ahead.result()
-            if i + 1 < len(segments):
-                ahead = reader.submit(_load, segments[i + 1])
-            yield from _segment_records(path, loaded, stats, entry_type, record_type, name)
-    finally:
-        reader.shutdown(wait=False, cancel_futures=True)
+    for _, path, loaded in read_ahead(segments, _load, f"whatif-read-{name}"):
+        yield from _segment_records(path, loaded, stats, entry_type, record_type, name)
 
 
 def iter_segment_located(path: Path, *, stream: str, stats: ReadStats, entry_type: type[Message],

@@ -37,7 +37,6 @@ What happens on damage (counted over all streams; ``ReadStats.damaged_streams`` 
 from __future__ import annotations
 
 import heapq
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +49,7 @@ from logging_schema.segments import (
     SegmentScan,
     list_segments,
     list_streams,
+    read_ahead,
     scan_segment,
     stream_name,
 )
@@ -219,16 +219,8 @@ def _stream_records(name: str, segments: list[Path], stats: ReadStats, record_ty
         for path in segments:
             yield from _iter_segment(path, stats, record_type, name)
         return
-    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"log-read-{name}")
-    try:
-        ahead = reader.submit(_scanned, segments[0])
-        for i, path in enumerate(segments):
-            scanned = ahead.result()  # a foreign file raises here, in its turn
-            if i + 1 < len(segments):
-                ahead = reader.submit(_scanned, segments[i + 1])
-            yield from _iter_segment(path, stats, record_type, name, scanned)
-    finally:
-        reader.shutdown(wait=False, cancel_futures=True)
+    for _, path, scanned in read_ahead(segments, _scanned, f"log-read-{name}"):  # a foreign file raises in its turn
+        yield from _iter_segment(path, stats, record_type, name, scanned)
 
 
 def iter_records(

@@ -38,8 +38,10 @@ import re
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 MAGIC = b"RSRLLOG\x00"
 FORMAT_VERSION = 1
@@ -122,6 +124,27 @@ def read_framed_file(path: Path, header: bytes, max_frame: int) -> list[memoryvi
             return None
         payloads.append(payload)
     return payloads
+
+
+_Loaded = TypeVar("_Loaded")
+
+
+def read_ahead(paths: list[Path], load: Callable[[Path], _Loaded], thread_name: str) -> Iterator[tuple[int, Path, _Loaded]]:
+    """``(i, path, load(path))`` for each path in order, ``load`` of the next path running in a thread meanwhile:
+    reading, CRC32 and Arrow decoding release the GIL, so the next segment is read while this one is parsed. An
+    exception from ``load`` is raised in its turn; an abandoned iteration cancels what is pending."""
+    if not paths:
+        return
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+    try:
+        ahead = reader.submit(load, paths[0])
+        for i, path in enumerate(paths):
+            loaded = ahead.result()
+            if i + 1 < len(paths):
+                ahead = reader.submit(load, paths[i + 1])
+            yield i, path, loaded
+    finally:
+        reader.shutdown(wait=False, cancel_futures=True)
 
 
 def segment_name(sequence: int) -> str:

@@ -18,7 +18,6 @@ rows are sorted into that order afterwards (``run._replay_streams``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,7 +32,7 @@ from evaluators.replay.targets import BASELINE_SERVED, TargetPolicy
 from logging_schema.columnar import SegmentColumns, read_columnar
 from logging_schema.companions import Located, iter_located, iter_segment_located
 from logging_schema.reader import ReadStats, gap_of, record_time_us
-from logging_schema.segments import list_segments, list_streams, stream_name
+from logging_schema.segments import list_segments, list_streams, read_ahead, stream_name
 from logging_schema.tables import DECISION_SCHEMA, SERVING_MODE_NAMES, outcomes_frame
 from logging_schema.views import ReplayEntry, ReplayRecord
 
@@ -232,27 +231,17 @@ def stream_located_or_frames(name: str, segments: list[Path], stats: ReadStats, 
     """One stream's records (``companions.iter_segment_located``'s, segment by segment), a segment the columns
     replay at once as one ``(SegmentFrames, None)``. ``places``: every record and frame noted in it as it passes,
     ``segments[0]`` being the stream's segment number ``first`` (a distributed replay hands out one segment)."""
-    if not segments:
-        return
     # The next segment's columns are read (file, CRC32, Arrow decoding: all without the GIL) while this one is replayed.
-    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="whatif-columns")
-    try:
-        ahead = reader.submit(read_columnar, segments[0])
-        for i, path in enumerate(segments):
-            columns = ahead.result()
-            if i + 1 < len(segments):
-                ahead = reader.submit(read_columnar, segments[i + 1])
-            frames = replayer.frames(columns) if columns is not None else None
-            if frames is not None:
-                if places is not None:
-                    frames.note(places, first + i)
-                yield frames, None
-            else:
-                records = iter_segment_located(path, stream=name, stats=stats, entry_type=ReplayEntry,
-                                               record_type=ReplayRecord)
-                yield from records if places is None else places.watch(records, first + i)
-    finally:
-        reader.shutdown(wait=False, cancel_futures=True)
+    for i, path, columns in read_ahead(segments, read_columnar, "whatif-columns"):
+        frames = replayer.frames(columns) if columns is not None else None
+        if frames is not None:
+            if places is not None:
+                frames.note(places, first + i)
+            yield frames, None
+        else:
+            records = iter_segment_located(path, stream=name, stats=stats, entry_type=ReplayEntry,
+                                           record_type=ReplayRecord)
+            yield from records if places is None else places.watch(records, first + i)
 
 
 __all__ = ["ColumnarReplay", "SegmentFrames", "located_or_frames", "stream_located_or_frames"]
