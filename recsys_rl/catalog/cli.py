@@ -1,5 +1,8 @@
 """``recsys-rl catalog load --data-dir D FILE.parquet``: items, features and embeddings into the catalog, offline;
-``recsys-rl catalog gc --data-dir D --keep N``: delete all but the newest N versions (never the one in force).
+``recsys-rl catalog gc --data-dir D --keep N``: delete all but the newest N versions (never the one in force);
+``recsys-rl catalog show --data-dir D [--version V] [ITEM_ID ...]``: what a version holds (the one in force unless
+``--version``; a decision's logged ``catalog_version`` names the one it was served from): its manifest, the versions on
+disk, how many items carry each feature, and the named items as JSON lines (features and embedding).
 
 Columns: ``item_id`` (string, required); ``embedding`` (list of floats, optional; every row the same length); every
 other string column a categorical feature and every other numeric column a numeric feature of that name; a list of
@@ -35,6 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     gc = sub.add_parser("gc", help="delete catalog versions beyond the newest N (never the one in force); audited")
     add_gc_arguments(gc, keep_help="versions kept, the one in force included (>= 1)")
     gc.set_defaults(run=run_gc)
+    show = sub.add_parser("show", help="a catalog version's manifest and feature coverage, and items by id (JSON)")
+    show.add_argument("--data-dir", required=True)
+    show.add_argument("--version", default="", help="a version on disk (default: the one in force)")
+    show.add_argument("item_ids", nargs="*", metavar="ITEM_ID", help="items to print as JSON lines")
+    show.set_defaults(run=run_show)
 
 
 def read_items(path: Path) -> list[catalog_pb.CatalogItem]:
@@ -128,4 +136,51 @@ def run_gc(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["gc_actor", "read_items", "register", "run_gc", "run_load"]
+def run_show(args: argparse.Namespace) -> int:
+    """Prints the version's summary (text) and then one JSON line per requested item, in the order asked."""
+    import datetime
+    import json
+    from collections import Counter
+
+    import logging
+
+    from recsys_rl.catalog.store import CATALOG_DIR, CURRENT_FILE, CatalogStore, CatalogStoreError
+
+    if not (Path(args.data_dir) / CATALOG_DIR / CURRENT_FILE).exists():
+        raise InvalidInput("--data-dir", f"no catalog under {Path(args.data_dir) / CATALOG_DIR}")
+    # Reading is not news: the store's "version in force" line would be the only thing on stderr besides an error.
+    logging.getLogger("recsys_rl.catalog.store").setLevel(logging.WARNING)
+    store = CatalogStore(Path(args.data_dir))
+    versions = store.versions()
+    in_force = store.current.version if store.current is not None else ""
+    name = args.version or in_force
+    if name not in versions:
+        raise InvalidInput("--version", f"{name!r} is not on disk (versions: {', '.join(versions) or 'none'})")
+    try:
+        version = store.current if store.current is not None and name == in_force else store.load(name)
+        manifest = store.manifest(name)
+    except CatalogStoreError as exc:
+        raise InvalidInput("--version", str(exc)) from None
+    missing = [item_id for item_id in args.item_ids if item_id not in version.items]
+    if missing:  # checked before printing anything: the output is whole or absent
+        raise InvalidInput("ITEM_ID", f"not in catalog version {name}: {', '.join(map(repr, missing))}")
+    items = [catalog_pb.CatalogItem.FromString(blob) for blob in version.items.values()]
+    numeric: Counter[str] = Counter(key for item in items for key in item.features.numeric)
+    categorical: Counter[str] = Counter(key for item in items for key in item.features.categorical)
+    created = datetime.datetime.fromtimestamp(float(manifest["created_at"]), datetime.UTC)  # type: ignore[arg-type]
+    print(f"catalog version {name}{' (in force)' if name == in_force else f' (in force: {in_force})'}: "
+          f"{len(version):,} items, dimension {version.dimension}, created {created:%Y-%m-%d %H:%M:%S} UTC by "
+          f"{manifest.get('actor', '?')}, parent {manifest.get('parent') or 'none'}")
+    print(f"versions on disk ({len(versions)}): {', '.join(versions)}")
+    for kind, counts in (("numeric", numeric), ("categorical", categorical)):
+        listed = ", ".join(f"{key} ({count:,})" for key, count in sorted(counts.items())) or "none"
+        print(f"{kind} features (items that have each): {listed}")
+    for item_id in args.item_ids:
+        item = catalog_pb.CatalogItem.FromString(version.items[item_id])
+        print(json.dumps({"item_id": item.item_id, "numeric": dict(sorted(item.features.numeric.items())),
+                          "categorical": dict(sorted(item.features.categorical.items())),
+                          "tags": list(item.features.tags), "embedding": list(item.embedding)}))
+    return 0
+
+
+__all__ = ["gc_actor", "read_items", "register", "run_gc", "run_load", "run_show"]

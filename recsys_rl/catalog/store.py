@@ -138,6 +138,20 @@ class CatalogStore:
             dimension = base.dimension if items else 0
             return self._record(items, dimension, base, actor=actor), removed
 
+    def load(self, version: str) -> CatalogVersion:
+        """Version ``version`` as on disk (any version still there, not only the one in force); CatalogStoreError
+        (CatalogVersionGone when gc deleted it) when it cannot be read."""
+        return self._load(version)
+
+    def manifest(self, version: str) -> dict[str, object]:
+        """The manifest of ``version`` (sequence, parent, count, dimension, created_at, actor, sha256)."""
+        try:
+            return json.loads((self.versions_dir / f"{version}.json").read_bytes())
+        except FileNotFoundError:
+            raise CatalogVersionGone(f"catalog version {version}: no manifest in {self.versions_dir}") from None
+        except (OSError, ValueError) as exc:
+            raise CatalogStoreError(f"catalog version {version}: unreadable manifest: {exc}") from exc
+
     def versions(self) -> list[str]:
         """The versions on disk (those with a manifest), oldest first (names sort by sequence)."""
         return sorted(p.name.removesuffix(".json") for p in self.versions_dir.glob("*.json")
