@@ -25,7 +25,7 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -217,11 +217,20 @@ def draw_key(server_seed: int, surface: str, request_id: str) -> int:
     Length-prefixing each part keeps ("ab", "c") and ("a", "bc") apart. The same request on the same
     server seed always gets the same slate (invariant 5: reproducible decisions).
     """
+    h = _key_prefix(server_seed, surface).copy()  # the hash state after the first two parts (fixed per surface)
+    part = request_id.encode()
+    h.update(len(part).to_bytes(4, "little") + part)  # one update of the concatenation: the same hash
+    return int.from_bytes(h.digest(), "little")
+
+
+@functools.lru_cache(maxsize=256)
+def _key_prefix(server_seed: int, surface: str) -> hashlib.blake2b:
+    """blake2b after (server_seed, surface), length-prefixed as :func:`draw_key` hashes them; copied, never updated."""
     h = hashlib.blake2b(digest_size=8)
-    for part in (str(server_seed & _MASK64).encode(), surface.encode(), request_id.encode()):
+    for part in (str(server_seed & _MASK64).encode(), surface.encode()):
         h.update(len(part).to_bytes(4, "little"))
         h.update(part)
-    return int.from_bytes(h.digest(), "little")
+    return h
 
 
 def _splitmix64(x: int) -> int:
@@ -243,9 +252,12 @@ def uniform(key: int, slot: int) -> float:
 # --- slates -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SlotDraw:
-    """One slot: the drawn candidate index (into the request), its exact conditional propensity."""
+class SlotDraw(NamedTuple):
+    """One slot: the drawn candidate index (into the request), its exact conditional propensity.
+
+    Immutable, compared by value, built positionally: a NamedTuple is built in ~0.3 µs against ~1 µs for the frozen
+    dataclass it was (whose ``__init__`` goes through ``object.__setattr__`` per field), and Rank builds one per
+    slot. Its field ``index`` hides ``tuple.index``: nothing searches a slot."""
 
     index: int
     propensity: float
@@ -472,8 +484,7 @@ def _sample_epsilon(scores: np.ndarray, k_max: int, epsilon: float, cap: float |
         i = slot(n - k, g, u, q, pg)
         propensity = pg if i == g else q
         index = remaining[i]
-        slots.append(SlotDraw(index=index, propensity=propensity, explored=i != g, exploration_mass=1.0 - pg,
-                              draw=u, greedy_index=greedy))
+        slots.append(SlotDraw(index, propensity, i != g, 1.0 - pg, u, greedy))
         slate_propensity *= propensity
         del remaining[i]
         placed.add(index)
