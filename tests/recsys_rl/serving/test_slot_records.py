@@ -1,17 +1,22 @@
-"""The per-slot records and the draw key of the Rank hot path: DecisionSlot and SlotDraw are immutable value records
-(NamedTuples since they stopped being frozen dataclasses, for speed), and draw_key's cached prefix hashes exactly what
-hashing all three parts afresh does."""
+"""The Rank hot path's rewrites against what they replaced: DecisionSlot and SlotDraw are immutable value records
+(NamedTuples since they stopped being frozen dataclasses, for speed), draw_key's cached prefix hashes exactly what
+hashing all three parts afresh does, and the epsilon sampler's walk past the greedy finds the slot bisecting numpy's
+cumsum did."""
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import math
 import random
 
 import numpy as np
 import pytest
 
 from recsys_rl.serving.decision import DecisionSlot
-from recsys_rl.serving.exploration import EpsilonGreedy, SlotDraw, draw_key, sample_slate
+from recsys_rl.serving.exploration import (
+    EpsilonGreedy, SlotDraw, _epsilon_slot, _epsilon_values, draw_key, sample_slate,
+)
 
 
 def _reference_key(server_seed: int, surface: str, request_id: str) -> int:
@@ -51,3 +56,33 @@ def test_slot_records_are_immutable_values() -> None:
     with pytest.raises(AttributeError):
         first.index = 0  # type: ignore[misc]
     assert repr(first).startswith("SlotDraw(index=")
+
+
+def _reference_epsilon_slot(n: int, g: int, u: float, q: float, pg: float) -> int:
+    """_epsilon_slot before its past-the-greedy walk: bisect over the whole CDF as numpy's cumsum builds it."""
+    p = np.full(n, q)
+    p[g] = pg
+    cdf = p.cumsum().tolist()
+    i = bisect.bisect_right(cdf, u * cdf[-1])
+    if i >= n or (pg if i == g else q) <= 0.0:
+        i = n - 1 if q > 0.0 else g
+    return i
+
+
+def test_epsilon_slot_walk_past_the_greedy_equals_bisecting_the_cumsum() -> None:
+    rng = random.Random(5)
+    for _ in range(5_000):
+        n = rng.choice([1, 2, 3, 10, 91, 100, 257])
+        g = rng.randrange(n)
+        epsilon, cap = rng.choice([(0.0, None), (1.0, None), (0.3, None), (1.0, 0.1), (1.0, 0.01), (0.05, 0.5)])
+        q, pg = _epsilon_values(n, epsilon, cap)
+        p = np.full(n, q)
+        p[g] = pg
+        cdf = p.cumsum().tolist()
+        # The walk's edges: u whose target u·total is (within an ulp of) a CDF value at or past the greedy, where
+        # > against >= and the CDF's exact rounding decide the slot; u near 0 and 1; anywhere.
+        j = rng.randrange(g, n)
+        edge = cdf[j] / cdf[-1]
+        for u in (rng.random(), 0.0, 1.0 - 2.0 ** -53, edge, math.nextafter(edge, 0.0), math.nextafter(edge, 1.0)):
+            u = min(u, 1.0 - 2.0 ** -53)
+            assert _epsilon_slot(n, g, u, q, pg) == _reference_epsilon_slot(n, g, u, q, pg), (n, g, u, q, pg)
