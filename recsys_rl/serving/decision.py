@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -136,8 +136,10 @@ class DecisionPolicy:
         return effective_epsilon(self.exploration, self.cap)
 
 
-@dataclass(frozen=True)
-class DecisionSlot:
+class DecisionSlot(NamedTuple):
+    """One served slot. Immutable, compared by value; a NamedTuple rather than a frozen dataclass because Rank builds
+    one per slot and a NamedTuple is ~3x cheaper to build (see ``exploration.SlotDraw``)."""
+
     candidate_index: int
     item_id: str
     propensity: float
@@ -243,21 +245,22 @@ def decide(policy: DecisionPolicy, request: pb.RankRequest, baseline: np.ndarray
     item_ids = candidates.item_ids
     retrieval = candidates.retrieval
     plan = None if retrieval is None or shield is not None else retrieval.plan
+    values = scores.tolist()  # each float(scores[i]), read once for the slots and the log
     if plan is not None:  # exploration beyond the retrieved set (recsys_rl.retrieval.outside): exact propensities
         planned, slate_propensity = sample_with_outside(scores, plan, policy.explorer, slate_size=request.slate_size,
                                                         draw_key=draw_key)
-        slots = [DecisionSlot(s.index, item_ids[s.index], s.propensity, float(scores[s.index]), s.explored,
+        slots = [DecisionSlot(s.index, item_ids[s.index], s.propensity, values[s.index], s.explored,
                               s.exploration_mass, s.draw, s.outside_probability) for s in planned]
     else:
         draw = sample_slate(scores, request.slate_size, policy.explorer, draw_key=draw_key, feasibility=shield)
         slots = [
-            DecisionSlot(s.index, item_ids[s.index], s.propensity, float(scores[s.index]), s.explored,
+            DecisionSlot(s.index, item_ids[s.index], s.propensity, values[s.index], s.explored,
                          s.exploration_mass, s.draw)
             for s in draw.slots
         ]
         slate_propensity = draw.slate_propensity
     decision = _decision(policy, slots, slate_propensity, mode, "", draw_key, scored.long_term, shield)
-    decision.candidate_scores = scores.tolist()
+    decision.candidate_scores = values
     return decision
 
 

@@ -25,7 +25,7 @@ import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -217,11 +217,20 @@ def draw_key(server_seed: int, surface: str, request_id: str) -> int:
     Length-prefixing each part keeps ("ab", "c") and ("a", "bc") apart. The same request on the same
     server seed always gets the same slate (invariant 5: reproducible decisions).
     """
+    h = _key_prefix(server_seed, surface).copy()  # the hash state after the first two parts (fixed per surface)
+    part = request_id.encode()
+    h.update(len(part).to_bytes(4, "little") + part)  # one update of the concatenation: the same hash
+    return int.from_bytes(h.digest(), "little")
+
+
+@functools.lru_cache(maxsize=256)
+def _key_prefix(server_seed: int, surface: str) -> hashlib.blake2b:
+    """blake2b after (server_seed, surface), length-prefixed as :func:`draw_key` hashes them; copied, never updated."""
     h = hashlib.blake2b(digest_size=8)
-    for part in (str(server_seed & _MASK64).encode(), surface.encode(), request_id.encode()):
+    for part in (str(server_seed & _MASK64).encode(), surface.encode()):
         h.update(len(part).to_bytes(4, "little"))
         h.update(part)
-    return int.from_bytes(h.digest(), "little")
+    return h
 
 
 def _splitmix64(x: int) -> int:
@@ -243,9 +252,12 @@ def uniform(key: int, slot: int) -> float:
 # --- slates -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SlotDraw:
-    """One slot: the drawn candidate index (into the request), its exact conditional propensity."""
+class SlotDraw(NamedTuple):
+    """One slot: the drawn candidate index (into the request), its exact conditional propensity.
+
+    Immutable, compared by value, built positionally: a NamedTuple is built in ~0.3 µs against ~1 µs for the frozen
+    dataclass it was (whose ``__init__`` goes through ``object.__setattr__`` per field), and Rank builds one per
+    slot. Its field ``index`` hides ``tuple.index``: nothing searches a slot."""
 
     index: int
     propensity: float
@@ -416,6 +428,13 @@ def _epsilon_values(n: int, epsilon: float, cap: float | None) -> tuple[float, f
     return q, pg
 
 
+@functools.lru_cache(maxsize=1024)
+def _epsilon_values_per_slot(n: int, k_max: int, epsilon: float, cap: float | None) -> tuple[tuple[float, float], ...]:
+    """:func:`_epsilon_values` of slots 0 .. k_max - 1 over ``n`` candidates (n - k left at slot k): the same for
+    every request of a surface with the same candidate count and slate size, so computed once for them."""
+    return tuple(_epsilon_values(n - k, epsilon, cap) for k in range(k_max))
+
+
 def _epsilon_cdf(q: float, pg: float, n: int, g: int) -> np.ndarray:
     p = np.full(n, q)
     p[g] = pg
@@ -437,8 +456,14 @@ def _epsilon_slot(n: int, g: int, u: float, q: float, pg: float) -> int:
         prefix = _PREFIX[(q, n)] = np.full(n, q).cumsum().tolist()  # the CDF before the greedy position
     target = u * total
     i = bisect.bisect_right(prefix, target, 0, g)
-    if i == g and not (prefix[g - 1] + pg if g else pg) > target:
-        i = bisect.bisect_right(_epsilon_cdf(q, pg, n, g).tolist(), target, g + 1)  # past the greedy: rare
+    if i == g:
+        c = prefix[g - 1] + pg if g else pg  # cdf[g]
+        if not c > target:  # past the greedy (at cap 0.1, ~1 slot in 10): the CDF on from g, as cumsum adds it
+            i = g + 1
+            c += q
+            while i < n and not c > target:
+                i += 1
+                c += q
     if i >= n or (pg if i == g else q) <= 0.0:
         i = n - 1 if q > 0.0 else g  # the last candidate with positive probability
     return i
@@ -458,13 +483,14 @@ def _sample_epsilon(scores: np.ndarray, k_max: int, epsilon: float, cap: float |
     head = 0
     slots: list[SlotDraw] = []
     slate_propensity = 1.0
-    bisect_left, slot_values, slot, mask = bisect.bisect_left, _epsilon_values, _epsilon_slot, _MASK64
+    bisect_left, slot, mask = bisect.bisect_left, _epsilon_slot, _MASK64
+    values_per_slot = _epsilon_values_per_slot(n, k_max, epsilon, cap)
     for k in range(k_max):
         while order[head] in placed:
             head += 1
         greedy = order[head]
         g = bisect_left(remaining, greedy)
-        q, pg = slot_values(n - k, epsilon, cap)
+        q, pg = values_per_slot[k]
         z = (draw_key + (k + 1) * _GOLDEN) & mask  # uniform(draw_key, k), inlined (called once per slot)
         z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
@@ -472,8 +498,7 @@ def _sample_epsilon(scores: np.ndarray, k_max: int, epsilon: float, cap: float |
         i = slot(n - k, g, u, q, pg)
         propensity = pg if i == g else q
         index = remaining[i]
-        slots.append(SlotDraw(index=index, propensity=propensity, explored=i != g, exploration_mass=1.0 - pg,
-                              draw=u, greedy_index=greedy))
+        slots.append(SlotDraw(index, propensity, i != g, 1.0 - pg, u, greedy))
         slate_propensity *= propensity
         del remaining[i]
         placed.add(index)
