@@ -287,6 +287,26 @@ def run_learner(config: ServiceConfig, data_dir: Path, stop: threading.Event | o
         learner.publish(force=True)
 
 
+def lower_priority(steps: int) -> None:
+    """Raises this process's niceness by ``steps`` (``serve --learner-nice``), so that serving gets the CPU first.
+
+    Relative to the niceness the server started with (a spawned process inherits it): the learner stays below its
+    workers however the operator started the service. Only this process, never a thread of the server: on Linux a
+    niceness set from a thread applies to that thread alone, so thread mode (tests) keeps the server's priority.
+    Where there is no niceness (Windows) or it cannot be changed, one line in the log and the learner goes on.
+    """
+    import os
+
+    if steps == 0:
+        return
+    try:
+        os.nice(steps)  # raising one's own niceness needs no privilege; the kernel caps it at 19
+    except (AttributeError, OSError) as exc:
+        log.warning("learner: cannot lower its CPU priority (%s); it runs at the server's priority", exc)
+        return
+    log.info("learner (pid %d) runs at niceness %d (--learner-nice %d)", os.getpid(), os.nice(0), steps)
+
+
 def learner_process_main(config: ServiceConfig, data_dir: Path, stop: Connection, parent_pid: int,
                          resume_after_s: float | None = None) -> None:
     """Entry point of the learner process: the server coordinates shutdown, so signals are its business.
@@ -298,6 +318,7 @@ def learner_process_main(config: ServiceConfig, data_dir: Path, stop: Connection
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    lower_priority(config.learner_nice)
 
     class _StopOrOrphaned:
         def wait(self, timeout: float) -> bool:
