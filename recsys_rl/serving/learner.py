@@ -77,7 +77,7 @@ READ_AHEAD_RECORDS = 2_000
 DRAIN_S = 1.5
 # The learner's progress (D/run/learner.json), rewritten at most this often.
 PROGRESS_FILE = "learner.json"
-PROGRESS_EVERY_S = 0.5
+PROGRESS_EVERY_S = 0.25
 
 
 def _seconds(ts: object) -> float:
