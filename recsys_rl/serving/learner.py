@@ -31,6 +31,12 @@ as serving keys it: a decision costs its VW updates plus parsing its context and
 reading and parsing 100 candidates' features. What it learns is unchanged, bit for bit
 (tests/recsys_rl/serving/test_learner_exact.py); docs/benchmarks.md "Online learner CPU per decision (issue 11)".
 
+Priority and memory. The learner process runs ``config.learner_nice`` niceness steps below the server
+(``serve --learner-nice``, default 10; ``lower_priority``): at peak load serving gets the cores and learning lags,
+catching up when the load drops. A learner that is behind reads ``READ_AHEAD_RECORDS`` at a time and learns each
+read before the next (``follow_log``), so it holds the decisions whose windows are open plus one read, not its lag.
+Its progress is in ``D/run/learner.json`` (``write_progress``).
+
 A publish that fails (disk full in ``D/models``) does not stop the learner: it logs an ERROR, keeps learning, and
 retries with backoff (1 s doubling to 30 s); ``LATEST`` keeps naming the previous version meanwhile.
 """
