@@ -47,13 +47,14 @@ BENCHES: list[tuple[str, str, str]] = [
 ]
 
 
-def machine() -> str:
+def machine(load_at_start: float) -> str:
+    """The machine, and its 1-minute load average when the bench started (other jobs share these cores)."""
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     mem_kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
                   if line.startswith("MemTotal"))
     return (f"{os.cpu_count()} cores ({cpu}), {mem_kb / 2**20:.0f} GiB, {platform.platform()}, "
-            f"Python {platform.python_version()}; load average at start {os.getloadavg()[0]:.2f}")
+            f"Python {platform.python_version()}; load average at start {load_at_start:.2f}")
 
 
 def _existing_sections() -> dict[str, str]:
@@ -79,6 +80,7 @@ def main() -> int:
             continue
         print(f"[{i}/{len(selected)}] {name}: running {module} ...", file=sys.stderr, flush=True)
         started = time.perf_counter()
+        load_at_start = os.getloadavg()[0]  # not when the section is written: that is the load at its end
         result = subprocess.run([sys.executable, "-m", module], cwd=REPO, stdout=subprocess.PIPE, text=True)
         elapsed = time.perf_counter() - started
         if result.returncode != 0:
@@ -86,7 +88,7 @@ def main() -> int:
         else:
             body = result.stdout.strip()
         sections[title] = (f"## {title}\n\nCommand: `.venv/bin/python -m {module}` (part of `make bench`; "
-                           f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine()}; "
+                           f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine(load_at_start)}; "
                            f"took {elapsed:.0f} s)\n\n{body}\n")
         print(f"[{i}/{len(selected)}] {name}: done in {elapsed:.0f} s", file=sys.stderr, flush=True)
     order = [title for _, _, title in BENCHES] + sorted(set(sections) - {title for _, _, title in BENCHES})

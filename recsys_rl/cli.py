@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,8 @@ def _load_config(args: argparse.Namespace):  # noqa: ANN202 - ServiceConfig, imp
         config = load_config(args.config, seed=args.seed) if args.config else default_config(seed=args.seed)
     except ConfigError as exc:
         raise UsageError(str(exc)) from exc
+    if getattr(args, "learner_nice", None) is not None:  # serve only
+        config = replace(config, learner_nice=args.learner_nice)
     return config.with_cap(args.exploration_cap) if args.exploration_cap is not None else config
 
 
@@ -54,6 +57,17 @@ def port_argument(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {port}")
     return port
+
+
+def learner_nice_argument(text: str) -> int:
+    """The learner's niceness above the server's: an integer from 0 (as the server) to 19."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 19, got {text!r}") from None
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 19, got {value}")
+    return value
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -242,6 +256,9 @@ def build_parser(*, full: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=positive_int_argument, default=None,
                        help="serving processes on the one port (SO_REUSEPORT); default: one per usable core; "
                             "1: a single process, as before")
+    serve.add_argument("--learner-nice", type=learner_nice_argument, default=None, metavar="N",
+                       help="run the online learner N niceness steps below the serving processes (0-19, default "
+                            "10; 0: the same priority): at peak load serving gets the CPU and learning lags")
     serve.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)  # set by the parent
     serve.set_defaults(run=_serve)
 

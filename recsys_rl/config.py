@@ -176,10 +176,22 @@ class SurfaceConfig:
             raise ConfigError(f"surfaces.{self.name}.decision_budget_ms: must be positive")
 
 
+# The online learner's niceness above the serving processes' (``serve --learner-nice``): it follows the log anyway
+# (it learns a decision once its window has closed), so at peak load it yields the CPU to Rank and catches up later.
+DEFAULT_LEARNER_NICE = 10
+LEARNER_NICE_RANGE = range(0, 20)
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     surfaces: dict[str, SurfaceConfig]
     seed: int = 0
+    learner_nice: int = DEFAULT_LEARNER_NICE  # added to the server's niceness in the learner process; 0 = the same
+
+    def __post_init__(self) -> None:
+        if (not isinstance(self.learner_nice, int) or isinstance(self.learner_nice, bool)
+                or self.learner_nice not in LEARNER_NICE_RANGE):
+            raise ConfigError(f"--learner-nice: must be an integer from 0 to 19, got {self.learner_nice!r}")
 
     def surface(self, name: str) -> SurfaceConfig | None:
         return self.surfaces.get(name)

@@ -31,6 +31,12 @@ as serving keys it: a decision costs its VW updates plus parsing its context and
 reading and parsing 100 candidates' features. What it learns is unchanged, bit for bit
 (tests/recsys_rl/serving/test_learner_exact.py); docs/benchmarks.md "Online learner CPU per decision (issue 11)".
 
+Priority and memory. The learner process runs ``config.learner_nice`` niceness steps below the server
+(``serve --learner-nice``, default 10; ``lower_priority``): at peak load serving gets the cores and learning lags,
+catching up when the load drops. A learner that is behind reads ``READ_AHEAD_RECORDS`` at a time and learns each
+read before the next (``follow_log``), so it holds the decisions whose windows are open plus one read, not its lag.
+Its progress is in ``D/run/learner.json`` (``write_progress``).
+
 A publish that fails (disk full in ``D/models``) does not stop the learner: it logs an ERROR, keeps learning, and
 retries with backoff (1 s doubling to 30 s); ``LATEST`` keeps naming the previous version meanwhile.
 """
@@ -69,6 +75,15 @@ _EARLY_OUTCOMES_MAX = 100_000
 # Items whose parsed VW example the learner keeps (its bandit's item cache): a parsed example takes ~32 kB, so this
 # bounds the cache near 0.6 GiB. Items beyond it cost what every item cost before the cache (parse and build).
 LEARNER_CACHE_ITEMS = 20_000
+# Records the learner reads at a time. A decision record with 100 candidates is ~19 kB, so one read holds ~40 MB
+# however far behind the learner is (it used to read up to 100,000 records, ~1.9 GB, and on stop the whole backlog).
+READ_AHEAD_RECORDS = 2_000
+# On stop, the learner drains the log for at most this long, then publishes: within the server's LEARNER_STOP_S
+# (2.5 s), past which it is killed and what it learned since its last publish is lost to online learning.
+DRAIN_S = 1.5
+# The learner's progress (D/run/learner.json), rewritten at most this often.
+PROGRESS_FILE = "learner.json"
+PROGRESS_EVERY_S = 0.25
 
 
 def _seconds(ts: object) -> float:
@@ -99,6 +114,7 @@ class LearnerStats:
     published: int = 0
     learn_errors: int = 0
     publish_errors: int = 0
+    peak_pending: int = 0  # the most decisions held at once (read, not learned yet)
 
 
 class OnlineLearner:
@@ -121,6 +137,11 @@ class OnlineLearner:
         self._early_order: deque[tuple[float, str]] = deque()  # (expires at, event_id), oldest first
         self.stats = LearnerStats()
 
+    @property
+    def pending(self) -> int:
+        """Decisions read and not learned yet (their windows still open, or due at the next ``step``)."""
+        return len(self._pending)
+
     def consume(self, record: events_pb2.LogRecord | Message) -> None:
         """One log record: a LogRecord or its table view (``logging_schema.views.TableRecord``)."""
         kind = record.WhichOneof("event")
@@ -132,6 +153,7 @@ class OnlineLearner:
             self._pending[event.event_id] = _Pending(event, rewards)
             self._order.append((due, event.event_id))
             self.stats.decisions_seen += 1
+            self.stats.peak_pending = max(self.stats.peak_pending, len(self._pending))
             for outcome in self._early.pop(event.event_id, ()):
                 self._add_outcome(self._pending[event.event_id], outcome)
         elif kind == "outcome":
@@ -278,13 +300,87 @@ def run_learner(config: ServiceConfig, data_dir: Path, stop: threading.Event | o
         skip_before = min(after.values(), default=math.inf) - 1.0
         tailer = LogTailer(Path(data_dir) / "logs", skip_written_before=skip_before, record_type=TableRecord)
         log.info("learner resumes after %s", ", ".join(f"{name}@{at:.3f}" for name, at in after.items()))
-    while not stop.wait(interval_s):  # type: ignore[attr-defined]
-        records = tailer.poll()
-        learn_from_log(learners, records if after is None else _not_learned_yet(records, after), time.time())
-    records = tailer.poll(max_records=10**9)
-    learn_from_log(learners, records if after is None else _not_learned_yet(records, after), time.time())
+    follow_log(tailer, learners, stop, after=after, interval_s=interval_s,
+               progress=Path(data_dir) / "run" / PROGRESS_FILE)
+
+
+def follow_log(tailer: LogTailer, learners: dict[str, OnlineLearner], stop: threading.Event | object, *,
+               after: dict[str, float] | None = None, interval_s: float = 0.1, read_ahead: int = READ_AHEAD_RECORDS,
+               drain_s: float = DRAIN_S, clock: Callable[[], float] = time.time,
+               progress: Path | None = None) -> None:
+    """Reads the log ``read_ahead`` records at a time, learns what is due, until ``stop``; then drains and publishes.
+
+    Bounded when behind (a starved learner: ``serve --learner-nice``, a peak): it holds the decisions whose
+    windows are still open (rate x window, as when it keeps up) plus at most one read of ``read_ahead`` records,
+    whatever the lag; a full read means more is waiting, so it reads again at once instead of sleeping. On stop
+    it drains what the server flushed for at most ``drain_s`` (within the server's LEARNER_STOP_S, so it publishes
+    before it would be killed); a backlog left then is offline training's, as at any restart.
+    ``clock``: the learner's now (tests move it past every window). ``progress``: where to write
+    ``write_progress`` every ``PROGRESS_EVERY_S`` and at the end.
+    """
+    written_at = -math.inf
+
+    def read_and_learn() -> bool:
+        """One read; True when it was full (more is waiting)."""
+        nonlocal written_at
+        records = tailer.poll(max_records=read_ahead)
+        learn_from_log(learners, records if after is None else _not_learned_yet(records, after), clock())
+        if progress is not None and time.monotonic() - written_at >= PROGRESS_EVERY_S:
+            write_progress(progress, learners)
+            written_at = time.monotonic()
+        return len(records) >= read_ahead
+
+    behind = False
+    while not stop.wait(0.0 if behind else interval_s):  # type: ignore[attr-defined]
+        behind = read_and_learn()
+    deadline = time.monotonic() + drain_s
+    while read_and_learn() and time.monotonic() < deadline:
+        pass
     for learner in learners.values():
         learner.publish(force=True)
+    if progress is not None:
+        write_progress(progress, learners)
+
+
+def write_progress(path: Path, learners: dict[str, OnlineLearner]) -> None:
+    """``D/run/learner.json``: per surface, decisions read (``seen``), read and not learned yet (``pending``),
+    learned, and the time it was written. Decisions logged minus ``seen - pending`` is how far behind it is, in
+    decisions (the load test's catch-up time reads it; the lag alert reads the published versions). Best effort."""
+    import json
+    import os
+
+    state = {"pid": os.getpid(), "written_at": time.time(),
+             "surfaces": {name: {"seen": learner.stats.decisions_seen, "pending": learner.pending,
+                                 "learned": learner.stats.learned_decisions,
+                                 "peak_pending": learner.stats.peak_pending}
+                          for name, learner in learners.items()}}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(state))
+        tmp.replace(path)
+    except OSError as exc:  # disk full: the file is a convenience, learning goes on
+        log.debug("learner: cannot write %s: %s", path, exc)
+
+
+def lower_priority(steps: int) -> None:
+    """Raises this process's niceness by ``steps`` (``serve --learner-nice``), so that serving gets the CPU first.
+
+    Relative to the niceness the server started with (a spawned process inherits it): the learner stays below its
+    workers however the operator started the service. Only this process, never a thread of the server: on Linux a
+    niceness set from a thread applies to that thread alone, so thread mode (tests) keeps the server's priority.
+    Where there is no niceness (Windows) or it cannot be changed, one line in the log and the learner goes on.
+    """
+    import os
+
+    if steps == 0:
+        return
+    try:
+        os.nice(steps)  # raising one's own niceness needs no privilege; the kernel caps it at 19
+    except (AttributeError, OSError) as exc:
+        log.warning("learner: cannot lower its CPU priority (%s); it runs at the server's priority", exc)
+        return
+    log.info("learner (pid %d) runs at niceness %d (--learner-nice %d)", os.getpid(), os.nice(0), steps)
 
 
 def learner_process_main(config: ServiceConfig, data_dir: Path, stop: Connection, parent_pid: int,
@@ -298,6 +394,7 @@ def learner_process_main(config: ServiceConfig, data_dir: Path, stop: Connection
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    lower_priority(config.learner_nice)
 
     class _StopOrOrphaned:
         def wait(self, timeout: float) -> bool:

@@ -11,17 +11,20 @@ from bench.workers_bench import PHASES, Args, Phase, markdown, run_config
 
 
 def test_load_test_drives_both_configurations_and_reports_every_section() -> None:
-    args = Args(rounds=1, phase_s=0.5, warmup_s=0.5, sweep_callers=(1, 2), sweep_s=0.3, requests=50)
+    args = Args(rounds=1, phase_s=0.5, warmup_s=0.5, sweep_callers=(1, 2), sweep_s=0.3, requests=50,
+                attribution_window_s=0.2, catch_up_limit_s=30.0)
     rng = np.random.default_rng(0)
     payloads = [make_request(rng, RankArgs(), i).SerializeToString() for i in range(args.requests)]
-    results = {workers: [run_config(workers, payloads, args, sweep=True)] for workers in (1, 2)}
+    results = {(workers, 10): [run_config(workers, 10, payloads, args, sweep=True)] for workers in (1, 2)}
 
-    for workers, (result,) in results.items():
+    for (workers, _), (result,) in results.items():
         for name in PHASES:
             phase = result[name]
             assert isinstance(phase, Phase)
             assert phase.load.ranks_ok > 0, (workers, name, phase.load.rank_results)
             assert phase.usage.cpu_s["workers"] > 0 and phase.usage.cpu_s["client"] > 0
+            # The learner (at the default niceness) learned every decision after the phase, window + grace at least.
+            assert 1.2 <= phase.catch_up_s < 30.0 and 0.0 <= phase.learned_share <= 1.0, (workers, name, phase)
         maximum = result["maximum"]
         assert isinstance(maximum, Phase)
         # The server's own count (metrics, summed over workers) sees the Ranks the client saw answered.
@@ -40,7 +43,7 @@ def test_load_test_drives_both_configurations_and_reports_every_section() -> Non
         assert any(role == "learner" for role, _, _ in result["memory"])  # type: ignore[attr-defined]
 
     report = markdown(results, args)
-    for heading in ("**Maximum throughput**", "**2 workers / 1 worker: Rank/s x", "**Tail at 80% of the maximum**",
+    for heading in ("**Maximum throughput**", "**2 workers / 1 worker, learner at +10: Rank/s x", "**Tail at 80% of the maximum**",
                     "**Overload: 4x the saturating callers**", "**Outcomes**", "Memory at the end"):
         assert heading in report
     assert "nan" not in report
