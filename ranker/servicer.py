@@ -92,6 +92,7 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
             policy_version=decision.policy_version,
             serving_mode=decision.serving_mode,
             exploration_cap=decision.cap,
+            fallback_reason=decision.fallback_reason,
         )
         for position, slot in enumerate(decision.slots):
             response.slate.add(

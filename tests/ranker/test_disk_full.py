@@ -19,6 +19,7 @@ from ranker.server import RankingServer
 from recsys_rl.config import default_config
 from recsys_rl.ranking.v1 import ranking_service_pb2 as pb
 from recsys_rl.ranking.v1 import ranking_service_pb2_grpc as pb_grpc
+from recsys_rl.serving.log_guard import LOG_UNAVAILABLE
 from recsys_rl.serving.service import DecisionService
 from tests.helpers import make_request
 from tests.ranker.disk_faults import FullDisk
@@ -52,6 +53,7 @@ def test_a_full_disk_never_costs_a_rank_and_the_log_recovers_with_a_gap_record(t
                 answers.append(_rank(stub, f"filling-{len(answers)}"))
             down = [_rank(stub, f"down-{i}") for i in range(200)]  # every call answered: no RpcError raised
             assert all(r.serving_mode == pb.SERVING_MODE_BASELINE_FALLBACK for r in down)
+            assert {r.fallback_reason for r in down} == {LOG_UNAVAILABLE}  # the host sees why
             assert all(r.slate_propensity == 1.0 and all(s.propensity == 1.0 for s in r.slate) for r in down)
             assert all([s.item_id for s in r.slate] == [f"item-{k}" for k in range(5)] for r in down)  # baseline
             # Every fallback of the episode is the log's (reason log_unavailable), and counted.

@@ -119,6 +119,7 @@ def test_a_request_queued_past_its_budget_gets_the_baseline_at_once_logged_as_se
         assert response.serving_mode == pb.SERVING_MODE_BASELINE_FALLBACK
         assert [slot.item_id for slot in response.slate] == expected
         assert response.slate_propensity == 1.0 and all(slot.propensity == 1.0 for slot in response.slate)
+        assert response.fallback_reason.startswith("queued: waited ")  # the host sees why, as the log says
     assert served.service.overload_baseline == QUEUED
     assert served.service.overload_refused == 0
 
@@ -130,12 +131,12 @@ def test_a_request_queued_past_its_budget_gets_the_baseline_at_once_logged_as_se
     for response in responses:
         event = logged[response.event_id]
         assert event.serving_mode == pb.SERVING_MODE_BASELINE_FALLBACK
-        assert event.fallback_reason.startswith("queued: waited ")
+        assert event.fallback_reason == response.fallback_reason
         waited_ms = float(event.fallback_reason.split()[2])
         assert waited_ms >= 2 * BUDGET_MS, event.fallback_reason
         assert [slot.item_id for slot in event.slate] == [slot.item_id for slot in response.slate]
         assert event.slate_propensity == 1.0 and all(slot.propensity == 1.0 for slot in event.slate)
-    assert logged[after.event_id].fallback_reason == ""
+    assert logged[after.event_id].fallback_reason == after.fallback_reason == ""
 
 
 def test_past_the_queue_limit_requests_are_refused_and_nothing_is_logged(serve: object) -> None:

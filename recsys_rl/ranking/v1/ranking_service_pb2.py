@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*recsys_rl/ranking/v1/ranking_service.proto\x12\x14recsys_rl.ranking.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x02\n\x08\x46\x65\x61tures\x12<\n\x07numeric\x18\x01 \x03(\x0b\x32+.recsys_rl.ranking.v1.Features.NumericEntry\x12\x44\n\x0b\x63\x61tegorical\x18\x02 \x03(\x0b\x32/.recsys_rl.ranking.v1.Features.CategoricalEntry\x12\x0c\n\x04tags\x18\x03 \x03(\t\x1a.\n\x0cNumericEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x32\n\x10\x43\x61tegoricalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"y\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x30\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x1e.recsys_rl.ranking.v1.Features\x12\x11\n\tembedding\x18\x03 \x03(\x02\x12\x16\n\x0e\x62\x61seline_score\x18\x04 \x01(\x01\"\xf1\x01\n\x0bRankRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07surface\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12/\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x1e.recsys_rl.ranking.v1.Features\x12\x33\n\ncandidates\x18\x05 \x03(\x0b\x32\x1f.recsys_rl.ranking.v1.Candidate\x12\x12\n\nslate_size\x18\x06 \x01(\x05\x12\x32\n\tretrieval\x18\x07 \x01(\x0b\x32\x1f.recsys_rl.ranking.v1.Retrieval\"2\n\tRetrieval\x12\x0c\n\x04size\x18\x01 \x01(\x05\x12\x17\n\x0fquery_embedding\x18\x02 \x03(\x02\"c\n\tSlateItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\x12\n\npropensity\x18\x03 \x01(\x01\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x10\n\x08\x65xplored\x18\x05 \x01(\x08\"\xd4\x01\n\x0cRankResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12.\n\x05slate\x18\x02 \x03(\x0b\x32\x1f.recsys_rl.ranking.v1.SlateItem\x12\x18\n\x10slate_propensity\x18\x03 \x01(\x01\x12\x16\n\x0epolicy_version\x18\x04 \x01(\t\x12\x37\n\x0cserving_mode\x18\x05 \x01(\x0e\x32!.recsys_rl.ranking.v1.ServingMode\x12\x17\n\x0f\x65xploration_cap\x18\x06 \x01(\x01\"\x9e\x01\n\x14ReportOutcomeRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x0f\n\x07outcome\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\x01\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\noutcome_id\x18\x06 \x01(\t\">\n\x15ReportOutcomeResponse\x12\x12\n\nattributed\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08*\xb6\x01\n\x0bServingMode\x12\x1c\n\x18SERVING_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14SERVING_MODE_LEARNED\x10\x01\x12\"\n\x1eSERVING_MODE_BASELINE_FALLBACK\x10\x02\x12\x17\n\x13SERVING_MODE_SHADOW\x10\x03\x12\x17\n\x13SERVING_MODE_CANARY\x10\x04\x12\x19\n\x15SERVING_MODE_BASELINE\x10\x05\x32\xc9\x01\n\x0eRankingService\x12M\n\x04Rank\x12!.recsys_rl.ranking.v1.RankRequest\x1a\".recsys_rl.ranking.v1.RankResponse\x12h\n\rReportOutcome\x12*.recsys_rl.ranking.v1.ReportOutcomeRequest\x1a+.recsys_rl.ranking.v1.ReportOutcomeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*recsys_rl/ranking/v1/ranking_service.proto\x12\x14recsys_rl.ranking.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x02\n\x08\x46\x65\x61tures\x12<\n\x07numeric\x18\x01 \x03(\x0b\x32+.recsys_rl.ranking.v1.Features.NumericEntry\x12\x44\n\x0b\x63\x61tegorical\x18\x02 \x03(\x0b\x32/.recsys_rl.ranking.v1.Features.CategoricalEntry\x12\x0c\n\x04tags\x18\x03 \x03(\t\x1a.\n\x0cNumericEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x32\n\x10\x43\x61tegoricalEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"y\n\tCandidate\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x30\n\x08\x66\x65\x61tures\x18\x02 \x01(\x0b\x32\x1e.recsys_rl.ranking.v1.Features\x12\x11\n\tembedding\x18\x03 \x03(\x02\x12\x16\n\x0e\x62\x61seline_score\x18\x04 \x01(\x01\"\xf1\x01\n\x0bRankRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07surface\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12/\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x1e.recsys_rl.ranking.v1.Features\x12\x33\n\ncandidates\x18\x05 \x03(\x0b\x32\x1f.recsys_rl.ranking.v1.Candidate\x12\x12\n\nslate_size\x18\x06 \x01(\x05\x12\x32\n\tretrieval\x18\x07 \x01(\x0b\x32\x1f.recsys_rl.ranking.v1.Retrieval\"2\n\tRetrieval\x12\x0c\n\x04size\x18\x01 \x01(\x05\x12\x17\n\x0fquery_embedding\x18\x02 \x03(\x02\"c\n\tSlateItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\x12\x12\n\npropensity\x18\x03 \x01(\x01\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x10\n\x08\x65xplored\x18\x05 \x01(\x08\"\xed\x01\n\x0cRankResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12.\n\x05slate\x18\x02 \x03(\x0b\x32\x1f.recsys_rl.ranking.v1.SlateItem\x12\x18\n\x10slate_propensity\x18\x03 \x01(\x01\x12\x16\n\x0epolicy_version\x18\x04 \x01(\t\x12\x37\n\x0cserving_mode\x18\x05 \x01(\x0e\x32!.recsys_rl.ranking.v1.ServingMode\x12\x17\n\x0f\x65xploration_cap\x18\x06 \x01(\x01\x12\x17\n\x0f\x66\x61llback_reason\x18\x07 \x01(\t\"\x9e\x01\n\x14ReportOutcomeRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x0f\n\x07outcome\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\x01\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\noutcome_id\x18\x06 \x01(\t\">\n\x15ReportOutcomeResponse\x12\x12\n\nattributed\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08*\xb6\x01\n\x0bServingMode\x12\x1c\n\x18SERVING_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14SERVING_MODE_LEARNED\x10\x01\x12\"\n\x1eSERVING_MODE_BASELINE_FALLBACK\x10\x02\x12\x17\n\x13SERVING_MODE_SHADOW\x10\x03\x12\x17\n\x13SERVING_MODE_CANARY\x10\x04\x12\x19\n\x15SERVING_MODE_BASELINE\x10\x05\x32\xc9\x01\n\x0eRankingService\x12M\n\x04Rank\x12!.recsys_rl.ranking.v1.RankRequest\x1a\".recsys_rl.ranking.v1.RankResponse\x12h\n\rReportOutcome\x12*.recsys_rl.ranking.v1.ReportOutcomeRequest\x1a+.recsys_rl.ranking.v1.ReportOutcomeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FEATURES_NUMERICENTRY']._serialized_options = b'8\001'
   _globals['_FEATURES_CATEGORICALENTRY']._loaded_options = None
   _globals['_FEATURES_CATEGORICALENTRY']._serialized_options = b'8\001'
-  _globals['_SERVINGMODE']._serialized_start=1321
-  _globals['_SERVINGMODE']._serialized_end=1503
+  _globals['_SERVINGMODE']._serialized_start=1346
+  _globals['_SERVINGMODE']._serialized_end=1528
   _globals['_FEATURES']._serialized_start=102
   _globals['_FEATURES']._serialized_end=358
   _globals['_FEATURES_NUMERICENTRY']._serialized_start=260
@@ -53,11 +53,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SLATEITEM']._serialized_start=779
   _globals['_SLATEITEM']._serialized_end=878
   _globals['_RANKRESPONSE']._serialized_start=881
-  _globals['_RANKRESPONSE']._serialized_end=1093
-  _globals['_REPORTOUTCOMEREQUEST']._serialized_start=1096
-  _globals['_REPORTOUTCOMEREQUEST']._serialized_end=1254
-  _globals['_REPORTOUTCOMERESPONSE']._serialized_start=1256
-  _globals['_REPORTOUTCOMERESPONSE']._serialized_end=1318
-  _globals['_RANKINGSERVICE']._serialized_start=1506
-  _globals['_RANKINGSERVICE']._serialized_end=1707
+  _globals['_RANKRESPONSE']._serialized_end=1118
+  _globals['_REPORTOUTCOMEREQUEST']._serialized_start=1121
+  _globals['_REPORTOUTCOMEREQUEST']._serialized_end=1279
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_start=1281
+  _globals['_REPORTOUTCOMERESPONSE']._serialized_end=1343
+  _globals['_RANKINGSERVICE']._serialized_start=1531
+  _globals['_RANKINGSERVICE']._serialized_end=1732
 # @@protoc_insertion_point(module_scope)

@@ -102,20 +102,22 @@ class SlateItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., position: _Optional[int] = ..., propensity: _Optional[float] = ..., score: _Optional[float] = ..., explored: _Optional[bool] = ...) -> None: ...
 
 class RankResponse(_message.Message):
-    __slots__ = ("event_id", "slate", "slate_propensity", "policy_version", "serving_mode", "exploration_cap")
+    __slots__ = ("event_id", "slate", "slate_propensity", "policy_version", "serving_mode", "exploration_cap", "fallback_reason")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     SLATE_FIELD_NUMBER: _ClassVar[int]
     SLATE_PROPENSITY_FIELD_NUMBER: _ClassVar[int]
     POLICY_VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVING_MODE_FIELD_NUMBER: _ClassVar[int]
     EXPLORATION_CAP_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     slate: _containers.RepeatedCompositeFieldContainer[SlateItem]
     slate_propensity: float
     policy_version: str
     serving_mode: ServingMode
     exploration_cap: float
-    def __init__(self, event_id: _Optional[str] = ..., slate: _Optional[_Iterable[_Union[SlateItem, _Mapping]]] = ..., slate_propensity: _Optional[float] = ..., policy_version: _Optional[str] = ..., serving_mode: _Optional[_Union[ServingMode, str]] = ..., exploration_cap: _Optional[float] = ...) -> None: ...
+    fallback_reason: str
+    def __init__(self, event_id: _Optional[str] = ..., slate: _Optional[_Iterable[_Union[SlateItem, _Mapping]]] = ..., slate_propensity: _Optional[float] = ..., policy_version: _Optional[str] = ..., serving_mode: _Optional[_Union[ServingMode, str]] = ..., exploration_cap: _Optional[float] = ..., fallback_reason: _Optional[str] = ...) -> None: ...
 
 class ReportOutcomeRequest(_message.Message):
     __slots__ = ("event_id", "item_id", "outcome", "value", "occurred_at", "outcome_id")
