@@ -93,8 +93,9 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
             serving_mode=decision.serving_mode,
             exploration_cap=decision.cap,
         )
+        add = response.slate.add  # `response.slate` builds a new container wrapper on every read: once, not per slot
         for position, slot in enumerate(decision.slots):
-            response.slate.add(
+            add(
                 item_id=slot.item_id,
                 position=position,
                 propensity=slot.propensity,
