@@ -94,8 +94,9 @@ class RankingServicer(pb_grpc.RankingServiceServicer):
             exploration_cap=decision.cap,
             fallback_reason=decision.fallback_reason,
         )
+        add = response.slate.add  # `response.slate` builds a new container wrapper on every read: once, not per slot
         for position, slot in enumerate(decision.slots):
-            response.slate.add(
+            add(
                 item_id=slot.item_id,
                 position=position,
                 propensity=slot.propensity,

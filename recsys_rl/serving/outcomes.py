@@ -15,7 +15,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from logging_schema.rewards import DecisionRewards, OutcomeValueError, RewardDefinition, UnknownOutcomeError
 from recsys_rl.config import SurfaceConfig
@@ -63,17 +63,23 @@ class OutcomeAck:
     duplicate: bool = False
 
 
-@dataclass
 class _Tracked:
-    served_at_us: int
-    deadline_s: float
-    position_of: dict[str, int]
-    request: object | None  # the RankRequest, kept only when a long-term model observes clicks
-    seen: dict[str, bool] = field(default_factory=dict)  # outcome_id -> the first answer's ``attributed``
-    # Only for decisions someone watches (the canary's guardrail): the reward rule applied as outcomes arrive.
-    rewards: DecisionRewards | None = None
-    reward_tag: object | None = None
-    user_id: str = ""  # kept on retrieval surfaces: a click updates this user's kept query (retrieval/users.py)
+    """One open decision. A plain slotted class: one is built per Rank (a dataclass with a default factory costs
+    a few µs more there)."""
+
+    __slots__ = ("served_at_us", "deadline_s", "slate", "request", "seen", "rewards", "reward_tag", "user_id")
+
+    def __init__(self, served_at_us: int, deadline_s: float, slate: list[str], request: object | None,
+                 user_id: str = "") -> None:
+        self.served_at_us = served_at_us
+        self.deadline_s = deadline_s
+        self.slate = slate  # the served item ids (a few): ReportOutcome asks only whether an item is among them
+        self.request = request  # the RankRequest, kept only when a long-term model observes clicks
+        self.seen: dict[str, bool] = {}  # outcome_id -> the first answer's ``attributed``
+        # Only for decisions someone watches (the canary's guardrail): the reward rule applied as outcomes arrive.
+        self.rewards: DecisionRewards | None = None
+        self.reward_tag: object | None = None
+        self.user_id = user_id  # kept on retrieval surfaces: a click updates this user's kept query (retrieval/users.py)
 
 
 class OutcomeTracker:
@@ -103,9 +109,7 @@ class OutcomeTracker:
         the tag through ``drain_closed_rewards`` once the window closes.
         """
         deadline_s = (served_at_us + self.reward.window_us) / 1e6
-        tracked = _Tracked(served_at_us, deadline_s,
-                           {item_id: position for position, item_id in enumerate(slate_item_ids)}, request,
-                           user_id=user_id)
+        tracked = _Tracked(served_at_us, deadline_s, slate_item_ids, request, user_id)
         if reward_tag is not None:
             tracked.rewards = DecisionRewards(self.reward, served_at_us, slate_item_ids)
             tracked.reward_tag = reward_tag
@@ -181,7 +185,7 @@ class OutcomeTracker:
             if tracked is None:
                 self.late += 1
                 return OutcomeAck(False)
-            if item_id and item_id not in tracked.position_of:
+            if item_id and item_id not in tracked.slate:
                 raise InvalidInput("item_id", f"{item_id!r} was not in the slate of event {event_id}")
             if not self.reward.in_window(tracked.served_at_us, occurred_at_us):
                 self.late += 1

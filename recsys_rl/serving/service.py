@@ -425,7 +425,8 @@ class DecisionService:
         budget_deadline = arrived + entry.config.decision_budget_ms / 1000.0
         deadline = budget_deadline if deadline is None else min(deadline, budget_deadline)
         late = f"queued: waited {(now - arrived) * 1e3:.1f} ms" if now >= deadline else ""
-        rollout = self.rollout_state(request.surface)
+        surface = request.surface  # a protobuf string read makes a new str each time: read once
+        rollout = self.rollout_state(surface)
         if not self.log_guard.ready():  # never a learned or explored slate without its event queued
             return self.log_guard.unlogged(entry.policy.rank(request, deadline=deadline, candidates=candidates,
                                                              serve_baseline=LOG_UNAVAILABLE, rollout=rollout,
@@ -456,10 +457,10 @@ class DecisionService:
                 self.overload_baseline += 1
         if decision.shadow is not None:
             entry.shadow.record(decision, decision.shadow, decision.shadow_latency_us)
-        tag = self.monitor.decided(request.surface, rollout.stage, decision.serving_mode, latency_ms=latency_us / 1000)
+        tag = self.monitor.decided(surface, rollout.stage, decision.serving_mode, latency_ms=latency_us / 1000)
         entry.tracker.track(event_id, served_at_ns // 1000, [slot.item_id for slot in decision.slots],
                             request=candidates.request if self._long_term is not None else None, reward_tag=tag,
-                            user_id=request.user_id if request.surface in self.user_queries else "")
+                            user_id=request.user_id if surface in self.user_queries else "")
         return decision, event_id
 
     def _retrieve(self, entry: _Surface, request: pb.RankRequest,

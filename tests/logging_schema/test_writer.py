@@ -60,6 +60,37 @@ def test_close_writes_everything_submitted_from_several_threads(tmp_path: Path) 
         assert mine == list(range(per_thread))
 
 
+def test_every_submit_wakes_a_sleeping_writer_without_flush(tmp_path: Path) -> None:
+    """Submits racing the writer thread's sleep (alone, and from several threads with uneven pauses) are all written
+    with no flush and no timed wake-up to rescue them: fsync and rotation are an hour away, so the writer sleeps
+    untimed and a lost wake-up would leave a record in the queue until the poll below fails."""
+    writer = LogWriter(tmp_path, fsync_interval_s=3600.0, rotate_seconds=3600.0, companions=False)
+    try:
+        for i in range(300):  # each one submitted around the moment the writer goes back to sleep
+            writer.submit(decision_record(f"one-{i}", n_candidates=1))
+            _wait_until(lambda: writer.stats().written == i + 1)
+        threads_n, per_thread = 4, 500
+
+        def produce(thread: int) -> None:
+            pause = 0
+            for i in range(per_thread):
+                writer.submit(decision_record(f"t{thread}-{i}", n_candidates=1))
+                pause = (pause * 7 + thread + 3) % 11  # 0..10: some back to back, some after the writer slept
+                if pause > 5:
+                    time.sleep(pause * 20e-6)
+
+        threads = [threading.Thread(target=produce, args=(t,)) for t in range(threads_n)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        _wait_until(lambda: writer.stats().written == 300 + threads_n * per_thread)
+        assert writer.stats().synced < writer.stats().written  # nothing was flushed or fsynced on the way
+    finally:
+        writer.close()
+    assert writer.stats().synced == 300 + threads_n * per_thread
+
+
 def test_submit_after_close_raises_closed(tmp_path: Path) -> None:
     writer = LogWriter(tmp_path)
     writer.submit(decision_record("before"))

@@ -190,3 +190,23 @@ def _candidate_field(candidate: bytes) -> bytes:
         varint += bytes([byte | (0x80 if length else 0)])
         if not length:
             return bytes([number << 3 | 2]) + varint + candidate
+
+
+def test_mixed_requests_read_every_baseline_from_the_wire_or_the_candidate_alone() -> None:
+    """Requests mixing cached candidates, new ones, baseline 0 (no record) and candidates shorter than a baseline
+    record (item_id only): every path of the view, against the protobuf's own values, over one shared cache."""
+    rng = np.random.default_rng(7)
+    cache = CandidateInfoCache()
+    for n in [1, 2, 5, 40, 40, 40, 100, 100]:
+        request = pb.RankRequest(surface="s", slate_size=1)
+        for item in rng.choice(150, size=n, replace=False):
+            baseline = 0.0 if item % 5 == 0 else float(rng.normal())
+            c = request.candidates.add(item_id=f"i{item}", baseline_score=baseline)
+            if item % 7:  # the others stay shorter than a 9-byte baseline record
+                c.features.categorical["topic"] = f"t{item % 3}"
+        for view in (CandidateView(request, cache=cache), CandidateView(request, cache=cache,
+                                                                        data=request.SerializeToString())):
+            assert view.baseline.tobytes() == np.array([c.baseline_score for c in request.candidates]).tobytes()
+            assert view.keys == [item_key(c) for c in request.candidates]
+            assert view.item_ids == [c.item_id for c in request.candidates]
+            assert view.categorical("topic") == [c.features.categorical.get("topic") for c in request.candidates]
