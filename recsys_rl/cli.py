@@ -14,7 +14,7 @@ import math
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,26 +48,23 @@ def _load_config(args: argparse.Namespace):  # noqa: ANN202 - ServiceConfig, imp
     return config.with_cap(args.exploration_cap) if args.exploration_cap is not None else config
 
 
-def port_argument(text: str) -> int:
-    """A TCP port, 0 (pick a free one) to 65535; gRPC would silently bind another port for anything else."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 65535, got {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {port}")
-    return port
+def int_argument(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high``; anything else is one line naming the range."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be an integer from {low} to {high}, got {value}")
+        return value
+    return parse
 
 
-def learner_nice_argument(text: str) -> int:
-    """The learner's niceness above the server's: an integer from 0 (as the server) to 19."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 19, got {text!r}") from None
-    if not 0 <= value <= 19:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 19, got {value}")
-    return value
+# A TCP port, 0 (pick a free one) to 65535: gRPC would silently bind another port for anything else.
+port_argument = int_argument(0, 65535)
+# The learner's niceness above the server's: 0 (as the server) to 19.
+learner_nice_argument = int_argument(0, 19)
 
 
 def _serve(args: argparse.Namespace) -> int:
