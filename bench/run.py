@@ -37,6 +37,7 @@ BENCHES: list[tuple[str, str, str]] = [
     ("overload", "bench.overload_bench", "Rank under overload: queue-aware admission (issue 11)"),
     ("learner", "bench.learner_bench", "Online learner CPU per decision (issue 11)"),
     ("workers", "bench.workers_bench", "Load test: Rank and ReportOutcome with 1 vs 2 serving workers (issue 11)"),
+    ("publish", "bench.publish_bench", "Overload tail vs how often the learner publishes (issue 11)"),
     ("sim", "bench.sim_bench", "Simulator speed without the server"),
     ("replay", "bench.replay_bench", "Replay vs serving the same decisions (issue 3)"),
     ("whatif", "bench.whatif_bench", "What-if replay from logged scores vs re-scoring (issue 11)"),
